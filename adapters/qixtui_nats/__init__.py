@@ -1,0 +1,1 @@
+"""The NATS side of qixtui: recorder, connection options, embedded nats-server."""

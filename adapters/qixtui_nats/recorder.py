@@ -1,0 +1,337 @@
+"""The recorder: subscribe to a NATS bus and hand every message to the session writer process.
+
+The subscription callback only appends to a list. A flush task encodes the list and a sender
+thread pushes it down a pipe to the writer process (see qixtui.core.writer), so neither SQLite
+nor correlation ever runs on the read loop's core. Loss is written down, never silent:
+disconnects become gap rows, client-side slow-consumer drops are counted per subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+import qixtui
+from qixtui.core import store
+from qixtui.core.writer import encode_record, run_writer
+from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
+
+FLUSH_INTERVAL_S = 0.02
+FLUSH_AT = 4000
+HEARTBEAT_S = 1.0
+
+
+@dataclass
+class RecordStats:
+    events: int = 0
+    dropped: int = 0
+    gaps: int = 0
+    started: float = field(default_factory=time.monotonic)
+    connected: bool = False
+    disconnected_since_ns: int | None = None
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.events / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass
+class RecordOptions:
+    output: Path
+    subjects: list[str] = field(default_factory=lambda: [">"])
+    count: int | None = None
+    duration: float | None = None
+    pending_msgs_limit: int = 512 * 1024
+    pending_bytes_limit: int = 256 * 1024 * 1024
+    correlator_factory: Callable[[], Any] | None = None
+    extra_meta: dict[str, str] = field(default_factory=dict)
+
+
+class _Sender:
+    """Owns the pipe to the writer; a blocking send happens off the event loop."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="qixtui-sender", daemon=True)
+        self.thread.start()
+
+    def send(self, record: list[Any]) -> None:
+        self.queue.put(encode_record(record))
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            try:
+                self.conn.send_bytes(data)
+            except OSError as exc:
+                self.error = exc
+                return
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self.conn.close()
+
+
+class Recorder:
+    def __init__(self, connect: ConnectOptions, options: RecordOptions) -> None:
+        self.connect = connect.resolved()
+        self.options = options
+        self.stats = RecordStats()
+        self.drops: Counter[str] = Counter()
+        self._pending: list[list[Any]] = []
+        self._stop = asyncio.Event()
+        self._last_seen_ns = time.time_ns()
+        self._gap_open = False
+        self._closing = False
+        self._dead_reader = False
+        self._connect_error: BaseException | None = None
+        self.nc: Client | None = None
+        self._sender: _Sender | None = None
+        self._writer: multiprocessing.process.BaseProcess | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start_writer(self) -> None:
+        db = store.create_session(
+            self.options.output,
+            {
+                "server": self.connect.display_servers(),
+                "subjects": ",".join(self.options.subjects),
+                "started_ns": str(time.time_ns()),
+                "qixtui_version": qixtui.__version__,
+                "recorder_pid": str(os.getpid()),
+                **self.options.extra_meta,
+            },
+        )
+        db.close()
+        ctx = multiprocessing.get_context("spawn")
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        self._writer = ctx.Process(
+            target=run_writer,
+            args=(str(self.options.output), parent_end, self.options.correlator_factory),
+            name="qixtui-writer",
+            daemon=True,
+        )
+        self._writer.start()
+        parent_end.close()
+        self._sender = _Sender(child_end)
+
+    async def run(self, on_progress: Callable[[RecordStats], None] | None = None) -> RecordStats:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._stop.set)
+        self.start_writer()
+        try:
+            await self._connect()
+            tasks = [
+                asyncio.create_task(self._flush_loop(), name="qixtui-flush"),
+                asyncio.create_task(self._watch_loop(), name="qixtui-watch"),
+            ]
+            if on_progress is not None:
+                tasks.append(asyncio.create_task(self._progress_loop(on_progress)))
+            if self.options.duration is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.options.duration)
+            else:
+                await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await self._shutdown()
+        return self.stats
+
+    async def _connect(self) -> None:
+        kwargs = self.connect.kwargs()
+        try:
+            self.nc = await nats.connect(
+                **kwargs,
+                max_reconnect_attempts=-1,  # never give up: a recorder must outlive outages
+                reconnect_time_wait=0.5,
+                connect_timeout=3,
+                allow_reconnect=True,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
+                closed_cb=self._on_closed,
+            )
+        except Exception as exc:
+            cause = self._connect_error or exc
+            raise ConnectError(
+                describe_connect_error(cause, self.connect.display_servers())
+            ) from None
+        self._connect_error = None
+        self.stats.connected = True
+        info = getattr(self.nc, "_server_info", {}) or {}
+        self._send(
+            [
+                "M",
+                {
+                    "server_id": str(info.get("server_id", "")),
+                    "server_name": str(info.get("server_name", "")),
+                    "server_version": str(info.get("version", "")),
+                    "max_payload": str(info.get("max_payload", "")),
+                },
+            ]
+        )
+        for subject in self.options.subjects:
+            await self.nc.subscribe(
+                subject,
+                cb=self._on_msg,
+                pending_msgs_limit=self.options.pending_msgs_limit,
+                pending_bytes_limit=self.options.pending_bytes_limit,
+            )
+        await self.nc.flush()
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.nc.close(), 2)
+        self._flush_pending()
+        if self._gap_open:
+            self._send(["G-", time.time_ns()])
+        self._send(["M", {"stopped_ns": str(time.time_ns())}])
+        if self._sender is not None:
+            self._sender.send(["X"])
+            self._sender.close()
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.join)
+            if self._writer.exitcode not in (0, None):
+                raise RuntimeError(f"session writer exited with {self._writer.exitcode}")
+
+    # -- hot path -------------------------------------------------------------------------
+
+    async def _on_msg(self, msg: Msg) -> None:
+        now = time.time_ns()
+        headers = list(msg.headers.items()) if msg.headers else None
+        self._pending.append([now, msg.subject, msg.reply, headers, msg.data])
+        self._last_seen_ns = now
+        count = self.options.count
+        if count is not None and self.stats.events + len(self._pending) >= count:
+            self._stop.set()
+
+    def _flush_pending(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        count = self.options.count
+        if count is not None and self.stats.events + len(batch) > count:
+            batch = batch[: count - self.stats.events]
+        self.stats.events += len(batch)
+        self._send(["E", batch])
+
+    def _send(self, record: list[Any]) -> None:
+        if self._sender is None:
+            return
+        if self._sender.error is not None:
+            raise RuntimeError(f"session writer is gone: {self._sender.error}")
+        self._sender.send(record)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            self._flush_pending()
+            if self.drops:
+                now = time.time_ns()
+                for subject, n in self.drops.items():
+                    self._send(["D", now, subject, n])
+                self.drops.clear()
+
+    # -- loss -----------------------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        """Heartbeat round-trips mark the last moment we know nothing was missed, and catch a
+        read loop that died while the connection still looks up (nats-py drops it silently
+        when a message has a non-UTF-8 subject)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S / 4)
+            nc = self.nc
+            if nc is None or not nc.is_connected:
+                continue
+            reader = getattr(nc, "_reading_task", None)
+            if reader is not None and reader.done():
+                self._dead_reader = True
+                # No public way to restart the reader: force nats-py's own reconnect path.
+                await nc._process_op_err(nats.errors.UnexpectedEOF())
+                continue
+            sent = time.time_ns()
+            with contextlib.suppress(Exception):
+                await nc.flush(timeout=HEARTBEAT_S)
+                # Everything the server sent before our PONG has been read.
+                self._last_seen_ns = max(self._last_seen_ns, sent)
+
+    async def _on_disconnected(self) -> None:
+        self.stats.connected = False
+        if self._gap_open or self._closing:
+            return
+        reason = (
+            "read loop died (message with an unreadable subject?)"
+            if self._dead_reader
+            else ("disconnected")
+        )
+        self._dead_reader = False
+        self._flush_pending()
+        self._gap_open = True
+        self.stats.gaps += 1
+        self.stats.disconnected_since_ns = self._last_seen_ns
+        self._send(["G+", self._last_seen_ns, reason])
+
+    async def _on_reconnected(self) -> None:
+        self.stats.connected = True
+        self.stats.disconnected_since_ns = None
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=2)
+        if self._gap_open:
+            self._gap_open = False
+            self._send(["G-", time.time_ns()])
+
+    async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            self.drops[exc.subject] += 1
+            self.stats.dropped += 1
+            return
+        if self.nc is None:
+            self._connect_error = exc  # the real reason behind NoServersError
+
+    async def _on_closed(self) -> None:
+        self.stats.connected = False
+
+    async def _progress_loop(self, on_progress: Callable[[RecordStats], None]) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            on_progress(self.stats)
+
+
+def progress_line(stats: RecordStats) -> str:
+    state = "recording" if stats.connected else "NOT RECORDING (disconnected)"
+    return (
+        f"{state}: {stats.events:,} events, {stats.rate():,.0f}/s, "
+        f"{stats.dropped:,} dropped, {stats.gaps} gaps"
+    )
+
+
+def print_progress(stats: RecordStats) -> None:
+    sys.stderr.write("\r\x1b[2K" + progress_line(stats))
+    sys.stderr.flush()

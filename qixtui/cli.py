@@ -1,0 +1,271 @@
+"""The command line: parses, calls the core, the NATS adapter or the app, and prints.
+
+Headless verbs never import Textual; bus verbs import the adapter only when they run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import getpass
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from qixtui.core import store
+from qixtui.core.text import visible
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One line on stderr and a non-zero exit: the shape of every user-facing error."""
+    click.echo(f"qixtui: {message}", err=True)
+    sys.exit(code)
+
+
+def open_or_fail(path: str) -> Any:
+    try:
+        return store.open_session(Path(path), readonly=True)
+    except store.SessionError as exc:
+        fail(str(exc))
+
+
+def connection_options(func: F) -> F:
+    """The connection flags natscli users know, shared by every verb that talks to a bus."""
+    options = [
+        click.option(
+            "-s",
+            "--server",
+            "servers",
+            help="Server URL(s), comma-separated (default: NATS_URL, then nats://127.0.0.1:4222).",
+        ),
+        click.option("--context", help="A natscli context by name."),
+        click.option("--creds", type=click.Path(), help="User credentials file (JWT + seed)."),
+        click.option("--nkey", type=click.Path(), help="NKey seed file."),
+        click.option(
+            "--user", help="User name; the password comes from NATS_PASSWORD or a prompt."
+        ),
+        click.option("--token", envvar="NATS_TOKEN", help="Auth token (or NATS_TOKEN)."),
+        click.option("--tlsca", type=click.Path(), help="CA certificate to verify the server."),
+        click.option("--tlscert", type=click.Path(), help="Client certificate."),
+        click.option("--tlskey", type=click.Path(), help="Client certificate key."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def build_connect_options(kw: dict[str, Any]) -> Any:
+    from qixtui_nats.connect import ConnectOptions, split_servers
+
+    opts = ConnectOptions(
+        servers=split_servers(kw.pop("servers") or ""),
+        context=kw.pop("context"),
+        creds=kw.pop("creds"),
+        nkey=kw.pop("nkey"),
+        user=kw.pop("user"),
+        token=kw.pop("token"),
+        tlsca=kw.pop("tlsca"),
+        tlscert=kw.pop("tlscert"),
+        tlskey=kw.pop("tlskey"),
+    ).resolved()
+    if opts.user and opts.password is None:
+        if not sys.stdin.isatty():
+            fail("--user needs a password: set NATS_PASSWORD")
+        opts.password = getpass.getpass(f"password for {opts.user}: ")
+    return opts
+
+
+def parse_time(value: str | None) -> int | None:
+    """A time bound as ns since the epoch: ISO 8601, or a plain number of ns."""
+    if value is None:
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"not a time: {value!r} (use ISO 8601 like 2026-11-26T10:00:00, or ns)")
+    if parsed.tzinfo is None:
+        parsed = parsed.astimezone()
+    return int(parsed.timestamp() * 1e9)
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Start with `qixtui demo`. Verbs: demo, tap, replay, orchestrate, record, events, "
+    "info, server.",
+)
+@click.version_option(package_name="qixtui")
+def main() -> None:
+    """qixtui: see choreography and orchestration on a real NATS bus."""
+
+
+@main.command()
+@connection_options
+@click.option("-o", "--output", required=True, type=click.Path(), help="Session file to create.")
+@click.option(
+    "-S", "--subject", "subjects", multiple=True, help="Subject to record (repeatable; default >)."
+)
+@click.option("--count", type=click.IntRange(min=1), help="Stop after N events.")
+@click.option("--duration", type=click.FloatRange(min=0), help="Stop after S seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+@click.option(
+    "--pending-limit",
+    type=click.IntRange(min=1),
+    default=512 * 1024,
+    hidden=True,
+    help="Client-side pending message limit (for testing slow-consumer accounting).",
+)
+def record(
+    output: str,
+    subjects: tuple[str, ...],
+    count: int | None,
+    duration: float | None,
+    as_json: bool,
+    pending_limit: int,
+    **conn: Any,
+) -> None:
+    """Record every message on the bus into a session file."""
+    from qixtui_nats.connect import ConnectError
+    from qixtui_nats.recorder import Recorder, RecordOptions, print_progress
+
+    connect = build_connect_options(conn)
+    options = RecordOptions(
+        output=Path(output),
+        subjects=list(subjects) or [">"],
+        count=count,
+        duration=duration,
+        pending_msgs_limit=pending_limit,
+    )
+    recorder = Recorder(connect, options)
+    progress = print_progress if sys.stderr.isatty() and not as_json else None
+    try:
+        stats = asyncio.run(recorder.run(progress))
+    except store.SessionError as exc:
+        fail(str(exc))
+    except ConnectError as exc:
+        fail(str(exc))
+    if progress:
+        click.echo("", err=True)
+    elapsed = max(1e-9, time.monotonic() - stats.started)
+    result = {
+        "events": stats.events,
+        "dropped": stats.dropped,
+        "gaps": stats.gaps,
+        "duration_s": round(elapsed, 3),
+        "rate": round(stats.events / elapsed, 1),
+        "file": str(Path(output).resolve()),
+    }
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        click.echo(
+            f"recorded {result['events']:,} events in {result['duration_s']}s "
+            f"({result['rate']:,.0f}/s), {result['dropped']:,} dropped, {result['gaps']} gaps "
+            f"-> {result['file']}",
+            err=True,
+        )
+
+
+@main.command()
+@click.argument("file", type=click.Path())
+@click.option("--subject", help="NATS subject pattern (`*` one token, `>` the rest).")
+@click.option("--since", help="Only events at or after this time (ISO 8601 or ns).")
+@click.option("--until", help="Only events before this time (ISO 8601 or ns).")
+@click.option("--flow", "flow_id", type=int, help="Only events of this flow.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N events.")
+@click.option("--json", "as_json", is_flag=True, help="JSON Lines, one object per event.")
+def events(
+    file: str,
+    subject: str | None,
+    since: str | None,
+    until: str | None,
+    flow_id: int | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Print the events of a recording, oldest first."""
+    db = open_or_fail(file)
+    query = store.EventQuery(
+        subject=subject,
+        since_ns=parse_time(since),
+        until_ns=parse_time(until),
+        flow_id=flow_id,
+        limit=limit,
+    )
+    out = sys.stdout
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    for event in store.iter_events(db, query):
+        if as_json:
+            out.write(encode(store.event_to_json(event)) + "\n")
+        else:
+            when = dt.datetime.fromtimestamp(event.ts_ns / 1e9).isoformat(timespec="microseconds")
+            preview = store.event_to_json(event)["payload"][:80]
+            out.write(visible(f"{when} {event.subject} {len(event.payload)}B {preview}") + "\n")
+
+
+@main.command()
+@click.argument("file", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="The summary as one JSON object.")
+def info(file: str, as_json: bool) -> None:
+    """Summarise a session: server, time span, counts and every kind of loss."""
+    db = open_or_fail(file)
+    data = store.summary(db, Path(file))
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False))
+        return
+
+    def when(ns: int | None) -> str:
+        return "-" if ns is None else dt.datetime.fromtimestamp(ns / 1e9).isoformat(sep=" ")
+
+    meta = data["meta"]
+    lines = [
+        f"file:      {data['file']} ({data['file_bytes']:,} bytes)",
+        f"server:    {meta.get('server', '?')} {meta.get('server_name', '')}",
+        f"subjects:  {meta.get('subjects', '?')}",
+        f"recorded:  {when(data['first_ns'])} .. {when(data['last_ns'])}",
+        f"events:    {data['events']:,} ({data['payload_bytes']:,} payload bytes)",
+        f"flows:     {data['flows']:,}",
+        f"dropped:   {data['dropped']:,}",
+        f"gaps:      {len(data['gaps'])}",
+    ]
+    for gap in data["gaps"]:
+        end = when(gap["end_ns"]) if gap["end_ns"] else "(still open)"
+        lines.append(f"  {when(gap['start_ns'])} .. {end}  {gap['reason']}")
+    for subject, n in data["dropped_by_subject"].items():
+        lines.append(f"  dropped {n:,} on {subject}")
+    click.echo("\n".join(visible(line) for line in lines))
+
+
+@main.command()
+@click.option("-p", "--port", type=int, default=4222, show_default=True)
+@click.option("--no-jetstream", is_flag=True)
+def server(port: int, no_jetstream: bool) -> None:
+    """Run the embedded nats-server on 127.0.0.1 in the foreground (Ctrl-C stops it)."""
+    import signal
+
+    from qixtui_nats.server import EmbeddedServer, ServerError
+
+    srv = EmbeddedServer(port, jetstream=not no_jetstream)
+    try:
+        srv.start()
+    except ServerError as exc:
+        fail(str(exc))
+    click.echo(
+        f"nats-server listening on {srv.url} (monitor {srv.monitor_url}); Ctrl-C stops it", err=True
+    )
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        srv.close()
+
+
+if __name__ == "__main__":
+    main()

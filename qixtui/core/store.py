@@ -1,0 +1,484 @@
+"""The session file: schema, migrations, the batched writer and read queries, without a UI."""
+
+from __future__ import annotations
+
+import base64
+import os
+import sqlite3
+import struct
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from qixtui.core.model import Drop, Event, Flow, FlowChanges, Gap, Headers, Link
+
+APPLICATION_ID = 0x51495854  # "QIXT"
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_json_encode = msgspec.json.Encoder().encode
+_decode_headers = msgspec.json.Decoder(list[tuple[str, str]]).decode
+_decode_strings = msgspec.json.Decoder(list[str]).decode
+
+
+class SessionError(Exception):
+    """A file that cannot be used as a session; the message is one line meant for the user."""
+
+
+def _run_statements(db: sqlite3.Connection, script: str) -> None:
+    # executescript() would COMMIT first and break the migration's transaction.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _schema_v1(db: sqlite3.Connection) -> None:
+    _run_statements(
+        db,
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            ts_ns INTEGER NOT NULL,
+            subject TEXT NOT NULL,
+            reply TEXT,
+            headers TEXT,
+            payload BLOB NOT NULL,
+            size INTEGER NOT NULL,
+            flow_id INTEGER
+        );
+        CREATE INDEX events_flow ON events(flow_id);
+        CREATE TABLE gaps (
+            id INTEGER PRIMARY KEY,
+            start_ns INTEGER NOT NULL,
+            end_ns INTEGER,
+            reason TEXT NOT NULL
+        );
+        CREATE TABLE drops (
+            id INTEGER PRIMARY KEY,
+            ts_ns INTEGER NOT NULL,
+            subject TEXT NOT NULL,
+            count INTEGER NOT NULL
+        );
+        CREATE TABLE flows (
+            flow_id INTEGER PRIMARY KEY,
+            status TEXT NOT NULL,
+            started_ns INTEGER NOT NULL,
+            ended_ns INTEGER NOT NULL,
+            events INTEGER NOT NULL,
+            services TEXT NOT NULL DEFAULT '[]',
+            variant TEXT NOT NULL DEFAULT '[]',
+            keys TEXT NOT NULL DEFAULT '[]',
+            orchestrated INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE links (
+            event_id INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            parent_id INTEGER
+        );
+        CREATE INDEX links_event ON links(event_id);
+        """,
+    )
+
+
+# MIGRATIONS[n] takes a file from version n to n + 1; each runs inside one transaction.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+@dataclass(frozen=True)
+class FileHeader:
+    page_size: int
+    pages: int
+    user_version: int
+    application_id: int
+
+
+def read_header(path: Path) -> FileHeader:
+    """Check that `path` looks like a qixtui session without opening it through SQLite."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(100)
+    except FileNotFoundError:
+        raise SessionError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SessionError(f"{path}: is a directory, not a session file") from None
+    except PermissionError:
+        raise SessionError(f"{path}: permission denied") from None
+    if size == 0:
+        raise SessionError(f"{path}: empty file, not a qixtui session")
+    if len(head) < 100 or not head.startswith(SQLITE_MAGIC):
+        raise SessionError(f"{path}: not a qixtui session (not an SQLite database)")
+    page_size = struct.unpack(">H", head[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    pages, user_version, application_id = (
+        struct.unpack(">I", head[28:32])[0],
+        struct.unpack(">i", head[60:64])[0],
+        struct.unpack(">i", head[68:72])[0],
+    )
+    if application_id != APPLICATION_ID:
+        raise SessionError(f"{path}: not a qixtui session (an SQLite database of another kind)")
+    if user_version > SCHEMA_VERSION:
+        raise SessionError(
+            f"{path}: made by a newer qixtui (schema {user_version}, this one reads up to "
+            f"{SCHEMA_VERSION}); upgrade qixtui to open it"
+        )
+    wal = Path(f"{path}-wal")
+    if size < pages * page_size and not (wal.exists() and wal.stat().st_size > 0):
+        raise SessionError(
+            f"{path}: truncated session file ({size} of {pages * page_size} bytes present)"
+        )
+    return FileHeader(page_size, pages, user_version, application_id)
+
+
+def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        uri = f"file:{path.resolve()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    else:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 5000")
+    return db
+
+
+def create_session(path: Path, meta: dict[str, str] | None = None) -> sqlite3.Connection:
+    """Create a new, empty session file and return a writable connection to it."""
+    if path.exists() and path.stat().st_size > 0:
+        raise SessionError(f"{path}: already exists; choose another output file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = _connect(path, readonly=False)
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    _migrate(db, 0)
+    if meta:
+        set_meta(db, meta)
+    return db
+
+
+def open_session(path: Path | str, *, readonly: bool = True) -> sqlite3.Connection:
+    """Open an existing session; viewing paths open it read-only so nothing is changed."""
+    path = Path(path)
+    header = read_header(path)
+    try:
+        db = _connect(path, readonly=readonly)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version < SCHEMA_VERSION:
+            if readonly:
+                raise SessionError(
+                    f"{path}: written by an older qixtui (schema {version}); "
+                    "run `qixtui migrate FILE` to bring it forward"
+                )
+            _migrate(db, version)
+        db.execute("SELECT count(*) FROM meta").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise SessionError(f"{path}: unreadable session file ({exc})") from None
+    del header
+    return db
+
+
+@contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: all of it lands, or none of it (connections are autocommit)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    with transaction(db):
+        for step in MIGRATIONS[version:]:
+            step(db)
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+def set_meta(db: sqlite3.Connection, meta: dict[str, str]) -> None:
+    db.executemany(
+        "INSERT INTO meta(key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        list(meta.items()),
+    )
+
+
+def get_meta(db: sqlite3.Connection) -> dict[str, str]:
+    return dict(db.execute("SELECT key, value FROM meta").fetchall())
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def event_row(event: Event) -> tuple[Any, ...]:
+    headers = _json_encode(event.headers).decode() if event.headers else None
+    return (
+        event.id,
+        event.ts_ns,
+        event.subject,
+        event.reply,
+        headers,
+        event.payload,
+        len(event.payload),
+        event.flow_id,
+    )
+
+
+INSERT_EVENT = (
+    "INSERT INTO events(id, ts_ns, subject, reply, headers, payload, size, flow_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def next_event_id(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT coalesce(max(id), 0) + 1 FROM events").fetchone()[0])
+
+
+def insert_events(db: sqlite3.Connection, events: Iterable[Event]) -> None:
+    """Insert events whose ids the caller assigned (the writer owns the id sequence)."""
+    db.executemany(INSERT_EVENT, [event_row(e) for e in events])
+
+
+def insert_links(db: sqlite3.Connection, links: Sequence[Link]) -> None:
+    db.executemany(
+        "INSERT INTO links(event_id, kind, key, parent_id) VALUES (?, ?, ?, ?)",
+        [(lk.event_id, lk.kind, lk.key, lk.parent_id) for lk in links],
+    )
+
+
+def upsert_flows(db: sqlite3.Connection, flows: Sequence[Flow]) -> None:
+    db.executemany(
+        "INSERT INTO flows(flow_id, status, started_ns, ended_ns, events, services, variant, "
+        "keys, orchestrated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(flow_id) DO UPDATE SET status = excluded.status, "
+        "started_ns = excluded.started_ns, ended_ns = excluded.ended_ns, "
+        "events = excluded.events, services = excluded.services, variant = excluded.variant, "
+        "keys = excluded.keys, orchestrated = excluded.orchestrated",
+        [
+            (
+                f.flow_id,
+                f.status,
+                f.started_ns,
+                f.ended_ns,
+                f.events,
+                _json_encode(f.services).decode(),
+                _json_encode(f.variant).decode(),
+                _json_encode(f.keys).decode(),
+                int(f.orchestrated),
+            )
+            for f in flows
+        ],
+    )
+
+
+def merge_flows(db: sqlite3.Connection, merges: Sequence[tuple[int, int]]) -> None:
+    """Move every event of flow `a` into flow `b`, for each (a, b), and drop flow `a`."""
+    for absorbed, into in merges:
+        db.execute("UPDATE events SET flow_id = ? WHERE flow_id = ?", (into, absorbed))
+        db.execute("DELETE FROM flows WHERE flow_id = ?", (absorbed,))
+
+
+def apply_flow_changes(db: sqlite3.Connection, changes: FlowChanges) -> None:
+    """Save what correlation changed; the caller holds the transaction."""
+    if changes.links:
+        insert_links(db, changes.links)
+    if changes.merges:
+        merge_flows(db, changes.merges)
+    if changes.flows:
+        upsert_flows(db, changes.flows)
+
+
+def open_gap(db: sqlite3.Connection, start_ns: int, reason: str) -> int:
+    cur = db.execute(
+        "INSERT INTO gaps(start_ns, end_ns, reason) VALUES (?, NULL, ?)", (start_ns, reason)
+    )
+    return int(cur.lastrowid or 0)
+
+
+def close_gap(db: sqlite3.Connection, gap_id: int, end_ns: int) -> None:
+    db.execute("UPDATE gaps SET end_ns = ? WHERE id = ?", (end_ns, gap_id))
+
+
+def add_drops(db: sqlite3.Connection, drops: Sequence[Drop]) -> None:
+    db.executemany(
+        "INSERT INTO drops(ts_ns, subject, count) VALUES (?, ?, ?)",
+        [(d.ts_ns, d.subject, d.count) for d in drops],
+    )
+
+
+# --- reading -------------------------------------------------------------------------------
+
+EVENT_COLUMNS = "id, ts_ns, subject, reply, headers, payload, flow_id"
+
+
+def row_to_event(row: Sequence[Any]) -> Event:
+    headers: Headers | None = _decode_headers(row[4]) if row[4] else None
+    return Event(
+        ts_ns=row[1],
+        subject=row[2],
+        reply=row[3],
+        headers=headers,
+        payload=bytes(row[5]),
+        id=row[0],
+        flow_id=row[6],
+    )
+
+
+def subject_glob(pattern: str) -> str:
+    """A NATS wildcard pattern as an SQL GLOB that may over-match (`*` spans dots there);
+    `subject_matches` makes the exact check."""
+    glob = pattern.replace("[", "[[]").replace("?", "[?]")
+    return glob[:-1] + "*" if glob.endswith(">") else glob
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is exactly one token, a final `>` one or more."""
+    ptoks = pattern.split(".")
+    stoks = subject.split(".")
+    for i, ptok in enumerate(ptoks):
+        if ptok == ">" and i == len(ptoks) - 1:
+            return len(stoks) > i
+        if i >= len(stoks):
+            return False
+        if ptok != "*" and ptok != stoks[i]:
+            return False
+    return len(stoks) == len(ptoks)
+
+
+@dataclass
+class EventQuery:
+    subject: str | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    flow_id: int | None = None
+    after_id: int = 0
+    limit: int | None = None
+
+
+def iter_events(db: sqlite3.Connection, query: EventQuery) -> Iterator[Event]:
+    clauses = ["id > ?"]
+    params: list[Any] = [query.after_id]
+    if query.since_ns is not None:
+        clauses.append("ts_ns >= ?")
+        params.append(query.since_ns)
+    if query.until_ns is not None:
+        clauses.append("ts_ns < ?")
+        params.append(query.until_ns)
+    if query.flow_id is not None:
+        clauses.append("flow_id = ?")
+        params.append(query.flow_id)
+    if query.subject:
+        clauses.append("subject GLOB ?")
+        params.append(subject_glob(query.subject))
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id"
+    remaining = query.limit
+    for row in db.execute(sql, params):
+        if query.subject and not subject_matches(query.subject, row[2]):
+            continue
+        yield row_to_event(row)
+        if remaining is not None:
+            remaining -= 1
+            if remaining <= 0:
+                return
+
+
+def gaps(db: sqlite3.Connection) -> list[Gap]:
+    return [
+        Gap(start_ns=r[1], end_ns=r[2], reason=r[3], id=r[0])
+        for r in db.execute("SELECT id, start_ns, end_ns, reason FROM gaps ORDER BY id")
+    ]
+
+
+def row_to_flow(row: Sequence[Any]) -> Flow:
+    return Flow(
+        flow_id=row[0],
+        status=row[1],
+        started_ns=row[2],
+        ended_ns=row[3],
+        events=row[4],
+        services=_decode_strings(row[5]),
+        variant=_decode_strings(row[6]),
+        keys=_decode_strings(row[7]),
+        orchestrated=bool(row[8]),
+    )
+
+
+FLOW_COLUMNS = (
+    "flow_id, status, started_ns, ended_ns, events, services, variant, keys, orchestrated"
+)
+
+
+def flows(db: sqlite3.Connection, status: str | None = None) -> list[Flow]:
+    sql = f"SELECT {FLOW_COLUMNS} FROM flows"
+    params: tuple[Any, ...] = ()
+    if status:
+        sql += " WHERE status = ?"
+        params = (status,)
+    return [row_to_flow(r) for r in db.execute(sql + " ORDER BY started_ns, flow_id", params)]
+
+
+def summary(db: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    """What `qixtui info` shows: the session's metadata, size and every kind of loss."""
+    count, first, last, size = db.execute(
+        "SELECT count(*), min(ts_ns), max(ts_ns), coalesce(sum(size), 0) FROM events"
+    ).fetchone()
+    dropped = db.execute("SELECT coalesce(sum(count), 0) FROM drops").fetchone()[0]
+    drop_subjects = dict(
+        db.execute("SELECT subject, sum(count) FROM drops GROUP BY subject ORDER BY 2 DESC")
+    )
+    flow_count = db.execute("SELECT count(*) FROM flows").fetchone()[0]
+    return {
+        "file": str(path),
+        "file_bytes": file_size(path),
+        "meta": get_meta(db),
+        "events": count,
+        "payload_bytes": size,
+        "first_ns": first,
+        "last_ns": last,
+        "flows": flow_count,
+        "dropped": dropped,
+        "dropped_by_subject": drop_subjects,
+        "gaps": [msgspec.structs.asdict(g) for g in gaps(db)],
+    }
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    """The `events --json` shape: payload as text when it is UTF-8, else base64."""
+    out: dict[str, Any] = {
+        "id": event.id,
+        "ts_ns": event.ts_ns,
+        "subject": event.subject,
+        "reply": event.reply,
+        "headers": headers_object(event.headers),
+        "size": len(event.payload),
+        "flow_id": event.flow_id,
+    }
+    try:
+        out["payload"] = event.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        out["payload"] = base64.b64encode(event.payload).decode("ascii")
+        out["payload_encoding"] = "base64"
+    return out
+
+
+def headers_object(headers: Headers | None) -> dict[str, str | list[str]]:
+    """Headers as a JSON object; a name seen twice keeps all its values as a list."""
+    out: dict[str, str | list[str]] = {}
+    for name, value in headers or []:
+        if name in out:
+            prev = out[name]
+            out[name] = [*prev, value] if isinstance(prev, list) else [prev, value]
+        else:
+            out[name] = value
+    return out
+
+
+def file_size(path: Path) -> int:
+    return sum(os.path.getsize(p) for p in (str(path), f"{path}-wal") if os.path.exists(p))

@@ -1,0 +1,23 @@
+"""Untrusted text made visible: control, escape and bidi characters shown, never obeyed."""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls but tab and newline, DEL, C1 controls, and the bidi embedding/override/isolate
+# characters that can reorder what a reader sees.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_ONE_LINE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str, *, multiline: bool = False) -> str:
+    """`text` with every character that could steer a terminal written out as an escape.
+
+    One line by default (newline and tab escaped too); `multiline=True` keeps them.
+    """
+    return (_UNSAFE if multiline else _UNSAFE_ONE_LINE).sub(_escape, text)

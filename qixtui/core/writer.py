@@ -1,0 +1,114 @@
+"""The session writer: the one owner of a session file's connection, fed batches over a pipe.
+
+It runs in its own process so SQLite inserts and correlation never share a core with the
+bus client's read loop. Records arrive msgpack-encoded and tagged:
+
+    ("E", [[ts_ns, subject, reply, headers, payload], ...])   events, in receive order
+    ("G+", start_ns, reason)                                  a gap opens
+    ("G-", end_ns)                                            the open gap closes
+    ("D", ts_ns, subject, count)                              slow-consumer drops
+    ("M", {key: value})                                       session metadata
+    ("X",)                                                    flush and stop
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from qixtui.core import store
+from qixtui.core.model import Drop, Event
+
+_decode_record = msgspec.msgpack.Decoder().decode
+encode_record = msgspec.msgpack.Encoder().encode
+
+
+class SessionWriter:
+    """Applies records to a session file, one transaction per batch of records."""
+
+    def __init__(self, db: sqlite3.Connection, correlator: Any | None = None) -> None:
+        self.db = db
+        self.next_id = store.next_event_id(db)
+        self.open_gap_id: int | None = None
+        self.correlator = correlator
+        self.events_written = 0
+
+    def apply(self, records: list[list[Any]]) -> None:
+        with store.transaction(self.db):
+            for record in records:
+                self._apply_one(record)
+
+    def _apply_one(self, record: list[Any]) -> None:
+        tag = record[0]
+        if tag == "E":
+            self._write_events(record[1])
+        elif tag == "G+":
+            if self.open_gap_id is None:
+                self.open_gap_id = store.open_gap(self.db, record[1], record[2])
+        elif tag == "G-":
+            if self.open_gap_id is not None:
+                store.close_gap(self.db, self.open_gap_id, record[1])
+                self.open_gap_id = None
+        elif tag == "D":
+            store.add_drops(self.db, [Drop(ts_ns=record[1], subject=record[2], count=record[3])])
+        elif tag == "M":
+            store.set_meta(self.db, record[1])
+
+    def _write_events(self, rows: list[list[Any]]) -> None:
+        events = []
+        next_id = self.next_id
+        for ts_ns, subject, reply, headers, payload in rows:
+            events.append(
+                Event(
+                    ts_ns=ts_ns,
+                    subject=subject,
+                    reply=reply or None,
+                    headers=[tuple(h) for h in headers] if headers else None,
+                    payload=payload,
+                    id=next_id,
+                )
+            )
+            next_id += 1
+        self.next_id = next_id
+        if self.correlator is not None:
+            changes = self.correlator.add_batch(events)
+            store.insert_events(self.db, events)
+            store.apply_flow_changes(self.db, changes)
+        else:
+            store.insert_events(self.db, events)
+        self.events_written += len(events)
+
+
+def run_writer(path: str, conn: Connection, correlator_factory: Any | None = None) -> None:
+    """Process entry point: read records from `conn` until "X" or end of pipe, then exit.
+
+    A killed parent closes the pipe; what was received is still committed.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the recorder decides when to stop
+    db = store.open_session(Path(path), readonly=False)
+    writer = SessionWriter(db, correlator_factory() if correlator_factory else None)
+    stopping = False
+    while not stopping:
+        batch: list[list[Any]] = []
+        try:
+            batch.append(_decode_record(conn.recv_bytes()))
+            # Everything already waiting joins the same transaction.
+            while len(batch) < 64 and conn.poll(0):
+                batch.append(_decode_record(conn.recv_bytes()))
+        except (EOFError, OSError):
+            stopping = True
+        if batch and batch[-1][0] == "X":
+            stopping = True
+        if batch:
+            writer.apply(batch)
+    if writer.correlator is not None:
+        with store.transaction(db):
+            store.apply_flow_changes(db, writer.correlator.finish())
+    # A finished session is one self-contained file that opens read-only anywhere.
+    db.execute("PRAGMA journal_mode = DELETE")
+    db.close()
