@@ -119,9 +119,9 @@ def main() -> None:
 @click.option(
     "--pending-limit",
     type=click.IntRange(min=1),
-    default=512 * 1024,
-    hidden=True,
-    help="Client-side pending message limit (for testing slow-consumer accounting).",
+    default=1_000_000,
+    show_default=True,
+    help="Events held for the writer before the recorder drops (and counts) new ones.",
 )
 def record(
     output: str,
@@ -142,7 +142,7 @@ def record(
         subjects=list(subjects) or [">"],
         count=count,
         duration=duration,
-        pending_msgs_limit=pending_limit,
+        pending_limit=pending_limit,
     )
     recorder = Recorder(connect, options)
     progress = print_progress if sys.stderr.isatty() and not as_json else None

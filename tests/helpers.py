@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 
 def qixtui_command(*args: str) -> list[str]:
@@ -19,3 +22,12 @@ def run_qixtui(
     return subprocess.run(
         qixtui_command(*args), capture_output=True, text=True, timeout=timeout, env=env, **kwargs
     )
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10, what: str = "") -> None:
+    """Poll `condition` until it holds; for state that has no event to await."""
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        await asyncio.sleep(0.05)

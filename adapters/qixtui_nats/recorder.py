@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
 import qixtui
 from qixtui.core import store
+from qixtui.core.model import parse_header_block
 from qixtui.core.writer import encode_record, run_writer
 from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
 
@@ -58,37 +57,75 @@ class RecordOptions:
     subjects: list[str] = field(default_factory=lambda: [">"])
     count: int | None = None
     duration: float | None = None
-    pending_msgs_limit: int = 512 * 1024
-    pending_bytes_limit: int = 256 * 1024 * 1024
+    # Events received but not yet handed to the writer; past this the recorder is a slow
+    # consumer and drops (counted per subject) rather than grow without bound.
+    pending_limit: int = 1_000_000
     correlator_factory: Callable[[], Any] | None = None
     extra_meta: dict[str, str] = field(default_factory=dict)
 
 
 class _Sender:
-    """Owns the pipe to the writer; a blocking send happens off the event loop."""
+    """Owns the pipe to the writer; a blocking send happens off the event loop.
+
+    `queued` is counted by the loop thread and `sent` by the sender thread only, so their
+    difference (events not yet handed to the writer) needs no lock.
+    """
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[tuple[bytes, int] | None] = queue.SimpleQueue()
         self.error: BaseException | None = None
+        self.queued = 0
+        self.sent = 0
         self.thread = threading.Thread(target=self._run, name="qixtui-sender", daemon=True)
         self.thread.start()
 
-    def send(self, record: list[Any]) -> None:
-        self.queue.put(encode_record(record))
+    def send(self, record: list[Any], events: int = 0) -> None:
+        self.queued += events
+        self.queue.put((encode_record(record), events))
+
+    @property
+    def in_flight(self) -> int:
+        return self.queued - self.sent
 
     def _run(self) -> None:
-        while (data := self.queue.get()) is not None:
+        while (item := self.queue.get()) is not None:
+            data, events = item
             try:
                 self.conn.send_bytes(data)
             except OSError as exc:
                 self.error = exc
                 return
+            self.sent += events
 
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join()
         self.conn.close()
+
+
+class RecordingClient(Client):
+    """A nats-py client that hands recorded messages over as raw bytes.
+
+    Skipping nats-py's Msg objects and per-subscription queues keeps the receive order across
+    several subscriptions, keeps every header (repeats included) and costs less per message; a
+    subject that is not UTF-8 is recorded (its bad bytes escaped) instead of killing the reader.
+    """
+
+    def __init__(self, on_message: Callable[[bytes, bytes, bytes, bytes | None], None]) -> None:
+        super().__init__()
+        self.on_message = on_message
+        self.recorded_sids: set[int] = set()
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        if sid not in self.recorded_sids:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        self.on_message(subject, reply, data, headers)
 
 
 class Recorder:
@@ -104,7 +141,7 @@ class Recorder:
         self._closing = False
         self._dead_reader = False
         self._connect_error: BaseException | None = None
-        self.nc: Client | None = None
+        self.nc: RecordingClient | None = None
         self._sender: _Sender | None = None
         self._writer: multiprocessing.process.BaseProcess | None = None
 
@@ -163,8 +200,9 @@ class Recorder:
 
     async def _connect(self) -> None:
         kwargs = self.connect.kwargs()
+        self.nc = RecordingClient(self._on_raw_msg)
         try:
-            self.nc = await nats.connect(
+            await self.nc.connect(
                 **kwargs,
                 max_reconnect_attempts=-1,  # never give up: a recorder must outlive outages
                 reconnect_time_wait=0.5,
@@ -195,12 +233,8 @@ class Recorder:
             ]
         )
         for subject in self.options.subjects:
-            await self.nc.subscribe(
-                subject,
-                cb=self._on_msg,
-                pending_msgs_limit=self.options.pending_msgs_limit,
-                pending_bytes_limit=self.options.pending_bytes_limit,
-            )
+            sub = await self.nc.subscribe(subject)
+            self.nc.recorded_sids.add(sub._id)
         await self.nc.flush()
 
     async def _shutdown(self) -> None:
@@ -222,11 +256,27 @@ class Recorder:
 
     # -- hot path -------------------------------------------------------------------------
 
-    async def _on_msg(self, msg: Msg) -> None:
+    def _on_raw_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         now = time.time_ns()
-        headers = list(msg.headers.items()) if msg.headers else None
-        self._pending.append([now, msg.subject, msg.reply, headers, msg.data])
         self._last_seen_ns = now
+        subject_text = subject.decode("utf-8", "backslashreplace")
+        sender = self._sender
+        if (
+            sender is not None
+            and len(self._pending) + sender.in_flight >= self.options.pending_limit
+        ):
+            self.drops[subject_text] += 1
+            self.stats.dropped += 1
+            return
+        self._pending.append(
+            [
+                now,
+                subject_text,
+                reply.decode("utf-8", "backslashreplace") if reply else None,
+                parse_header_block(headers) if headers else None,
+                data,
+            ]
+        )
         count = self.options.count
         if count is not None and self.stats.events + len(self._pending) >= count:
             self._stop.set()
@@ -239,14 +289,14 @@ class Recorder:
         if count is not None and self.stats.events + len(batch) > count:
             batch = batch[: count - self.stats.events]
         self.stats.events += len(batch)
-        self._send(["E", batch])
+        self._send(["E", batch], len(batch))
 
-    def _send(self, record: list[Any]) -> None:
+    def _send(self, record: list[Any], events: int = 0) -> None:
         if self._sender is None:
             return
         if self._sender.error is not None:
             raise RuntimeError(f"session writer is gone: {self._sender.error}")
-        self._sender.send(record)
+        self._sender.send(record, events)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -308,11 +358,7 @@ class Recorder:
             self._send(["G-", time.time_ns()])
 
     async def _on_error(self, exc: Exception) -> None:
-        if isinstance(exc, nats.errors.SlowConsumerError):
-            self.drops[exc.subject] += 1
-            self.stats.dropped += 1
-            return
-        if self.nc is None:
+        if not self.stats.connected:
             self._connect_error = exc  # the real reason behind NoServersError
 
     async def _on_closed(self) -> None:

@@ -80,3 +80,31 @@ class FlowChanges(msgspec.Struct):
     links: list[Link] = []
     merges: list[tuple[int, int]] = []
     flows: list[Flow] = []
+
+
+def parse_header_block(raw: bytes) -> Headers:
+    """A NATS header block (`NATS/1.0[ status]\\r\\nName: value\\r\\n...`) as ordered pairs.
+
+    Repeated names are kept, in order. An inline status becomes `Status` and `Description`
+    pairs, as nats-py names them. Bytes that are not UTF-8 are kept visible as `\\xNN`.
+    """
+    lines = raw.split(b"\r\n")
+    pairs: Headers = []
+    first = lines[0]
+    if first.startswith(b"NATS/1.0 "):
+        status, _, description = first[9:].strip().partition(b" ")
+        if status:
+            pairs.append(("Status", status.decode("ascii", "backslashreplace")))
+        if description:
+            pairs.append(("Description", description.decode("utf-8", "backslashreplace")))
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep or not name:
+            continue
+        pairs.append(
+            (
+                name.strip().decode("utf-8", "backslashreplace"),
+                value.strip().decode("utf-8", "backslashreplace"),
+            )
+        )
+    return pairs

@@ -1,0 +1,358 @@
+"""The recorder against a real nats-server: byte-exact capture, and loss that is never silent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import nats
+from helpers import eventually, qixtui_command, run_qixtui
+
+from qixtui.core import store
+from qixtui_nats.server import EmbeddedServer
+
+
+def start_recorder(url: str, out: Path, *extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        qixtui_command("record", "-s", url, "-o", str(out), "--json", *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_meta(out, "server_id")
+    return proc
+
+
+def wait_for_meta(out: Path, key: str, timeout: float = 15) -> None:
+    """The recorder writes the server id once it is connected and subscribed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out.exists():
+            try:
+                db = store.open_session(out)
+                if key in store.get_meta(db):
+                    db.close()
+                    time.sleep(0.2)  # the SUB reaches the server before the flush returns
+                    return
+                db.close()
+            except (store.SessionError, sqlite3.Error):
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"recorder did not start writing {out}")
+
+
+def stop_recorder(proc: subprocess.Popen[str]) -> dict[str, object]:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return json.loads(out)
+
+
+def count_events(path: Path) -> int:
+    db = store.open_session(path)
+    try:
+        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+    finally:
+        db.close()
+
+
+def wait_for_events(path: Path, n: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if count_events(path) >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"only {count_events(path)} of {n} events recorded")
+
+
+def varied_messages() -> list[tuple[str, bytes, dict[str, str] | None]]:
+    msgs: list[tuple[str, bytes, dict[str, str] | None]] = []
+    for i in range(10_000):
+        kind = i % 5
+        if kind == 0:
+            msgs.append((f"shop.order.{i}", b'{"order_id": "o-%d"}' % i, {"X-Seq": str(i)}))
+        elif kind == 1:
+            msgs.append((f"bin.{i}", bytes(range(256)) + i.to_bytes(4, "big"), None))
+        elif kind == 2:
+            msgs.append((f"bad.{i}", b"\xff\xfe\xfd not utf-8 \xc3(" + str(i).encode(), None))
+        elif kind == 3:
+            msgs.append((f"empty.{i}", b"", {"X-Empty": "yes", "X-Seq": str(i)}))
+        else:
+            msgs.append((f"text.{i}", f"héllo {i}".encode(), None))
+    # 1 MB, just under the default max_payload once its header is counted
+    msgs.insert(5000, ("big.one", os.urandom(1_000_000), {"X-Big": "1"}))
+    return msgs
+
+
+async def publish_all(url: str, msgs: list[tuple[str, bytes, dict[str, str] | None]]) -> None:
+    nc = await nats.connect(url)
+    for i, (subject, payload, headers) in enumerate(msgs):
+        await nc.publish(subject, payload, headers=headers)
+        if i % 500 == 0:
+            await nc.flush()
+    await nc.flush()
+    await nc.close()
+
+
+def test_records_every_message_byte_exact_in_order(nats_server: EmbeddedServer, tmp_path: Path):
+    out = tmp_path / "exact.qix"
+    msgs = varied_messages()
+    proc = start_recorder(
+        nats_server.url,
+        out,
+        "-S",
+        "shop.>",
+        "-S",
+        "bin.>",
+        "-S",
+        "bad.>",
+        "-S",
+        "empty.>",
+        "-S",
+        "text.>",
+        "-S",
+        "big.>",
+    )
+    asyncio.run(publish_all(nats_server.url, msgs))
+    wait_for_events(out, len(msgs))
+    summary = stop_recorder(proc)
+    assert summary["events"] == len(msgs)
+    assert summary["dropped"] == 0
+    assert summary["gaps"] == 0
+
+    result = run_qixtui("events", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == len(msgs)
+    for got, (subject, payload, headers) in zip(lines, msgs, strict=True):
+        assert got["subject"] == subject
+        raw = (
+            base64.b64decode(got["payload"])
+            if got.get("payload_encoding") == "base64"
+            else got["payload"].encode()
+        )
+        assert raw == payload
+        assert got["size"] == len(payload)
+        assert got["headers"] == (headers or {})
+        assert got["flow_id"] is None
+    assert [g["id"] for g in lines] == sorted(g["id"] for g in lines)
+
+
+def test_server_killed_and_restarted_resumes_with_a_gap(own_server: EmbeddedServer, tmp_path):
+    out = tmp_path / "restart.qix"
+    proc = start_recorder(own_server.url, out)
+    published: list[tuple[int, int]] = []  # (seq, publish time ns)
+
+    async def publisher(stop_after: float) -> None:
+        nc = await nats.connect(own_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+        seq = 0
+        end = time.monotonic() + stop_after
+        while time.monotonic() < end:
+            if nc.is_connected:
+                published.append((seq, time.time_ns()))
+                await nc.publish("tick", str(seq).encode())
+                seq += 1
+            await asyncio.sleep(0.002)
+        await nc.flush()
+        await nc.close()
+
+    async def scenario() -> None:
+        pub = asyncio.create_task(publisher(5.0))
+        await asyncio.sleep(1.5)
+        own_server.kill()
+        await asyncio.sleep(1.0)
+        own_server.start()
+        await pub
+
+    asyncio.run(scenario())
+    time.sleep(1.0)
+    summary = stop_recorder(proc)
+    assert summary["gaps"] >= 1
+
+    db = store.open_session(out)
+    got = {int(bytes(r[0])) for r in db.execute("SELECT payload FROM events WHERE subject='tick'")}
+    gaps = store.gaps(db)
+    assert gaps
+    assert all(g.end_ns is not None for g in gaps)
+    assert max(got) > published[len(published) // 2][0], "recording did not resume"
+    for seq, ts in published:
+        if seq not in got:
+            assert any(g.start_ns <= ts <= (g.end_ns or 0) for g in gaps), (
+                f"message {seq} published at {ts} is neither recorded nor inside a gap"
+            )
+
+
+def test_recorder_killed_leaves_a_sound_file(nats_server: EmbeddedServer, tmp_path: Path):
+    out = tmp_path / "killed.qix"
+    proc = start_recorder(nats_server.url, out, "-S", "kill.>")
+
+    async def burst() -> None:
+        nc = await nats.connect(nats_server.url)
+        for i in range(20_000):
+            await nc.publish("kill.me", b"x" * 100 + str(i).encode())
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(burst())
+    wait_for_events(out, 1)
+    proc.kill()
+    proc.wait()
+    time.sleep(0.5)  # the writer sees the pipe close and commits what it received
+
+    db = sqlite3.connect(out)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = [bytes(r[0]) for r in db.execute("SELECT payload FROM events ORDER BY id")]
+    db.close()
+    assert rows, "nothing committed"
+    # Whatever was committed is a prefix of what was sent, with nothing torn or reordered.
+    assert rows == [b"x" * 100 + str(i).encode() for i in range(len(rows))]
+    info = run_qixtui("info", str(out), "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["events"] == len(rows)
+
+
+def test_slow_consumer_drops_are_counted(nats_server: EmbeddedServer, tmp_path: Path):
+    out = tmp_path / "slow.qix"
+    proc = start_recorder(nats_server.url, out, "-S", "slow.>", "--pending-limit", "50")
+    published = 20_000
+
+    async def burst() -> None:
+        nc = await nats.connect(nats_server.url)
+        for i in range(published):
+            await nc.publish(f"slow.{i % 4}", b"y" * 64)
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(burst())
+    time.sleep(1.5)
+    summary = stop_recorder(proc)
+    assert summary["dropped"] > 0, "the burst should overflow a 50-message pending limit"
+    assert summary["events"] + summary["dropped"] == published
+    db = store.open_session(out)
+    by_subject = store.summary(db, out)["dropped_by_subject"]
+    assert sum(by_subject.values()) == summary["dropped"]
+    assert set(by_subject) <= {f"slow.{i}" for i in range(4)}
+
+
+def raw_publish(port: int, subject: bytes, payload: bytes) -> None:
+    """Publish with a raw socket: nats-py will not send a subject that is not UTF-8."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.recv(4096)
+        sock.sendall(b'CONNECT {"verbose":false}\r\n')
+        sock.sendall(b"PUB " + subject + b" %d\r\n" % len(payload) + payload + b"\r\nPING\r\n")
+        sock.recv(4096)
+
+
+def test_non_utf8_subject_is_recorded_and_recording_goes_on(nats_server: EmbeddedServer, tmp_path):
+    """nats-py's own reader dies on such a subject; the recorder reads subjects as bytes."""
+    out = tmp_path / "badsubject.qix"
+    proc = start_recorder(nats_server.url, out, "-S", "poison.>")
+
+    async def publish(subject: str, n: int) -> None:
+        nc = await nats.connect(nats_server.url)
+        for i in range(n):
+            await nc.publish(subject, str(i).encode())
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(publish("poison.before", 10))
+    wait_for_events(out, 10)
+    raw_publish(nats_server.port, b"poison.\xff\xfe", b"boom")
+    asyncio.run(publish("poison.after", 5))
+    wait_for_events(out, 16, timeout=5)
+    summary = stop_recorder(proc)
+    assert summary["gaps"] == 0
+    db = store.open_session(out)
+    subjects = [r[0] for r in db.execute("SELECT subject FROM events ORDER BY id")]
+    assert subjects == ["poison.before"] * 10 + ["poison.\\xff\\xfe"] + ["poison.after"] * 5
+
+
+async def test_a_dead_read_loop_is_noticed_and_left_as_a_gap(nats_server, tmp_path: Path):
+    """Should the client's reader die anyway, the watchdog reconnects and writes a gap."""
+    from qixtui_nats.connect import ConnectOptions
+    from qixtui_nats.recorder import Recorder, RecordOptions
+
+    out = tmp_path / "deadreader.qix"
+    recorder = Recorder(
+        ConnectOptions(servers=[nats_server.url]),
+        RecordOptions(output=out, subjects=["reader.>"], duration=6),
+    )
+    run = asyncio.create_task(recorder.run())
+    await eventually(lambda: recorder.nc is not None and recorder.nc.is_connected)
+    pub = await nats.connect(nats_server.url)
+    await pub.publish("reader.before", b"1")
+    await pub.flush()
+    await asyncio.sleep(0.3)
+    recorder.nc._reading_task.cancel()  # the reader dies while the connection looks up
+    await eventually(lambda: recorder.stats.gaps == 1, 5, "a gap for the dead reader")
+    await eventually(lambda: recorder.stats.connected, 5, "the reconnect")
+    await asyncio.sleep(0.3)
+    await pub.publish("reader.after", b"2")
+    await pub.flush()
+    await pub.close()
+    recorder._stop.set()
+    stats = await run
+    assert stats.events == 2
+    db = store.open_session(out)
+    gaps = store.gaps(db)
+    assert len(gaps) == 1
+    assert "read loop" in gaps[0].reason
+    assert gaps[0].end_ns is not None
+
+
+def test_count_and_duration_stop_the_recording(nats_server: EmbeddedServer, tmp_path: Path):
+    out = tmp_path / "count.qix"
+    proc = subprocess.Popen(
+        qixtui_command(
+            "record",
+            "-s",
+            nats_server.url,
+            "-o",
+            str(out),
+            "--json",
+            "-S",
+            "count.>",
+            "--count",
+            "25",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_meta(out, "server_id")
+
+    async def publish() -> None:
+        nc = await nats.connect(nats_server.url)
+        for i in range(100):
+            await nc.publish("count.x", str(i).encode())
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(publish())
+    stdout, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["events"] == 25
+    assert count_events(out) == 25
+
+    timed = run_qixtui(
+        "record",
+        "-s",
+        nats_server.url,
+        "-o",
+        str(tmp_path / "d.qix"),
+        "--duration",
+        "0.5",
+        "--json",
+    )
+    assert timed.returncode == 0, timed.stderr
+    summary = json.loads(timed.stdout)
+    assert set(summary) == {"events", "dropped", "gaps", "duration_s", "rate", "file"}
+    assert 0.5 <= summary["duration_s"] < 10
