@@ -62,19 +62,22 @@ def connection_options(func: F) -> F:
 
 
 def build_connect_options(kw: dict[str, Any]) -> Any:
-    from qixtui_nats.connect import ConnectOptions, split_servers
+    from qixtui_nats.connect import ConnectError, ConnectOptions, split_servers
 
-    opts = ConnectOptions(
-        servers=split_servers(kw.pop("servers") or ""),
-        context=kw.pop("context"),
-        creds=kw.pop("creds"),
-        nkey=kw.pop("nkey"),
-        user=kw.pop("user"),
-        token=kw.pop("token"),
-        tlsca=kw.pop("tlsca"),
-        tlscert=kw.pop("tlscert"),
-        tlskey=kw.pop("tlskey"),
-    ).resolved()
+    try:
+        opts = ConnectOptions(
+            servers=split_servers(kw.pop("servers") or ""),
+            context=kw.pop("context"),
+            creds=kw.pop("creds"),
+            nkey=kw.pop("nkey"),
+            user=kw.pop("user"),
+            token=kw.pop("token"),
+            tlsca=kw.pop("tlsca"),
+            tlscert=kw.pop("tlscert"),
+            tlskey=kw.pop("tlskey"),
+        ).resolved()
+    except ConnectError as exc:
+        fail(str(exc))
     if opts.user and opts.password is None:
         if not sys.stdin.isatty():
             fail("--user needs a password: set NATS_PASSWORD")

@@ -16,11 +16,15 @@ def qixtui_command(*args: str) -> list[str]:
 
 
 def run_qixtui(
-    *args: str, timeout: float = 60, **kwargs: object
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "NO_COLOR": "1"}
     return subprocess.run(
-        qixtui_command(*args), capture_output=True, text=True, timeout=timeout, env=env, **kwargs
+        qixtui_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**(env if env is not None else os.environ), "NO_COLOR": "1"},
+        stdin=subprocess.DEVNULL,
     )
 
 

@@ -177,7 +177,7 @@ class Recorder:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
-        self.start_writer()
+        store.ensure_new(self.options.output)
         try:
             await self._connect()
             tasks = [
@@ -204,7 +204,9 @@ class Recorder:
         try:
             await self.nc.connect(
                 **kwargs,
-                max_reconnect_attempts=-1,  # never give up: a recorder must outlive outages
+                # Fail fast on the first connect (a wrong URL or password is a user error);
+                # once connected, never give up: a recorder must outlive outages.
+                max_reconnect_attempts=1,
                 reconnect_time_wait=0.5,
                 connect_timeout=3,
                 allow_reconnect=True,
@@ -218,8 +220,10 @@ class Recorder:
             raise ConnectError(
                 describe_connect_error(cause, self.connect.display_servers())
             ) from None
+        self.nc.options["max_reconnect_attempts"] = -1
         self._connect_error = None
         self.stats.connected = True
+        self.start_writer()
         info = getattr(self.nc, "_server_info", {}) or {}
         self._send(
             [

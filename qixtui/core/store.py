@@ -147,10 +147,15 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
     return db
 
 
+def ensure_new(path: Path) -> None:
+    """Refuse to record over an existing file, before anything else is started."""
+    if path.exists() and (path.is_dir() or path.stat().st_size > 0):
+        raise SessionError(f"{path}: already exists; choose another output file")
+
+
 def create_session(path: Path, meta: dict[str, str] | None = None) -> sqlite3.Connection:
     """Create a new, empty session file and return a writable connection to it."""
-    if path.exists() and path.stat().st_size > 0:
-        raise SessionError(f"{path}: already exists; choose another output file")
+    ensure_new(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     db = _connect(path, readonly=False)
     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")

@@ -1,0 +1,180 @@
+"""The session file: creation, validation of what is opened, read-back, migrations."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import pytest
+from helpers import run_qixtui
+
+from qixtui.core import store
+from qixtui.core.model import Event, parse_header_block
+
+
+def make_session(path: Path, n: int = 3) -> None:
+    db = store.create_session(path, {"server": "nats://127.0.0.1:4222"})
+    events = [
+        Event(
+            ts_ns=1_000 + i,
+            subject=f"a.{i}",
+            reply=None,
+            headers=[("X", str(i))],
+            payload=bytes([i % 256]) * (i % 300),
+            id=i + 1,
+        )
+        for i in range(n)
+    ]
+    with store.transaction(db):
+        store.insert_events(db, events)
+    db.execute("PRAGMA journal_mode = DELETE")
+    db.close()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_round_trip_keeps_bytes_headers_and_order(tmp_path: Path):
+    path = tmp_path / "s.qix"
+    db = store.create_session(path)
+    payloads = [b"", b"\x00\xff\xfe", "é".encode(), b"x" * 1_000_000]
+    events = [
+        Event(
+            ts_ns=i,
+            subject="s",
+            reply="_INBOX.1" if i else None,
+            headers=[("A", "1"), ("A", "2")] if i == 1 else None,
+            payload=p,
+            id=i + 1,
+        )
+        for i, p in enumerate(payloads)
+    ]
+    with store.transaction(db):
+        store.insert_events(db, events)
+    got = list(store.iter_events(db, store.EventQuery()))
+    assert [e.payload for e in got] == payloads
+    assert got[1].headers == [("A", "1"), ("A", "2")]
+    assert store.event_to_json(got[1])["headers"] == {"A": ["1", "2"]}
+    assert store.event_to_json(got[1])["payload_encoding"] == "base64"
+    assert "payload_encoding" not in store.event_to_json(got[2])
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "matches"),
+    [
+        ("shop.>", "shop.order.placed", True),
+        ("shop.>", "shop", False),
+        ("shop.*.placed", "shop.order.placed", True),
+        ("shop.*", "shop.order.placed", False),
+        ("shop.*.placed", "shop.a.b.placed", False),
+        ("a.[x]", "a.[x]", True),
+    ],
+)
+def test_subject_patterns(tmp_path: Path, pattern: str, subject: str, matches: bool):
+    assert store.subject_matches(pattern, subject) is matches
+    path = tmp_path / "p.qix"
+    db = store.create_session(path)
+    with store.transaction(db):
+        store.insert_events(
+            db, [Event(ts_ns=1, subject=subject, reply=None, headers=None, payload=b"", id=1)]
+        )
+    found = list(store.iter_events(db, store.EventQuery(subject=pattern)))
+    assert bool(found) is matches
+
+
+def test_viewing_opens_read_only_and_changes_nothing(tmp_path: Path):
+    path = tmp_path / "ro.qix"
+    make_session(path)
+    before = digest(path)
+    db = store.open_session(path)
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        db.execute("DELETE FROM events")
+    db.close()
+    assert run_qixtui("info", str(path)).returncode == 0
+    assert run_qixtui("events", str(path), "--json").returncode == 0
+    assert digest(path) == before
+
+
+def corrupt_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    cases: dict[str, tuple[Path, str]] = {}
+    empty = tmp_path / "empty.qix"
+    empty.write_bytes(b"")
+    cases["empty"] = (empty, "empty file")
+    text = tmp_path / "notes.qix"
+    text.write_text("hello, I am not a database\n" * 10)
+    cases["text"] = (text, "not an SQLite database")
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t(x)").connection.commit()
+    cases["other sqlite"] = (other, "another kind")
+    truncated = tmp_path / "truncated.qix"
+    make_session(truncated, 2000)
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    cases["truncated"] = (truncated, "truncated")
+    newer = tmp_path / "newer.qix"
+    make_session(newer)
+    db = sqlite3.connect(newer)
+    db.execute(f"PRAGMA user_version = {store.SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    cases["newer"] = (newer, "newer qixtui")
+    cases["missing"] = (tmp_path / "nope.qix", "no such file")
+    cases["directory"] = (tmp_path, "is a directory")
+    return cases
+
+
+def test_bad_files_get_one_line_and_stay_untouched(tmp_path: Path):
+    for name, (path, message) in corrupt_cases(tmp_path).items():
+        before = digest(path) if path.is_file() else None
+        with pytest.raises(store.SessionError, match=message):
+            store.open_session(path)
+        for verb in ("info", "events"):
+            result = run_qixtui(verb, str(path))
+            assert result.returncode == 1, (name, verb)
+            assert result.stdout == ""
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1, (name, verb, result.stderr)
+            assert message in lines[0]
+            assert "Traceback" not in result.stderr
+        if before is not None:
+            assert digest(path) == before, name
+
+
+def test_older_schema_is_migrated_forward_only_when_writing(tmp_path: Path):
+    path = tmp_path / "old.qix"
+    make_session(path)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 0")
+    db.commit()
+    db.close()
+    with pytest.raises(store.SessionError, match="older qixtui"):
+        store.open_session(path)
+    # Version 0 -> 1 recreates the schema; on a real old file each step alters it in place.
+    db = sqlite3.connect(path)
+    for table in ("meta", "events", "gaps", "drops", "flows", "links"):
+        db.execute(f"DROP TABLE {table}")
+    db.commit()
+    db.close()
+    writable = store.open_session(path, readonly=False)
+    assert writable.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    writable.close()
+    store.open_session(path).close()
+
+
+def test_create_refuses_to_overwrite(tmp_path: Path):
+    path = tmp_path / "exists.qix"
+    make_session(path)
+    with pytest.raises(store.SessionError, match="already exists"):
+        store.create_session(path)
+
+
+def test_header_block_parsing():
+    raw = b"NATS/1.0\r\nA: 1\r\nB: two words\r\nA: 2\r\nBad: \xff\r\n\r\n"
+    assert parse_header_block(raw) == [("A", "1"), ("B", "two words"), ("A", "2"), ("Bad", "\\xff")]
+    assert parse_header_block(b"NATS/1.0 503\r\n\r\n") == [("Status", "503")]
+    assert parse_header_block(b"NATS/1.0 404 No Messages\r\n\r\n") == [
+        ("Status", "404"),
+        ("Description", "No Messages"),
+    ]

@@ -1,0 +1,44 @@
+"""Untrusted text becomes visible text: nothing in it can steer a terminal."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qixtui.core.text import visible
+
+CORPUS = [
+    "[@click=app.quit]x[/]",
+    '[link="file:///etc/passwd"]x[/link]',
+    "\x1b]52;c;SGVsbG8=\x07",
+    "\x1b]0;pwned\x07",
+    "\x1b[2J",
+    "\u009b31m",
+    "\u202eevil",
+    "nul\x00del\x7f",
+]
+
+
+def is_safe(text: str) -> bool:
+    return not any(
+        ord(c) < 0x20
+        or 0x7F <= ord(c) <= 0x9F
+        or c in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+        for c in text
+    )
+
+
+def test_corpus_is_made_visible():
+    for item in CORPUS:
+        assert is_safe(visible(item))
+    assert visible("\x1b[2J") == "\\x1b[2J"
+    assert visible("\u009b31m") == "\\x9b31m"
+    assert visible("\u202e") == "\\u202e"
+    assert visible("a\tb\nc") == "a\\x09b\\x0ac"
+    assert visible("a\tb\nc", multiline=True) == "a\tb\nc"
+    assert visible("plain é 中文") == "plain é 中文"
+
+
+@given(st.text())
+def test_any_text_comes_out_safe(text: str):
+    assert is_safe(visible(text))
