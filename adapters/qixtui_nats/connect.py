@@ -135,11 +135,17 @@ def _need_nkeys(flag: str) -> None:
         raise ConnectError(f"{flag} needs the nkeys package: pip install 'qixtui[nkeys]'") from None
 
 
+def is_auth_error(exc: BaseException | None) -> bool:
+    """nats-py reports a refused login as a plain Error carrying the server's text."""
+    text = str(exc).lower() if exc is not None else ""
+    return "authorization" in text or "authentication" in text
+
+
 def describe_connect_error(exc: BaseException, servers: str) -> str:
     """One line for a failed connect, naming the cause a user can act on."""
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
-    if "authorization" in lowered or "authentication" in lowered or "auth" in lowered:
+    if is_auth_error(exc):
         return f"authorization failed at {servers}: check user, password, token or credentials"
     if isinstance(exc, ssl.SSLError) or "ssl" in lowered or "tls" in lowered:
         return f"TLS failed at {servers}: {text}"

@@ -30,7 +30,12 @@ import qixtui
 from qixtui.core import store
 from qixtui.core.model import parse_header_block
 from qixtui.core.writer import encode_record, run_writer
-from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
+from qixtui_nats.connect import (
+    ConnectError,
+    ConnectOptions,
+    describe_connect_error,
+    is_auth_error,
+)
 
 FLUSH_INTERVAL_S = 0.02
 FLUSH_AT = 4000
@@ -362,8 +367,9 @@ class Recorder:
             self._send(["G-", time.time_ns()])
 
     async def _on_error(self, exc: Exception) -> None:
-        if not self.stats.connected:
-            self._connect_error = exc  # the real reason behind NoServersError
+        # The real reason behind NoServersError; an auth refusal outranks the reset after it.
+        if not self.stats.connected and not is_auth_error(self._connect_error):
+            self._connect_error = exc
 
     async def _on_closed(self) -> None:
         self.stats.connected = False
