@@ -28,7 +28,6 @@ from nats.aio.client import Client
 
 import qixtui
 from qixtui.core import store
-from qixtui.core.model import parse_header_block
 from qixtui.core.writer import encode_record, run_writer
 from qixtui_nats.connect import (
     ConnectError,
@@ -39,7 +38,10 @@ from qixtui_nats.connect import (
 
 FLUSH_INTERVAL_S = 0.02
 FLUSH_AT = 4000
-HEARTBEAT_S = 1.0
+# How often a PING round-trip confirms that nothing sent before it was missed. A gap starts at
+# the last confirmation, not at the last message seen: a message published just before the
+# last one arrived may still be on its way when the connection breaks.
+HEARTBEAT_S = 0.1
 
 
 @dataclass
@@ -141,7 +143,7 @@ class Recorder:
         self.drops: Counter[str] = Counter()
         self._pending: list[list[Any]] = []
         self._stop = asyncio.Event()
-        self._last_seen_ns = time.time_ns()
+        self._confirmed_ns = time.time_ns()
         self._gap_open = False
         self._closing = False
         self._dead_reader = False
@@ -267,7 +269,6 @@ class Recorder:
 
     def _on_raw_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         now = time.time_ns()
-        self._last_seen_ns = now
         subject_text = subject.decode("utf-8", "backslashreplace")
         sender = self._sender
         if (
@@ -282,7 +283,7 @@ class Recorder:
                 now,
                 subject_text,
                 reply.decode("utf-8", "backslashreplace") if reply else None,
-                parse_header_block(headers) if headers else None,
+                headers,  # parsed by the writer, off this core
                 data,
             ]
         )
@@ -324,7 +325,7 @@ class Recorder:
         read loop that died while the connection still looks up (nats-py drops it silently
         when a message has a non-UTF-8 subject)."""
         while True:
-            await asyncio.sleep(HEARTBEAT_S / 4)
+            await asyncio.sleep(HEARTBEAT_S)
             nc = self.nc
             if nc is None or not nc.is_connected:
                 continue
@@ -336,9 +337,9 @@ class Recorder:
                 continue
             sent = time.time_ns()
             with contextlib.suppress(Exception):
-                await nc.flush(timeout=HEARTBEAT_S)
+                await nc.flush(timeout=2)
                 # Everything the server sent before our PONG has been read.
-                self._last_seen_ns = max(self._last_seen_ns, sent)
+                self._confirmed_ns = max(self._confirmed_ns, sent)
 
     async def _on_disconnected(self) -> None:
         self.stats.connected = False
@@ -353,8 +354,8 @@ class Recorder:
         self._flush_pending()
         self._gap_open = True
         self.stats.gaps += 1
-        self.stats.disconnected_since_ns = self._last_seen_ns
-        self._send(["G+", self._last_seen_ns, reason])
+        self.stats.disconnected_since_ns = self._confirmed_ns
+        self._send(["G+", self._confirmed_ns, reason])
 
     async def _on_reconnected(self) -> None:
         self.stats.connected = True

@@ -3,7 +3,8 @@
 It runs in its own process so SQLite inserts and correlation never share a core with the
 bus client's read loop. Records arrive msgpack-encoded and tagged:
 
-    ("E", [[ts_ns, subject, reply, headers, payload], ...])   events, in receive order
+    ("E", [[ts_ns, subject, reply, header_block, payload], ...])  events, in receive order;
+                                                              header_block: raw NATS bytes
     ("G+", start_ns, reason)                                  a gap opens
     ("G-", end_ns)                                            the open gap closes
     ("D", ts_ns, subject, count)                              slow-consumer drops
@@ -22,7 +23,7 @@ from typing import Any
 import msgspec
 
 from qixtui.core import store
-from qixtui.core.model import Drop, Event
+from qixtui.core.model import Drop, Event, parse_header_block
 
 _decode_record = msgspec.msgpack.Decoder().decode
 encode_record = msgspec.msgpack.Encoder().encode
@@ -68,7 +69,7 @@ class SessionWriter:
                     ts_ns=ts_ns,
                     subject=subject,
                     reply=reply or None,
-                    headers=[tuple(h) for h in headers] if headers else None,
+                    headers=parse_header_block(headers) if headers else None,
                     payload=payload,
                     id=next_id,
                 )

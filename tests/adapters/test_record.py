@@ -31,7 +31,7 @@ def start_recorder(url: str, out: Path, *extra: str) -> subprocess.Popen[str]:
     return proc
 
 
-def wait_for_meta(out: Path, key: str, timeout: float = 15) -> None:
+def wait_for_meta(out: Path, key: str, timeout: float = 40) -> None:
     """The recorder writes the server id once it is connected and subscribed."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

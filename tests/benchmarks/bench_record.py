@@ -1,0 +1,279 @@
+"""Recorder throughput against a bare nats-py subscriber, measured in the same run.
+
+Run: pytest -m benchmark -s tests/benchmarks/bench_record.py
+(QIXTUI_BENCH_SUSTAIN_S sets the sustained-rate duration; 60 s by default.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import qixtui_command
+
+from qixtui.core import store
+from qixtui_nats.server import EmbeddedServer
+
+pytestmark = pytest.mark.benchmark
+
+TOTAL = 150_000
+SUSTAIN_S = float(os.environ.get("QIXTUI_BENCH_SUSTAIN_S", "60"))
+
+# A separate process that writes pre-built HPUB frames to a raw socket, so the publisher is
+# never the bottleneck. rate=0 means as fast as possible; otherwise paced in 10 ms slices.
+PUBLISHER = textwrap.dedent(
+    """
+    import json, socket, sys, time
+    port, total, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.recv(4096)
+    sock.sendall(b'CONNECT {"verbose":false,"headers":true}\\r\\n')
+    def frame(i):
+        body = json.dumps({"order_id": f"o-{i}", "customer_id": "c-42", "amount": 123.45,
+                           "items": [{"sku": "sku-1", "qty": 2}], "note": "x" * 60}).encode()
+        hdr = (b"NATS/1.0\\r\\nX-Correlation-ID: o-%d\\r\\n"
+               b"traceparent: 00-%032x-%016x-01\\r\\n\\r\\n" % (i, i, i))
+        return b"HPUB bench.orders.%d %d %d\\r\\n%s%s\\r\\n" % (
+            i % 16, len(hdr), len(hdr) + len(body), hdr, body)
+    frames = [frame(i) for i in range(total)]
+    wall_start = time.time()
+    start = time.monotonic()
+    if rate <= 0:
+        for i in range(0, total, 1000):
+            sock.sendall(b"".join(frames[i:i + 1000]))
+    else:
+        per_slice = max(1, int(rate / 100))
+        sent = 0
+        while sent < total:
+            due = start + sent / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            sock.sendall(b"".join(frames[sent:sent + per_slice]))
+            sent += per_slice
+    sock.sendall(b"PING\\r\\n")
+    buf = b""
+    while b"PONG" not in buf:
+        buf += sock.recv(4096)
+    print(json.dumps({"seconds": time.monotonic() - start, "wall_start": wall_start}))
+    """
+)
+
+# The baseline: nats-py doing nothing but counting.
+BARE = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    import nats
+    url, total = sys.argv[1], int(sys.argv[2])
+    async def main():
+        nc = await nats.connect(url, name="bare")
+        done = asyncio.Event()
+        n = 0
+        async def cb(msg):
+            nonlocal n
+            n += 1
+            if n >= total:
+                done.set()
+        await nc.subscribe("bench.>", cb=cb, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        await nc.flush()
+        print("ready", flush=True)
+        try:
+            await asyncio.wait_for(done.wait(), 120)
+        except asyncio.TimeoutError:
+            pass
+        print(json.dumps({"received": n, "done_at": time.time()}), flush=True)
+        await nc.close()
+    asyncio.run(main())
+    """
+)
+
+
+def publish(port: int, total: int, rate: float = 0) -> float:
+    out = subprocess.run(
+        [sys.executable, "-c", PUBLISHER, str(port), str(total), str(rate)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=SUSTAIN_S * 3 + 120,
+    )
+    return float(json.loads(out.stdout)["seconds"])
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory of a process and its children, from /proc."""
+    total = 0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+class PeakSampler(threading.Thread):
+    """Samples the recorder's RSS and the server's pending bytes for its connection."""
+
+    def __init__(self, pid: int, monitor_url: str | None) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.monitor_url = monitor_url
+        self.peak_rss_kb = 0
+        self.peak_pending = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak_rss_kb = max(self.peak_rss_kb, tree_rss_kb(self.pid))
+            if self.monitor_url:
+                try:
+                    with urllib.request.urlopen(f"{self.monitor_url}/connz", timeout=1) as r:
+                        conns = json.load(r)["connections"] or []
+                    pending = [
+                        c.get("pending_bytes", 0) for c in conns if c.get("name") == "qixtui"
+                    ]
+                    self.peak_pending = max([self.peak_pending, *pending])
+                except OSError:
+                    pass
+            time.sleep(0.1)
+
+
+def count(path: Path) -> int:
+    db = store.open_session(path)
+    try:
+        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+    finally:
+        db.close()
+
+
+def wait_recorder_ready(path: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            db = store.open_session(path)
+            ready = "server_id" in store.get_meta(db)
+            db.close()
+            if ready:
+                time.sleep(0.3)
+                return
+        except (store.SessionError, OSError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError("recorder did not start")
+
+
+def run_recorder(server: EmbeddedServer, out: Path, total: int, rate: float) -> dict[str, float]:
+    proc = subprocess.Popen(
+        qixtui_command("record", "-s", server.url, "-o", str(out), "-S", "bench.>", "--json"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_recorder_ready(out)
+    sampler = PeakSampler(proc.pid, server.monitor_url)
+    sampler.start()
+    pub = publish(server.port, total, rate)
+    # Recorded means committed to the file: poll until the count stops moving.
+    last, still_since = -1, time.monotonic()
+    while True:
+        n = count(out)
+        if n >= total:
+            break
+        if n != last:
+            last, still_since = n, time.monotonic()
+        elif time.monotonic() - still_since > 3:
+            break
+        time.sleep(0.02)
+    done = time.time()
+    sampler.stop.set()
+    sampler.join()
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    summary = json.loads(stdout)
+    recorded = count(out)
+    return {
+        "recorded": recorded,
+        "dropped": summary["dropped"],
+        "gaps": summary["gaps"],
+        "lost": total - recorded,
+        "seconds": done - pub["wall_start"],
+        "publish_seconds": pub["seconds"],
+        "rate": recorded / (done - pub["wall_start"]),
+        "peak_rss_mb": sampler.peak_rss_kb / 1024,
+        "peak_pending_bytes": sampler.peak_pending,
+    }
+
+
+def run_bare(server: EmbeddedServer, total: int) -> dict[str, float]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BARE, server.url, str(total)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    pub = publish(server.port, total)
+    result = json.loads(proc.stdout.readline())
+    proc.wait(timeout=30)
+    seconds = result["done_at"] - pub["wall_start"]
+    return {
+        "received": result["received"],
+        "seconds": seconds,
+        "rate": result["received"] / seconds,
+    }
+
+
+def test_drain_rate_against_a_bare_subscriber(tmp_path: Path):
+    with EmbeddedServer(jetstream=False) as server:
+        bare = run_bare(server, TOTAL)
+        rec = run_recorder(server, tmp_path / "drain.qix", TOTAL, rate=0)
+    ratio = rec["rate"] / bare["rate"]
+    print(
+        f"\n[drain] {TOTAL:,} msgs (~200 B JSON, 2 headers) from a separate raw publisher\n"
+        f"  bare nats-py subscriber : {bare['rate']:>9,.0f} msg/s ({bare['received']:,} received)\n"
+        f"  qixtui record           : {rec['rate']:>9,.0f} ev/s committed "
+        f"({rec['recorded']:,} recorded, {rec['dropped']:,} dropped, {rec['gaps']} gaps, "
+        f"{rec['lost']:,} lost)\n"
+        f"  ratio recorder/bare     : {ratio:.2f}\n"
+        f"  peak RSS (recorder+writer): {rec['peak_rss_mb']:.0f} MB; "
+        f"peak server pending: {rec['peak_pending_bytes']:,} B"
+    )
+    assert rec["recorded"] + rec["dropped"] <= TOTAL
+
+
+def test_sustained_rate_with_zero_loss(tmp_path: Path):
+    rows = []
+    held = 0
+    for rate in (20_000, 40_000, 50_000, 60_000):
+        total = int(rate * SUSTAIN_S)
+        with EmbeddedServer(jetstream=False) as server:
+            rec = run_recorder(server, tmp_path / f"sustain-{rate}.qix", total, rate)
+        offered = total / rec["publish_seconds"]
+        lossless = rec["lost"] == 0 and rec["dropped"] == 0 and rec["gaps"] == 0
+        rows.append((rate, offered, rec, lossless))
+        print(
+            f"\n[sustained {SUSTAIN_S:.0f}s] target {rate:,}/s offered {offered:,.0f}/s: "
+            f"recorded {rec['recorded']:,}/{total:,} lost {rec['lost']:,} "
+            f"dropped {rec['dropped']:,} gaps {rec['gaps']} "
+            f"peak server pending {rec['peak_pending_bytes']:,} B "
+            f"peak RSS {rec['peak_rss_mb']:.0f} MB"
+        )
+        if not lossless:
+            break
+        held = rate
+    print(f"\n[sustained] highest rate held with zero loss: {held:,}/s")
+    assert rows
