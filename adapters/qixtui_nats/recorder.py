@@ -25,6 +25,7 @@ from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 
 import qixtui
 from qixtui.core import store
@@ -149,6 +150,7 @@ class Recorder:
         self._dead_reader = False
         self._connect_error: BaseException | None = None
         self.nc: RecordingClient | None = None
+        self._subscriptions: list[Subscription] = []
         self._sender: _Sender | None = None
         self._writer: multiprocessing.process.BaseProcess | None = None
 
@@ -246,11 +248,18 @@ class Recorder:
         for subject in self.options.subjects:
             sub = await self.nc.subscribe(subject)
             self.nc.recorded_sids.add(sub._id)
+            self._subscriptions.append(sub)
         await self.nc.flush()
 
     async def _shutdown(self) -> None:
         self._closing = True
         if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                # Stop the server sending, then a round-trip: whatever it sent before the
+                # UNSUBs has been read once the PONG is back.
+                for sub in self._subscriptions:
+                    await sub.unsubscribe()
+                await self.nc.flush(timeout=2)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), 2)
         self._flush_pending()
