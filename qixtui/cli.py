@@ -264,8 +264,10 @@ def server(port: int, no_jetstream: bool) -> None:
     click.echo(
         f"nats-server listening on {srv.url} (monitor {srv.monitor_url}); Ctrl-C stops it", err=True
     )
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigwait needs them blocked
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop_signals)
     finally:
         srv.close()
 
