@@ -14,11 +14,12 @@ import multiprocessing
 import os
 import queue
 import signal
+import ssl
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,7 @@ class Recorder:
         self._closing = False
         self._dead_reader = False
         self._connect_error: BaseException | None = None
+        self._hopeless = asyncio.Event()  # a first-connect error that retrying cannot fix
         self.nc: RecordingClient | None = None
         self._subscriptions: list[Subscription] = []
         self._sender: _Sender | None = None
@@ -210,8 +212,10 @@ class Recorder:
     async def _connect(self) -> None:
         kwargs = self.connect.kwargs()
         self.nc = RecordingClient(self._on_raw_msg)
+        # nats-py can stall after a failed TLS handshake, so the first connect has a deadline.
+        deadline = 5 + 8 * len(self.connect.servers)
         try:
-            await self.nc.connect(
+            connecting = self.nc.connect(
                 **kwargs,
                 # Fail fast on the first connect (a wrong URL or password is a user error);
                 # once connected, never give up: a recorder must outlive outages.
@@ -224,6 +228,7 @@ class Recorder:
                 reconnected_cb=self._on_reconnected,
                 closed_cb=self._on_closed,
             )
+            await self._first_connect(connecting, deadline)
         except Exception as exc:
             cause = self._connect_error or exc
             raise ConnectError(
@@ -250,6 +255,20 @@ class Recorder:
             self.nc.recorded_sids.add(sub._id)
             self._subscriptions.append(sub)
         await self.nc.flush()
+
+    async def _first_connect(self, connecting: Awaitable[None], deadline: float) -> None:
+        """Connect, but give up at once on an error that retrying cannot fix."""
+        connect_task = asyncio.ensure_future(connecting)
+        hopeless = asyncio.ensure_future(self._hopeless.wait())
+        done, _ = await asyncio.wait(
+            {connect_task, hopeless}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED
+        )
+        hopeless.cancel()
+        if connect_task in done:
+            connect_task.result()
+            return
+        connect_task.cancel()
+        raise ConnectError("gave up") if done else TimeoutError("no answer")
 
     async def _shutdown(self) -> None:
         self._closing = True
@@ -380,6 +399,8 @@ class Recorder:
         # The real reason behind NoServersError; an auth refusal outranks the reset after it.
         if not self.stats.connected and not is_auth_error(self._connect_error):
             self._connect_error = exc
+            if is_auth_error(exc) or isinstance(exc, ssl.SSLError):
+                self._hopeless.set()
 
     async def _on_closed(self) -> None:
         self.stats.connected = False
