@@ -97,7 +97,9 @@ BARE = textwrap.dedent(
 )
 
 
-def publish(port: int, total: int, rate: float = 0) -> float:
+def publish(port: int, total: int, rate: float = 0) -> dict[str, float]:
+    """Publish from a separate process; returns its wall-clock start (taken after it built
+    its frames) and how long sending took."""
     out = subprocess.run(
         [sys.executable, "-c", PUBLISHER, str(port), str(total), str(rate)],
         capture_output=True,
@@ -105,7 +107,8 @@ def publish(port: int, total: int, rate: float = 0) -> float:
         check=True,
         timeout=SUSTAIN_S * 3 + 120,
     )
-    return float(json.loads(out.stdout)["seconds"])
+    result: dict[str, float] = json.loads(out.stdout)
+    return result
 
 
 def tree_rss_kb(pid: int) -> int:
