@@ -1,0 +1,148 @@
+"""Synthetic shop traffic for correlation tests and benchmarks: flows of known membership.
+
+Each flow uses one correlation convention; every message carries its flow's tag (a `Test-Flow`
+header, or a `tag` field in a header-less reply) so a test can check what correlation found
+without using the keys correlation uses. Heartbeats are tagged `noise`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import msgspec
+
+CONVENTIONS = ("trace", "header", "field", "bridge", "cloudevents", "request")
+FIELD_KEYS = ["/order_id", "/data/order_id", "/shipment_id"]
+TAG_HEADER = "Test-Flow"
+CUSTOMER = "c-shared-1"  # one customer on every order: must never merge them
+
+_encode = msgspec.json.encode
+
+
+@dataclass
+class Message:
+    subject: str
+    payload: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    reply: str | None = None  # an inbox the responder answers with a header-less reply
+    reply_payload: bytes = b""
+
+    def tag(self) -> str:
+        return dict(self.headers)[TAG_HEADER]
+
+
+def _ids(rng: random.Random, n: int) -> str:
+    return "".join(rng.choice("0123456789abcdef") for _ in range(n))
+
+
+def flow_messages(n: int, convention: str, rng: random.Random) -> list[Message]:
+    """One order's messages, in causal order, all tagged f<n>."""
+    tag = f"f{n}"
+    order = f"{convention[:2]}-{n}"
+    steps = ["shop.order.placed", "shop.payment.authorized", "shop.stock.reserved"]
+    last = "shop.order.completed" if n % 3 else "shop.order.cancelled"
+    msgs: list[Message] = []
+
+    def base(extra: dict[str, object] | None = None) -> dict[str, object]:
+        return {"customer_id": CUSTOMER, "amount": n % 97, **(extra or {})}
+
+    if convention == "trace":
+        trace = _ids(rng, 32)
+        for subject in [*steps, last]:
+            hdr = [("traceparent", f"00-{trace}-{_ids(rng, 16)}-01"), (TAG_HEADER, tag)]
+            msgs.append(Message(subject, _encode(base()), hdr))
+    elif convention == "header":
+        for subject in [*steps, last]:
+            hdr = [("X-Correlation-ID", f"corr-{n}"), (TAG_HEADER, tag)]
+            msgs.append(Message(subject, _encode(base()), hdr))
+    elif convention == "field":
+        for subject in [*steps, last]:
+            msgs.append(Message(subject, _encode(base({"order_id": order})), [(TAG_HEADER, tag)]))
+    elif convention == "bridge":
+        ship = f"s-{n}"
+        msgs += [Message(s, _encode(base({"order_id": order})), [(TAG_HEADER, tag)]) for s in steps]
+        both = base({"order_id": order, "shipment_id": ship})
+        msgs.append(Message("shop.shipment.created", _encode(both), [(TAG_HEADER, tag)]))
+        msgs.append(
+            Message("shop.shipment.dispatched", _encode({"shipment_id": ship}), [(TAG_HEADER, tag)])
+        )
+        msgs.append(Message(last, _encode({"shipment_id": ship}), [(TAG_HEADER, tag)]))
+    elif convention == "cloudevents":
+        for subject in [*steps, last]:
+            body = {
+                "specversion": "1.0",
+                "id": _ids(rng, 12),
+                "source": "/shop",
+                "type": subject,
+                "data": base({"order_id": order}),
+            }
+            msgs.append(Message(subject, _encode(body), [(TAG_HEADER, tag)]))
+    elif convention == "request":
+        hdr = [("X-Correlation-ID", f"rr-{n}"), (TAG_HEADER, tag)]
+        msgs.append(Message("shop.order.placed", _encode(base()), hdr))
+        msgs.append(
+            Message(
+                "shop.pricing.quote",
+                _encode(base()),
+                hdr,
+                reply=f"_INBOX.test.{n}",
+                reply_payload=_encode({"ok": True, "price": n, "tag": tag}),
+            )
+        )
+        msgs.append(Message(last, _encode(base()), hdr))
+    else:
+        raise ValueError(convention)
+    return msgs
+
+
+def noise(i: int, rng: random.Random) -> Message:
+    service = rng.choice(["payment", "stock", "shipping"])
+    payloads = [
+        _encode({"customer_id": CUSTOMER, "seq": i}),
+        b"\xff\xfe not json",
+        b"",
+        b'{"order_id": ',  # truncated JSON
+    ]
+    return Message(f"shop.heartbeat.{service}", rng.choice(payloads), [(TAG_HEADER, "noise")])
+
+
+def interleave(flows: list[list[Message]], rng: random.Random) -> list[Message]:
+    """Merge flows randomly, keeping each flow's own order."""
+    cursors = [0] * len(flows)
+    pending = [i for i, f in enumerate(flows) if f]
+    out: list[Message] = []
+    while pending:
+        k = rng.randrange(len(pending))
+        i = pending[k]
+        out.append(flows[i][cursors[i]])
+        cursors[i] += 1
+        if cursors[i] == len(flows[i]):
+            pending[k] = pending[-1]
+            pending.pop()
+    return out
+
+
+def traffic(flows: int, noise_every: int, seed: int) -> list[Message]:
+    """`flows` flows cycling through the conventions, one heartbeat per `noise_every` msgs."""
+    rng = random.Random(seed)
+    groups = [flow_messages(n, CONVENTIONS[n % len(CONVENTIONS)], rng) for n in range(flows)]
+    total = sum(map(len, groups))
+    groups += [[noise(i, rng)] for i in range(total // noise_every)]
+    return interleave(groups, rng)
+
+
+def expand_replies(messages: list[Message]) -> list[tuple[Message, str | None]]:
+    """Messages as a recorder sees them: each request followed by its header-less reply.
+
+    Yields (message, reply_subject_of_this_event); replies have subject = the inbox."""
+    out: list[tuple[Message, str | None]] = []
+    for msg in messages:
+        out.append((msg, msg.reply))
+        if msg.reply:
+            out.append((Message(msg.reply, msg.reply_payload, []), None))
+    return out
+
+
+def reply_tag(payload: bytes) -> str:
+    return str(msgspec.json.decode(payload)["tag"])
