@@ -12,7 +12,16 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-CONVENTIONS = ("trace", "header", "field", "bridge", "cloudevents", "request")
+CONVENTIONS = (
+    "trace",
+    "header",
+    "field",
+    "bridge",
+    "cloudevents",
+    "request",
+    "latebridge",  # both halves exist before the event that bridges them
+    "causation",  # message ids and causation headers only
+)
 FIELD_KEYS = ["/order_id", "/data/order_id", "/shipment_id"]
 TAG_HEADER = "Test-Flow"
 CUSTOMER = "c-shared-1"  # one customer on every order: must never merge them
@@ -91,6 +100,25 @@ def flow_messages(n: int, convention: str, rng: random.Random) -> list[Message]:
             )
         )
         msgs.append(Message(last, _encode(base()), hdr))
+    elif convention == "latebridge":
+        ship = f"ls-{n}"
+        msgs.append(
+            Message("shop.order.placed", _encode(base({"order_id": order})), [(TAG_HEADER, tag)])
+        )
+        msgs.append(
+            Message("shop.shipment.dispatched", _encode({"shipment_id": ship}), [(TAG_HEADER, tag)])
+        )
+        both = base({"order_id": order, "shipment_id": ship})
+        msgs.append(Message("shop.shipment.created", _encode(both), [(TAG_HEADER, tag)]))
+        msgs.append(Message(last, _encode({"order_id": order}), [(TAG_HEADER, tag)]))
+    elif convention == "causation":
+        cause = None
+        for i, subject in enumerate([*steps, last]):
+            hdr = [("X-Message-ID", f"m-{n}-{i}"), (TAG_HEADER, tag)]
+            if cause:
+                hdr.append(("X-Causation-ID", cause))
+            cause = f"m-{n}-{i}"
+            msgs.append(Message(subject, _encode(base()), hdr))
     else:
         raise ValueError(convention)
     return msgs

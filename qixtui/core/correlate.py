@@ -220,7 +220,7 @@ def _raw_value(raw: Any) -> str | None:
     if first == b'"':
         try:
             return _decode_str(data) or None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, UnicodeDecodeError):
             return None
     if first in (b"{", b"[", b"n"):
         return None  # objects, arrays and null are no key
@@ -382,7 +382,7 @@ class Correlator:
                 obj = decode(payload)
             except msgspec.ValidationError:
                 obj = None  # a pointed-at spot holds another type: walk it generically
-            except (msgspec.DecodeError, RecursionError):
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 return
             if obj is not None:
                 for name, path, _segs in self._fields:
@@ -397,7 +397,7 @@ class Correlator:
                 return
         try:
             generic = _decode_any(payload)
-        except (msgspec.DecodeError, RecursionError):
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return
         for name, _path, segs in self._fields:
             text = _plain_value(_walk(generic, segs))
