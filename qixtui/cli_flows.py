@@ -137,7 +137,10 @@ def flow(file: str, flow_id: int, as_json: bool) -> None:
             "flow": msgspec.to_builtins(summary),
             "waterfall": msgspec.to_builtins(layout),
             "tree": msgspec.to_builtins(tree),
-            "links": msgspec.to_builtins(links),
+            "links": [
+                {"event_id": lk.event_id, "kind": lk.kind, "key": lk.key, "parent_id": lk.parent_id}
+                for lk in links
+            ],
         }
         click.echo(json.dumps(data, ensure_ascii=False))
         return
