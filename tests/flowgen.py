@@ -151,12 +151,32 @@ def interleave(flows: list[list[Message]], rng: random.Random) -> list[Message]:
     return out
 
 
-def traffic(flows: int, noise_every: int, seed: int) -> list[Message]:
+def interleave_window(flows: list[list[Message]], window: int, rng: random.Random) -> list[Message]:
+    """Like `interleave`, with at most `window` flows in flight, as on a real bus where an
+    order takes seconds and thousands happen per hour."""
+    waiting = list(reversed(flows))
+    active: list[list[Message]] = []
+    out: list[Message] = []
+    while waiting or active:
+        while waiting and len(active) < window:
+            active.append(list(reversed(waiting.pop())))
+        k = rng.randrange(len(active))
+        out.append(active[k].pop())
+        if not active[k]:
+            active[k] = active[-1]
+            active.pop()
+    return out
+
+
+def traffic(flows: int, noise_every: int, seed: int, window: int | None = None) -> list[Message]:
     """`flows` flows cycling through the conventions, one heartbeat per `noise_every` msgs."""
     rng = random.Random(seed)
     groups = [flow_messages(n, CONVENTIONS[n % len(CONVENTIONS)], rng) for n in range(flows)]
     total = sum(map(len, groups))
     groups += [[noise(i, rng)] for i in range(total // noise_every)]
+    if window is not None:
+        rng.shuffle(groups)
+        return interleave_window(groups, window, rng)
     return interleave(groups, rng)
 
 

@@ -29,6 +29,7 @@ every LOOSE_LIMIT entries or `retain` nanoseconds.
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -158,73 +159,98 @@ class _FlowState:
         )
 
 
-def _compile_fields(pointers: list[str]) -> tuple[Any, list[tuple[str, list[str], list[str]]]]:
-    """A msgspec decoder for just the pointed-at fields (everything else is skipped without
-    becoming Python objects), and per pointer: (key name, attribute path, JSON path).
+_Leaf = str | int | float | bool | None
 
-    Pointers that overlap (/data and /data/id) get no typed decoder: walked generically."""
-    paths = [parse_pointer(p) for p in pointers]
-    tree: dict[str, Any] = {}
-    typed = True
-    for segs in paths:
-        node = tree
-        for seg in segs[:-1]:
-            child = node.setdefault(seg, {})
-            if child is True:
-                typed = False
-                break
-            node = child
-        else:
+
+class _Fields:
+    """Payload fields by JSON pointer. A msgspec decoder built for just the pointed-at fields
+    skips everything else without making Python objects, and one attrgetter reads them all;
+    payloads it cannot type (a pointed-at spot holding an object, a null parent) are walked
+    generically. Overlapping pointers (/data and /data/id) always take the generic walk."""
+
+    def __init__(self, pointers: list[str]) -> None:
+        self.paths = [parse_pointer(p) for p in pointers]
+        self.prefixes = [f"{segs[-1]}=" for segs in self.paths]
+        self.decode: Callable[[bytes], Any] | None = None
+        self.getter: Callable[[Any], Any] = operator.attrgetter("__class__")
+        tree: dict[str, Any] = {}
+        for segs in self.paths:
+            node = tree
+            for seg in segs[:-1]:
+                node = node.setdefault(seg, {})
+                if node is True:
+                    return
             if isinstance(node.get(segs[-1]), dict):
-                typed = False
+                return
             node[segs[-1]] = True
-    if not typed:
-        return None, [(segs[-1], [], segs) for segs in paths]
+        root, root_mapping = self._build(tree)
+        dotted = []
+        for segs in self.paths:
+            attrs = []
+            mapping = root_mapping
+            for seg in segs:
+                attr, mapping = mapping[seg]
+                attrs.append(attr)
+            dotted.append(".".join(attrs))
+        self.decode = msgspec.json.Decoder(root).decode
+        self.getter = operator.attrgetter(*dotted) if len(dotted) > 1 else self._one(dotted[0])
 
-    def build(node: dict[str, Any]) -> tuple[Any, dict[str, tuple[str, Any]]]:
-        mapping: dict[str, tuple[str, Any]] = {}
-        specs: list[tuple[str, Any, Any]] = []
-        for seg, child in node.items():
-            attr = f"f{len(mapping)}"
-            if child is True:
-                specs.append((attr, msgspec.Raw, msgspec.Raw()))
-                mapping[seg] = (attr, None)
-            else:
-                sub, sub_mapping = build(child)
-                specs.append((attr, sub | None, None))
-                mapping[seg] = (attr, sub_mapping)
-        rename = {attr: seg for seg, (attr, _) in mapping.items()}
-        return msgspec.defstruct("Payload", specs, rename=rename), mapping
+    @staticmethod
+    def _one(path: str) -> Callable[[Any], Any]:
+        get = operator.attrgetter(path)
+        return lambda obj: (get(obj),)
 
-    root, root_mapping = build(tree)
-    fields = []
-    for segs in paths:
-        path = []
-        mapping = root_mapping
-        for seg in segs:
-            attr, mapping = mapping[seg]
-            path.append(attr)
-        fields.append((segs[-1], path, segs))
-    return msgspec.json.Decoder(root).decode, fields
+    @staticmethod
+    def _build(tree: dict[str, Any]) -> tuple[Any, dict[str, tuple[str, Any]]]:
+        def build(node: dict[str, Any]) -> tuple[Any, dict[str, tuple[str, Any]]]:
+            mapping: dict[str, tuple[str, Any]] = {}
+            specs: list[tuple[str, Any, Any]] = []
+            for seg, child in node.items():
+                attr = f"f{len(mapping)}"
+                if child is True:
+                    specs.append((attr, _Leaf, None))
+                    mapping[seg] = (attr, None)
+                else:
+                    sub, sub_mapping = build(child)
+                    # an empty instance as default: a missing parent reads as missing leaves
+                    specs.append((attr, sub | None, sub()))
+                    mapping[seg] = (attr, sub_mapping)
+            rename = {attr: seg for seg, (attr, _) in mapping.items()}
+            struct = msgspec.defstruct(
+                "Payload", specs, rename=rename, frozen=True, gc=False, cache_hash=False
+            )
+            return struct, mapping
 
+        return build(tree)
 
-_decode_str = msgspec.json.Decoder(str).decode
-_decode_any = msgspec.json.decode
-
-
-def _raw_value(raw: Any) -> str | None:
-    if raw is None or len(raw) == 0:
-        return None
-    data = bytes(raw)
-    first = data[:1]
-    if first == b'"':
+    def keys(self, payload: bytes, found: list[tuple[str, str]]) -> None:
+        if payload[:1] != b"{" and not _JSON_START.match(payload):
+            return
+        if self.decode is not None:
+            try:
+                values = self.getter(self.decode(payload))
+            except (msgspec.ValidationError, AttributeError):
+                values = None  # another type where a pointer leads: walk it generically
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                return
+            if values is not None:
+                for prefix, value in zip(self.prefixes, values, strict=True):
+                    if value is not None:
+                        text = value if type(value) is str else _plain_value(value)
+                        if text:
+                            found.append(("field", prefix + text))
+                return
         try:
-            return _decode_str(data) or None
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            return None
-    if first in (b"{", b"[", b"n"):
-        return None  # objects, arrays and null are no key
-    return data.decode("ascii", "replace")
+            generic = _decode_any(payload)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return
+        for prefix, segs in zip(self.prefixes, self.paths, strict=True):
+            text = _plain_value(_walk(generic, segs))
+            if text:
+                found.append(("field", prefix + text))
+
+
+_decode_any = msgspec.json.decode
 
 
 def _plain_value(value: Any) -> str | None:
@@ -271,10 +297,7 @@ class Correlator:
             roles[name] = roles[name.lower()] = _SERVICE
         self._roles = roles
         self._replies = corr.replies
-        if corr.keys:
-            self._decode, self._fields = _compile_fields(corr.keys)
-        else:
-            self._decode, self._fields = None, []
+        self._fields = _Fields(corr.keys) if corr.keys else None
         self._subject_keys = [parse_subject_key(s) for s in corr.subject_keys]
         self._status_patterns = [
             (TERMINAL, rules.status.terminal),
@@ -373,37 +396,6 @@ class Correlator:
         self._subjects[subject] = info
         return info
 
-    def _field_keys(self, payload: bytes, found: list[tuple[str, str]]) -> None:
-        if payload[:1] != b"{" and not _JSON_START.match(payload):
-            return
-        decode = self._decode
-        if decode is not None:
-            try:
-                obj = decode(payload)
-            except msgspec.ValidationError:
-                obj = None  # a pointed-at spot holds another type: walk it generically
-            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-                return
-            if obj is not None:
-                for name, path, _segs in self._fields:
-                    value: Any = obj
-                    for attr in path:
-                        value = getattr(value, attr)
-                        if value is None:
-                            break
-                    text = _raw_value(value)
-                    if text is not None:
-                        found.append(("field", f"{name}={text}"))
-                return
-        try:
-            generic = _decode_any(payload)
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            return
-        for name, _path, segs in self._fields:
-            text = _plain_value(_walk(generic, segs))
-            if text is not None:
-                found.append(("field", f"{name}={text}"))
-
     def _one(
         self,
         event: Event,
@@ -440,8 +432,8 @@ class Correlator:
                     saga = True
                 else:
                     service = value
-        if self._fields:
-            self._field_keys(event.payload, found)
+        if self._fields is not None:
+            self._fields.keys(event.payload, found)
         if info.keys:
             found.extend(("subject", key) for key in info.keys)
 
