@@ -7,8 +7,12 @@ without using the keys correlation uses. Heartbeats are tagged `noise`.
 
 from __future__ import annotations
 
+import json
 import random
+import time
+import urllib.request
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -27,6 +31,31 @@ TAG_HEADER = "Test-Flow"
 CUSTOMER = "c-shared-1"  # one customer on every order: must never merge them
 
 _encode = msgspec.json.encode
+
+
+# --- recording helpers: the rules that match this traffic, and waiting for a recorder ---
+
+RULE_FLAGS = [
+    *[arg for key in FIELD_KEYS for arg in ("--key", key)],
+    "--terminal",
+    "shop.order.completed",
+    "--failure",
+    "shop.order.cancelled",
+]
+
+
+def subscribers(server: Any, subject: str) -> int:
+    with urllib.request.urlopen(f"{server.monitor_url}/subsz?subs=1&limit=10000") as resp:
+        subs = json.load(resp).get("subscriptions_list") or []
+    return sum(1 for s in subs if s.get("subject") == subject)
+
+
+def wait_for_subscriber(server: Any, subject: str, count: int) -> None:
+    """The recorder is ready when the server shows its subscription."""
+    end = time.monotonic() + 20
+    while subscribers(server, subject) < count:
+        assert time.monotonic() < end, f"recorder never subscribed to {subject}"
+        time.sleep(0.05)
 
 
 @dataclass

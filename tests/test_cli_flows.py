@@ -9,13 +9,21 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from flowgen import Message, expand_replies, flow_messages, noise
+from helpers import run_qixtui
 
 from qixtui.core import store
 from qixtui.core.correlate import Correlator
 from qixtui.core.rules import RuleFlags, Rules
 from qixtui.core.writer import SessionWriter
-from tests.flowgen import Message, expand_replies, flow_messages, noise
-from tests.helpers import run_qixtui
+
+
+def header_block(headers: list[tuple[str, str]]) -> bytes | None:
+    """Headers as the recorder hands them to the writer: the raw NATS header block."""
+    if not headers:
+        return None
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return f"NATS/1.0\r\n{lines}\r\n".encode()
 
 
 def write_session(path: Path, messages: list[Message], rules: Rules | None) -> None:
@@ -25,7 +33,7 @@ def write_session(path: Path, messages: list[Message], rules: Rules | None) -> N
         store.set_meta(db, {"correlation_rules": rules.to_json()})
     writer = SessionWriter(db, Correlator(rules) if rules else None)
     rows = [
-        [1_000_000 * (i + 1), m.subject, reply, m.headers, m.payload]
+        [1_000_000 * (i + 1), m.subject, reply, header_block(m.headers), m.payload]
         for i, (m, reply) in enumerate(expand_replies(messages))
     ]
     writer.apply([["E", rows]])

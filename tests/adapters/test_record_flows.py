@@ -5,38 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
 import nats
+from flowgen import (
+    RULE_FLAGS,
+    TAG_HEADER,
+    Message,
+    reply_tag,
+    subscribers,
+    traffic,
+    wait_for_subscriber,
+)
+from helpers import qixtui_command, run_qixtui
 
 from qixtui_nats.server import EmbeddedServer
-from tests.flowgen import FIELD_KEYS, TAG_HEADER, Message, reply_tag, traffic
-from tests.helpers import qixtui_command, run_qixtui
-
-RULE_FLAGS = [
-    *[arg for key in FIELD_KEYS for arg in ("--key", key)],
-    "--terminal",
-    "shop.order.completed",
-    "--failure",
-    "shop.order.cancelled",
-]
-
-
-def subscribers(server: EmbeddedServer, subject: str) -> int:
-    with urllib.request.urlopen(f"{server.monitor_url}/subsz?subs=1&limit=10000") as resp:
-        subs = json.load(resp).get("subscriptions_list") or []
-    return sum(1 for s in subs if s.get("subject") == subject)
-
-
-def wait_for_subscriber(server: EmbeddedServer, subject: str, count: int) -> None:
-    """The recorder is ready when the server shows its subscription."""
-    end = time.monotonic() + 20
-    while subscribers(server, subject) < count:
-        assert time.monotonic() < end, f"recorder never subscribed to {subject}"
-        time.sleep(0.05)
 
 
 async def publish(server: EmbeddedServer, messages: list[Message]) -> None:
@@ -59,7 +43,7 @@ async def publish(server: EmbeddedServer, messages: list[Message]) -> None:
         )
     await publisher.flush()
     if replies:
-        await asyncio.wait_for(answered.wait(), 20)
+        await asyncio.wait_for(answered.wait(), 60)
     await responder.flush()
     await publisher.close()
     await responder.close()
@@ -82,10 +66,14 @@ def record(server: EmbeddedServer, output: Path, count: int, *flags: str) -> sub
 def finish(proc: subprocess.Popen[str]) -> None:
     """The recorder stops by itself at --count; if it does not, stop it and say why."""
     try:
-        _, stderr = proc.communicate(timeout=30)
+        _, stderr = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
         proc.terminate()
-        _, stderr = proc.communicate(timeout=30)
+        try:
+            _, stderr = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
         raise AssertionError(f"recorder did not reach --count: {stderr}") from None
     assert proc.returncode == 0, stderr
 

@@ -7,6 +7,7 @@ Numbers, not pass/fail: each prints its figure, the target and a baseline from t
 from __future__ import annotations
 
 import gc
+import os
 import random
 import statistics
 import subprocess
@@ -15,6 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+from flowgen import (
+    FIELD_KEYS,
+    RULE_FLAGS,
+    expand_replies,
+    subscribers,
+    traffic,
+    wait_for_subscriber,
+)
 
 from qixtui.core.correlate import Correlator
 from qixtui.core.discover import discover, to_dot, to_mermaid
@@ -22,8 +31,6 @@ from qixtui.core.model import Event
 from qixtui.core.rules import RuleFlags, Rules
 from qixtui.core.writer import tune_gc
 from qixtui_nats.server import EmbeddedServer
-from tests.adapters.test_record_flows import RULE_FLAGS, subscribers, wait_for_subscriber
-from tests.flowgen import FIELD_KEYS, expand_replies, traffic
 
 pytestmark = pytest.mark.benchmark
 
@@ -34,6 +41,7 @@ RULES = Rules().merged_with(
         failure=["shop.order.cancelled"],
     )
 )
+PUBLISHER = Path(__file__).with_name("publish_traffic.py")
 BATCH = 1000  # about what the writer gets per transaction at full speed
 
 
@@ -111,7 +119,8 @@ def record_once(server: EmbeddedServer, output: Path, flows: int, count: int, *f
         wait_for_subscriber(server, "_INBOX.test.>", before + 1)
         start = time.perf_counter()
         publisher = subprocess.Popen(
-            [sys.executable, "-m", "tests.benchmarks.publish_traffic", server.url, str(flows), "3"]
+            [sys.executable, str(PUBLISHER), server.url, str(flows), "3"],
+            env={**os.environ, "PYTHONPATH": str(PUBLISHER.parent.parent)},
         )
         _, stderr = recorder.communicate(timeout=280)
         elapsed = time.perf_counter() - start

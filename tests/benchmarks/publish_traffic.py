@@ -1,5 +1,6 @@
-"""Publisher process for recording benchmarks: `python -m tests.benchmarks.publish_traffic URL
-FLOWS SEED` publishes synthetic shop traffic as fast as it can, replies included."""
+"""Publisher process for recording benchmarks: publishes synthetic shop traffic as fast as it
+can, replies included. `PYTHONPATH=tests python tests/benchmarks/publish_traffic.py URL FLOWS SEED`
+"""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import asyncio
 import sys
 
 import nats
-
-from tests.flowgen import traffic
+from flowgen import traffic
 
 
 async def main(url: str, flows: int, seed: int) -> None:

@@ -5,13 +5,7 @@ from __future__ import annotations
 import random
 
 import msgspec
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from qixtui.core.correlate import Correlator, correlate_all, event_type
-from qixtui.core.model import Event
-from qixtui.core.rules import RuleFlags, Rules
-from tests.flowgen import (
+from flowgen import (
     CONVENTIONS,
     FIELD_KEYS,
     Message,
@@ -21,6 +15,12 @@ from tests.flowgen import (
     noise,
     reply_tag,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qixtui.core.correlate import Correlator, correlate_all, event_type
+from qixtui.core.model import Event
+from qixtui.core.rules import RuleFlags, Rules
 
 RULES = Rules().merged_with(
     RuleFlags(
