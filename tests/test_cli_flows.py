@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -164,3 +165,14 @@ def test_discover_outputs_render(shop: Path, tmp_path: Path) -> None:
     svg = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True, check=True)
     assert "<svg" in svg.stdout
     assert "shop.pricing.quote (reply)" in svg.stdout
+
+
+def test_correlate_refuses_a_recording_still_being_written(tmp_path: Path) -> None:
+    path = tmp_path / "live.qix"
+    db = store.create_session(path, {"recorder_pid": str(os.getpid())})  # alive, no stop time
+    db.execute("PRAGMA journal_mode = DELETE")
+    db.close()
+    out = run_qixtui("correlate", str(path))
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1
+    assert "still being recorded" in out.stderr
