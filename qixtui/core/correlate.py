@@ -451,12 +451,12 @@ class Correlator:
             request = self._inboxes.get(event.subject)
             if request is not None:
                 fid = request[0] if fid is None else self._union(fid, request[0], merges)
-            else:
-                loose_request = self._loose_get(self._loose_inboxes, event.subject)
-            if request is not None:
                 etype, service = reply_type(request[2]), request[3]
-            elif loose_request is not None:
-                etype, service = reply_type(loose_request.etype), loose_request.service
+            else:
+                recent, older = self._loose_inboxes
+                loose_request = recent.get(event.subject) or older.get(event.subject)
+                if loose_request is not None:
+                    etype, service = reply_type(loose_request.etype), loose_request.service
         cause_id = 0
         loose_cause: _Loose | None = None
         if cause is not None:
