@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import click
 
+from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import store
 from qixtui.core.text import visible
 
@@ -126,6 +127,8 @@ def main() -> None:
     show_default=True,
     help="Events held for the writer before the recorder drops (and counts) new ones.",
 )
+@rule_options
+@click.option("--no-correlate", is_flag=True, help="Record events only; no flows.")
 def record(
     output: str,
     subjects: tuple[str, ...],
@@ -133,12 +136,18 @@ def record(
     duration: float | None,
     as_json: bool,
     pending_limit: int,
+    no_correlate: bool,
     **conn: Any,
 ) -> None:
-    """Record every message on the bus into a session file."""
+    """Record every message on the bus into a session file, correlated into flows."""
+    from qixtui.core.correlate import factory
     from qixtui_nats.connect import ConnectError
     from qixtui_nats.recorder import Recorder, RecordOptions, print_progress
 
+    try:
+        rules = pop_rules(conn)
+    except RulesError as exc:
+        fail(str(exc))
     connect = build_connect_options(conn)
     options = RecordOptions(
         output=Path(output),
@@ -146,6 +155,8 @@ def record(
         count=count,
         duration=duration,
         pending_limit=pending_limit,
+        correlator_factory=None if no_correlate else factory(rules),
+        extra_meta={} if no_correlate else {"correlation_rules": rules.to_json()},
     )
     recorder = Recorder(connect, options)
     progress = print_progress if sys.stderr.isatty() and not as_json else None
@@ -271,6 +282,8 @@ def server(port: int, no_jetstream: bool) -> None:
     finally:
         srv.close()
 
+
+from qixtui import cli_flows  # noqa: E402,F401  (registers correlate, flows, flow, discover)
 
 if __name__ == "__main__":
     main()

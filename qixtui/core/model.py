@@ -74,12 +74,15 @@ class Flow(msgspec.Struct):
 class FlowChanges(msgspec.Struct):
     """What correlating a batch changed: new links, flows merged away, flow summaries to save.
 
-    `merges` holds (absorbed, into) pairs, applied before `flows` are saved.
+    `merges` holds (absorbed, into) pairs, applied before `flows` are saved. `assign` holds
+    (event_id, flow_id) for events stored flowless that turned out to belong to a flow (a
+    request or a cause seen before anything tied it to one).
     """
 
     links: list[Link] = []
     merges: list[tuple[int, int]] = []
     flows: list[Flow] = []
+    assign: list[tuple[int, int]] = []
 
 
 def parse_header_block(raw: bytes) -> Headers:

@@ -296,6 +296,10 @@ def apply_flow_changes(db: sqlite3.Connection, changes: FlowChanges) -> None:
         insert_links(db, changes.links)
     if changes.merges:
         merge_flows(db, changes.merges)
+    if changes.assign:
+        db.executemany(
+            "UPDATE events SET flow_id = ? WHERE id = ?", [(f, e) for e, f in changes.assign]
+        )
     if changes.flows:
         upsert_flows(db, changes.flows)
 

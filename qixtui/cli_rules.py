@@ -1,0 +1,116 @@
+"""Command-line correlation rules: the flags `record` and `correlate` share, and where the
+rules file lives when none is named."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import platformdirs
+
+from qixtui.core.rules import RuleFlags, Rules, RulesError, load_rules
+
+F = TypeVar("F", bound=Callable[..., Any])
+RULE_OPTION_NAMES = (
+    "config",
+    "rule_keys",
+    "rule_headers",
+    "rule_subject_keys",
+    "rule_terminal",
+    "rule_failure",
+    "rule_compensation",
+    "rule_stall",
+)
+
+
+def default_rules_path() -> Path:
+    return platformdirs.user_config_path("qixtui") / "rules.toml"
+
+
+def rule_options(func: F) -> F:
+    """Flags that add to the rules file (or to the defaults when there is none)."""
+    options = [
+        click.option(
+            "--config",
+            type=click.Path(dir_okay=False),
+            help=f"Correlation rules (TOML). Default: {default_rules_path()} if it exists.",
+        ),
+        click.option(
+            "--key",
+            "rule_keys",
+            multiple=True,
+            metavar="/JSON/POINTER",
+            help="Payload field that ties events together, e.g. /order_id (repeatable).",
+        ),
+        click.option(
+            "--header",
+            "rule_headers",
+            multiple=True,
+            metavar="NAME",
+            help="Another correlation header (repeatable; the defaults stay).",
+        ),
+        click.option(
+            "--subject-key",
+            "rule_subject_keys",
+            multiple=True,
+            metavar="PATTERN:N",
+            help="Token N of subjects matching PATTERN is a key, e.g. 'orders.*.>:2'.",
+        ),
+        click.option(
+            "--terminal",
+            "rule_terminal",
+            multiple=True,
+            metavar="PATTERN",
+            help="Subject that completes a flow (repeatable).",
+        ),
+        click.option(
+            "--failure",
+            "rule_failure",
+            multiple=True,
+            metavar="PATTERN",
+            help="Subject that fails a flow (repeatable).",
+        ),
+        click.option(
+            "--compensation",
+            "rule_compensation",
+            multiple=True,
+            metavar="PATTERN",
+            help="Subject that compensates a failed flow (repeatable).",
+        ),
+        click.option(
+            "--stall",
+            "rule_stall",
+            metavar="DURATION",
+            help="A flow quiet this long and not finished is stalled (default 30s).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def pop_rules(kw: dict[str, Any]) -> Rules:
+    """Take the rule flags out of a command's keyword arguments; RulesError if unusable."""
+    values = {name: kw.pop(name) for name in RULE_OPTION_NAMES}
+    config = values["config"]
+    if config:
+        base = load_rules(config)
+    elif default_rules_path().is_file():
+        base = load_rules(default_rules_path())
+    else:
+        base = Rules()
+    flags = RuleFlags(
+        keys=list(values["rule_keys"]),
+        headers=list(values["rule_headers"]),
+        subject_keys=list(values["rule_subject_keys"]),
+        terminal=list(values["rule_terminal"]),
+        failure=list(values["rule_failure"]),
+        compensation=list(values["rule_compensation"]),
+        stall=values["rule_stall"],
+    )
+    return base.merged_with(flags)
+
+
+__all__ = ["RulesError", "pop_rules", "rule_options"]

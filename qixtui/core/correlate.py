@@ -1,0 +1,700 @@
+"""Streaming correlation: events in, flow changes out; keys joined by union-find, no I/O.
+
+A flow is the connected component of events that share a key. Keys an event can carry:
+
+- header     a correlation header value (all configured headers share one key space)
+- trace      the trace-id of a W3C `traceparent`
+- field      a payload value found by a configured JSON pointer, named by the pointer's last
+             token, so /order_id and /data/order_id (CloudEvents structured) meet
+- subject    a configured subject token
+- reply      a reply joins the flow of its request through the reply subject
+- causation  the causation header names the message id of the cause
+
+header, trace, field, subject and causation keys start a flow; reply and message-id keys only
+join one, so a bare request/reply (JetStream API, service pings) or a message with only a
+message id stays flowless, like heartbeats. A flowless event that later turns out to be the
+request or the cause of an event in a flow is moved into it (`FlowChanges.assign`).
+
+Union-find is union by size with relabelling: when two flows meet, every key of the smaller
+one is pointed at the larger, so a key lookup is one dict access and a flow id never changes
+except by being absorbed (reported in `FlowChanges.merges`).
+
+Memory stays bounded on long recordings. A flow quiet for `stall` leaves the live set; once
+quiet for ten times that (at least ten minutes), or when more than MAX_QUIET flows are quiet,
+its state and keys are forgotten: a later event with one of its keys starts a new flow.
+Message ids and reply subjects of flowless events are kept in two generations that rotate
+every LOOSE_LIMIT entries or `retain` nanoseconds.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from qixtui.core.model import Event, Flow, FlowChanges, Link
+from qixtui.core.rules import (
+    SAGA_RUN_HEADER,
+    Rules,
+    parse_pointer,
+    parse_subject_key,
+    service_rule,
+)
+from qixtui.core.store import subject_matches
+
+MAX_STEPS = 200  # variant length kept per flow; the event count keeps counting
+MAX_KEYS_SHOWN = 20
+MAX_QUIET = 100_000
+LOOSE_LIMIT = 200_000
+SUBJECT_CACHE = 50_000
+MIN_RETAIN_NS = 600_000_000_000
+
+TERMINAL, FAILURE, COMPENSATION = 1, 2, 4
+_CORR, _TRACE, _CAUSE, _MSGID, _SAGA, _SERVICE = 1, 2, 3, 4, 5, 6
+
+_JSON_START = re.compile(rb"[ \t\r\n]*\{")
+_ID_TOKEN = re.compile(r"^(?:\d+|(?=.*\d)[0-9A-Za-z_-]{8,})$")
+
+
+def event_type(subject: str) -> str:
+    """The subject with id-like tokens (all digits, or long and with a digit) as `*`."""
+    return ".".join("*" if _ID_TOKEN.match(tok) else tok for tok in subject.split("."))
+
+
+def reply_type(request_type: str) -> str:
+    return f"{request_type} (reply)"
+
+
+def _service_of_tokens(tokens: list[str], rule: tuple[str, str | int]) -> str | None:
+    kind, arg = rule
+    if kind == "auto":
+        return tokens[1] if len(tokens) >= 3 else tokens[0]
+    if kind == "subject":
+        assert isinstance(arg, int)
+        return tokens[arg - 1] if len(tokens) >= arg else tokens[-1]
+    return None
+
+
+def event_service(event: Event, rules: Rules) -> str | None:
+    """The service an event is attributed to under `rules` (a reply: see `reply_service`)."""
+    rule = service_rule(rules)
+    if rule[0] == "header":
+        return event.header(str(rule[1]))
+    return _service_of_tokens(event.subject.split("."), rule)
+
+
+class _SubjectInfo(msgspec.Struct, array_like=True, gc=False):
+    etype: str
+    service: str | None
+    status: int
+    keys: list[str]
+
+
+class _Loose(msgspec.Struct, array_like=True, gc=False):
+    event_id: int
+    ts_ns: int
+    etype: str
+    service: str | None
+
+
+class _FlowState:
+    __slots__ = (
+        "compensation",
+        "ended_ns",
+        "events",
+        "failure",
+        "flow_id",
+        "inboxes",
+        "keys",
+        "msgs",
+        "orchestrated",
+        "services",
+        "stalled",
+        "started_ns",
+        "steps",
+        "terminal",
+    )
+
+    def __init__(self, flow_id: int, ts_ns: int) -> None:
+        self.flow_id = flow_id
+        self.started_ns = ts_ns
+        self.ended_ns = ts_ns
+        self.events = 0
+        self.services: dict[str, None] = {}
+        self.steps: list[tuple[int, int, str]] = []
+        self.keys: list[str] = []
+        self.inboxes: list[str] = []
+        self.msgs: list[str] = []
+        self.terminal = False
+        self.failure = False
+        self.compensation = False
+        self.orchestrated = False
+        self.stalled = False
+
+    def status(self) -> str:
+        if self.failure:
+            return "compensated" if self.compensation else "failed"
+        if self.terminal:
+            return "completed"
+        return "stalled" if self.stalled else "running"
+
+    def finished(self) -> bool:
+        return self.terminal or self.failure
+
+    def summary(self) -> Flow:
+        return Flow(
+            flow_id=self.flow_id,
+            status=self.status(),
+            started_ns=self.started_ns,
+            ended_ns=self.ended_ns,
+            events=self.events,
+            services=list(self.services),
+            variant=[step[2] for step in self.steps],
+            keys=self.keys[:MAX_KEYS_SHOWN],
+            orchestrated=self.orchestrated,
+        )
+
+
+_Leaf = str | int | float | bool | None
+
+
+class _Fields:
+    """Payload fields by JSON pointer. A msgspec decoder built for just the pointed-at fields
+    skips everything else without making Python objects, and one attrgetter reads them all;
+    payloads it cannot type (a pointed-at spot holding an object, a null parent) are walked
+    generically. Overlapping pointers (/data and /data/id) always take the generic walk."""
+
+    def __init__(self, pointers: list[str]) -> None:
+        self.paths = [parse_pointer(p) for p in pointers]
+        self.prefixes = [f"{segs[-1]}=" for segs in self.paths]
+        self.decode: Callable[[bytes], Any] | None = None
+        self.getter: Callable[[Any], Any] = operator.attrgetter("__class__")
+        tree: dict[str, Any] = {}
+        for segs in self.paths:
+            node = tree
+            for seg in segs[:-1]:
+                node = node.setdefault(seg, {})
+                if node is True:
+                    return
+            if isinstance(node.get(segs[-1]), dict):
+                return
+            node[segs[-1]] = True
+        root, root_mapping = self._build(tree)
+        dotted = []
+        for segs in self.paths:
+            attrs = []
+            mapping = root_mapping
+            for seg in segs:
+                attr, mapping = mapping[seg]
+                attrs.append(attr)
+            dotted.append(".".join(attrs))
+        self.decode = msgspec.json.Decoder(root).decode
+        self.getter = operator.attrgetter(*dotted) if len(dotted) > 1 else self._one(dotted[0])
+
+    @staticmethod
+    def _one(path: str) -> Callable[[Any], Any]:
+        get = operator.attrgetter(path)
+        return lambda obj: (get(obj),)
+
+    @staticmethod
+    def _build(tree: dict[str, Any]) -> tuple[Any, dict[str, tuple[str, Any]]]:
+        def build(node: dict[str, Any]) -> tuple[Any, dict[str, tuple[str, Any]]]:
+            mapping: dict[str, tuple[str, Any]] = {}
+            specs: list[tuple[str, Any, Any]] = []
+            for seg, child in node.items():
+                attr = f"f{len(mapping)}"
+                if child is True:
+                    specs.append((attr, _Leaf, None))
+                    mapping[seg] = (attr, None)
+                else:
+                    sub, sub_mapping = build(child)
+                    # an empty instance as default: a missing parent reads as missing leaves
+                    specs.append((attr, sub | None, sub()))
+                    mapping[seg] = (attr, sub_mapping)
+            rename = {attr: seg for seg, (attr, _) in mapping.items()}
+            struct = msgspec.defstruct(
+                "Payload", specs, rename=rename, frozen=True, gc=False, cache_hash=False
+            )
+            return struct, mapping
+
+        return build(tree)
+
+    def keys(self, payload: bytes, found: list[tuple[str, str]]) -> None:
+        if payload[:1] != b"{" and not _JSON_START.match(payload):
+            return
+        if self.decode is not None:
+            try:
+                values = self.getter(self.decode(payload))
+            except (msgspec.ValidationError, AttributeError):
+                values = None  # another type where a pointer leads: walk it generically
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                return
+            if values is not None:
+                for prefix, value in zip(self.prefixes, values, strict=True):
+                    if value is not None:
+                        text = value if type(value) is str else _plain_value(value)
+                        if text:
+                            found.append(("field", prefix + text))
+                return
+        try:
+            generic = _decode_any(payload)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return
+        for prefix, segs in zip(self.prefixes, self.paths, strict=True):
+            text = _plain_value(_walk(generic, segs))
+            if text:
+                found.append(("field", prefix + text))
+
+
+_decode_any = msgspec.json.decode
+
+
+def _plain_value(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return msgspec.json.encode(value).decode()
+    return None
+
+
+def _walk(obj: Any, segs: list[str]) -> Any:
+    for seg in segs:
+        if isinstance(obj, dict):
+            obj = obj.get(seg)
+        elif isinstance(obj, list) and seg.isdigit() and int(seg) < len(obj):
+            obj = obj[int(seg)]
+        else:
+            return None
+    return obj
+
+
+class Correlator:
+    """Assigns flows to events as they arrive; `now_ns` is the only clock it knows."""
+
+    def __init__(self, rules: Rules, retain_ns: int | None = None) -> None:
+        rules.validate()
+        corr = rules.correlation
+        self.rules = rules
+        roles: dict[str, int] = {}
+        for name in corr.headers:
+            roles[name] = roles[name.lower()] = _CORR
+        if corr.trace:
+            roles["traceparent"] = _TRACE
+        if corr.causation_header:
+            roles[corr.causation_header] = roles[corr.causation_header.lower()] = _CAUSE
+        for name in corr.message_id_headers:
+            roles[name] = roles[name.lower()] = _MSGID
+        roles[SAGA_RUN_HEADER] = roles[SAGA_RUN_HEADER.lower()] = _SAGA
+        self._service_rule = service_rule(rules)
+        if self._service_rule[0] == "header":
+            name = str(self._service_rule[1])
+            roles[name] = roles[name.lower()] = _SERVICE
+        self._roles = roles
+        self._replies = corr.replies
+        self._fields = _Fields(corr.keys) if corr.keys else None
+        self._subject_keys = [parse_subject_key(s) for s in corr.subject_keys]
+        self._status_patterns = [
+            (TERMINAL, rules.status.terminal),
+            (FAILURE, rules.status.failure),
+            (COMPENSATION, rules.status.compensation),
+        ]
+        self._stall_ns = rules.stall_ns
+        self._retain_ns = retain_ns or max(10 * self._stall_ns, MIN_RETAIN_NS)
+
+        self._index: dict[str, int] = {}  # key -> flow id
+        self._inboxes: dict[str, tuple[int, int, str, str | None]] = {}
+        self._msgs: dict[str, tuple[int, int]] = {}  # message id -> (flow id, event id or 0)
+        # Flowless requests (by reply subject) and messages (by message id), two generations.
+        self._loose_inboxes: list[dict[str, _Loose]] = [{}, {}]
+        self._loose_msgs: list[dict[str, _Loose]] = [{}, {}]
+        self._loose_rotated_ns: int | None = None
+        self._flows: dict[int, _FlowState] = {}
+        self._live: dict[int, None] = {}  # touched within `stall`, oldest first
+        self._quiet: dict[int, None] = {}
+        self._subjects: dict[str, _SubjectInfo] = {}
+        self._moved: dict[int, int] = {}
+
+    # -- public -----------------------------------------------------------------------------
+
+    def add_batch(self, events: Iterable[Event], now_ns: int) -> FlowChanges:
+        """Correlate events in arrival order, setting `flow_id` on each in place."""
+        links: list[Link] = []
+        merges: list[tuple[int, int]] = []
+        assign: list[tuple[int, int]] = []
+        touched: set[int] = set()
+        batch: list[Event] = []
+        for event in events:
+            fid = self._one(event, links, merges, assign)
+            if fid is not None:
+                batch.append(event)
+                touched.add(fid)
+        if merges:
+            find = self._find
+            for event in batch:
+                event.flow_id = find(event.flow_id)  # type: ignore[arg-type]
+            assign = [(eid, find(fid)) for eid, fid in assign]
+            touched = {find(fid) for fid in touched}
+        self._moved.clear()
+        live, quiet, flows = self._live, self._quiet, self._flows
+        for fid in touched:
+            if fid in quiet:
+                del quiet[fid]
+                flows[fid].stalled = False
+            else:
+                live.pop(fid, None)
+            live[fid] = None
+        changed = {fid: flows[fid] for fid in touched}
+        self._tick(now_ns, changed)
+        return FlowChanges(
+            links=links,
+            merges=merges,
+            flows=[f.summary() for f in changed.values()],
+            assign=assign,
+        )
+
+    def finish(self, now_ns: int) -> FlowChanges:
+        """The recording ended at `now_ns`: running flows quiet for `stall` are stalled."""
+        changed: dict[int, _FlowState] = {}
+        self._tick(now_ns, changed)
+        return FlowChanges(flows=[f.summary() for f in changed.values()])
+
+    @property
+    def remembered_flows(self) -> int:
+        return len(self._flows)
+
+    @property
+    def remembered_keys(self) -> int:
+        loose = sum(map(len, self._loose_inboxes)) + sum(map(len, self._loose_msgs))
+        return len(self._index) + len(self._inboxes) + len(self._msgs) + loose
+
+    # -- the hot path -----------------------------------------------------------------------
+
+    def _subject_info(self, subject: str) -> _SubjectInfo:
+        tokens = subject.split(".")
+        status = 0
+        for bit, patterns in self._status_patterns:
+            for pattern in patterns:
+                if subject_matches(pattern, subject):
+                    status |= bit
+                    break
+        keys = [
+            f"subject={tokens[index - 1]}"
+            for pattern, index in self._subject_keys
+            if len(tokens) >= index and subject_matches(pattern, subject)
+        ]
+        info = _SubjectInfo(
+            event_type(subject), _service_of_tokens(tokens, self._service_rule), status, keys
+        )
+        if len(self._subjects) >= SUBJECT_CACHE:
+            self._subjects.clear()
+        self._subjects[subject] = info
+        return info
+
+    def _one(
+        self,
+        event: Event,
+        links: list[Link],
+        merges: list[tuple[int, int]],
+        assign: list[tuple[int, int]],
+    ) -> int | None:
+        info = self._subjects.get(event.subject) or self._subject_info(event.subject)
+        found: list[tuple[str, str]] = []
+        cause = msgid = None
+        saga = False
+        service = info.service
+        if event.headers:
+            roles = self._roles
+            for name, value in event.headers:
+                role = roles.get(name)
+                if role is None:
+                    role = roles.get(name.lower(), 0)
+                    if len(roles) < 1000:
+                        roles[name] = role
+                if not role or not value:
+                    continue
+                if role == _CORR:
+                    found.append(("header", f"correlation={value}"))
+                elif role == _TRACE:
+                    parts = value.split("-")
+                    if len(parts) >= 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+                        found.append(("trace", f"trace={parts[1].lower()}"))
+                elif role == _CAUSE:
+                    cause = value
+                elif role == _MSGID:
+                    msgid = msgid or value
+                elif role == _SAGA:
+                    saga = True
+                else:
+                    service = value
+        if self._fields is not None:
+            self._fields.keys(event.payload, found)
+        if info.keys:
+            found.extend(("subject", key) for key in info.keys)
+
+        index = self._index
+        fid: int | None = None
+        for _kind, key in found:
+            other = index.get(key)
+            if other is not None and other != fid:
+                fid = other if fid is None else self._union(fid, other, merges)
+        etype = info.etype
+        eid = event.id
+        request: tuple[int, int, str, str | None] | None = None
+        loose_request: _Loose | None = None
+        if self._replies:
+            request = self._inboxes.get(event.subject)
+            if request is not None:
+                fid = request[0] if fid is None else self._union(fid, request[0], merges)
+                etype, service = reply_type(request[2]), request[3]
+            else:
+                recent, older = self._loose_inboxes
+                loose_request = recent.get(event.subject) or older.get(event.subject)
+                if loose_request is not None:
+                    etype, service = reply_type(loose_request.etype), loose_request.service
+        cause_id = 0
+        loose_cause: _Loose | None = None
+        if cause is not None:
+            pointed = self._msgs.get(cause)
+            if pointed is not None:
+                cause_id = pointed[1]
+                fid = pointed[0] if fid is None else self._union(fid, pointed[0], merges)
+            else:
+                loose_cause = self._loose_get(self._loose_msgs, cause)
+        if msgid is not None:
+            pointed = self._msgs.get(msgid)
+            if pointed is not None:
+                fid = pointed[0] if fid is None else self._union(fid, pointed[0], merges)
+
+        if fid is None:
+            if not found and cause is None:
+                if msgid is not None or (event.reply and self._replies):
+                    loose = _Loose(eid, event.ts_ns, etype, service)
+                    if msgid is not None:
+                        self._loose_put(self._loose_msgs, msgid, loose)
+                    if event.reply and self._replies:
+                        self._loose_put(self._loose_inboxes, event.reply, loose)
+                return None
+            fid = eid
+            self._flows[fid] = _FlowState(fid, event.ts_ns)
+        flow = self._flows[fid]
+
+        for kind, key in found:
+            links.append(Link(eid, kind, key, None))
+            if key not in index:
+                index[key] = fid
+                flow.keys.append(key)
+        if request is not None:
+            links.append(Link(eid, "reply", event.subject, request[1]))
+        elif loose_request is not None:
+            links.append(Link(eid, "reply", event.subject, loose_request.event_id))
+            self._adopt(flow, loose_request, "reply", event.subject, links, assign)
+            for gen in self._loose_inboxes:
+                gen.pop(event.subject, None)
+            self._inboxes[event.subject] = (
+                fid,
+                loose_request.event_id,
+                loose_request.etype,
+                loose_request.service,
+            )
+            flow.inboxes.append(event.subject)
+        if cause is not None:
+            if loose_cause is not None:
+                cause_id = loose_cause.event_id
+                self._adopt(flow, loose_cause, "causation", cause, links, assign)
+                for gen in self._loose_msgs:
+                    gen.pop(cause, None)
+                self._msgs[cause] = (fid, cause_id)
+                flow.msgs.append(cause)
+            elif cause not in self._msgs:
+                self._msgs[cause] = (fid, 0)  # the cause may still arrive
+                flow.msgs.append(cause)
+            links.append(Link(eid, "causation", cause, cause_id or None))
+        if msgid is not None:
+            if msgid not in self._msgs:
+                flow.msgs.append(msgid)
+            elif self._msgs[msgid][1] == 0:
+                links.append(Link(eid, "causation", msgid, None))
+            self._msgs[msgid] = (fid, eid)
+        if event.reply and self._replies:
+            self._inboxes[event.reply] = (fid, eid, etype, service)
+            flow.inboxes.append(event.reply)
+
+        flow.events += 1
+        ts = event.ts_ns
+        if ts > flow.ended_ns:
+            flow.ended_ns = ts
+        if ts < flow.started_ns:
+            flow.started_ns = ts
+        if service is not None and service not in flow.services:
+            flow.services[service] = None
+        if len(flow.steps) < MAX_STEPS:
+            flow.steps.append((ts, eid, etype))
+        status = info.status
+        if status:
+            if status & TERMINAL:
+                flow.terminal = True
+            if status & FAILURE:
+                flow.failure = True
+            if status & COMPENSATION:
+                flow.compensation = True
+        if saga:
+            flow.orchestrated = True
+        event.flow_id = fid
+        return fid
+
+    def _adopt(
+        self,
+        flow: _FlowState,
+        loose: _Loose,
+        kind: str,
+        key: str,
+        links: list[Link],
+        assign: list[tuple[int, int]],
+    ) -> None:
+        """Move a flowless event (a request or cause seen before its flow existed) into it."""
+        links.append(Link(loose.event_id, kind, key, None))
+        assign.append((loose.event_id, flow.flow_id))
+        flow.events += 1
+        flow.started_ns = min(flow.started_ns, loose.ts_ns)
+        flow.steps.append((loose.ts_ns, loose.event_id, loose.etype))
+        flow.steps.sort()
+        del flow.steps[MAX_STEPS:]
+        if loose.service is not None:
+            flow.services.setdefault(loose.service, None)
+
+    # -- union-find ---------------------------------------------------------------------------
+
+    def _find(self, fid: int) -> int:
+        moved = self._moved
+        while fid in moved:
+            fid = moved[fid]
+        return fid
+
+    def _union(self, a: int, b: int, merges: list[tuple[int, int]]) -> int:
+        if a == b:
+            return a
+        fa, fb = self._flows[a], self._flows[b]
+        if (fa.events, -fa.flow_id) < (fb.events, -fb.flow_id):
+            fa, fb = fb, fa
+        into, gone = fa, fb
+        iid = into.flow_id
+        index = self._index
+        for key in gone.keys:
+            index[key] = iid
+        into.keys.extend(gone.keys)
+        inboxes = self._inboxes
+        for inbox in gone.inboxes:
+            entry = inboxes.get(inbox)
+            if entry is not None and entry[0] == gone.flow_id:
+                inboxes[inbox] = (iid, entry[1], entry[2], entry[3])
+        into.inboxes.extend(gone.inboxes)
+        msgs = self._msgs
+        for msgid in gone.msgs:
+            entry2 = msgs.get(msgid)
+            if entry2 is not None and entry2[0] == gone.flow_id:
+                msgs[msgid] = (iid, entry2[1])
+        into.msgs.extend(gone.msgs)
+        into.events += gone.events
+        into.started_ns = min(into.started_ns, gone.started_ns)
+        into.ended_ns = max(into.ended_ns, gone.ended_ns)
+        for service in gone.services:
+            into.services.setdefault(service, None)
+        into.steps = sorted(into.steps + gone.steps)[:MAX_STEPS]
+        into.terminal |= gone.terminal
+        into.failure |= gone.failure
+        into.compensation |= gone.compensation
+        into.orchestrated |= gone.orchestrated
+        del self._flows[gone.flow_id]
+        self._live.pop(gone.flow_id, None)
+        self._quiet.pop(gone.flow_id, None)
+        self._moved[gone.flow_id] = iid
+        merges.append((gone.flow_id, iid))
+        return iid
+
+    # -- time -------------------------------------------------------------------------------
+
+    def _tick(self, now_ns: int, changed: dict[int, _FlowState]) -> None:
+        flows, live, quiet = self._flows, self._live, self._quiet
+        quiet_before = now_ns - self._stall_ns
+        while live:
+            fid = next(iter(live))
+            flow = flows[fid]
+            if flow.ended_ns >= quiet_before:
+                break
+            del live[fid]
+            quiet[fid] = None
+            if not flow.finished():
+                flow.stalled = True
+                changed[fid] = flow
+        forget_before = now_ns - self._retain_ns
+        while quiet:
+            fid = next(iter(quiet))
+            if flows[fid].ended_ns >= forget_before and len(quiet) <= MAX_QUIET:
+                break
+            del quiet[fid]
+            self._forget(flows.pop(fid))
+        if self._loose_rotated_ns is None:
+            self._loose_rotated_ns = now_ns
+        elif now_ns - self._loose_rotated_ns > self._retain_ns:
+            self._rotate_loose()
+            self._loose_rotated_ns = now_ns
+
+    def _forget(self, flow: _FlowState) -> None:
+        fid = flow.flow_id
+        index = self._index
+        for key in flow.keys:
+            if index.get(key) == fid:
+                del index[key]
+        for table, keys in ((self._inboxes, flow.inboxes), (self._msgs, flow.msgs)):
+            for key in keys:
+                entry = table.get(key)
+                if entry is not None and entry[0] == fid:
+                    del table[key]
+
+    def _rotate_loose(self) -> None:
+        for gens in (self._loose_inboxes, self._loose_msgs):
+            gens[1] = gens[0]
+            gens[0] = {}
+
+    @staticmethod
+    def _loose_get(gens: list[dict[str, _Loose]], key: str) -> _Loose | None:
+        found = gens[0].get(key)
+        return found if found is not None else gens[1].get(key)
+
+    @staticmethod
+    def _loose_put(gens: list[dict[str, _Loose]], key: str, value: _Loose) -> None:
+        if len(gens[0]) >= LOOSE_LIMIT:
+            gens[1] = gens[0]
+            gens[0] = {}
+        gens[0][key] = value
+
+
+def correlate_all(
+    events: Iterable[Event], rules: Rules, now_ns: int | None = None
+) -> dict[int, list[int]]:
+    """Flow id -> event ids for a finite stream, for tests and small tools."""
+    correlator = Correlator(rules)
+    members: dict[int, list[int]] = {}
+    last = 0
+    for event in events:
+        last = max(last, event.ts_ns)
+        changes = correlator.add_batch([event], event.ts_ns)
+        for absorbed, into in changes.merges:
+            members.setdefault(into, []).extend(members.pop(absorbed, []))
+        for eid, fid in changes.assign:
+            members.setdefault(fid, []).append(eid)
+        if event.flow_id is not None:
+            members.setdefault(event.flow_id, []).append(event.id)
+    correlator.finish(now_ns if now_ns is not None else last)
+    return members
+
+
+def factory(rules: Rules) -> Callable[[], Correlator]:
+    """A picklable correlator factory for the writer process."""
+    return functools.partial(Correlator, rules)

@@ -1,0 +1,101 @@
+"""Flows in a session file: recompute them with other rules, read one back, feed discovery."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+
+from qixtui.core import store
+from qixtui.core.correlate import Correlator, event_type, reply_type
+from qixtui.core.model import Event, Flow, Link
+from qixtui.core.rules import Rules, rules_from_json
+
+PAGE = 5000
+
+
+def recorrelate(db: sqlite3.Connection, rules: Rules) -> int:
+    """Replace every flow and link in one transaction: a crash leaves the old flows or the new
+    ones, never a mix. The clock is the recording's own (event times, then its stop time), as
+    the writer's was. Returns the number of flows."""
+    correlator = Correlator(rules)
+    with store.transaction(db):
+        meta = store.get_meta(db)
+        db.execute("UPDATE events SET flow_id = NULL WHERE flow_id IS NOT NULL")
+        db.execute("DELETE FROM flows")
+        db.execute("DELETE FROM links")
+        last_id = 0
+        last_ts = 0
+        while True:
+            rows = db.execute(
+                f"SELECT {store.EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (last_id, PAGE),
+            ).fetchall()
+            if not rows:
+                break
+            events = [store.row_to_event(row) for row in rows]
+            last_id = events[-1].id
+            last_ts = max(last_ts, max(e.ts_ns for e in events))
+            changes = correlator.add_batch(events, last_ts)
+            db.executemany(
+                "UPDATE events SET flow_id = ? WHERE id = ?",
+                [(e.flow_id, e.id) for e in events if e.flow_id is not None],
+            )
+            store.apply_flow_changes(db, changes)
+        stopped = meta.get("stopped_ns", "")
+        end_ns = int(stopped) if stopped.isdigit() else last_ts
+        store.apply_flow_changes(db, correlator.finish(max(end_ns, last_ts)))
+        store.set_meta(db, {"correlation_rules": rules.to_json()})
+        return int(db.execute("SELECT count(*) FROM flows").fetchone()[0])
+
+
+def session_rules(db: sqlite3.Connection) -> Rules:
+    """The rules a session was last correlated with (the defaults if none were saved)."""
+    saved = store.get_meta(db).get("correlation_rules")
+    return rules_from_json(saved) if saved else Rules()
+
+
+def get_flow(db: sqlite3.Connection, flow_id: int) -> Flow | None:
+    row = db.execute(
+        f"SELECT {store.FLOW_COLUMNS} FROM flows WHERE flow_id = ?", (flow_id,)
+    ).fetchone()
+    return store.row_to_flow(row) if row else None
+
+
+def flow_events(db: sqlite3.Connection, flow_id: int) -> list[Event]:
+    return list(store.iter_events(db, store.EventQuery(flow_id=flow_id)))
+
+
+def flow_links(db: sqlite3.Connection, flow_id: int) -> list[Link]:
+    rows = db.execute(
+        "SELECT l.event_id, l.kind, l.key, l.parent_id FROM links l "
+        "JOIN events e ON e.id = l.event_id WHERE e.flow_id = ? ORDER BY l.rowid",
+        (flow_id,),
+    )
+    return [Link(event_id=r[0], kind=r[1], key=r[2], parent_id=r[3]) for r in rows]
+
+
+def traces(db: sqlite3.Connection) -> Iterator[list[tuple[str, int]]]:
+    """Every flow as its (event type, ts_ns) steps in time order, replies named after their
+    request, the same types as the flows' variants."""
+    rows = db.execute(
+        "SELECT e.flow_id, e.ts_ns, e.subject, p.subject FROM events e "
+        "LEFT JOIN links l ON l.event_id = e.id AND l.kind = 'reply' AND l.parent_id IS NOT NULL "
+        "LEFT JOIN events p ON p.id = l.parent_id "
+        "WHERE e.flow_id IS NOT NULL ORDER BY e.flow_id, e.ts_ns, e.id"
+    )
+    types: dict[str, str] = {}
+    current: int | None = None
+    trace: list[tuple[str, int]] = []
+    for flow_id, ts_ns, subject, request_subject in rows:
+        if flow_id != current:
+            if trace:
+                yield trace
+            trace = []
+            current = flow_id
+        source = request_subject or subject
+        etype = types.get(source)
+        if etype is None:
+            etype = types[source] = event_type(source)
+        trace.append((reply_type(etype) if request_subject else etype, ts_ns))
+    if trace:
+        yield trace

@@ -1,0 +1,194 @@
+"""Correlation speed: alone, inside a real recording, and process discovery on 100k flows.
+
+Run: pytest -m benchmark -s tests/benchmarks/bench_correlate.py
+Numbers, not pass/fail: each prints its figure, the target and a baseline from the same run.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from flowgen import (
+    FIELD_KEYS,
+    RULE_FLAGS,
+    expand_replies,
+    subscribers,
+    traffic,
+    wait_for_subscriber,
+)
+
+from qixtui.core.correlate import Correlator
+from qixtui.core.discover import discover, to_dot, to_mermaid
+from qixtui.core.model import Event
+from qixtui.core.rules import RuleFlags, Rules
+from qixtui.core.writer import tune_gc
+from qixtui_nats.server import EmbeddedServer
+
+pytestmark = pytest.mark.benchmark
+
+RULES = Rules().merged_with(
+    RuleFlags(
+        keys=FIELD_KEYS,
+        terminal=["shop.order.completed"],
+        failure=["shop.order.cancelled"],
+    )
+)
+PUBLISHER = Path(__file__).with_name("publish_traffic.py")
+BATCH = 1000  # about what the writer gets per transaction at full speed
+
+
+def realistic_events(flows: int) -> list[Event]:
+    """Shop traffic with every convention, 200 orders in flight, one heartbeat in nine."""
+    rows = [
+        (m.subject, reply, m.headers or None, m.payload)
+        for m, reply in expand_replies(traffic(flows, noise_every=8, seed=2, window=200))
+    ]
+    return [
+        Event(ts_ns=i * 20_000, subject=s, reply=r, headers=h, payload=p, id=i)
+        for i, (s, r, h, p) in enumerate(rows, 1)
+    ]
+
+
+def correlate_rate(events: list[Event]) -> tuple[float, int]:
+    """Events per second, and the flows found."""
+    for event in events:
+        event.flow_id = None
+    correlator = Correlator(RULES)
+    start = time.perf_counter()
+    for k in range(0, len(events), BATCH):
+        chunk = events[k : k + BATCH]
+        correlator.add_batch(chunk, chunk[-1].ts_ns)
+    correlator.finish(events[-1].ts_ns)
+    return len(events) / (time.perf_counter() - start), correlator.remembered_flows
+
+
+def test_correlation_alone() -> None:
+    events = realistic_events(20_000)
+    gc.collect()
+    tune_gc()  # as in the writer process
+    start = time.perf_counter()
+    for event in events:  # baseline: touching each event once
+        event.flow_id = event.id
+    touch = len(events) / (time.perf_counter() - start)
+    runs = [correlate_rate(events) for _ in range(3)]
+    rates = [rate for rate, _ in runs]
+    flows = runs[0][1]
+    print(
+        f"\ncorrelation alone: {len(events):,} events, {flows:,} flows; "
+        f"best {max(rates):,.0f} ev/s, median {statistics.median(rates):,.0f} ev/s "
+        f"(target 300,000: {'met' if max(rates) >= 300_000 else 'NOT met'}); "
+        f"baseline loop touching each event: {touch:,.0f} ev/s"
+    )
+    assert flows == 20_000
+
+
+def record_once(server: EmbeddedServer, output: Path, flows: int, count: int, *flags: str) -> float:
+    """Seconds from the publisher's start to the recorder having written `count` events."""
+    before = subscribers(server, "_INBOX.test.>")
+    recorder = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qixtui",
+            "record",
+            "-s",
+            server.url,
+            "-o",
+            str(output),
+            "--count",
+            str(count),
+            "-S",
+            "shop.>",
+            "-S",
+            "_INBOX.test.>",
+            *flags,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    publisher = None
+    try:
+        wait_for_subscriber(server, "_INBOX.test.>", before + 1)
+        start = time.perf_counter()
+        publisher = subprocess.Popen(
+            [sys.executable, str(PUBLISHER), server.url, str(flows), "3"],
+            env={**os.environ, "PYTHONPATH": str(PUBLISHER.parent.parent)},
+        )
+        _, stderr = recorder.communicate(timeout=280)
+        elapsed = time.perf_counter() - start
+        publisher.wait(timeout=60)
+    finally:
+        for proc in (recorder, publisher):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert recorder.returncode == 0, stderr
+    assert "0 dropped" in stderr, stderr
+    return elapsed
+
+
+@pytest.mark.timeout(1200)
+def test_recording_with_and_without_correlation(own_server: EmbeddedServer, tmp_path: Path) -> None:
+    flows = 4_000
+    count = sum(1 for _ in expand_replies(traffic(flows, noise_every=8, seed=3, window=200)))
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    for round_ in range(2):
+        for mode in ("off", "on"):
+            flags = ["--no-correlate"] if mode == "off" else RULE_FLAGS
+            path = tmp_path / f"{mode}-{round_}.qix"
+            times[mode].append(record_once(own_server, path, flows, count, *flags))
+    off, on = min(times["off"]), min(times["on"])
+    ratio = on / off
+    print(
+        f"\nrecording {count:,} events: correlation off {count / off:,.0f} ev/s, "
+        f"on {count / on:,.0f} ev/s; time ratio on/off {ratio:.2f} "
+        f"(target <= 1.20: {'met' if ratio <= 1.2 else 'NOT met'}); "
+        f"runs off {[round(t, 2) for t in times['off']]} on {[round(t, 2) for t in times['on']]}"
+    )
+
+
+def test_discovery_on_100k_flows() -> None:
+    rng = random.Random(4)
+    happy = ["shop.order.placed", "shop.payment.authorized", "shop.stock.reserved"]
+    tails = [
+        ["shop.shipment.created", "shop.order.completed"],
+        ["shop.stock.failed", "shop.payment.refunded", "shop.order.cancelled"],
+        ["shop.order.completed"],
+    ]
+    traces = []
+    for _ in range(100_000):
+        steps = happy + rng.choice(tails)
+        if rng.random() < 0.1:
+            steps = [steps[0], steps[2], steps[1], *steps[3:]]
+        ts = 0
+        trace = []
+        for step in steps:
+            ts += rng.randrange(1_000_000, 50_000_000)
+            trace.append((step, ts))
+        traces.append(trace)
+    events = sum(map(len, traces))
+    start = time.perf_counter()
+    found = discover(traces)
+    mined = time.perf_counter() - start
+    to_dot(found)
+    to_mermaid(found)
+    total = time.perf_counter() - start
+    start = time.perf_counter()
+    for trace in traces:  # baseline: one pass over every step
+        for _step in trace:
+            pass
+    touch = time.perf_counter() - start
+    print(
+        f"\ndiscovery: {found.flows:,} flows, {events:,} steps, {len(found.variants)} variants, "
+        f"{len(found.edges)} edges in {mined:.2f}s (+ DOT and Mermaid: {total:.2f}s; "
+        f"target < 2 s: {'met' if total < 2 else 'NOT met'}); baseline pass {touch:.2f}s"
+    )
+    assert found.flows == 100_000

@@ -1,0 +1,294 @@
+"""The correlator on plain in-memory events: keys, merges, status, robustness, memory."""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+from flowgen import (
+    CONVENTIONS,
+    FIELD_KEYS,
+    Message,
+    expand_replies,
+    flow_messages,
+    interleave,
+    noise,
+    reply_tag,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qixtui.core.correlate import Correlator, correlate_all, event_type
+from qixtui.core.model import Event
+from qixtui.core.rules import RuleFlags, Rules
+
+RULES = Rules().merged_with(
+    RuleFlags(
+        keys=FIELD_KEYS,
+        terminal=["shop.order.completed"],
+        failure=["shop.order.cancelled"],
+        compensation=["shop.payment.refunded"],
+    )
+)
+SECOND = 1_000_000_000
+
+
+def to_events(messages: list[Message], start_ns: int = 0, step_ns: int = 1000) -> list[Event]:
+    events = []
+    for i, (msg, reply) in enumerate(expand_replies(messages), 1):
+        events.append(
+            Event(
+                ts_ns=start_ns + i * step_ns,
+                subject=msg.subject,
+                reply=reply,
+                headers=msg.headers or None,
+                payload=msg.payload,
+                id=i,
+            )
+        )
+    return events
+
+
+def label(event: Event, seen: dict[str, int]) -> tuple[str, int]:
+    """(flow tag, position within that flow): the same message whatever the interleaving."""
+    tag = event.header("Test-Flow") or reply_tag(event.payload)
+    seen[tag] = seen.get(tag, 0) + 1
+    return tag, seen[tag]
+
+
+def memberships(events: list[Event], batch: int) -> set[frozenset[tuple[str, int]]]:
+    correlator = Correlator(RULES)
+    groups: dict[int, set[tuple[str, int]]] = {}
+    seen: dict[str, int] = {}
+    labels = {e.id: label(e, seen) for e in events}
+    for start in range(0, len(events), batch):
+        chunk = events[start : start + batch]
+        changes = correlator.add_batch(chunk, chunk[-1].ts_ns)
+        for absorbed, into in changes.merges:
+            groups.setdefault(into, set()).update(groups.pop(absorbed, set()))
+        for event_id, flow_id in changes.assign:
+            groups.setdefault(flow_id, set()).add(labels[event_id])
+        for event in chunk:
+            if event.flow_id is not None:
+                groups.setdefault(event.flow_id, set()).add(labels[event.id])
+    return {frozenset(g) for g in groups.values()}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    conventions=st.lists(st.sampled_from(CONVENTIONS), min_size=1, max_size=12),
+    noise_count=st.integers(0, 6),
+    order_seed=st.integers(0, 2**32),
+    batch=st.integers(1, 40),
+)
+def test_flows_do_not_depend_on_interleaving(
+    conventions: list[str], noise_count: int, order_seed: int, batch: int
+) -> None:
+    rng = random.Random(1)
+    groups = [flow_messages(n, c, rng) for n, c in enumerate(conventions)]
+    groups += [[noise(i, rng)] for i in range(noise_count)]
+    one_by_one = to_events([m for g in groups for m in g])
+    shuffled = to_events(interleave(groups, random.Random(order_seed)))
+    expected = memberships(one_by_one, 1)
+    assert memberships(shuffled, batch) == expected
+    # and every flow is exactly one generated flow, all of it
+    assert {next(iter(g))[0] for g in expected} == {f"f{n}" for n in range(len(conventions))}
+    for group in expected:
+        tag = next(iter(group))[0]
+        assert all(t == tag for t, _ in group)
+
+
+def ev(
+    id: int,
+    subject: str,
+    payload: bytes = b"",
+    headers: list[tuple[str, str]] | None = None,
+    ts: int | None = None,
+    reply: str | None = None,
+) -> Event:
+    return Event(
+        ts_ns=id * 1000 if ts is None else ts,
+        subject=subject,
+        reply=reply,
+        headers=headers,
+        payload=payload,
+        id=id,
+    )
+
+
+def test_a_late_bridge_merges_the_smaller_flow_into_the_larger() -> None:
+    c = Correlator(RULES)
+    first = [ev(1, "a.b", b'{"order_id": 1}'), ev(2, "a.c", b'{"order_id": 1}')]
+    c.add_batch(first, 2000)
+    c.add_batch([ev(3, "s.x", b'{"shipment_id": "s"}')], 3000)
+    bridge = ev(4, "s.y", b'{"order_id": 1, "shipment_id": "s"}')
+    changes = c.add_batch([bridge], 4000)
+    assert changes.merges == [(3, 1)]
+    assert bridge.flow_id == 1
+    assert [(f.flow_id, f.events) for f in changes.flows] == [(1, 4)]
+    assert sorted(changes.flows[0].keys) == ["order_id=1", "shipment_id=s"]
+    kinds = {(lk.kind, lk.key) for lk in changes.links}
+    assert kinds == {("field", "order_id=1"), ("field", "shipment_id=s")}
+    # the absorbed flow's key now leads to the survivor
+    later = ev(5, "s.z", b'{"shipment_id": "s"}')
+    c.add_batch([later], 5000)
+    assert later.flow_id == 1
+
+
+def test_a_shared_customer_id_never_merges_orders() -> None:
+    events = [
+        ev(i, "shop.order.placed", msgspec.json.encode({"customer_id": "c", "order_id": i}))
+        for i in range(1, 6)
+    ]
+    flows = correlate_all(events, RULES)
+    assert sorted(flows.values()) == [[1], [2], [3], [4], [5]]
+
+
+def test_events_without_keys_stay_flowless() -> None:
+    heartbeat = ev(1, "shop.heartbeat.payment", b'{"customer_id": "c", "seq": 1}')
+    with_id_only = ev(2, "x.y", b"{}", [("Nats-Msg-Id", "m1")])
+    bare_request = ev(3, "$JS.API.INFO", b"", reply="_INBOX.a.1")
+    bare_reply = ev(4, "_INBOX.a.1", b"{}")
+    assert correlate_all([heartbeat, with_id_only, bare_request, bare_reply], RULES) == {}
+
+
+def test_reply_without_headers_joins_its_request_and_names_it() -> None:
+    request = ev(1, "shop.cmd.payment.authorize", b"{}", [("X-Correlation-ID", "k")], reply="_I.1")
+    reply = ev(2, "_I.1", b'{"ok": true}')
+    c = Correlator(RULES)
+    changes = c.add_batch([request, reply], 2000)
+    assert reply.flow_id == request.flow_id == 1
+    assert ("reply", "_I.1", 1) in {(lk.kind, lk.key, lk.parent_id) for lk in changes.links}
+    assert changes.flows[0].variant == [
+        "shop.cmd.payment.authorize",
+        "shop.cmd.payment.authorize (reply)",
+    ]
+    assert changes.flows[0].services == ["cmd"]
+
+
+def test_a_flowless_request_is_adopted_when_its_reply_has_a_key() -> None:
+    c = Correlator(RULES)
+    request = ev(1, "shop.pricing.quote", b"{}", reply="_I.2")
+    assert c.add_batch([request], 1000).flows == []
+    reply = ev(2, "_I.2", b'{"order_id": 9}')
+    changes = c.add_batch([reply], 2000)
+    assert changes.assign == [(1, 2)]
+    assert changes.flows[0].events == 2
+
+
+def test_causation_chains_form_a_flow_with_parent_links() -> None:
+    c = Correlator(RULES)
+    cause = ev(1, "a.x", b"", [("X-Message-ID", "m1")])
+    effect = ev(2, "a.y", b"", [("X-Message-ID", "m2"), ("X-Causation-ID", "m1")])
+    grandchild = ev(3, "a.z", b"", [("X-Causation-ID", "m2")])
+    c.add_batch([cause], 1000)
+    changes = c.add_batch([effect, grandchild], 3000)
+    assert changes.assign == [(1, 2)]
+    assert grandchild.flow_id == effect.flow_id == 2
+    parents = {(lk.event_id, lk.parent_id) for lk in changes.links if lk.kind == "causation"}
+    assert {(2, 1), (3, 2)} <= parents
+
+
+def test_trace_and_correlation_headers_are_keys_in_any_case() -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    a = ev(1, "a.b", headers=[("TRACEPARENT", f"00-{trace}-00f067aa0ba902b7-01")])
+    b = ev(2, "a.c", headers=[("traceparent", f"00-{trace}-11f067aa0ba902b7-01")])
+    c = ev(3, "a.d", headers=[("correlation-id", "x")])
+    d = ev(4, "a.e", headers=[("ce-correlationid", "x")])
+    zero = ev(5, "a.f", headers=[("traceparent", f"00-{'0' * 32}-00f067aa0ba902b7-01")])
+    assert sorted(correlate_all([a, b, c, d, zero], RULES).values()) == [[1, 2], [3, 4]]
+
+
+def test_cloudevents_structured_and_plain_payloads_share_the_field_key() -> None:
+    plain = ev(1, "a.b", b'{"order_id": "o-1"}')
+    structured = ev(2, "a.c", b'{"specversion": "1.0", "data": {"order_id": "o-1"}}')
+    numeric = ev(3, "a.d", b'{"order_id": 7}')
+    as_text = ev(4, "a.e", b'{"order_id": "7"}')
+    assert sorted(correlate_all([plain, structured, numeric, as_text], RULES).values()) == [
+        [1, 2],
+        [3, 4],
+    ]
+
+
+def test_subject_keys_take_the_configured_token() -> None:
+    rules = Rules().merged_with(RuleFlags(subject_keys=["orders.*.>:2"]))
+    events = [
+        ev(1, "orders.17.created"),
+        ev(2, "orders.17.paid"),
+        ev(3, "orders.18.created"),
+        ev(4, "other.17.created"),
+    ]
+    assert sorted(correlate_all(events, rules).values()) == [[1, 2], [3]]
+
+
+def test_hostile_payloads_are_skipped_not_fatal() -> None:
+    deep = b'{"order_id": "d", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    big = b'{"pad": "' + b"x" * 1_000_000 + b'", "order_id": "big"}'
+    events = [
+        ev(1, "a.b", b'{"order_id": "\xff\xfe"}'),  # invalid UTF-8 inside the value
+        ev(2, "a.b", b"\xff\xfe\x00 binary"),
+        ev(3, "a.b", deep),
+        ev(4, "a.b", big),
+        ev(5, "a.b", b'{"order_id": '),
+        ev(6, "a.b", b'{"data": "not an object", "order_id": "big"}'),
+        ev(7, "a.b", b'  \n {"order_id": "big"}'),
+        ev(8, "a.b", b'{"order_id": {"nested": 1}}'),
+        ev(9, "a.b", b'{"order_id": null}'),
+        ev(10, "a.b", b"[1, 2]"),
+    ]
+    assert correlate_all(events, RULES) == {4: [4, 6, 7]}
+
+
+def test_status_follows_the_rules() -> None:
+    rules = Rules().merged_with(
+        RuleFlags(
+            headers=["K"],
+            terminal=["t.done"],
+            failure=["t.failed"],
+            compensation=["t.undo"],
+            stall="10s",
+        )
+    )
+    c = Correlator(rules)
+    flows = [
+        [ev(1, "t.start", headers=[("K", "done")]), ev(2, "t.done", headers=[("K", "done")])],
+        [ev(3, "t.start", headers=[("K", "fail")]), ev(4, "t.failed", headers=[("K", "fail")])],
+        [
+            ev(5, "t.start", headers=[("K", "comp")]),
+            ev(6, "t.undo", headers=[("K", "comp")]),
+            ev(7, "t.failed", headers=[("K", "comp")]),
+        ],
+        [ev(8, "t.start", headers=[("K", "quiet"), ("Qixtui-Saga-Run", "r1")])],
+    ]
+    changes = c.add_batch([e for f in flows for e in f], 8000)
+    status = {f.flow_id: f.status for f in changes.flows}
+    assert status == {1: "completed", 3: "failed", 5: "compensated", 8: "running"}
+    assert [f.orchestrated for f in changes.flows if f.flow_id == 8] == [True]
+    stalled = c.add_batch([], 8000 + 11 * SECOND)
+    assert [(f.flow_id, f.status) for f in stalled.flows] == [(8, "stalled")]
+    revived = ev(9, "t.step", headers=[("K", "quiet")], ts=8000 + 12 * SECOND)
+    again = c.add_batch([revived], 8000 + 12 * SECOND)
+    assert [(f.flow_id, f.status) for f in again.flows] == [(8, "running")]
+    assert [(f.flow_id, f.status) for f in c.finish(8000 + 30 * SECOND).flows] == [(8, "stalled")]
+
+
+def test_memory_stays_bounded_over_a_long_recording() -> None:
+    rules = Rules().merged_with(RuleFlags(stall="1s"))
+    c = Correlator(rules)
+    ts = 0
+    for i in range(1, 20_001):
+        ts = i * 100_000_000  # one flow every 0.1 s for ~33 minutes
+        headers = [("X-Correlation-ID", f"k{i}"), ("X-Message-ID", f"m{i}")]
+        c.add_batch([ev(i, "a.b", headers=headers, reply=f"_I.{i}", ts=ts)], ts)
+    # ten minutes of quiet flows kept (at 10/s), not all twenty thousand
+    assert c.remembered_flows <= 6_100
+    assert c.remembered_keys <= 3 * 6_100
+    late = ev(30_000, "a.c", headers=[("X-Correlation-ID", "k1")], ts=ts)
+    c.add_batch([late], ts)
+    assert late.flow_id == 30_000  # k1 was forgotten: a new flow, as documented
+
+
+def test_event_types_hide_ids() -> None:
+    assert event_type("orders.12345.created") == "orders.*.created"
+    assert event_type("shop.v2.order.placed") == "shop.v2.order.placed"
+    assert event_type("t.3f2a9c1e-77b0.x") == "t.*.x"

@@ -1,0 +1,178 @@
+"""The flow verbs on real session files written by the session writer with correlation on."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from flowgen import Message, expand_replies, flow_messages, noise
+from helpers import run_qixtui
+
+from qixtui.core import store
+from qixtui.core.correlate import Correlator
+from qixtui.core.rules import RuleFlags, Rules
+from qixtui.core.writer import SessionWriter
+
+
+def header_block(headers: list[tuple[str, str]]) -> bytes | None:
+    """Headers as the recorder hands them to the writer: the raw NATS header block."""
+    if not headers:
+        return None
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return f"NATS/1.0\r\n{lines}\r\n".encode()
+
+
+def write_session(path: Path, messages: list[Message], rules: Rules | None) -> None:
+    """What the recorder's writer process does, minus the bus: records in, rows out."""
+    db = store.create_session(path, {"stopped_ns": str(10**18)})
+    if rules is not None:
+        store.set_meta(db, {"correlation_rules": rules.to_json()})
+    writer = SessionWriter(db, Correlator(rules) if rules else None)
+    rows = [
+        [1_000_000 * (i + 1), m.subject, reply, header_block(m.headers), m.payload]
+        for i, (m, reply) in enumerate(expand_replies(messages))
+    ]
+    writer.apply([["E", rows]])
+    db.close()
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Path:
+    rng = random.Random(5)
+    messages = flow_messages(0, "request", rng) + flow_messages(1, "causation", rng)
+    messages += [*flow_messages(2, "field", rng), noise(0, rng)]
+    path = tmp_path / "shop.qix"
+    rules = Rules().merged_with(
+        RuleFlags(
+            keys=["/order_id"], terminal=["shop.order.completed"], failure=["shop.order.cancelled"]
+        )
+    )
+    write_session(path, messages, rules)
+    return path
+
+
+def flows_of(path: Path, *args: str) -> list[dict]:
+    out = run_qixtui("flows", str(path), "--json", *args)
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_flows_lists_one_object_per_flow(shop: Path) -> None:
+    flows = flows_of(shop)
+    assert len(flows) == 3
+    assert set(flows[0]) == {
+        "flow_id",
+        "status",
+        "started_ns",
+        "ended_ns",
+        "events",
+        "services",
+        "variant",
+        "keys",
+        "orchestrated",
+    }
+    assert sorted(f["events"] for f in flows) == [4, 4, 4]
+    assert sorted(f["status"] for f in flows) == ["completed", "completed", "failed"]
+    failed = flows_of(shop, "--status", "failed")
+    assert [f["status"] for f in failed] == ["failed"]
+    text = run_qixtui("flows", str(shop))
+    assert text.returncode == 0
+    assert len(text.stdout.splitlines()) == 3
+
+
+def test_flow_draws_a_waterfall_and_a_causal_tree(shop: Path) -> None:
+    request_flow = next(f for f in flows_of(shop) if "shop.pricing.quote" in f["variant"])
+    out = run_qixtui("flow", str(shop), str(request_flow["flow_id"]))
+    assert out.returncode == 0, out.stderr
+    assert "├" in out.stdout  # the request bar joined to its reply
+    assert "shop.pricing.quote" in out.stdout
+    assert "causal tree:" in out.stdout
+    assert "(reply)" in out.stdout
+    data = json.loads(run_qixtui("flow", str(shop), str(request_flow["flow_id"]), "--json").stdout)
+    bars = data["waterfall"]["bars"]
+    assert len(bars) == 3  # four events, request and reply on one bar
+    joined = [b for b in bars if b["reply_id"] is not None]
+    assert len(joined) == 1
+    assert joined[0]["end_ns"] > joined[0]["start_ns"]
+    assert {lk["kind"] for lk in data["links"]} == {"header", "reply"}
+
+    chain = next(f for f in flows_of(shop) if f["keys"] == [])
+    tree = json.loads(run_qixtui("flow", str(shop), str(chain["flow_id"]), "--json").stdout)["tree"]
+    depth, node = 0, tree[0]
+    while node["children"]:
+        node, depth = node["children"][0], depth + 1
+    assert len(tree) == 1
+    assert depth == 3  # placed -> authorized -> reserved -> final, by causation headers
+
+
+def test_flow_errors_are_one_line(shop: Path, tmp_path: Path) -> None:
+    missing = run_qixtui("flow", str(shop), "999999")
+    assert missing.returncode == 1
+    assert missing.stderr.count("\n") == 1
+    assert "no flow 999999" in missing.stderr
+    junk = tmp_path / "junk.qix"
+    junk.write_bytes(b"\x00" * 4096)
+    for verb in (["flows", str(junk)], ["flow", str(junk), "1"], ["discover", str(junk)]):
+        out = run_qixtui(*verb)
+        assert out.returncode == 1
+        assert out.stderr.count("\n") == 1
+
+
+def test_correlate_uses_the_rules_file_and_names_unknown_keys(
+    shop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[status]\nterminal = ['x']\nstal = '1s'\n")
+    before = shop.read_bytes()
+    out = run_qixtui("correlate", str(shop), "--config", str(bad))
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1
+    assert "unknown field `stal`" in out.stderr
+    assert shop.read_bytes() == before
+
+    config_home = tmp_path / "config"
+    (config_home / "qixtui").mkdir(parents=True)
+    (config_home / "qixtui" / "rules.toml").write_text(
+        "[status]\nfailure = ['shop.order.completed']\n"
+    )
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
+    out = run_qixtui("correlate", str(shop))
+    assert out.returncode == 0, out.stderr
+    # the default file's rule applies; no /order_id key any more, so the field flow is gone;
+    # the cancelled order is no failure under these rules, and quiet since: stalled
+    flows = flows_of(shop)
+    assert sorted(f["status"] for f in flows) == ["failed", "stalled"]
+
+
+def test_discover_outputs_render(shop: Path, tmp_path: Path) -> None:
+    data = json.loads(run_qixtui("discover", str(shop), "--json").stdout)
+    assert data["flows"] == 3
+    assert sum(v["count"] for v in data["variants"]) == 3
+    assert all(e["p95_ns"] >= e["median_ns"] >= 0 for e in data["edges"])
+    mermaid = run_qixtui("discover", str(shop), "--mermaid").stdout
+    assert mermaid.startswith("flowchart LR\n")
+    assert mermaid.count("-->") == len(data["edges"]) + sum(
+        len(d) for d in (data["starts"], data["ends"])
+    )
+    dot = run_qixtui("discover", str(shop), "--dot").stdout
+    if shutil.which("dot") is None:
+        pytest.skip("graphviz is not installed (apt-get install graphviz)")
+    svg = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True, check=True)
+    assert "<svg" in svg.stdout
+    assert "shop.pricing.quote (reply)" in svg.stdout
+
+
+def test_correlate_refuses_a_recording_still_being_written(tmp_path: Path) -> None:
+    path = tmp_path / "live.qix"
+    db = store.create_session(path, {"recorder_pid": str(os.getpid())})  # alive, no stop time
+    db.execute("PRAGMA journal_mode = DELETE")
+    db.close()
+    out = run_qixtui("correlate", str(path))
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1
+    assert "still being recorded" in out.stderr
