@@ -274,3 +274,6 @@ def server(port: int, no_jetstream: bool) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+from qixtui import cli_demo  # noqa: E402,F401
