@@ -66,6 +66,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duplicates", type=rate, default=0.0, help="Share of events sent twice.")
     p.add_argument("--heartbeat", type=float, default=1.0, help="Heartbeat period (0: none).")
     p.add_argument("--drain", type=float, default=5.0, help="Seconds to let orders settle.")
+    p.add_argument(
+        "--connect-timeout", type=positive, default=10.0, help="Seconds to reach the server."
+    )
     p.add_argument("--json", action="store_true", help="Print the summary as JSON on stdout.")
     p.add_argument("--summary-file", type=Path, help="Also write the JSON summary here.")
     p.add_argument("--ready-file", type=Path, help="Create this file once subscribed.")
@@ -109,6 +112,7 @@ def build(args: argparse.Namespace) -> Shop:
         faults=faults,
         heartbeat_s=args.heartbeat,
         drain_s=args.drain,
+        connect_timeout_s=args.connect_timeout,
     )
 
 
@@ -146,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(run(shop, args))
-    except (OSError, TimeoutError, nats.errors.Error) as exc:
+    except TimeoutError:
+        why = f"no answer within {args.connect_timeout:g}s"
+        print(f"qixtui-demo: cannot reach NATS at {args.server}: {why}", file=sys.stderr)
+        return 1
+    except (OSError, nats.errors.Error) as exc:
         print(f"qixtui-demo: cannot reach NATS at {args.server}: {exc}", file=sys.stderr)
         return 1
     summary = shop.summary()

@@ -42,6 +42,7 @@ Reply = dict[str, Any]
 MEMORY = 100_000  # ids and projections a service keeps; oldest forgotten first
 PROJECTION_WAIT_S = 5.0
 PRICING_TIMEOUT_S = 1.0
+CONNECT_TIMEOUT_S = 10.0
 PROBE_CUSTOMER = "cust-001"  # the synthetic-monitoring account, also a real customer's id
 
 
@@ -120,14 +121,18 @@ class Service:
         return {}
 
     async def start(self, url: str) -> None:
-        self.nc = await nats.connect(
-            url,
-            name=f"shop-{self.name}",
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            connect_timeout=3,
-            error_cb=self._on_error,
+        # keep retrying through later outages, but give up on a server that never answers
+        self.nc = await asyncio.wait_for(
+            nats.connect(
+                url,
+                name=f"shop-{self.name}",
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                error_cb=self._on_error,
+            ),
+            self.shop.connect_timeout_s,
         )
         for subject, handler in self.reactions().items():
             await self.nc.subscribe(subject, cb=self._event_callback(handler))
@@ -657,6 +662,7 @@ class Shop:
         faults: Faults | None = None,
         heartbeat_s: float = 1.0,
         drain_s: float = 5.0,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         self.url = url
         self.knobs = knobs
@@ -664,6 +670,7 @@ class Shop:
         self.faults = faults or Faults()
         self.heartbeat_s = heartbeat_s
         self.drain_s = drain_s
+        self.connect_timeout_s = connect_timeout_s
         self.services = {cls.name: cls(self) for cls in SERVICE_CLASSES}
         self.order = self.services["order"]
         assert isinstance(self.order, OrderService)
@@ -690,8 +697,9 @@ class Shop:
             for service in self.services.values():
                 self._background.append(asyncio.create_task(service.heartbeat(self.heartbeat_s)))
 
-    async def generate(self) -> None:
-        """Place orders at Poisson arrivals until --orders is reached (or forever)."""
+    async def generate(self, stop: asyncio.Event) -> None:
+        """Place orders at Poisson arrivals until --orders is reached or `stop` is set; orders
+        already being placed finish, so none is half-placed."""
         order = self.services["order"]
         assert isinstance(order, OrderService)
         n = 0
@@ -700,7 +708,10 @@ class Shop:
         while self.knobs.orders is None or n < self.knobs.orders:
             n += 1
             next_at += arrival_gap(self.knobs, n)
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+            if stop.is_set():
+                break
             task = asyncio.create_task(self._place(order, plan_order(self.knobs, n)))
             placing.add(task)
             task.add_done_callback(placing.discard)
@@ -741,19 +752,11 @@ class Shop:
         await self.start()
         if on_ready is not None:
             on_ready()
-        generator = asyncio.create_task(self.generate())
-        stopped = asyncio.create_task(stop.wait())
         try:
-            await asyncio.wait({generator, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if generator.done():
-                generator.result()
-            else:
-                generator.cancel()
-                await asyncio.gather(generator, return_exceptions=True)
+            await self.generate(stop)
             await self.settle(self.drain_s)
             await self.quiesce(self.drain_s)
         finally:
-            stopped.cancel()
             await self.close()
 
     async def close(self) -> None:
