@@ -65,6 +65,17 @@ def stop_by_pid(proc: subprocess.Popen[bytes], timeout: float) -> None:
         proc.wait()
 
 
+def wait_or_interrupt(seconds: float) -> None:
+    """Sleep, ending early on Ctrl-C or SIGTERM, so an interrupted demo still stops its
+    processes in order and leaves a complete file."""
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        signal.sigtimedwait(stops, seconds)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+
+
 def record_command(url: str, output: Path) -> list[str]:
     # rules: `--config <qixtui_demo.RULES_PATH>` once `qixtui record --config` exists
     return [sys.executable, "-m", "qixtui", "record", "-s", url, "-o", str(output), "--json"]
@@ -88,13 +99,17 @@ def run_headless(
         server.start()
         with record_out.open("wb") as out, record_log.open("wb") as err:
             recorder = subprocess.Popen(
-                record_command(server.url, output), stdin=subprocess.DEVNULL, stdout=out, stderr=err
+                record_command(server.url, output),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,  # Ctrl-C reaches only us; we stop it after the shop
             )
         wait_until(
             lambda: recorder_connection(server) is not None, recorder, "qixtui record", record_log
         )
         participants = start_participants(server.url, shop_args)
-        time.sleep(duration)
+        wait_or_interrupt(duration)
         shop = stop_participants(participants, timeout=DRAIN_S + 10)
         participants = None
         # every message the shop sent has left the server before the recorder is told to stop

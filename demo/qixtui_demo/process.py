@@ -69,7 +69,10 @@ def start_participants(
         "--summary-file",
         str(workdir / "summary.json"),
     ]
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    # its own session: a Ctrl-C in the terminal goes to the parent, which stops it in order
+    proc = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+    )
     log.close()
     participants = Participants(proc, workdir)
     deadline = time.monotonic() + ready_timeout
