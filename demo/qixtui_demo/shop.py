@@ -83,6 +83,7 @@ class Projection:
             event = self.waiters.setdefault(order_id, asyncio.Event())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), PROJECTION_WAIT_S)
+            self.waiters.pop(order_id, None)
         return self.orders.get(order_id)
 
 
