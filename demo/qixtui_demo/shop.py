@@ -121,6 +121,10 @@ class Service:
     def commands(self) -> dict[str, Callable[[Body], Reply]]:
         return {}
 
+    def listeners(self) -> dict[str, Callable[[Msg], Awaitable[None]]]:
+        """Raw subscriptions, for what is neither an event nor a command."""
+        return {}
+
     async def start(self, url: str) -> None:
         # keep retrying through later outages, but give up on a server that never answers
         self.nc = await asyncio.wait_for(
@@ -142,7 +146,9 @@ class Service:
             await self.nc.subscribe(subject, cb=self._command_callback(command))
         if self.command_name:
             await self.nc.subscribe(f"shop.admin.{self.command_name}.stats", cb=self._stats)
-        await self.nc.flush()
+        for subject, callback in self.listeners().items():
+            await self.nc.subscribe(subject, cb=callback)
+        await self.nc.flush()  # every subscription is on the server before the shop opens
 
     async def _on_error(self, exc: Exception) -> None:
         self.counts["connection_errors"] += 1
@@ -305,10 +311,8 @@ class PricingService(Service):
 
     name = "pricing"
 
-    async def start(self, url: str) -> None:
-        await super().start(url)
-        assert self.nc is not None
-        await self.nc.subscribe("shop.pricing.quote", cb=self._quote)
+    def listeners(self) -> dict[str, Callable[[Msg], Awaitable[None]]]:
+        return {"shop.pricing.quote": self._quote}
 
     async def _quote(self, msg: Msg) -> None:
         if self.silent or not msg.reply:
