@@ -138,7 +138,13 @@ def run_headless(
 
 @main.command()
 @click.option("--headless", is_flag=True, help="No screen: run, record, print the file's path.")
-@click.option("--duration", type=click.FloatRange(min=0.1), default=10.0, show_default=True)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds of orders (--headless); Ctrl-C ends sooner.",
+)
 @click.option("-o", "--output", type=click.Path(), help="Session file to create (--headless).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the path.")
 @click.option("--seed", type=int, help="Same seed, same orders and outcomes (default random).")

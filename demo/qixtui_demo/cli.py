@@ -42,13 +42,27 @@ def parser() -> argparse.ArgumentParser:
         description="The demo shop's participants (order, pricing, payment, stock, shipping, "
         "notification), each on its own NATS connection, plus an order generator.",
     )
-    p.add_argument("--server", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
-    p.add_argument("--seed", type=int, help="Same seed, same orders and outcomes (default random).")
-    p.add_argument("--rate", type=positive, default=5.0, help="Orders per second (Poisson).")
-    p.add_argument("--orders", type=int, help="Stop after placing N orders (default: run on).")
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"),
+        help="NATS server (default: NATS_URL, then nats://127.0.0.1:4222).",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="Same seed, same orders and outcomes (default random).",
+    )
+    p.add_argument("--rate", type=positive, default=5.0, metavar="R", help="Orders/s (Poisson).")
+    p.add_argument(
+        "--orders", type=int, metavar="N", help="Stop after placing N orders (default: run on)."
+    )
     p.add_argument("--services-only", action="store_true", help="Generate no orders.")
-    p.add_argument("--decline-rate", type=rate, default=0.1, help="Share of orders declined.")
-    p.add_argument("--stockout-rate", type=rate, default=0.1, help="Share out of stock.")
+    p.add_argument("--decline-rate", type=rate, default=0.1, metavar="P", help="Share declined.")
+    p.add_argument(
+        "--stockout-rate", type=rate, default=0.1, metavar="P", help="Share out of stock."
+    )
     p.add_argument(
         "--latency",
         action="append",
@@ -63,15 +77,29 @@ def parser() -> argparse.ArgumentParser:
         metavar="SERVICE[@SECONDS]",
         help="The service stops answering (after SECONDS; repeatable).",
     )
-    p.add_argument("--duplicates", type=rate, default=0.0, help="Share of events sent twice.")
-    p.add_argument("--heartbeat", type=float, default=1.0, help="Heartbeat period (0: none).")
-    p.add_argument("--drain", type=float, default=5.0, help="Seconds to let orders settle.")
     p.add_argument(
-        "--connect-timeout", type=positive, default=10.0, help="Seconds to reach the server."
+        "--duplicates", type=rate, default=0.0, metavar="P", help="Share of events sent twice."
+    )
+    p.add_argument(
+        "--heartbeat", type=float, default=1.0, metavar="S", help="Heartbeat period (0: none)."
+    )
+    p.add_argument(
+        "--drain", type=float, default=5.0, metavar="S", help="Seconds to let orders settle."
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=positive,
+        default=10.0,
+        metavar="S",
+        help="Seconds to reach the server.",
     )
     p.add_argument("--json", action="store_true", help="Print the summary as JSON on stdout.")
-    p.add_argument("--summary-file", type=Path, help="Also write the JSON summary here.")
-    p.add_argument("--ready-file", type=Path, help="Create this file once subscribed.")
+    p.add_argument(
+        "--summary-file", type=Path, metavar="PATH", help="Also write the JSON summary here."
+    )
+    p.add_argument(
+        "--ready-file", type=Path, metavar="PATH", help="Create this file once subscribed."
+    )
     return p
 
 
