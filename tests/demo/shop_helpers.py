@@ -56,6 +56,7 @@ async def run_shop(
     *,
     seed: int = 1,
     orders: int = 4,
+    rate: float = 200.0,
     decline_rate: float = 0.0,
     stockout_rate: float = 0.0,
     faults: Faults | None = None,
@@ -79,7 +80,7 @@ async def run_shop(
     await nc.flush()
     knobs = Knobs(
         seed=seed,
-        rate=200.0,
+        rate=rate,
         orders=orders,
         decline_rate=decline_rate,
         stockout_rate=stockout_rate,

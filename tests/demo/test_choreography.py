@@ -125,6 +125,18 @@ async def test_silent_service_leaves_orders_unfinished(nats_server):
     assert not any(s.startswith(("shop.stock.", "shop.order.completed")) for s in watch.subjects())
 
 
+async def test_a_service_that_falls_silent_later_stalls_only_later_orders(nats_server):
+    # seed 21 at 10 orders/s places orders at 0.02, 0.2, 0.22, 0.36, 0.44, 0.6 ... 0.9 s
+    faults = Faults(silent={"payment": 0.4})
+    shop, _ = await run_shop(
+        nats_server.url, seed=21, orders=10, rate=10, faults=faults, drain_s=0.5
+    )
+    by_id = shop.summary()["outcomes"]
+    outcomes = [by_id[order_id] for order_id in sorted(by_id)]  # ids sort by order number
+    assert outcomes[:3] == ["completed"] * 3
+    assert outcomes[5:] == ["unfinished"] * 5
+
+
 async def test_duplicates_are_delivered_and_applied_once(nats_server):
     faults = Faults(duplicates=1.0)
     shop, watch = await run_shop(
