@@ -6,6 +6,7 @@ shop's participants (`python -m qixtui_demo`) and `qixtui record`, started as a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -81,53 +82,106 @@ def record_command(url: str, output: Path) -> list[str]:
     return [sys.executable, "-m", "qixtui", "record", "-s", url, "-o", str(output), "--json"]
 
 
+class DemoStack:
+    """The embedded server, `qixtui record` and the shop's participants: started in that order,
+    stopped in reverse, each by its own pid. `qixtui demo` drives one, with or without a screen.
+    """
+
+    def __init__(self, output: Path, work: Path, shop_args: list[str]) -> None:
+        from qixtui_nats.server import EmbeddedServer
+
+        self.output = output
+        self.shop_args = [*shop_args, "--drain", str(DRAIN_S)]
+        self.server = EmbeddedServer(jetstream=False)
+        self.recorder: subprocess.Popen[bytes] | None = None
+        self.participants: Any = None
+        self.record_out, self.record_log = work / "record.json", work / "record.log"
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        """Returns once the recorder is subscribed and every shop service is, so nothing the
+        shop sends is missed."""
+        from qixtui_demo.process import ParticipantsError, start_participants
+        from qixtui_nats.server import ServerError
+
+        try:
+            self.server.start()
+            with self.record_out.open("wb") as out, self.record_log.open("wb") as err:
+                self.recorder = recorder = subprocess.Popen(
+                    record_command(self.server.url, self.output),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,  # Ctrl-C reaches only us; we stop it after the shop
+                )
+            wait_until(
+                lambda: recorder_connection(self.server) is not None,
+                recorder,
+                "qixtui record",
+                self.record_log,
+            )
+            self.participants = start_participants(self.server.url, self.shop_args)
+        except DemoError:
+            self.close()
+            raise
+        except (ServerError, ParticipantsError, OSError, ValueError) as exc:
+            self.close()
+            raise DemoError(str(exc)) from None
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the shop (it lets orders in flight settle), then the recorder, then the server;
+        the counts of both."""
+        from qixtui_demo.process import ParticipantsError, stop_participants
+
+        try:
+            shop = stop_participants(self.participants, timeout=DRAIN_S + 10)
+            self.participants = None
+            recorder = self.recorder
+            assert recorder is not None
+            # the shop has closed its connections, so the server holds all it sent; the
+            # recorder stops by unsubscribing and a round-trip, which reads all of that first
+            stop_by_pid(recorder, timeout=30)
+            if recorder.returncode != 0:
+                last = self.record_log.read_text(errors="replace").strip().splitlines()[-1:]
+                why = last[0] if last else "no output"
+                raise DemoError(f"qixtui record exited with {recorder.returncode}: {why}")
+            recorded = json.loads(self.record_out.read_text())
+        except (ParticipantsError, OSError, ValueError) as exc:
+            raise DemoError(str(exc)) from None
+        finally:
+            self.close()
+        return {"file": recorded["file"], "recorded": recorded, "shop": shop}
+
+    def close(self) -> None:
+        """Whatever still runs, stopped by pid; safe to call at any point."""
+        from qixtui_demo.process import ParticipantsError, stop_participants
+
+        try:
+            if self.participants is not None:
+                with contextlib.suppress(ParticipantsError):
+                    stop_participants(self.participants, timeout=DRAIN_S + 10)
+                self.participants = None
+            if self.recorder is not None:
+                stop_by_pid(self.recorder, timeout=30)
+        finally:
+            self.server.close()
+
+
 def run_headless(
     output: Path, duration: float, seed: int | None, rate: float, work: Path
 ) -> dict[str, Any]:
-    """Server, recorder, participants; wait; stop them in reverse order; the counts."""
-    from qixtui_demo.process import ParticipantsError, start_participants, stop_participants
-    from qixtui_nats.server import EmbeddedServer, ServerError
-
-    shop_args = ["--rate", str(rate), "--drain", str(DRAIN_S)]
-    if seed is not None:
-        shop_args += ["--seed", str(seed)]
-    server = EmbeddedServer(jetstream=False)
-    recorder: subprocess.Popen[bytes] | None = None
-    participants = None
-    record_out, record_log = work / "record.json", work / "record.log"
+    shop_args = ["--rate", str(rate)] + (["--seed", str(seed)] if seed is not None else [])
+    stack = DemoStack(output, work, shop_args)
+    stack.start()
     try:
-        server.start()
-        with record_out.open("wb") as out, record_log.open("wb") as err:
-            recorder = subprocess.Popen(
-                record_command(server.url, output),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,  # Ctrl-C reaches only us; we stop it after the shop
-            )
-        wait_until(
-            lambda: recorder_connection(server) is not None, recorder, "qixtui record", record_log
-        )
-        participants = start_participants(server.url, shop_args)
         wait_or_interrupt(duration)
-        shop = stop_participants(participants, timeout=DRAIN_S + 10)
-        participants = None
-        # the shop has closed its connections, so the server holds all it sent; the recorder
-        # stops by unsubscribing and a round-trip, which reads all of that first
-        stop_by_pid(recorder, timeout=30)
-        if recorder.returncode != 0:
-            tail = record_log.read_text(errors="replace").strip().splitlines()[-1:] or ["?"]
-            raise DemoError(f"qixtui record exited with {recorder.returncode}: {tail[0]}")
-        recorded = json.loads(record_out.read_text())
-    except (ServerError, ParticipantsError, OSError, ValueError) as exc:
-        raise DemoError(str(exc)) from None
-    finally:
-        if participants is not None:
-            stop_participants(participants, timeout=DRAIN_S + 10)
-        if recorder is not None:
-            stop_by_pid(recorder, timeout=30)
-        server.close()
-    return {"file": recorded["file"], "recorded": recorded, "shop": shop}
+    except BaseException:
+        stack.close()
+        raise
+    return stack.stop()
 
 
 @main.command()
@@ -161,6 +215,10 @@ def demo(
     path = Path(output)
     if path.exists() and path.stat().st_size > 0:
         fail(f"{path}: already exists; choose another output file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{path}: cannot create its folder: {exc.strerror}")
     with tempfile.TemporaryDirectory(prefix="qixtui-demo-") as work:
         try:
             result = run_headless(path, duration, seed, rate, Path(work))

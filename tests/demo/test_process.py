@@ -176,3 +176,12 @@ def test_headless_demo_refuses_an_existing_file(tmp_path):
     assert done.returncode == 1
     assert "already exists" in done.stderr
     assert path.read_bytes() == b"keep me"
+
+
+def test_headless_demo_refuses_an_impossible_path(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = run_qixtui("demo", "--headless", "-o", str(blocker / "demo.qix"))
+    assert done.returncode == 1
+    assert done.stderr.startswith("qixtui: ")
+    assert done.stderr.count("\n") == 1
