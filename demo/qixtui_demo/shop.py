@@ -378,11 +378,15 @@ class OrderService(Service):
                 reply = await self.nc.request(
                     "shop.pricing.quote", quote_request, timeout=PRICING_TIMEOUT_S
                 )
-                amount = float(json.loads(reply.data)["amount"])
-                break
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 self.counts["pricing_timeouts"] += 1
                 await asyncio.sleep(0.05)
+                continue
+            try:
+                amount = float(json.loads(reply.data)["amount"])
+            except (ValueError, KeyError, TypeError):
+                self.counts["pricing_errors"] += 1
+            break
         if amount is None:
             return False
         await self.pause()

@@ -125,6 +125,17 @@ async def test_silent_service_leaves_orders_unfinished(nats_server):
     assert not any(s.startswith(("shop.stock.", "shop.order.completed")) for s in watch.subjects())
 
 
+async def test_without_a_price_no_order_is_placed(nats_server):
+    faults = Faults(silent={"pricing": 0.0})
+    shop, watch = await run_shop(nats_server.url, seed=17, orders=2, faults=faults)
+    summary = shop.summary()
+    assert summary["orders"]["placed"] == 0
+    assert summary["orders"]["not_placed"] == 2
+    assert summary["services"]["order"]["pricing_timeouts"] == 4  # each order asked twice
+    assert watch.subjects().count("shop.pricing.quote") == 4
+    assert "shop.order.placed" not in watch.subjects()
+
+
 async def test_a_service_that_falls_silent_later_stalls_only_later_orders(nats_server):
     # seed 21 at 10 orders/s places orders at 0.02, 0.2, 0.22, 0.36, 0.44, 0.6 ... 0.9 s
     faults = Faults(silent={"payment": 0.4})
