@@ -287,3 +287,6 @@ from qixtui import cli_flows  # noqa: E402,F401  (registers correlate, flows, fl
 
 if __name__ == "__main__":
     main()
+
+
+from qixtui import cli_demo  # noqa: E402,F401

@@ -1,0 +1,124 @@
+"""Run the shop's participants as a child process and stop it by its pid.
+
+`qixtui demo` (and the tests) use this: the participants never share a process with a UI, so a
+busy screen cannot slow the shop down and the shop cannot slow the screen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ParticipantsError(Exception):
+    """The participants did not start or did not stop cleanly; the message is for the user."""
+
+
+@dataclass
+class Participants:
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def ready_file(self) -> Path:
+        return self.workdir / "ready"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.workdir / "summary.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "participants.log"
+
+    def log_tail(self, chars: int = 400) -> str:
+        try:
+            return self.log_file.read_text(errors="replace")[-chars:].strip()
+        except OSError:
+            return ""
+
+
+def participants_command(server_url: str, args: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "qixtui_demo", "--server", server_url, *args]
+
+
+def start_participants(
+    server_url: str, args: Sequence[str] = (), *, ready_timeout: float = 20.0
+) -> Participants:
+    """Start `python -m qixtui_demo` and return once every service is subscribed."""
+    workdir = Path(tempfile.mkdtemp(prefix="qixtui-demo-"))
+    log = (workdir / "participants.log").open("wb")
+    command = participants_command(server_url, args)
+    command += [
+        "--ready-file",
+        str(workdir / "ready"),
+        "--summary-file",
+        str(workdir / "summary.json"),
+    ]
+    # its own session: a Ctrl-C in the terminal goes to the parent, which stops it in order
+    proc = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+    )
+    log.close()
+    participants = Participants(proc, workdir)
+    deadline = time.monotonic() + ready_timeout
+    while not participants.ready_file.exists():
+        if proc.poll() is not None:
+            tail = participants.log_tail()
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise ParticipantsError(f"demo participants exited with {proc.returncode}: {tail}")
+        if time.monotonic() > deadline:
+            stop_participants(participants)
+            raise ParticipantsError("demo participants did not get ready in time")
+        time.sleep(0.02)
+    return participants
+
+
+def wait_participants(participants: Participants, timeout: float) -> dict[str, Any]:
+    """Wait for a run with --orders to finish by itself; its summary of counts."""
+    try:
+        participants.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return stop_participants(participants)
+    return _finish(participants)
+
+
+def stop_participants(participants: Participants, timeout: float = 15.0) -> dict[str, Any]:
+    """SIGTERM by pid: the shop stops placing orders, lets in-flight ones settle and writes
+    its summary. SIGKILL only when it does not exit in time."""
+    if participants.proc.poll() is None:
+        os.kill(participants.pid, signal.SIGTERM)
+        try:
+            participants.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(participants.pid, signal.SIGKILL)
+            participants.proc.wait()
+    return _finish(participants)
+
+
+def _finish(participants: Participants) -> dict[str, Any]:
+    try:
+        summary: dict[str, Any] = json.loads(participants.summary_file.read_text())
+    except (OSError, ValueError):
+        tail = participants.log_tail()
+        code = participants.proc.returncode
+        raise ParticipantsError(
+            f"demo participants left no summary (exit {code}): {tail}"
+        ) from None
+    finally:
+        shutil.rmtree(participants.workdir, ignore_errors=True)
+    return summary

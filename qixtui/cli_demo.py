@@ -1,0 +1,234 @@
+"""`qixtui demo`: the demo shop on an embedded bus, recorded into a session file.
+
+Everything runs as separate processes stopped by their own pid: the embedded nats-server, the
+shop's participants (`python -m qixtui_demo`) and `qixtui record`, started as a user would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qixtui.cli import fail, main
+
+READY_TIMEOUT_S = 20.0
+DRAIN_S = 3.0  # how long the shop lets in-flight orders settle once told to stop
+
+
+class DemoError(Exception):
+    pass
+
+
+def monitor(server: Any, endpoint: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{server.monitor_url}/{endpoint}", timeout=2) as reply:
+        data: dict[str, Any] = json.loads(reply.read())
+    return data
+
+
+def recorder_connection(server: Any) -> dict[str, Any] | None:
+    """The recorder's connection as the server sees it: the one subscribed to `>`."""
+    for conn in monitor(server, "connz?subs=1").get("connections", []):
+        if ">" in (conn.get("subscriptions_list") or []):
+            return conn
+    return None
+
+
+def wait_until(check: Any, proc: subprocess.Popen[bytes], what: str, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not check():
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise DemoError(f"{what} exited with {proc.returncode}: {tail[0]}")
+        if time.monotonic() > deadline:
+            raise DemoError(f"{what} did not get ready within {READY_TIMEOUT_S:.0f}s")
+        time.sleep(0.02)
+
+
+def stop_by_pid(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_or_interrupt(seconds: float) -> None:
+    """Sleep, ending early on Ctrl-C or SIGTERM, so an interrupted demo still stops its
+    processes in order and leaves a complete file."""
+    stops = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        signal.sigtimedwait(stops, seconds)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+
+
+def record_command(url: str, output: Path) -> list[str]:
+    # rules: `--config <qixtui_demo.RULES_PATH>` once `qixtui record --config` exists
+    return [sys.executable, "-m", "qixtui", "record", "-s", url, "-o", str(output), "--json"]
+
+
+class DemoStack:
+    """The embedded server, `qixtui record` and the shop's participants: started in that order,
+    stopped in reverse, each by its own pid. `qixtui demo` drives one, with or without a screen.
+    """
+
+    def __init__(self, output: Path, work: Path, shop_args: list[str]) -> None:
+        from qixtui_nats.server import EmbeddedServer
+
+        self.output = output
+        self.shop_args = [*shop_args, "--drain", str(DRAIN_S)]
+        self.server = EmbeddedServer(jetstream=False)
+        self.recorder: subprocess.Popen[bytes] | None = None
+        self.participants: Any = None
+        self.record_out, self.record_log = work / "record.json", work / "record.log"
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> None:
+        """Returns once the recorder is subscribed and every shop service is, so nothing the
+        shop sends is missed."""
+        from qixtui_demo.process import ParticipantsError, start_participants
+        from qixtui_nats.server import ServerError
+
+        try:
+            self.server.start()
+            with self.record_out.open("wb") as out, self.record_log.open("wb") as err:
+                self.recorder = recorder = subprocess.Popen(
+                    record_command(self.server.url, self.output),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    start_new_session=True,  # Ctrl-C reaches only us; we stop it after the shop
+                )
+            wait_until(
+                lambda: recorder_connection(self.server) is not None,
+                recorder,
+                "qixtui record",
+                self.record_log,
+            )
+            self.participants = start_participants(self.server.url, self.shop_args)
+        except DemoError:
+            self.close()
+            raise
+        except (ServerError, ParticipantsError, OSError, ValueError) as exc:
+            self.close()
+            raise DemoError(str(exc)) from None
+
+    def stop(self) -> dict[str, Any]:
+        """Stop the shop (it lets orders in flight settle), then the recorder, then the server;
+        the counts of both."""
+        from qixtui_demo.process import ParticipantsError, stop_participants
+
+        try:
+            shop = stop_participants(self.participants, timeout=DRAIN_S + 10)
+            self.participants = None
+            recorder = self.recorder
+            assert recorder is not None
+            # the shop has closed its connections, so the server holds all it sent; the
+            # recorder stops by unsubscribing and a round-trip, which reads all of that first
+            stop_by_pid(recorder, timeout=30)
+            if recorder.returncode != 0:
+                last = self.record_log.read_text(errors="replace").strip().splitlines()[-1:]
+                why = last[0] if last else "no output"
+                raise DemoError(f"qixtui record exited with {recorder.returncode}: {why}")
+            recorded = json.loads(self.record_out.read_text())
+        except (ParticipantsError, OSError, ValueError) as exc:
+            raise DemoError(str(exc)) from None
+        finally:
+            self.close()
+        return {"file": recorded["file"], "recorded": recorded, "shop": shop}
+
+    def close(self) -> None:
+        """Whatever still runs, stopped by pid; safe to call at any point."""
+        from qixtui_demo.process import ParticipantsError, stop_participants
+
+        try:
+            if self.participants is not None:
+                with contextlib.suppress(ParticipantsError):
+                    stop_participants(self.participants, timeout=DRAIN_S + 10)
+                self.participants = None
+            if self.recorder is not None:
+                stop_by_pid(self.recorder, timeout=30)
+        finally:
+            self.server.close()
+
+
+def run_headless(
+    output: Path, duration: float, seed: int | None, rate: float, work: Path
+) -> dict[str, Any]:
+    shop_args = ["--rate", str(rate)] + (["--seed", str(seed)] if seed is not None else [])
+    stack = DemoStack(output, work, shop_args)
+    stack.start()
+    try:
+        wait_or_interrupt(duration)
+    except BaseException:
+        stack.close()
+        raise
+    return stack.stop()
+
+
+@main.command()
+@click.option("--headless", is_flag=True, help="No screen: run, record, print the file's path.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds of orders (--headless); Ctrl-C ends sooner.",
+)
+@click.option("-o", "--output", type=click.Path(), help="Session file to create (--headless).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the path.")
+@click.option("--seed", type=int, help="Same seed, same orders and outcomes (default random).")
+@click.option(
+    "--rate", type=click.FloatRange(min=0.01), default=5.0, show_default=True, help="Orders/s."
+)
+def demo(
+    headless: bool,
+    duration: float,
+    output: str | None,
+    as_json: bool,
+    seed: int | None,
+    rate: float,
+) -> None:
+    """The demo shop on an embedded NATS server, recorded into a session file."""
+    if not headless:
+        fail("the demo screen is not built yet: run `qixtui demo --headless -o FILE`")
+    if output is None:
+        fail("--headless needs -o FILE, the session file to create")
+    path = Path(output)
+    if path.exists() and path.stat().st_size > 0:
+        fail(f"{path}: already exists; choose another output file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{path}: cannot create its folder: {exc.strerror}")
+    with tempfile.TemporaryDirectory(prefix="qixtui-demo-") as work:
+        try:
+            result = run_headless(path, duration, seed, rate, Path(work))
+        except DemoError as exc:
+            fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    from qixtui_demo.shop import describe
+
+    click.echo(describe(result["shop"]), err=True)
+    click.echo(f"recorded {result['recorded']['events']:,} events", err=True)
+    click.echo(result["file"])

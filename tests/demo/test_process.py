@@ -1,0 +1,187 @@
+"""The participants as a child process, and `qixtui demo --headless` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import run_qixtui
+
+from qixtui_demo import RULES_PATH
+from qixtui_demo.process import (
+    ParticipantsError,
+    participants_command,
+    start_participants,
+    stop_participants,
+    wait_participants,
+)
+
+FAST = ["--latency", "1:0.3", "--heartbeat", "0.2"]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_participants_stop_by_pid_with_a_summary(nats_server):
+    participants = start_participants(nats_server.url, ["--rate", "50", "--seed", "3", *FAST])
+    assert pid_alive(participants.pid)
+    time.sleep(0.5)  # an unbounded run: let it place some orders before it is stopped
+    summary = stop_participants(participants)
+    assert participants.proc.returncode == 0
+    assert not pid_alive(participants.pid)
+    assert summary["seed"] == 3
+    orders = summary["orders"]
+    assert orders["placed"] > 0
+    assert orders["completed"] + orders["failed"] + orders["compensated"] == orders["placed"]
+    assert "outcomes" not in summary  # unbounded runs keep only counts
+
+
+def test_participants_finish_a_fixed_number_of_orders(nats_server):
+    args = ["--orders", "5", "--rate", "100", "--seed", "4", *FAST]
+    summary = wait_participants(start_participants(nats_server.url, args), timeout=30)
+    assert summary["orders"]["placed"] == 5
+    assert len(summary["outcomes"]) == 5
+
+
+def test_bad_flags_fail_in_one_line(nats_server):
+    with pytest.raises(ParticipantsError, match="no service 'billing'"):
+        start_participants(nats_server.url, ["--silent", "billing"])
+
+
+def test_unreachable_server_is_one_line():
+    done = subprocess.run(
+        participants_command("nats://127.0.0.1:1", ["--orders", "1", "--connect-timeout", "1"]),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0
+    assert "cannot reach NATS" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def headless_run(tmp_path_factory) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
+    """One `qixtui demo --headless` recording, as a user makes it, shared by the tests below."""
+    path = tmp_path_factory.mktemp("headless") / "demo.qix"
+    done = run_qixtui(
+        "demo",
+        "--headless",
+        "--duration",
+        "2",
+        "-o",
+        str(path),
+        "--json",
+        "--seed",
+        "7",
+        "--rate",
+        "25",
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    listed = run_qixtui("events", str(path), "--json")
+    assert listed.returncode == 0, listed.stderr
+    events = [json.loads(line) for line in listed.stdout.splitlines()]
+    return path, json.loads(done.stdout), events
+
+
+def test_headless_demo_records_every_outcome(headless_run):
+    path, result, events = headless_run
+    assert result["file"] == str(path.resolve())
+    shop = result["shop"]["orders"]
+    assert shop["completed"] > 0
+    assert shop["failed"] > 0
+    assert shop["compensated"] > 0
+    assert len(events) == result["recorded"]["events"]
+    subjects = [e["subject"] for e in events]
+    assert subjects.count("shop.order.completed") == shop["completed"]
+    assert subjects.count("shop.payment.refunded") == shop["compensated"]
+    cancelled = [json.loads(e["payload"]) for e in events if e["subject"] == "shop.order.cancelled"]
+    reasons = [body["reason"] for body in cancelled]
+    assert reasons.count("payment_declined") == shop["failed"]
+    assert reasons.count("out_of_stock") == shop["compensated"]
+    assert any(s.startswith("shop.heartbeat.") for s in subjects)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"headers": [], "trace": False, "message_id_headers": [], "causation_header": "-"}],
+    ids=["rules.toml", "payload-keys-only"],
+)
+def test_demo_rules_make_one_flow_per_order(headless_run, overrides):
+    """The keys rules.toml names (read as contracts.md defines them) join each order's events,
+    pricing reply and notification included, and nothing else: no customer id, no heartbeat.
+    Payload keys alone still do it: order ids bridge to shipment ids."""
+    _, result, events = headless_run
+    rules = tomllib.loads(RULES_PATH.read_text())["correlation"] | overrides
+    parent = list(range(len(events)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[tuple[str, str], int] = {}
+    keyed: set[int] = set()
+    for i, event in enumerate(events):
+        headers = {k.lower(): v for k, v in event["headers"].items()}
+        keys = [("h", headers[h.lower()]) for h in rules["headers"] if h.lower() in headers]
+        if rules["trace"] and "traceparent" in headers:
+            keys.append(("trace", headers["traceparent"].split("-")[1]))
+        names = [*rules["message_id_headers"], rules["causation_header"]]
+        keys += [("msg", headers[h.lower()]) for h in names if h.lower() in headers]
+        if rules["replies"]:
+            keys += [("reply", r) for r in (event["reply"], event["subject"]) if r]
+        body = json.loads(event["payload"])
+        for pointer in rules["keys"]:
+            value = body.get(pointer.strip("/")) if isinstance(body, dict) else None
+            if value is not None:
+                keys.append(("field", str(value)))
+        for key in keys:
+            if key[0] == "reply" and key[1] == event["subject"] and key not in owner:
+                continue  # a subject is a reply key only when a request named it
+            keyed.add(i)
+            j = owner.setdefault(key, i)
+            parent[find(i)] = find(j)
+
+    flows: dict[int, list[dict[str, Any]]] = {}
+    for i, event in enumerate(events):
+        if event["subject"].startswith("shop.heartbeat."):
+            assert i not in keyed
+            continue
+        flows.setdefault(find(i), []).append(event)
+    order_ids = [
+        {json.loads(e["payload"]).get("order_id") for e in flow} - {None} for flow in flows.values()
+    ]
+    assert all(len(ids) == 1 for ids in order_ids)
+    assert len(flows) == result["shop"]["orders"]["placed"]
+
+
+def test_headless_demo_refuses_an_existing_file(tmp_path):
+    path = tmp_path / "demo.qix"
+    path.write_bytes(b"keep me")
+    done = run_qixtui("demo", "--headless", "-o", str(path))
+    assert done.returncode == 1
+    assert "already exists" in done.stderr
+    assert path.read_bytes() == b"keep me"
+
+
+def test_headless_demo_refuses_an_impossible_path(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = run_qixtui("demo", "--headless", "-o", str(blocker / "demo.qix"))
+    assert done.returncode == 1
+    assert done.stderr.startswith("qixtui: ")
+    assert done.stderr.count("\n") == 1
