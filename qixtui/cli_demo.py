@@ -78,8 +78,14 @@ def wait_or_interrupt(seconds: float) -> None:
 
 
 def record_command(url: str, output: Path) -> list[str]:
-    # rules: `--config <qixtui_demo.RULES_PATH>` once `qixtui record --config` exists
-    return [sys.executable, "-m", "qixtui", "record", "-s", url, "-o", str(output), "--json"]
+    """`qixtui record` under the shop's own rules, so each order is one flow whatever rules
+    file the user keeps for other buses."""
+    from qixtui_demo import RULES_PATH
+
+    return [
+        *[sys.executable, "-m", "qixtui", "record", "-s", url, "-o", str(output), "--json"],
+        *["--config", str(RULES_PATH)],
+    ]
 
 
 class DemoStack:

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 import tomllib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,24 @@ def test_headless_demo_records_every_outcome(headless_run):
     assert reasons.count("payment_declined") == shop["failed"]
     assert reasons.count("out_of_stock") == shop["compensated"]
     assert any(s.startswith("shop.heartbeat.") for s in subjects)
+
+
+def test_headless_demo_records_one_flow_per_order(headless_run):
+    """Recorded under the demo's rules.toml: flows and their statuses match the shop's counts,
+    heartbeats belong to no flow."""
+    path, result, events = headless_run
+    listed = run_qixtui("flows", str(path), "--json")
+    assert listed.returncode == 0, listed.stderr
+    flows = [json.loads(line) for line in listed.stdout.splitlines()]
+    shop = result["shop"]["orders"]
+    statuses = Counter(flow["status"] for flow in flows)
+    assert statuses == {k: shop[k] for k in ("completed", "failed", "compensated") if shop[k]}
+    for flow in flows:
+        assert len([k for k in flow["keys"] if k.startswith("order_id=")]) == 1
+        assert not flow["orchestrated"]
+    for event in events:
+        beat = event["subject"].startswith("shop.heartbeat.")
+        assert (event["flow_id"] is None) == beat, event["subject"]
 
 
 @pytest.mark.parametrize(
