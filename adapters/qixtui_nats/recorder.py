@@ -136,6 +136,16 @@ class RecordingClient(Client):
         self.stats["in_bytes"] += len(data)
         self.on_message(subject, reply, data, headers)
 
+    async def _process_pong(self) -> None:
+        # nats-py sets a result on the future of a flush that timed out (cancelled), which
+        # raises inside its read loop and silently kills the reader; a late PONG is harmless.
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
+
 
 class Recorder:
     def __init__(self, connect: ConnectOptions, options: RecordOptions) -> None:
@@ -270,15 +280,22 @@ class Recorder:
         connect_task.cancel()
         raise ConnectError("gave up") if done else TimeoutError("no answer")
 
+    async def _drain(self) -> None:
+        """Stop the server sending, then a round-trip: whatever it sent before the UNSUBs has
+        been read once the PONG is back."""
+        assert self.nc is not None
+        for sub in self._subscriptions:
+            await sub.unsubscribe()
+        await self.nc.flush(timeout=2)
+
     async def _shutdown(self) -> None:
         self._closing = True
-        if self.nc is not None and not self.nc.is_closed:
+        if self.nc is not None and self.nc.is_connected:
+            # With the bus gone there is nothing left to read; the deadline keeps a stop
+            # request from waiting on a server that will not answer.
             with contextlib.suppress(Exception):
-                # Stop the server sending, then a round-trip: whatever it sent before the
-                # UNSUBs has been read once the PONG is back.
-                for sub in self._subscriptions:
-                    await sub.unsubscribe()
-                await self.nc.flush(timeout=2)
+                await asyncio.wait_for(self._drain(), 3)
+        if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), 2)
         self._flush_pending()

@@ -151,13 +151,22 @@ def ensure_new(path: Path) -> None:
     """Refuse to record over an existing file, before anything else is started."""
     if path.exists() and (path.is_dir() or path.stat().st_size > 0):
         raise SessionError(f"{path}: already exists; choose another output file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SessionError(f"{path}: cannot create its folder ({exc.strerror})") from None
+    if not os.access(path.parent, os.W_OK):
+        raise SessionError(f"{path}: folder is not writable")
 
 
 def create_session(path: Path, meta: dict[str, str] | None = None) -> sqlite3.Connection:
     """Create a new, empty session file and return a writable connection to it."""
     ensure_new(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    db = _connect(path, readonly=False)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = _connect(path, readonly=False)
+    except (OSError, sqlite3.Error) as exc:
+        raise SessionError(f"{path}: cannot create session file ({exc})") from None
     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")

@@ -133,3 +133,10 @@ def test_existing_output_is_refused_before_connecting(tmp_path: Path):
     result = run_qixtui("record", "-s", "nats://127.0.0.1:1", "-o", str(out))
     assert_one_line_failure(result, "already exists")
     assert out.read_bytes() == b"precious"
+
+
+def test_output_folder_that_cannot_be_made_is_one_line(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be")
+    result = run_qixtui("record", "-s", "nats://127.0.0.1:1", "-o", str(blocker / "s.qix"))
+    assert_one_line_failure(result, "cannot create its folder")

@@ -11,13 +11,27 @@ import socket
 import sqlite3
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
+import pytest
 from helpers import eventually, qixtui_command, run_qixtui
 
 from qixtui.core import store
 from qixtui_nats.server import EmbeddedServer
+
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_recorder_outlives_its_test() -> Iterator[None]:
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def start_recorder(url: str, out: Path, *extra: str) -> subprocess.Popen[str]:
@@ -27,6 +41,7 @@ def start_recorder(url: str, out: Path, *extra: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+    _started.append(proc)
     wait_for_meta(out, "server_id")
     return proc
 
@@ -356,3 +371,36 @@ def test_count_and_duration_stop_the_recording(nats_server: EmbeddedServer, tmp_
     summary = json.loads(timed.stdout)
     assert set(summary) == {"events", "dropped", "gaps", "duration_s", "rate", "file"}
     assert 0.5 <= summary["duration_s"] < 10
+
+
+def test_stop_request_with_the_server_gone_still_ends_cleanly(own_server, tmp_path: Path):
+    out = tmp_path / "orphan.qix"
+    proc = start_recorder(own_server.url, out, "-S", "orphan.>")
+    own_server.kill()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["gaps"] == 1
+    db = store.open_session(out)
+    assert [g.end_ns is not None for g in store.gaps(db)] == [True]
+
+
+async def test_a_late_pong_after_a_flush_timeout_leaves_the_reader_alive(nats_server):
+    """nats-py's own client kills its reader when a timed-out flush's PONG arrives late."""
+    from qixtui_nats.recorder import RecordingClient
+
+    got: list[bytes] = []
+    nc = RecordingClient(lambda subject, reply, data, headers: got.append(data))
+    await nc.connect(nats_server.url)
+    sub = await nc.subscribe("late.pong")
+    nc.recorded_sids.add(sub._id)
+    abandoned: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    await nc._send_ping(abandoned)
+    abandoned.cancel()  # what flush(timeout=...) does when the PONG is slow
+    await asyncio.sleep(0.3)
+    assert not nc._reading_task.done()
+    await nc.publish("late.pong", b"still reading")
+    await nc.flush()
+    assert got == [b"still reading"]
+    await nc.close()
