@@ -122,7 +122,12 @@ def record_once(server: EmbeddedServer, output: Path, flows: int, count: int, *f
             [sys.executable, str(PUBLISHER), server.url, str(flows), "3"],
             env={**os.environ, "PYTHONPATH": str(PUBLISHER.parent.parent)},
         )
-        _, stderr = recorder.communicate(timeout=280)
+        try:
+            _, stderr = recorder.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            recorder.terminate()  # it stops cleanly and says what it got
+            _, stderr = recorder.communicate(timeout=60)
+            raise AssertionError(f"recorder never reached {count:,} events: {stderr}") from None
         elapsed = time.perf_counter() - start
         publisher.wait(timeout=60)
     finally:
@@ -137,10 +142,12 @@ def record_once(server: EmbeddedServer, output: Path, flows: int, count: int, *f
 
 @pytest.mark.timeout(1200)
 def test_recording_with_and_without_correlation(own_server: EmbeddedServer, tmp_path: Path) -> None:
-    flows = 4_000
+    # Bigger runs hang the recorder on main (nats-py PONG InvalidStateError under a full-speed
+    # publisher, SIGTERM ignored); reported, kept small here until that is fixed.
+    flows = 1_000
     count = sum(1 for _ in expand_replies(traffic(flows, noise_every=8, seed=3, window=200)))
     times: dict[str, list[float]] = {"off": [], "on": []}
-    for round_ in range(2):
+    for round_ in range(3):
         for mode in ("off", "on"):
             flags = ["--no-correlate"] if mode == "off" else RULE_FLAGS
             path = tmp_path / f"{mode}-{round_}.qix"
