@@ -276,6 +276,8 @@ class QixtuiApp(App[None]):
 
     def main_ready(self) -> None:
         """Fill the lists once the main screen exists, then start pulling new rows."""
+        self._events = self.main.query_one("#events", RowList)
+        self._flows = self.main.query_one("#flows", RowList)
         self.flow_index.ids = array("q", self.session.flow_ids())
         self.flow_index.hi = self.flow_index.ids[-1] if self.flow_index.ids else 0
         self.flows_list.set_index(self.flow_index)
@@ -296,11 +298,11 @@ class QixtuiApp(App[None]):
 
     @property
     def events_list(self) -> RowList:
-        return self.main.query_one("#events", RowList)
+        return self._events
 
     @property
     def flows_list(self) -> RowList:
-        return self.main.query_one("#flows", RowList)
+        return self._flows
 
     def fetch_flows(self, first: int, last: int) -> dict[int, object]:
         return dict(self.session.flow_rows(first, last))
@@ -308,6 +310,8 @@ class QixtuiApp(App[None]):
     # -- polling: the only way new data arrives --------------------------------------------
 
     def poll(self) -> None:
+        if not self.events_list.is_attached:
+            return  # shutting down
         self.ticks += 1
         max_id = self.session.max_id()
         index = self.events_list.index

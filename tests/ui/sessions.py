@@ -88,3 +88,9 @@ def shop_session(path: Path, *, stopped: bool = True) -> Path:
             store.set_meta(db, {"stopped_ns": str(T0 + 5_000 * MS)})
     db.close()
     return path
+
+
+def screen_text(app: object) -> str:
+    """What the terminal would show, as plain text lines."""
+    strips = app.screen._compositor.render_strips()  # type: ignore[attr-defined]
+    return "\n".join(strip.text for strip in strips)
