@@ -94,3 +94,45 @@ def screen_text(app: object) -> str:
     """What the terminal would show, as plain text lines."""
     strips = app.screen._compositor.render_strips()  # type: ignore[attr-defined]
     return "\n".join(strip.text for strip in strips)
+
+
+CORPUS = [
+    "[@click=app.quit]x[/]",
+    '[link="file:///etc/passwd"]x[/link]',
+    "[/oops]",
+    "[/",
+    "\x1b]52;c;SGVsbG8=\x07",
+    "\x1b]0;pwned\x07",
+    "\x1b[2J",
+    "\u009b31m",
+    "\u202e",
+    "\x00",
+    "\x7f",
+]
+
+
+def hostile_session(path: Path) -> Path:
+    """Every corpus string as a subject token, header name and value, payload, flow and link key."""
+    events = []
+    links = []
+    for i, bad in enumerate(CORPUS, start=1):
+        events.append(
+            Event(
+                T0 + i * MS,
+                f"evil.{bad}.x",
+                f"_INBOX.{bad}",
+                [(f"H{bad}", f"v{bad}"), ("X-Correlation-ID", bad)],
+                f'{{"k": "{bad.encode("unicode_escape").decode()}"}} {bad}'.encode(),
+                i,
+                1,
+            )
+        )
+        links.append(Link(i, "header", f"X-Correlation-ID={bad}", i - 1 or None))
+    flows = [Flow(1, "fail[/x]", T0, T0 + 20 * MS, len(CORPUS), CORPUS, CORPUS, CORPUS)]
+    db = store.create_session(path, {"server": "[@click=app.quit]x[/]", "stopped_ns": "1"})
+    with store.transaction(db):
+        store.insert_events(db, events)
+        store.upsert_flows(db, flows)
+        store.insert_links(db, links)
+    db.close()
+    return path
