@@ -75,7 +75,7 @@ class MainScreen(Screen[None]):
     ]
     DEFAULT_CSS = """
     #top { height: 1fr; }
-    #flows-box { width: 42%; border-right: solid $primary; }
+    #flows-box { width: 38%; border-right: solid $primary; }
     #events-box { width: 1fr; }
     .list-title { height: 1; background: $primary-background; color: $text; padding: 0 1;
                   text-style: bold; }

@@ -150,6 +150,12 @@ class RowList(ScrollView, can_focus=True):
             self._strips[key] = strip
         return strip.apply_offsets(0, pos)
 
+    def on_focus(self) -> None:
+        self.invalidate()  # the cursor's look depends on focus
+
+    def on_blur(self) -> None:
+        self.invalidate()
+
     def on_resize(self) -> None:
         self._strips.clear()
         self._resize()

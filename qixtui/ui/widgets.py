@@ -35,11 +35,11 @@ def format_event(row: Any, width: int) -> Text:
     line = Text(no_wrap=True)
     line.append(clock(ts_ns), "dim")
     line.append(f" {'#' + str(flow_id) if flow_id is not None else '-':>6} ", "cyan")
-    line.append_text(t.literal(f"{t.plain(subject)[:36]:<36}", "bold"))
-    line.append(f" {human_bytes(size):>7} ", "dim")
-    if reply:
-        line.append("↩ ", "yellow")
-    line.append_text(t.literal(t.payload_preview(bytes(head), max(0, width - 60))))
+    room = min(36, max(16, width // 3))
+    line.append_text(t.literal(f"{t.plain(subject)[:room]:<{room}}", "bold"))
+    line.append(f" {human_bytes(size):>6} ", "dim")
+    line.append("↩ " if reply else "  ", "yellow")
+    line.append_text(t.literal(t.payload_preview(bytes(head), max(0, width - room - 30))))
     return line
 
 
@@ -68,7 +68,7 @@ class DetailPane(Vertical):
     DetailPane { height: 45%; border-top: solid $primary; }
     DetailPane #detail-left { width: 1fr; }
     DetailPane #detail-meta { height: auto; }
-    DetailPane DataTable { height: auto; max-height: 8; }
+    DetailPane DataTable { height: auto; max-height: 8; scrollbar-size-horizontal: 0; }
     DetailPane #payload-box { width: 1fr; border-left: solid $primary-darken-2; }
     DetailPane .caption { color: $text-muted; text-style: bold; }
     """
@@ -86,8 +86,14 @@ class DetailPane(Vertical):
                 yield Static(Text(""), id="payload")
 
     def on_mount(self) -> None:
-        self.query_one("#headers", DataTable).add_columns("name", "value")
-        self.query_one("#links", DataTable).add_columns("kind", "key", "parent")
+        # Fixed widths: columns that resize to their rows make the pane jump as you scroll.
+        headers = self.query_one("#headers", DataTable)
+        headers.add_column("name", width=20)
+        headers.add_column("value", width=32)
+        links = self.query_one("#links", DataTable)
+        links.add_column("kind", width=8)
+        links.add_column("key", width=36)
+        links.add_column("parent", width=7)
 
     def show(
         self, event: Event | None, links: list[tuple[str, str, int | None]], mode: str
