@@ -245,6 +245,7 @@ class QixtuiApp(App[None]):
         replay: bool = False,
         recorder_pid: int | None = None,
         clock_ns: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
         self.path = path
@@ -252,6 +253,8 @@ class QixtuiApp(App[None]):
         self.replay = replay
         self.recorder_pid = recorder_pid
         self.clock_ns = clock_ns
+        self.monotonic = monotonic  # the replay clock; tests drive it by hand
+        self._played_at = 0.0
         self.typed_filter = filters.Filter()
         self.flow_filter: int | None = None
         self.payload_mode = "json"
@@ -509,6 +512,7 @@ class QixtuiApp(App[None]):
 
     def action_play(self) -> None:
         self.playing = not self.playing
+        self._played_at = self.monotonic()
         if self.playing:
             self.events_list.follow = False
             if self.events_list.cursor >= len(self.events_list.index) - 1:
@@ -553,7 +557,10 @@ class QixtuiApp(App[None]):
                 row = events.row(events.cursor)
                 self.cursor_ns = row[1] if row else self.cursor_ns
         else:
-            self.cursor_ns += int(POLL_S * 1e9 * (10 if self.speed == "10x" else 1))
+            # Wall time since the last step, so late timer ticks neither slow nor speed replay.
+            now = self.monotonic()
+            elapsed, self._played_at = now - self._played_at, now
+            self.cursor_ns += round(elapsed * 1e9 * (10 if self.speed == "10x" else 1))
             if self.cursor_ns >= self.span[1]:
                 self.cursor_ns = self.span[1]
                 self.playing = False

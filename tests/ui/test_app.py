@@ -209,7 +209,8 @@ async def test_tail_follow_turns_off_when_scrolling_up_and_back_on_with_end(
 
 
 async def test_replay_plays_at_10x(shop: Path) -> None:
-    app = QixtuiApp(shop, replay=True)
+    wall = [100.0]
+    app = QixtuiApp(shop, replay=True, monotonic=lambda: wall[0])
     async with app.run_test(size=SIZE) as pilot:
         events = app.screen.query_one("#events", RowList)
         assert events.cursor == 0
@@ -217,19 +218,20 @@ async def test_replay_plays_at_10x(shop: Path) -> None:
         await pilot.press("s")
         await pilot.press("space")
         assert "▶ playing  10x" in static_text(app, "#timeline")
-        start = app.ticks
-        while app.ticks < start + 3:  # each 100 ms tick moves the cursor 1 s of recording
+        wall[0] += 0.3  # 300 ms of wall time is 3 s of recording at 10x
+        while app.cursor_ns == T0:  # the poll timer takes the step
             await pilot.pause(0.05)
+        assert app.cursor_ns == T0 + 3_000_000_000
         await pilot.press("space")
-        await pilot.pause()
-        played_ns = app.cursor_ns - T0
-        assert played_ns % 1_000_000_000 == 0
-        assert 3 <= played_ns // 1_000_000_000 <= 4
         assert "⏸ paused" in static_text(app, "#timeline")
-        assert f"+{played_ns // 1_000_000_000}.00s of 4.60s" in static_text(app, "#timeline")
-        # The selection follows the cursor: the last event at or before it (flow 3 placed).
+        assert "+3.00s of 4.60s" in static_text(app, "#timeline")
+        assert "█" in static_text(app, "#timeline")
+        # The selection follows the cursor: the last event at or before +3 s (flow 3 placed).
         assert events.cursor == 9
         assert "shop.order.placed" in static_text(app, "#detail-meta")
+        wall[0] += 1.0
+        await pilot.pause(0.3)
+        assert app.cursor_ns == T0 + 3_000_000_000  # paused means paused
 
 
 async def test_replay_steps_through_a_flow(shop: Path) -> None:
