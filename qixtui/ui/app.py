@@ -18,7 +18,10 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
+from textual.message import Message
 from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import get_current_worker
 
@@ -26,12 +29,14 @@ from qixtui.core import filters, store
 from qixtui.core.filters import FilterError
 from qixtui.core.model import Event
 from qixtui.ui import text as t
-from qixtui.ui.data import IdIndex, Session, clock, pid_alive, scan
+from qixtui.ui.data import IdIndex, Session, Stats, clock, pid_alive, scan
 from qixtui.ui.rowlist import RowList
 from qixtui.ui.widgets import DetailPane, StatusBar, Timeline, format_event, format_flow
 
 POLL_S = 0.1
-SCAN_CHUNK = 50_000
+DETAIL_DELAY_S = 0.03
+SCAN_FIRST = 5_000
+SCAN_CHUNK = 200_000
 SPEEDS = ("1x", "10x", "max")
 PAYLOAD_MODES = ("json", "text", "hex")
 
@@ -107,6 +112,11 @@ class MainScreen(Screen[None]):
         assert isinstance(app, QixtuiApp)
         app.main_ready()
 
+    def on_unmount(self) -> None:
+        app = self.app
+        assert isinstance(app, QixtuiApp)
+        app.closing = True
+
     def action_focus_filter(self) -> None:
         self.query_one("#filter", Input).focus()
 
@@ -175,7 +185,7 @@ class MainScreen(Screen[None]):
     def event_highlighted(self, message: RowList.Highlighted) -> None:
         app = self.app
         assert isinstance(app, QixtuiApp)
-        app.show_event(message.row_id)
+        app.select_event(message.row_id)
 
     @on(RowList.Selected, "#flows")
     def flow_selected(self, message: RowList.Selected) -> None:
@@ -266,8 +276,12 @@ class QixtuiApp(App[None]):
         self.playing = False
         self.speed = "1x"
         self.span = self.session.time_span()
+        self.finished = False  # the recorder closed the file: nothing will change
         self.cursor_ns = self.span[0]
         self._selected_id: int | None = None
+        self._detail_timer: Timer | None = None
+        self.closing = False  # the main screen is going away: timers must not touch it
+        self._replay_pick: int | None = None  # the event the replay clock last selected
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return not (action in ("play", "speed", "jump") and not self.replay)
@@ -290,7 +304,7 @@ class QixtuiApp(App[None]):
             self.events_list.follow = False
             self.events_list.move_to(0)
         self.refresh_status()
-        self.set_interval(POLL_S, self.poll, name="poll session file")
+        self.poll_timer = self.set_interval(POLL_S, self.poll, name="poll session file")
 
     @property
     def main(self) -> MainScreen:
@@ -313,8 +327,8 @@ class QixtuiApp(App[None]):
     # -- polling: the only way new data arrives --------------------------------------------
 
     def poll(self) -> None:
-        if not self.events_list.is_attached:
-            return  # shutting down
+        if self.closing:
+            return
         self.ticks += 1
         max_id = self.session.max_id()
         index = self.events_list.index
@@ -325,7 +339,7 @@ class QixtuiApp(App[None]):
                 self.events_list.grew()
         elif not self.scanning and max_id > index.scanned_to:
             self.start_scan(index, self.scan_generation)
-        if self.ticks % 10 == 0:
+        if self.ticks % 10 == 0 and not self.finished:
             self.poll_flows()
         if self.ticks % 5 == 0:
             self.refresh_status()
@@ -342,8 +356,7 @@ class QixtuiApp(App[None]):
         else:
             self.flows_list.invalidate()  # statuses and counts change while flows run
 
-    def connection_state(self) -> str:
-        stats = self.session.stats()
+    def connection_state(self, stats: Stats) -> str:
         if self.recorder_pid is not None:
             return "recording" if pid_alive(self.recorder_pid) else "recorder stopped"
         if stats.stopped:
@@ -354,16 +367,18 @@ class QixtuiApp(App[None]):
 
     def refresh_status(self) -> None:
         stats = self.session.stats()
+        self.finished = stats.stopped and self.recorder_pid is None
         now = time.monotonic()
         self.rates.append((now, stats.total))
         first_t, first_n = self.rates[0]
         rate = (stats.total - first_n) / (now - first_t) if now > first_t else 0.0
         try:
             main = self.main
-        except LookupError:
-            return
-        main.query_one("#status", StatusBar).show(
-            stats, self.connection_state(), rate, self.path.name, len(self.events_list.index)
+            status = main.query_one("#status", StatusBar)
+        except (LookupError, NoMatches):
+            return  # shutting down
+        status.show(
+            stats, self.connection_state(stats), rate, self.path.name, len(self.events_list.index)
         )
         banner = main.query_one("#banner", Banner)
         if stats.open_gap_since_ns is not None:
@@ -424,46 +439,76 @@ class QixtuiApp(App[None]):
             index, generation, filters.build(self.current_filter()), self.session.max_id()
         )
 
+    class ScanBatch(Message):
+        """Ids a filter scan matched in one id range (one message per batch, never per row)."""
+
+        def __init__(self, index: IdIndex, generation: int, ids: list[int], done_to: int) -> None:
+            super().__init__()
+            self.index = index
+            self.generation = generation
+            self.ids = ids
+            self.done_to = done_to
+
     @work(thread=True, exclusive=True, group="scan", name="filter scan")
     def scan_worker(self, index: IdIndex, generation: int, where: filters.Where, upto: int) -> None:
-        """Match the filter in id ranges, handing each batch of ids to the list."""
+        """Match the filter in id ranges, small first so the first screen comes quickly."""
         db = self.session.connect_again()
         worker = get_current_worker()
+        chunk = SCAN_FIRST
         try:
             after = index.scanned_to
             while after < upto and not worker.is_cancelled:
-                ids, done_to = scan(db, where, after, min(upto, after + SCAN_CHUNK), SCAN_CHUNK)
+                if generation != self.scan_generation:
+                    break
+                ids, done_to = scan(db, where, after, min(upto, after + chunk), chunk)
                 after = done_to
-                self.call_from_thread(self.scan_batch, index, generation, ids, done_to)
+                chunk = min(SCAN_CHUNK, chunk * 4)
+                self.post_message(self.ScanBatch(index, generation, ids, done_to))
         finally:
             db.close()
-            self.call_from_thread(self.scan_done, generation)
+            self.post_message(self.ScanBatch(index, generation, [], -1))
 
-    def scan_batch(self, index: IdIndex, generation: int, ids: list[int], done_to: int) -> None:
-        if generation != self.scan_generation:
+    def on_qixtui_app_scan_batch(self, batch: ScanBatch) -> None:
+        if batch.generation != self.scan_generation or self.closing:
             return
-        assert index.ids is not None
-        index.ids.extend(ids)
-        index.scanned_to = done_to
-        if ids:
-            self.events_list.grew()
-        self.refresh_status()
-
-    def scan_done(self, generation: int) -> None:
-        if generation == self.scan_generation:
+        if batch.done_to < 0:
             self.scanning = False
+            self.refresh_status()
+            return
+        assert batch.index.ids is not None
+        batch.index.ids.extend(batch.ids)
+        batch.index.scanned_to = batch.done_to
+        if batch.ids:
+            self.events_list.grew()
 
     # -- the selected event ----------------------------------------------------------------
 
     def current_event(self) -> Event | None:
         return self.session.event(self._selected_id) if self._selected_id else None
 
+    def select_event(self, event_id: int | None) -> None:
+        """Show the event a moment later: a held key or a growing scan redraws it once."""
+        self._selected_id = event_id
+        if self._detail_timer is None:
+            self._detail_timer = self.set_timer(DETAIL_DELAY_S, self._show_selected)
+
+    @property
+    def detail_pending(self) -> bool:
+        """A selection is waiting to be drawn in the detail pane."""
+        return self._detail_timer is not None
+
+    def _show_selected(self) -> None:
+        self._detail_timer = None
+        if not self.closing:
+            self.show_event(self._selected_id)
+
     def show_event(self, event_id: int | None) -> None:
         self._selected_id = event_id
         event = self.session.event(event_id) if event_id is not None else None
         links = self.session.links(event_id) if event_id is not None else []
         self.main.query_one(DetailPane).show(event, links, self.payload_mode)
-        if event is not None and self.replay and not self.playing:
+        if event is not None and self.replay and event.id != self._replay_pick:
+            # The user picked this event: the time cursor moves to it.
             self.cursor_ns = event.ts_ns
             self.refresh_timeline()
 
@@ -554,6 +599,7 @@ class QixtuiApp(App[None]):
                 self.playing = False
             else:
                 events.move_to(events.cursor + 1)
+                self._replay_pick = events.row_id()
                 row = events.row(events.cursor)
                 self.cursor_ns = row[1] if row else self.cursor_ns
         else:
@@ -579,6 +625,7 @@ class QixtuiApp(App[None]):
                 best, lo = mid, mid + 1
             else:
                 hi = mid - 1
+        self._replay_pick = events.row_id(best)
         if best != events.cursor:
             events.move_to(best)
 

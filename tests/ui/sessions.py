@@ -136,3 +136,12 @@ def hostile_session(path: Path) -> Path:
         store.insert_links(db, links)
     db.close()
     return path
+
+
+async def settle(pilot) -> None:  # type: ignore[no-untyped-def]
+    """Wait until filter scans are done and the detail pane shows the selection."""
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    while pilot.app.scanning or pilot.app.detail_pending:
+        await pilot.pause(0.01)
+    await pilot.pause()

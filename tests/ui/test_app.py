@@ -11,7 +11,7 @@ from qixtui.core.model import Event
 from qixtui.ui.app import QixtuiApp
 from qixtui.ui.flowscreen import FlowScreen
 from qixtui.ui.rowlist import RowList
-from ui.sessions import MS, T0, screen_text, shop_session
+from ui.sessions import MS, T0, screen_text, settle, shop_session
 
 SIZE = (140, 40)
 
@@ -23,7 +23,7 @@ def static_text(app: QixtuiApp, selector: str) -> str:
 async def test_opens_a_recording_with_flows_events_and_status(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
+        await settle(pilot)
         text = screen_text(app)
         assert "✔ completed" in text
         assert "✘ failed" in text
@@ -44,9 +44,9 @@ async def test_selecting_a_flow_narrows_the_events(shop: Path) -> None:
         flows = app.screen.query_one("#flows", RowList)
         flows.focus()
         await pilot.press("down", "enter")
-        await pilot.pause()
+        await settle(pilot)
         await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         events = app.screen.query_one("#events", RowList)
         assert len(events.index) == 3
         text = screen_text(app)
@@ -54,7 +54,7 @@ async def test_selecting_a_flow_narrows_the_events(shop: Path) -> None:
         assert "shop.payment.declined" in text
         assert "shop.pricing.quote" not in text
         await pilot.press("escape")
-        await pilot.pause()
+        await settle(pilot)
         assert len(events.index) == 12
 
 
@@ -63,7 +63,7 @@ async def test_flow_screen_shows_waterfall_tree_and_events(shop: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         app.screen.query_one("#flows", RowList).focus()
         await pilot.press("enter", "w")
-        await pilot.pause()
+        await settle(pilot)
         assert isinstance(app.screen, FlowScreen)
         text = screen_text(app)
         assert "flow #1" in text
@@ -87,11 +87,11 @@ async def test_idle_stretch_folds(shop: Path) -> None:
         await app.workers.wait_for_complete()
         app.set_flow(3)
         app.action_open_flow()
-        await pilot.pause()
+        await settle(pilot)
         assert "s folded)" not in static_text(app, "#waterfall")
         assert "░" in static_text(app, "#waterfall")  # the recorded gap inside the flow
         await pilot.press("z")
-        await pilot.pause()
+        await settle(pilot)
         lanes = static_text(app, "#waterfall").splitlines()[1:-1]
         assert any("⋯" in lane for lane in lanes)
         assert "4.00s folded" in static_text(app, "#waterfall")
@@ -102,9 +102,9 @@ async def filter_to(app: QixtuiApp, pilot, text: str) -> None:  # type: ignore[n
     bar = app.screen.query_one("#filter", Input)
     bar.value = text
     await pilot.press("enter")
-    await pilot.pause()
+    await settle(pilot)
     await app.workers.wait_for_complete()
-    await pilot.pause()
+    await settle(pilot)
 
 
 async def test_filter_by_header(shop: Path) -> None:
@@ -132,12 +132,12 @@ async def test_invalid_filter_is_shown_as_such(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("slash", *"json:order")
-        await pilot.pause()
+        await settle(pilot)
         bar = app.screen.query_one("#filter", Input)
         assert bar.has_class("-invalid")
         assert "must start with '/'" in static_text(app, "#filter-status")
         await pilot.press("enter")
-        await pilot.pause()
+        await settle(pilot)
         assert len(app.screen.query_one("#events", RowList).index) == 12
 
 
@@ -146,13 +146,13 @@ async def test_f_on_a_header_cell_filters_by_it(shop: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         events = app.screen.query_one("#events", RowList)
         events.move_to(5)  # shop.order.completed, with headers X-Correlation-ID and Tenant
-        await pilot.pause()
+        await settle(pilot)
         table = app.screen.query_one("#headers")
         table.focus()
         await pilot.press("down", "f")
-        await pilot.pause()
+        await settle(pilot)
         await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert app.screen.query_one("#filter", Input).value == "header:Tenant=blue"
         assert len(events.index) == 1
 
@@ -161,12 +161,12 @@ async def test_payload_json_text_and_hex(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=SIZE) as pilot:
         app.screen.query_one("#events", RowList).move_to(0)
-        await pilot.pause()
+        await settle(pilot)
         assert '"order_id": 1,' in static_text(app, "#payload")  # pretty JSON
         await pilot.press("x")
         assert '{"order_id": 1, "amount": 30}' in static_text(app, "#payload")
         await pilot.press("x")
-        await pilot.pause()
+        await settle(pilot)
         payload = static_text(app, "#payload")
         assert "00000000  7b 22 6f 72" in payload
         assert "hex" in static_text(app, "#payload-caption")
@@ -189,7 +189,9 @@ async def test_tail_follow_turns_off_when_scrolling_up_and_back_on_with_end(
             ]
             with store.transaction(writer):
                 store.insert_events(writer, rows)
-            await pilot.pause(0.3)
+            while len(events.index) < first + n - 1:  # the poll timer picks them up
+                await pilot.pause(0.05)
+            await settle(pilot)
 
         await append(50)
         assert events.follow
@@ -201,7 +203,7 @@ async def test_tail_follow_turns_off_when_scrolling_up_and_back_on_with_end(
         assert events.cursor == 58  # stayed where the user looked
         assert "live.tick.72" not in screen_text(app)
         await pilot.press("end")
-        await pilot.pause()
+        await settle(pilot)
         assert events.follow
         assert events.cursor == 71
         assert "live.tick.72" in screen_text(app)
@@ -251,13 +253,13 @@ async def test_command_palette_has_noun_verb_commands(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("ctrl+p")
-        await pilot.pause()
+        await settle(pilot)
         await pilot.press(*"filter: fail")
         await pilot.pause(0.3)
         await pilot.press("enter")
-        await pilot.pause()
+        await settle(pilot)
         await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert app.screen.query_one("#filter", Input).value == "status:failed"
         assert len(app.screen.query_one("#events", RowList).index) == 3
 
@@ -283,6 +285,6 @@ async def test_mouse_click_selects_an_event(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.click("#events", offset=(20, 1))
-        await pilot.pause()
+        await settle(pilot)
         assert app.screen.query_one("#events", RowList).cursor == 1
         assert "shop.pricing.quote" in static_text(app, "#detail-meta")

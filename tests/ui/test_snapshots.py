@@ -14,14 +14,15 @@ from textual.widgets import Input
 
 from qixtui.ui.app import QixtuiApp
 from qixtui.ui.rowlist import RowList
+from ui.sessions import settle
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 SIZE = (120, 36)
 
 
-async def settle(pilot) -> None:  # type: ignore[no-untyped-def]
-    """Let tables size their columns and workers finish before the picture is taken."""
-    await pilot.app.workers.wait_for_complete()
+async def settle_more(pilot) -> None:  # type: ignore[no-untyped-def]
+    """Settle, then let tables size their columns before the picture is taken."""
+    await settle(pilot)
     for _ in range(3):
         await pilot.pause(0.05)
 
@@ -46,7 +47,7 @@ async def test_main_screen(shop: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         app.screen.query_one("#filter", Input).cursor_blink = False
         app.screen.query_one("#events", RowList).move_to(3)
-        await settle(pilot)
+        await settle_more(pilot)
         check("main_screen", app.export_screenshot())
 
 
@@ -57,7 +58,7 @@ async def test_flow_screen(shop: Path) -> None:
         app.action_open_flow()
         await pilot.pause()
         await app.workers.wait_for_complete()
-        await settle(pilot)
+        await settle_more(pilot)
         check("flow_screen", app.export_screenshot())
 
 
@@ -67,5 +68,5 @@ async def test_filter_error(shop: Path) -> None:
         bar = app.screen.query_one("#filter", Input)
         bar.cursor_blink = False
         await pilot.press("slash", *"status:failed json:order_id=7")
-        await settle(pilot)
+        await settle_more(pilot)
         check("filter_error", app.export_screenshot())

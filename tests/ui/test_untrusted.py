@@ -19,7 +19,7 @@ from qixtui.core.text import visible
 from qixtui.ui.app import QixtuiApp
 from qixtui.ui.flowscreen import FlowScreen
 from qixtui.ui.rowlist import RowList
-from ui.sessions import CORPUS, hostile_session, screen_text
+from ui.sessions import CORPUS, hostile_session, screen_text, settle
 
 SIZE = (160, 50)
 
@@ -35,7 +35,7 @@ async def test_every_view_shows_the_corpus_as_text(hostile: Path) -> None:
         events = app.screen.query_one("#events", RowList)
         for pos in range(len(CORPUS)):
             events.move_to(pos)
-            await pilot.pause()
+            await settle(pilot)
             text = screen_text(app)
             shown = visible(CORPUS[pos])
             assert f"evil.{shown}.x" in text  # subject, in the list and the detail pane
@@ -44,13 +44,13 @@ async def test_every_view_shows_the_corpus_as_text(hostile: Path) -> None:
             assert f"X-Correlation-ID={shown}"[:34] in text  # link key (36 cells)
             for mode in ("text", "hex", "json"):
                 await pilot.press("x")
-                await pilot.pause()
+                await settle(pilot)
                 assert app.payload_mode == mode
         assert "[@click=app.quit]x[/]" in screen_text(app)
         assert "\\x1b]52;c;SGVsbG8=\\x07" in screen_text(app)
         app.set_flow(1)
         app.action_open_flow()
-        await pilot.pause()
+        await settle(pilot)
         assert isinstance(app.screen, FlowScreen)
         flow_text = screen_text(app)
         assert "fail[/x]" in flow_text
@@ -60,12 +60,12 @@ async def test_every_view_shows_the_corpus_as_text(hostile: Path) -> None:
         await pilot.press("slash")
         app.screen.query_one("#filter", Input).value = '"[/oops] [@click=app.quit]x[/]"'
         await pilot.press("enter")
-        await pilot.pause()
+        await settle(pilot)
         await app.workers.wait_for_complete()
-        await pilot.pause()
+        await settle(pilot)
         assert "[/oops] [@click=app.quit]x[/]" in screen_text(app)
         app.apply_filter("[/")
-        await pilot.pause()
+        await settle(pilot)
         assert app.is_running
 
 
@@ -74,7 +74,7 @@ async def test_clicking_hostile_text_does_nothing(hostile: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         events = app.screen.query_one("#events", RowList)
         events.move_to(0)
-        await pilot.pause()
+        await settle(pilot)
         lines = screen_text(app).splitlines()
         hits = [
             (x, y)
@@ -86,7 +86,7 @@ async def test_clicking_hostile_text_does_nothing(hostile: Path) -> None:
         for x, y in hits:
             for dx in range(1, 20):
                 await pilot.click(offset=(x + dx, y))
-        await pilot.pause()
+        await settle(pilot)
         assert app.is_running
         assert app.return_value is None
         assert not isinstance(app.screen, FlowScreen)
