@@ -99,6 +99,8 @@ class RowList(ScrollView, can_focus=True):
         self._resize()
         if self.follow:
             self._to_end()
+        elif self.cursor < 0 and len(self.index):
+            self.cursor = 0  # the first rows of a new filter: select the first
         else:
             self.refresh()
 
