@@ -26,8 +26,13 @@ pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(900)]
 EVENTS = 1_000_000
 PER_FLOW = 10
 T0 = 1_780_000_000_000_000_000
-SUBJECTS = ["shop.order.placed", "shop.payment.authorized", "shop.stock.reserved",
-            "shop.shipment.created", "shop.order.completed"]  # fmt: skip
+SUBJECTS = [
+    "shop.order.placed",
+    "shop.payment.authorized",
+    "shop.stock.reserved",
+    "shop.shipment.created",
+    "shop.order.completed",
+]
 
 
 def rows() -> Iterator[tuple[object, ...]]:
@@ -56,14 +61,16 @@ def big_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 PER_FLOW,
                 ["order", "payment"],
                 ["placed", "completed"],
-            )  # fmt: skip
+            )
             for f in range(1, EVENTS // PER_FLOW + 1)
         ]
         store.upsert_flows(db, flows)
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
-    print(f"\nbuilt {EVENTS:,} events in {time.perf_counter() - started:.1f}s, "
-          f"{path.stat().st_size / 1e6:.0f} MB")  # fmt: skip
+    print(
+        f"\nbuilt {EVENTS:,} events in {time.perf_counter() - started:.1f}s, "
+        f"{path.stat().st_size / 1e6:.0f} MB"
+    )
     return path
 
 
@@ -125,10 +132,12 @@ async def test_tui_on_a_million_events(big_session: Path) -> None:
         base_page = []
         for n in range(30):
             t = time.perf_counter()
-            list(raw.execute(
-                f"SELECT {store.EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT 50",
-                (500_000 + n * 50,),
-            ))  # fmt: skip
+            list(
+                raw.execute(
+                    f"SELECT {store.EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT 50",
+                    (500_000 + n * 50,),
+                )
+            )
             base_page.append(time.perf_counter() - t)
 
         print(f"paged: {median_ms(page_times):.1f} ms", flush=True)
@@ -163,16 +172,24 @@ async def test_tui_on_a_million_events(big_session: Path) -> None:
         await pilot.pause()
         rss_now, rss_peak = rss_mb()
 
-    print(f"\nopen to usable screen: {opened * 1000:.0f} ms "
-          f"(bare SQL {base_open * 1000:.1f} ms; target < 1000 ms)")  # fmt: skip
-    print(f"page-down median: {median_ms(page_work):.1f} ms of app work "
-          f"(max {max(page_work) * 1000:.1f} ms; bare SQL page {median_ms(base_page):.2f} ms, ratio "
-          f"{median_ms(page_work) / max(median_ms(base_page), 1e-6):.0f}x; target < 100 ms); "
-          f"{median_ms(page_times):.0f} ms through Pilot's key press and repaint")  # fmt: skip
+    print(
+        f"\nopen to usable screen: {opened * 1000:.0f} ms "
+        f"(bare SQL {base_open * 1000:.1f} ms; target < 1000 ms)"
+    )
+    print(
+        f"page-down median: {median_ms(page_work):.1f} ms of app work "
+        f"(max {max(page_work) * 1000:.1f} ms; bare SQL page {median_ms(base_page):.2f} ms, ratio "
+        f"{median_ms(page_work) / max(median_ms(base_page), 1e-6):.0f}x; target < 100 ms); "
+        f"{median_ms(page_times):.0f} ms through Pilot's key press and repaint"
+    )
     for text in cases:
-        print(f"filter {text!r}: first screen {median_ms(filter_first[text]):.0f} ms, "
-              f"whole file {median_ms(filter_full[text]):.0f} ms "
-              f"(bare SQL count {median_ms(base_full[text]):.0f} ms, ratio "
-              f"{median_ms(filter_full[text]) / max(median_ms(base_full[text]), 1e-6):.2f}x)")  # fmt: skip
-    print(f"RSS: {rss_now:.0f} MB now, {rss_peak:.0f} MB peak "
-          f"({rss_before:.0f} MB before the app; target < 300 MB)")  # fmt: skip
+        print(
+            f"filter {text!r}: first screen {median_ms(filter_first[text]):.0f} ms, "
+            f"whole file {median_ms(filter_full[text]):.0f} ms "
+            f"(bare SQL count {median_ms(base_full[text]):.0f} ms, ratio "
+            f"{median_ms(filter_full[text]) / max(median_ms(base_full[text]), 1e-6):.2f}x)"
+        )
+    print(
+        f"RSS: {rss_now:.0f} MB now, {rss_peak:.0f} MB peak "
+        f"({rss_before:.0f} MB before the app; target < 300 MB)"
+    )
