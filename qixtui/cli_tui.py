@@ -59,7 +59,7 @@ def recorder_command(output: Path, conn: dict[str, Any]) -> tuple[list[str], dic
 
 
 def wait_for_session(proc: subprocess.Popen[bytes], path: Path, log: Path) -> None:
-    """Return once the recorder has created a readable session, or fail with its own message."""
+    """Return once the recorder is connected and writing, or fail with its own message."""
     deadline = time.monotonic() + RECORDER_START_S
     while time.monotonic() < deadline:
         code = proc.poll()
@@ -67,11 +67,17 @@ def wait_for_session(proc: subprocess.Popen[bytes], path: Path, log: Path) -> No
             message = log.read_text(errors="replace").strip().splitlines()
             fail(message[-1].removeprefix("qixtui: ") if message else f"recorder exited ({code})")
         try:
-            store.open_session(path, readonly=True).close()
+            db = store.open_session(path, readonly=True)
         except store.SessionError:
             time.sleep(0.05)
             continue
-        return
+        try:
+            # The recorder writes the server's id once its connection is up.
+            if store.get_meta(db).get("server_id"):
+                return
+        finally:
+            db.close()
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     fail(f"the recorder did not create {path} within {RECORDER_START_S:.0f}s")
 

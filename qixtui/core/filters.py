@@ -232,14 +232,16 @@ def build(flt: Filter) -> Where:
                 )
                 where.params += [term.name, term.value]
         elif term.kind == "status":
-            where.sql += " AND flow_id IN (SELECT flow_id FROM flows WHERE status = ?)"
+            # `+flow_id`: scan by id range; the flow index would visit every matching flow's
+            # events for each range.
+            where.sql += " AND +flow_id IN (SELECT flow_id FROM flows WHERE status = ?)"
             where.params.append(term.value)
         elif term.kind == "flow":
             where.sql += " AND flow_id = ?"
             where.params.append(term.value)
         elif term.kind == "duration":
             where.sql += (
-                " AND flow_id IN (SELECT flow_id FROM flows"
+                " AND +flow_id IN (SELECT flow_id FROM flows"
                 f" WHERE ended_ns - started_ns {_OPS[term.op]} ?)"
             )
             where.params.append(term.value)

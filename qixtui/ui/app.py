@@ -545,13 +545,30 @@ class QixtuiApp(App[None]):
         """The shown events as JSON Lines next to the recording."""
         stamp = dt.datetime.fromtimestamp(self.clock_ns() / 1e9).strftime("%Y%m%d-%H%M%S")
         out = self.path.with_name(f"{self.path.stem}-export-{stamp}.jsonl")
-        index = self.events_list.index
-        with out.open("w", encoding="utf-8") as fh:
-            for pos in range(len(index)):
-                event = self.session.event(index[pos])
-                if event is not None:
-                    fh.write(json.dumps(store.event_to_json(event), ensure_ascii=False) + "\n")
-        self.notify(t.literal(f"exported {len(index):,} events to {out}"), title="recording")
+        self.export_worker(out, filters.build(self.current_filter()))
+
+    @work(thread=True, name="export")
+    def export_worker(self, out: Path, where: filters.Where) -> None:
+        db = self.session.connect_again()
+        count = 0
+        try:
+            with out.open("w", encoding="utf-8") as fh:
+                rows = db.execute(
+                    f"SELECT {store.EVENT_COLUMNS} FROM events WHERE {where.sql} ORDER BY id",
+                    where.params,
+                )
+                for row in rows:
+                    event = store.event_to_json(store.row_to_event(row))
+                    fh.write(json.dumps(event, ensure_ascii=False) + "\n")
+                    count += 1
+        except OSError as exc:
+            message = t.literal(f"export failed: {exc}")
+            self.call_from_thread(self.notify, message, severity="error", title="recording")
+            return
+        finally:
+            db.close()
+        message = t.literal(f"exported {count:,} events to {out}")
+        self.call_from_thread(self.notify, message, title="recording")
 
     # -- replay --------------------------------------------------------------------------
 

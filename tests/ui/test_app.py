@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from textual.widgets import Input, Static, Tree
@@ -288,3 +289,32 @@ async def test_mouse_click_selects_an_event(shop: Path) -> None:
         await settle(pilot)
         assert app.screen.query_one("#events", RowList).cursor == 1
         assert "shop.pricing.quote" in static_text(app, "#detail-meta")
+
+
+async def test_jump_to_time_moves_the_replay_cursor(shop: Path) -> None:
+    app = QixtuiApp(shop, replay=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t")
+        await settle(pilot)
+        await pilot.press(*"+4.55s", "enter")
+        await settle(pilot)
+        assert app.cursor_ns == T0 + 4_550 * MS
+        assert app.screen.query_one("#events", RowList).cursor == 10  # payment at +4.5 s
+        assert "+4.55s of 4.60s" in static_text(app, "#timeline")
+
+
+async def test_export_writes_the_shown_events(shop: Path) -> None:
+    app = QixtuiApp(shop, clock_ns=lambda: T0)
+    async with app.run_test(size=SIZE) as pilot:
+        app.set_flow(2)
+        await settle(pilot)
+        app.action_export()
+        await settle(pilot)
+    exports = list(shop.parent.glob("shop-export-*.jsonl"))
+    assert len(exports) == 1
+    lines = [json.loads(line) for line in exports[0].read_text().splitlines()]
+    assert [e["subject"] for e in lines] == [
+        "shop.order.placed",
+        "shop.payment.declined",
+        "shop.order.cancelled",
+    ]
