@@ -35,7 +35,8 @@ from qixtui.ui.widgets import DetailPane, StatusBar, Timeline, format_event, for
 
 POLL_S = 0.1
 DETAIL_DELAY_S = 0.03
-SCAN_FIRST = 5_000
+SCAN_NOW = 2_000
+SCAN_FIRST = 10_000
 SCAN_CHUNK = 200_000
 SPEEDS = ("1x", "10x", "max")
 PAYLOAD_MODES = ("json", "text", "hex")
@@ -429,9 +430,16 @@ class QixtuiApp(App[None]):
             self.refresh_status()
             return
         index = IdIndex.empty_array()
-        index.scanned_to = 0
+        # The first few thousand ids are matched here, at once: a common filter fills the
+        # screen without waiting for a thread; the worker takes the rest.
+        where = filters.build(flt)
+        after = self.session.full_index().lo - 1
+        ids, index.scanned_to = scan(self.session.db, where, after, after + SCAN_NOW, SCAN_NOW)
+        assert index.ids is not None
+        index.ids.extend(ids)
         events.set_index(index)
-        self.start_scan(index, self.scan_generation)
+        if index.scanned_to < self.session.max_id():
+            self.start_scan(index, self.scan_generation)
 
     def start_scan(self, index: IdIndex, generation: int) -> None:
         self.scanning = True
@@ -608,6 +616,7 @@ class QixtuiApp(App[None]):
             return
         self.cursor_ns = min(max(target, start), end)
         self.select_time(self.cursor_ns)
+        self.refresh_timeline()
 
     def advance_replay(self) -> None:
         events = self.events_list

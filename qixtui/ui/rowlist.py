@@ -83,14 +83,19 @@ class RowList(ScrollView, can_focus=True):
     # -- data --------------------------------------------------------------------------
 
     def set_index(self, index: IdIndex) -> None:
-        """Show another set of rows (a new filter); the cursor goes to the end when following."""
+        """Show another set of rows (a new filter): the cursor goes to the end when following,
+        else to the selected row or the nearest one before it."""
+        selected = self.row_id()
         self.index = index
         self.invalidate()
         self._resize()
         if self.follow:
             self._to_end()
+        elif len(index):
+            pos = index.position_at_or_before(selected) if selected is not None else 0
+            self.move_to(max(0, pos))
         else:
-            self.cursor = min(self.cursor, len(index) - 1)
+            self.cursor = -1
 
     def grew(self) -> None:
         """The index gained rows at the end; keep the tail in view when following."""
