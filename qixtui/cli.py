@@ -289,4 +289,7 @@ if __name__ == "__main__":
     main()
 
 
-from qixtui import cli_demo  # noqa: E402,F401
+from qixtui import (  # noqa: E402
+    cli_demo,  # noqa: F401
+    cli_tui,  # noqa: F401  (registers tap, replay)
+)

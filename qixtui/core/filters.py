@@ -1,0 +1,255 @@
+"""Event filters: a small query language parsed into terms and built into one SQL WHERE clause.
+
+Terms are separated by spaces and all must hold (and). Quote a term that holds spaces.
+
+| term                   | matches events                                              |
+|------------------------|-------------------------------------------------------------|
+| `orders.*.created`     | whose subject matches the NATS wildcard (`*`, final `>`)    |
+| `subject:a.b.c`        | whose subject matches (wildcards or not)                    |
+| `header:NAME=value`    | with a header NAME (any case) whose value is exactly value  |
+| `header:NAME`          | with a header NAME                                          |
+| `json:/a/0/b=value`    | whose JSON payload has value at that JSON pointer           |
+| `json:/a/b`            | whose JSON payload has that pointer                         |
+| `status:failed`        | in a flow with that status                                  |
+| `flow:12`              | in flow 12                                                  |
+| `duration>2s`          | in a flow lasting more than 2 s (`<`, `>=`, `<=`; ns us ms s m h) |
+| `hello`, `"two words"` | whose payload contains that text (bytes, case-sensitive)    |
+| `text:a:b`             | the same, for text that would read as another term          |
+
+The SQL runs over the `events` table (headers as JSON text of [name, value] pairs, payload a
+BLOB); exact NATS subject matching needs `install_functions` on the connection.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sqlite3
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from qixtui.core.store import subject_glob, subject_matches
+
+
+class FilterError(ValueError):
+    """A filter that cannot be parsed; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class Term:
+    kind: str  # subject, header, json, status, flow, duration, text
+    name: str = ""
+    op: str = ""
+    value: Any = None
+
+
+@dataclass(frozen=True)
+class Filter:
+    terms: tuple[Term, ...] = ()
+    source: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.terms)
+
+
+@dataclass
+class Where:
+    sql: str = "1"
+    params: list[Any] = field(default_factory=list)
+
+
+_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000}
+_UNITS["h"] = 60 * _UNITS["m"]
+_DURATION = re.compile(r"^duration(>=|<=|>|<)(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
+_PREFIXES = ("subject", "header", "json", "status", "flow", "text")
+_PREFIX = re.compile(r"^([a-z_]+):")
+_OPS = {">": ">", "<": "<", ">=": ">=", "<=": "<="}
+
+
+def parse_duration_ns(text: str) -> int:
+    """`2s`, `150ms`, `1.5m` as nanoseconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?", text)
+    if not match:
+        raise FilterError(f"not a duration: {text!r} (like 2s, 150ms, 1.5m)")
+    return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
+
+
+def _check_subject(pattern: str) -> None:
+    tokens = pattern.split(".")
+    if any(tok == "" for tok in tokens):
+        raise FilterError(f"subject {pattern!r} has an empty token")
+    for i, tok in enumerate(tokens):
+        if ">" in tok and (tok != ">" or i != len(tokens) - 1):
+            raise FilterError(f"subject {pattern!r}: '>' may only be the last token")
+        if "*" in tok and tok != "*":
+            raise FilterError(f"subject {pattern!r}: '*' must be a whole token")
+
+
+def pointer_to_path(pointer: str) -> str:
+    """A JSON pointer (RFC 6901) as an SQLite JSON path; digit tokens index arrays."""
+    if not pointer.startswith("/"):
+        raise FilterError(f"JSON pointer {pointer!r} must start with '/'")
+    path = "$"
+    for raw in pointer[1:].split("/"):
+        token = raw.replace("~1", "/").replace("~0", "~")
+        if token.isdigit():
+            path += f"[{int(token)}]"
+        elif '"' in token:
+            raise FilterError(f"JSON pointer {pointer!r}: a key may not contain '\"'")
+        else:
+            path += f'."{token}"'
+    return path
+
+
+def _json_value(text: str) -> Any:
+    """`42` and `1.5` compare as numbers, `true`/`false`/`null` as JSON, anything else as text
+    (a JSON string in quotes is unquoted)."""
+    try:
+        value = msgspec.json.decode(text.encode())
+    except msgspec.DecodeError:
+        return text
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return text
+
+
+def _parse_term(word: str) -> Term:
+    duration = _DURATION.match(word)
+    if duration:
+        op, number, unit = duration.groups()
+        return Term("duration", op=op, value=parse_duration_ns(number + (unit or "s")))
+    if word.startswith("duration") and word[8:9] in ("<", ">", "="):
+        raise FilterError(f"{word!r}: write duration>2s, duration<500ms, duration>=1m")
+    prefix = _PREFIX.match(word)
+    if prefix and prefix.group(1) in _PREFIXES:
+        kind, rest = prefix.group(1), word[prefix.end() :]
+        if not rest:
+            raise FilterError(f"{kind}: needs a value")
+        if kind == "subject":
+            _check_subject(rest)
+            return Term("subject", value=rest)
+        if kind == "header":
+            name, eq, value = rest.partition("=")
+            if not name:
+                raise FilterError("header: needs a name, like header:X-Correlation-ID=abc")
+            return Term("header", name=name, op="=" if eq else "exists", value=value)
+        if kind == "json":
+            pointer, eq, value = rest.partition("=")
+            path = pointer_to_path(pointer)
+            if not eq:
+                return Term("json", name=path, op="exists")
+            return Term("json", name=path, op="=", value=_json_value(value))
+        if kind == "status":
+            return Term("status", value=rest)
+        if kind == "text":
+            return Term("text", value=rest)
+        if not rest.isdigit():
+            raise FilterError(f"flow:{rest}: a flow id is a number")
+        return Term("flow", value=int(rest))
+    if prefix and "." not in prefix.group(1):
+        known = ", ".join(f"{p}:" for p in _PREFIXES)
+        raise FilterError(f"unknown filter {prefix.group(0)!r} (known: {known}, duration>)")
+    if "*" in word or ">" in word:
+        _check_subject(word)
+        return Term("subject", value=word)
+    return Term("text", value=word)
+
+
+def parse(text: str) -> Filter:
+    """Parse a filter line; raises FilterError saying what is wrong."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise FilterError(f"{exc}".replace("No closing quotation", "unclosed quote")) from None
+    return Filter(tuple(_parse_term(w) for w in words), text.strip())
+
+
+def quote_term(term: str) -> str:
+    """A term written so `parse` reads it back as one word."""
+    return shlex.quote(term)
+
+
+def _subject_sql(pattern: str, where: Where) -> None:
+    if "*" not in pattern and ">" not in pattern:
+        where.sql += " AND subject = ?"
+        where.params.append(pattern)
+        return
+    # GLOB narrows with an index-free scan; the function makes the exact token check.
+    where.sql += " AND subject GLOB ? AND qx_subject_match(?, subject)"
+    where.params += [subject_glob(pattern), pattern]
+
+
+_PAYLOAD_TEXT = "CAST(payload AS TEXT)"
+_encode = msgspec.json.encode
+
+
+def build(flt: Filter) -> Where:
+    """The WHERE clause (without the word) for events matching every term."""
+    where = Where()
+    for term in flt.terms:
+        if term.kind == "subject":
+            _subject_sql(term.value, where)
+        elif term.kind == "text":
+            where.sql += " AND instr(payload, CAST(? AS BLOB)) > 0"
+            where.params.append(term.value)
+        elif term.kind == "header":
+            sql = (
+                " AND headers IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(events.headers) h"
+                " WHERE lower(json_extract(h.value, '$[0]')) = lower(?)"
+            )
+            where.params.append(term.name)
+            if term.op == "=":
+                sql += " AND json_extract(h.value, '$[1]') = ?"
+                where.params.append(term.value)
+                # The headers text holds the value encoded exactly so (the store writes it with
+                # msgspec): a byte test skips json_each on every row that cannot match.
+                sql = " AND instr(headers, ?) > 0" + sql
+                where.params.insert(len(where.params) - 2, _encode(term.value).decode())
+            where.sql += sql + ")"
+        elif term.kind == "json":
+            last_key = re.findall(r'\."([^"]*)"', term.name)
+            if last_key:
+                # Cheap byte test first: only payloads naming the last key get parsed.
+                where.sql += " AND instr(payload, CAST(? AS BLOB)) > 0"
+                where.params.append(f'"{last_key[-1]}"')
+            valid = f"json_valid({_PAYLOAD_TEXT})"
+            if term.op == "exists":
+                where.sql += (
+                    f" AND (CASE WHEN {valid} THEN json_type({_PAYLOAD_TEXT}, ?) END) IS NOT NULL"
+                )
+                where.params.append(term.name)
+            elif isinstance(term.value, bool) or term.value is None:
+                where.sql += f" AND (CASE WHEN {valid} THEN json_type({_PAYLOAD_TEXT}, ?) END) = ?"
+                where.params += [
+                    term.name,
+                    {True: "true", False: "false", None: "null"}[term.value],
+                ]
+            else:
+                where.sql += (
+                    f" AND (CASE WHEN {valid} THEN json_extract({_PAYLOAD_TEXT}, ?) END) = ?"
+                )
+                where.params += [term.name, term.value]
+        elif term.kind == "status":
+            # `+flow_id`: scan by id range; the flow index would visit every matching flow's
+            # events for each range.
+            where.sql += " AND +flow_id IN (SELECT flow_id FROM flows WHERE status = ?)"
+            where.params.append(term.value)
+        elif term.kind == "flow":
+            where.sql += " AND flow_id = ?"
+            where.params.append(term.value)
+        elif term.kind == "duration":
+            where.sql += (
+                " AND +flow_id IN (SELECT flow_id FROM flows"
+                f" WHERE ended_ns - started_ns {_OPS[term.op]} ?)"
+            )
+            where.params.append(term.value)
+    if where.sql.startswith("1 AND "):
+        where.sql = where.sql[len("1 AND ") :]
+    return where
+
+
+def install_functions(db: sqlite3.Connection) -> None:
+    """Register the exact NATS subject match the built SQL calls."""
+    db.create_function("qx_subject_match", 2, subject_matches, deterministic=True)

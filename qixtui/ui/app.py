@@ -1,0 +1,689 @@
+"""The qixtui app: one code path for a live tap and a finished recording (it reads the file)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
+from textual.message import Message
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Input, Static
+from textual.worker import get_current_worker
+
+from qixtui.core import filters, store
+from qixtui.core.filters import FilterError
+from qixtui.core.model import Event
+from qixtui.ui import text as t
+from qixtui.ui.data import IdIndex, Session, Stats, clock, pid_alive, scan
+from qixtui.ui.rowlist import RowList
+from qixtui.ui.widgets import DetailPane, StatusBar, Timeline, format_event, format_flow
+
+POLL_S = 0.1
+DETAIL_DELAY_S = 0.03
+SCAN_NOW = 2_000
+SCAN_FIRST = 10_000
+SCAN_CHUNK = 200_000
+SPEEDS = ("1x", "10x", "max")
+PAYLOAD_MODES = ("json", "text", "hex")
+
+
+class Banner(Static):
+    DEFAULT_CSS = """
+    Banner { height: 1; background: $error; color: $text; text-style: bold; padding: 0 1;
+             display: none; }
+    Banner.-shown { display: block; }
+    """
+
+
+class FilterBar(Horizontal):
+    DEFAULT_CSS = """
+    FilterBar { height: 3; }
+    FilterBar Input { width: 1fr; }
+    FilterBar Input.-invalid { border: tall $error; }
+    FilterBar #filter-status { width: 48; height: 3; padding: 1 1; color: $text-muted; }
+    FilterBar #filter-status.-invalid { color: $error; text-style: bold; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Input(
+            placeholder="/ filter: shop.>  header:X-Correlation-ID=abc  json:/order_id=7  "
+            "status:failed  duration>2s  text",
+            id="filter",
+        )
+        yield Static(Text("no filter"), id="filter-status")
+
+
+class MainScreen(Screen[None]):
+    """Flows on the left, every event on the right, the selected event below."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("slash", "focus_filter", "Filter", id="main.filter"),
+        Binding("escape", "clear_flow", "All flows", id="main.clear_flow"),
+        Binding("w", "open_flow", "Waterfall", id="main.open_flow"),
+        Binding("f", "cell_filter", "Filter on cell", id="main.cell_filter"),
+        Binding("x", "app.payload_mode", "JSON/text/hex", id="main.payload_mode"),
+        Binding("tab", "app.focus_next", "Next pane", show=False, id="main.focus_next"),
+    ]
+    DEFAULT_CSS = """
+    #top { height: 1fr; }
+    #flows-box { width: 38%; border-right: solid $primary; }
+    #events-box { width: 1fr; }
+    .list-title { height: 1; background: $primary-background; color: $text; padding: 0 1;
+                  text-style: bold; }
+    """
+
+    def compose(self) -> ComposeResult:
+        app = self.app
+        assert isinstance(app, QixtuiApp)
+        yield Banner(id="banner")
+        yield FilterBar()
+        with Horizontal(id="top"):
+            with Vertical(id="flows-box"):
+                yield Static(Text("flows"), id="flows-title", classes="list-title")
+                yield RowList(app.fetch_flows, format_flow, id="flows")
+            with Vertical(id="events-box"):
+                yield Static(Text("events"), id="events-title", classes="list-title")
+                yield RowList(app.session.event_rows, format_event, id="events")
+        yield DetailPane()
+        if app.replay:
+            yield Timeline(id="timeline")
+        yield StatusBar(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        flows = self.query_one("#flows", RowList)
+        flows.follow = False
+        self.query_one("#events", RowList).focus()
+        app = self.app
+        assert isinstance(app, QixtuiApp)
+        app.main_ready()
+
+    def on_unmount(self) -> None:
+        app = self.app
+        assert isinstance(app, QixtuiApp)
+        app.closing = True
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_clear_flow(self) -> None:
+        app = self.app
+        assert isinstance(app, QixtuiApp)
+        if self.focused is self.query_one("#filter", Input):
+            self.query_one("#events", RowList).focus()
+        elif app.flow_filter is not None:
+            app.set_flow(None)
+
+    def action_open_flow(self) -> None:
+        app = self.app
+        assert isinstance(app, QixtuiApp)
+        app.action_open_flow()
+
+    def action_cell_filter(self) -> None:
+        """Turn the focused cell into a filter term: a header row, an event's subject, a flow."""
+        app = self.app
+        assert isinstance(app, QixtuiApp)
+        focused = self.focused
+        term: str | None = None
+        if isinstance(focused, DataTable) and focused.id == "headers":
+            event = app.current_event()
+            if event and event.headers and 0 <= focused.cursor_row < len(event.headers):
+                name, value = event.headers[focused.cursor_row]
+                term = f"header:{name}={value}"
+        elif isinstance(focused, RowList) and focused.id == "flows":
+            flow_id = focused.row_id()
+            term = f"flow:{flow_id}" if flow_id is not None else None
+        else:
+            event = app.current_event()
+            term = f"subject:{event.subject}" if event else None
+        if term is None:
+            return
+        bar = self.query_one("#filter", Input)
+        current = bar.value.strip()
+        bar.value = f"{current} {filters.quote_term(term)}".strip()
+        app.apply_filter(bar.value)
+
+    @on(Input.Changed, "#filter")
+    def validate_filter(self, event: Input.Changed) -> None:
+        status = self.query_one("#filter-status", Static)
+        try:
+            flt = filters.parse(event.value)
+        except FilterError as exc:
+            event.input.add_class("-invalid")
+            status.add_class("-invalid")
+            status.update(Text(f"✘ {exc}"))
+            return
+        event.input.remove_class("-invalid")
+        status.remove_class("-invalid")
+        n = len(flt.terms)
+        status.update(
+            Text(f"✔ {n} term{'s' if n != 1 else ''} · enter applies" if n else "no filter")
+        )
+
+    @on(Input.Submitted, "#filter")
+    def submit_filter(self, event: Input.Submitted) -> None:
+        app = self.app
+        assert isinstance(app, QixtuiApp)
+        if app.apply_filter(event.value):
+            self.query_one("#events", RowList).focus()
+
+    @on(RowList.Highlighted, "#events")
+    def event_highlighted(self, message: RowList.Highlighted) -> None:
+        app = self.app
+        assert isinstance(app, QixtuiApp)
+        app.select_event(message.row_id)
+
+    @on(RowList.Selected, "#flows")
+    def flow_selected(self, message: RowList.Selected) -> None:
+        app = self.app
+        assert isinstance(app, QixtuiApp)
+        if message.row_id is not None:
+            app.set_flow(message.row_id)
+
+
+class QixtuiCommands(Provider):
+    """Command palette entries, named "noun: verb"."""
+
+    def commands(self) -> list[tuple[str, Callable[[], object], str]]:
+        app = self.app
+        assert isinstance(app, QixtuiApp)
+        out: list[tuple[str, Callable[[], object], str]] = [
+            ("flow: open", app.action_open_flow, "Open the selected flow's waterfall"),
+            ("flow: show all", partial(app.set_flow, None), "Stop narrowing events to a flow"),
+            ("filter: clear", partial(app.apply_filter, ""), "Show every event"),
+            (
+                "filter: failed flows",
+                partial(app.apply_filter, "status:failed"),
+                "Events of failed flows",
+            ),
+            ("payload: cycle json/text/hex", app.action_payload_mode, "Change the payload view"),
+            ("events: follow tail", app.action_follow, "Jump to the newest event and follow"),
+            ("recording: export", app.action_export, "Write the shown events as JSON Lines"),
+        ]
+        if app.replay:
+            out += [
+                ("replay: play/pause", app.action_play, "Start or stop the time cursor"),
+                ("replay: speed", app.action_speed, "Cycle 1x, 10x, max"),
+            ]
+        return out
+
+    async def discover(self) -> Hits:
+        for title, callback, help_text in self.commands():
+            yield DiscoveryHit(title, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for title, callback, help_text in self.commands():
+            score = matcher.match(title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(title), callback, text=title, help=help_text)
+
+
+class QixtuiApp(App[None]):
+    """Reads one session file; tails it while a recorder writes it."""
+
+    TITLE = "qixtui"
+    COMMANDS: ClassVar = App.COMMANDS | {QixtuiCommands}
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("question_mark", "help", "Help", id="app.help"),
+        Binding("space", "play", "Play/pause", id="replay.play"),
+        Binding("s", "speed", "Speed", id="replay.speed"),
+        Binding("t", "jump", "Jump to time", id="replay.jump"),
+        Binding("n", "step(1)", "Next in flow", id="replay.next", show=False),
+        Binding("p", "step(-1)", "Prev in flow", id="replay.prev", show=False),
+    ]
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        replay: bool = False,
+        recorder_pid: int | None = None,
+        clock_ns: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.path = path
+        self.session = Session(path)
+        self.replay = replay
+        self.recorder_pid = recorder_pid
+        self.clock_ns = clock_ns
+        self.monotonic = monotonic  # the replay clock; tests drive it by hand
+        self._played_at = 0.0
+        self.typed_filter = filters.Filter()
+        self.flow_filter: int | None = None
+        self.payload_mode = "json"
+        self.flow_index = IdIndex.empty_array()
+        self.scan_generation = 0
+        self.scanning = False
+        self.rates: deque[tuple[float, int]] = deque(maxlen=20)
+        self.ticks = 0
+        self.playing = False
+        self.speed = "1x"
+        self.span = self.session.time_span()
+        self.finished = False  # the recorder closed the file: nothing will change
+        self.cursor_ns = self.span[0]
+        self._selected_id: int | None = None
+        self._detail_timer: Timer | None = None
+        self.closing = False  # the main screen is going away: timers must not touch it
+        self._replay_pick: int | None = None  # the event the replay clock last selected
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return not (action in ("play", "speed", "jump") and not self.replay)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def get_default_screen(self) -> MainScreen:
+        return MainScreen()
+
+    def main_ready(self) -> None:
+        """Fill the lists once the main screen exists, then start pulling new rows."""
+        self._events = self.main.query_one("#events", RowList)
+        self._flows = self.main.query_one("#flows", RowList)
+        self.flow_index.ids = array("q", self.session.flow_ids())
+        self.flow_index.hi = self.flow_index.ids[-1] if self.flow_index.ids else 0
+        self.flows_list.set_index(self.flow_index)
+        self.flows_list.cursor = 0 if len(self.flow_index) else -1
+        self.events_list.set_index(self.session.full_index())
+        if self.replay:
+            self.events_list.follow = False
+            self.events_list.move_to(0)
+        self.refresh_status()
+        self.poll_timer = self.set_interval(POLL_S, self.poll, name="poll session file")
+
+    @property
+    def main(self) -> MainScreen:
+        for screen in self.screen_stack:
+            if isinstance(screen, MainScreen):
+                return screen
+        raise LookupError("main screen not mounted")
+
+    @property
+    def events_list(self) -> RowList:
+        return self._events
+
+    @property
+    def flows_list(self) -> RowList:
+        return self._flows
+
+    def fetch_flows(self, first: int, last: int) -> dict[int, object]:
+        return dict(self.session.flow_rows(first, last))
+
+    # -- polling: the only way new data arrives --------------------------------------------
+
+    def poll(self) -> None:
+        if self.closing:
+            return
+        self.ticks += 1
+        max_id = self.session.max_id()
+        index = self.events_list.index
+        if index.ids is None and not self.current_filter():
+            if max_id > index.hi:
+                index.hi = max_id
+                index.scanned_to = max_id
+                self.events_list.grew()
+        elif not self.scanning and max_id > index.scanned_to:
+            self.start_scan(index, self.scan_generation)
+        if self.ticks % 10 == 0 and not self.finished:
+            self.poll_flows()
+        if self.ticks % 5 == 0:
+            self.refresh_status()
+        if self.replay and self.playing:
+            self.advance_replay()
+
+    def poll_flows(self) -> None:
+        new = self.session.flow_ids(self.flow_index.hi)
+        if new:
+            assert self.flow_index.ids is not None
+            self.flow_index.ids.extend(new)
+            self.flow_index.hi = new[-1]
+            self.flows_list.grew()
+        else:
+            self.flows_list.invalidate()  # statuses and counts change while flows run
+
+    def connection_state(self, stats: Stats) -> str:
+        if self.recorder_pid is not None:
+            return "recording" if pid_alive(self.recorder_pid) else "recorder stopped"
+        if stats.stopped:
+            return "finished"
+        if pid_alive(stats.recorder_pid):
+            return "live"
+        return "incomplete"
+
+    def refresh_status(self) -> None:
+        stats = self.session.stats()
+        self.finished = stats.stopped and self.recorder_pid is None
+        now = time.monotonic()
+        self.rates.append((now, stats.total))
+        first_t, first_n = self.rates[0]
+        rate = (stats.total - first_n) / (now - first_t) if now > first_t else 0.0
+        try:
+            main = self.main
+            status = main.query_one("#status", StatusBar)
+        except (LookupError, NoMatches):
+            return  # shutting down
+        status.show(
+            stats, self.connection_state(stats), rate, self.path.name, len(self.events_list.index)
+        )
+        banner = main.query_one("#banner", Banner)
+        if stats.open_gap_since_ns is not None:
+            banner.update(Text(f"NOT RECORDING since {clock(stats.open_gap_since_ns, date=True)}"))
+            banner.add_class("-shown")
+        else:
+            banner.remove_class("-shown")
+        if self.replay:
+            self.refresh_timeline()
+
+    # -- filtering -----------------------------------------------------------------------
+
+    def current_filter(self) -> filters.Filter:
+        terms = self.typed_filter.terms
+        if self.flow_filter is not None:
+            terms = (*terms, filters.Term("flow", value=self.flow_filter))
+        return filters.Filter(terms, self.typed_filter.source)
+
+    def apply_filter(self, text: str) -> bool:
+        try:
+            self.typed_filter = filters.parse(text)
+        except FilterError as exc:
+            self.notify(t.literal(str(exc)), severity="error", title="filter")
+            return False
+        bar = self.main.query_one("#filter", Input)
+        if bar.value != text:
+            bar.value = text
+        self.refilter()
+        return True
+
+    def set_flow(self, flow_id: int | None) -> None:
+        self.flow_filter = flow_id
+        self.refilter()
+
+    def refilter(self) -> None:
+        self.scan_generation += 1
+        flt = self.current_filter()
+        title = Text("events")
+        if self.flow_filter is not None:
+            title.append(f"  · flow #{self.flow_filter} (esc: all)", "cyan")
+        if self.typed_filter:
+            title.append("  · ")
+            title.append_text(t.literal(self.typed_filter.source, "yellow"))
+        self.main.query_one("#events-title", Static).update(title)
+        events = self.events_list
+        if not flt:
+            events.set_index(self.session.full_index())
+            self.refresh_status()
+            return
+        index = IdIndex.empty_array()
+        # The first few thousand ids are matched here, at once: a common filter fills the
+        # screen without waiting for a thread; the worker takes the rest.
+        where = filters.build(flt)
+        after = self.session.full_index().lo - 1
+        ids, index.scanned_to = scan(self.session.db, where, after, after + SCAN_NOW, SCAN_NOW)
+        assert index.ids is not None
+        index.ids.extend(ids)
+        events.set_index(index)
+        if index.scanned_to < self.session.max_id():
+            self.start_scan(index, self.scan_generation)
+
+    def start_scan(self, index: IdIndex, generation: int) -> None:
+        self.scanning = True
+        self.scan_worker(
+            index, generation, filters.build(self.current_filter()), self.session.max_id()
+        )
+
+    class ScanBatch(Message):
+        """Ids a filter scan matched in one id range (one message per batch, never per row)."""
+
+        def __init__(self, index: IdIndex, generation: int, ids: list[int], done_to: int) -> None:
+            super().__init__()
+            self.index = index
+            self.generation = generation
+            self.ids = ids
+            self.done_to = done_to
+
+    @work(thread=True, exclusive=True, group="scan", name="filter scan")
+    def scan_worker(self, index: IdIndex, generation: int, where: filters.Where, upto: int) -> None:
+        """Match the filter in id ranges, small first so the first screen comes quickly."""
+        db = self.session.connect_again()
+        worker = get_current_worker()
+        chunk = SCAN_FIRST
+        try:
+            after = index.scanned_to
+            while after < upto and not worker.is_cancelled:
+                if generation != self.scan_generation:
+                    break
+                ids, done_to = scan(db, where, after, min(upto, after + chunk), chunk)
+                after = done_to
+                chunk = min(SCAN_CHUNK, chunk * 4)
+                self.post_message(self.ScanBatch(index, generation, ids, done_to))
+        finally:
+            db.close()
+            self.post_message(self.ScanBatch(index, generation, [], -1))
+
+    def on_qixtui_app_scan_batch(self, batch: ScanBatch) -> None:
+        if batch.generation != self.scan_generation or self.closing:
+            return
+        if batch.done_to < 0:
+            self.scanning = False
+            self.refresh_status()
+            return
+        assert batch.index.ids is not None
+        batch.index.ids.extend(batch.ids)
+        batch.index.scanned_to = batch.done_to
+        if batch.ids:
+            self.events_list.grew()
+
+    # -- the selected event ----------------------------------------------------------------
+
+    def current_event(self) -> Event | None:
+        return self.session.event(self._selected_id) if self._selected_id else None
+
+    def select_event(self, event_id: int | None) -> None:
+        """Show the event a moment later: a held key or a growing scan redraws it once."""
+        self._selected_id = event_id
+        if self._detail_timer is None:
+            self._detail_timer = self.set_timer(DETAIL_DELAY_S, self._show_selected)
+
+    @property
+    def detail_pending(self) -> bool:
+        """A selection is waiting to be drawn in the detail pane."""
+        return self._detail_timer is not None
+
+    def _show_selected(self) -> None:
+        self._detail_timer = None
+        if not self.closing:
+            self.show_event(self._selected_id)
+
+    def show_event(self, event_id: int | None) -> None:
+        self._selected_id = event_id
+        event = self.session.event(event_id) if event_id is not None else None
+        links = self.session.links(event_id) if event_id is not None else []
+        self.main.query_one(DetailPane).show(event, links, self.payload_mode)
+        if event is not None and self.replay and event.id != self._replay_pick:
+            # The user picked this event: the time cursor moves to it.
+            self.cursor_ns = event.ts_ns
+            self.refresh_timeline()
+
+    def action_payload_mode(self) -> None:
+        self.payload_mode = PAYLOAD_MODES[(PAYLOAD_MODES.index(self.payload_mode) + 1) % 3]
+        event = self.current_event()
+        if event is not None:
+            self.main.query_one(DetailPane).show_payload(event.payload, self.payload_mode)
+
+    def action_follow(self) -> None:
+        self.events_list.action_last()
+
+    def action_help(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def action_open_flow(self) -> None:
+        from qixtui.ui.flowscreen import FlowScreen
+
+        flow_id = self.flow_filter
+        if flow_id is None:
+            event = self.current_event()
+            flow_id = event.flow_id if event else None
+        if flow_id is None:
+            flow_id = self.flows_list.row_id()
+        if flow_id is None:
+            self.notify("no flow selected", severity="warning")
+            return
+        self.push_screen(FlowScreen(flow_id))
+
+    def action_export(self) -> None:
+        """The shown events as JSON Lines next to the recording."""
+        stamp = dt.datetime.fromtimestamp(self.clock_ns() / 1e9).strftime("%Y%m%d-%H%M%S")
+        out = self.path.with_name(f"{self.path.stem}-export-{stamp}.jsonl")
+        self.export_worker(out, filters.build(self.current_filter()))
+
+    @work(thread=True, name="export")
+    def export_worker(self, out: Path, where: filters.Where) -> None:
+        db = self.session.connect_again()
+        count = 0
+        try:
+            with out.open("w", encoding="utf-8") as fh:
+                rows = db.execute(
+                    f"SELECT {store.EVENT_COLUMNS} FROM events WHERE {where.sql} ORDER BY id",
+                    where.params,
+                )
+                for row in rows:
+                    event = store.event_to_json(store.row_to_event(row))
+                    fh.write(json.dumps(event, ensure_ascii=False) + "\n")
+                    count += 1
+        except OSError as exc:
+            message = t.literal(f"export failed: {exc}")
+            self.call_from_thread(self.notify, message, severity="error", title="recording")
+            return
+        finally:
+            db.close()
+        message = t.literal(f"exported {count:,} events to {out}")
+        self.call_from_thread(self.notify, message, title="recording")
+
+    # -- replay --------------------------------------------------------------------------
+
+    def action_play(self) -> None:
+        self.playing = not self.playing
+        self._played_at = self.monotonic()
+        if self.playing:
+            self.events_list.follow = False
+            if self.events_list.cursor >= len(self.events_list.index) - 1:
+                self.events_list.move_to(0)
+                self.cursor_ns = self.span[0]
+        self.refresh_timeline()
+
+    def action_speed(self) -> None:
+        self.speed = SPEEDS[(SPEEDS.index(self.speed) + 1) % len(SPEEDS)]
+        self.refresh_timeline()
+
+    def action_jump(self) -> None:
+        from qixtui.ui.flowscreen import JumpScreen
+
+        self.push_screen(JumpScreen(), self.jump_to)
+
+    def jump_to(self, answer: str | None) -> None:
+        if not answer:
+            return
+        start, end = self.span
+        answer = answer.strip()
+        try:
+            if answer.startswith("+"):
+                target = start + filters.parse_duration_ns(answer[1:])
+            else:
+                day = dt.datetime.fromtimestamp(start / 1e9).date()
+                when = dt.datetime.combine(day, dt.time.fromisoformat(answer))
+                target = int(when.timestamp() * 1e9)
+        except (ValueError, FilterError):
+            self.notify(t.literal(f"not a time: {answer} (use +5s or 12:00:01)"), severity="error")
+            return
+        self.cursor_ns = min(max(target, start), end)
+        self.select_time(self.cursor_ns)
+        self.refresh_timeline()
+
+    def advance_replay(self) -> None:
+        events = self.events_list
+        if self.speed == "max":
+            if events.cursor >= len(events.index) - 1:
+                self.playing = False
+            else:
+                events.move_to(events.cursor + 1)
+                self._replay_pick = events.row_id()
+                row = events.row(events.cursor)
+                self.cursor_ns = row[1] if row else self.cursor_ns
+        else:
+            # Wall time since the last step, so late timer ticks neither slow nor speed replay.
+            now = self.monotonic()
+            elapsed, self._played_at = now - self._played_at, now
+            self.cursor_ns += round(elapsed * 1e9 * (10 if self.speed == "10x" else 1))
+            if self.cursor_ns >= self.span[1]:
+                self.cursor_ns = self.span[1]
+                self.playing = False
+            self.select_time(self.cursor_ns)
+        self.refresh_timeline()
+
+    def select_time(self, ts_ns: int) -> None:
+        """Move the cursor to the last shown event at or before ts_ns (binary search by page)."""
+        events = self.events_list
+        lo, hi = 0, len(events.index) - 1
+        best = 0
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            row = events.row(mid)
+            if row is not None and row[1] <= ts_ns:
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        self._replay_pick = events.row_id(best)
+        if best != events.cursor:
+            events.move_to(best)
+
+    def action_step(self, direction: int) -> None:
+        event = self.current_event()
+        if event is None or event.flow_id is None:
+            self.notify("the selected event has no flow", severity="warning")
+            return
+        target = self.session.next_in_flow(event.flow_id, event.id, direction > 0)
+        if target is None:
+            self.notify("no more events in this flow", severity="information")
+            return
+        pos = self.events_list.index.position_of(target)
+        if pos is None:
+            self.notify("that event is hidden by the filter", severity="warning")
+            return
+        self.events_list.follow = False
+        self.events_list.move_to(pos)
+        ts = self.session.ts_of(target)
+        if ts is not None:
+            self.cursor_ns = ts
+        self.refresh_timeline()
+
+    def refresh_timeline(self) -> None:
+        if not self.replay:
+            return
+        self.span = self.session.time_span()
+        self.main.query_one("#timeline", Timeline).show(
+            self.span[0],
+            self.span[1],
+            self.cursor_ns,
+            self.playing,
+            self.speed,
+            self.session.gaps(),
+        )

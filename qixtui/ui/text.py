@@ -1,0 +1,64 @@
+"""The one way bus- or file-sourced strings reach the screen: escaped, and never markup."""
+
+from __future__ import annotations
+
+import json
+
+from rich.style import Style
+from rich.text import Text
+
+from qixtui.core.text import visible
+
+PREVIEW_BYTES = 200
+DETAIL_BYTES = 64 * 1024
+
+
+def literal(value: object, style: str | Style = "", *, multiline: bool = False) -> Text:
+    """Untrusted text as a Rich Text: control characters shown as escapes, brackets literal."""
+    return Text(visible(str(value), multiline=multiline), style=style, no_wrap=not multiline)
+
+
+def plain(value: object, *, multiline: bool = False) -> str:
+    """Escaped text for places that take no markup at all (Input values, file names in logs)."""
+    return visible(str(value), multiline=multiline)
+
+
+def payload_preview(payload: bytes, limit: int = 120) -> str:
+    """One escaped line from the start of a payload, for lists."""
+    head = payload[:PREVIEW_BYTES].decode("utf-8", errors="replace")
+    line = visible(head)
+    return line[:limit] + ("…" if len(line) > limit or len(payload) > PREVIEW_BYTES else "")
+
+
+def payload_json(payload: bytes) -> Text | None:
+    """Pretty JSON, or None when the payload is not JSON."""
+    if len(payload) > DETAIL_BYTES:
+        return None
+    try:
+        value = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return literal(json.dumps(value, indent=2, ensure_ascii=False), multiline=True)
+
+
+def payload_text(payload: bytes) -> Text:
+    head = payload[:DETAIL_BYTES].decode("utf-8", errors="replace")
+    out = literal(head, multiline=True)
+    if len(payload) > DETAIL_BYTES:
+        out.append(f"\n… {len(payload) - DETAIL_BYTES:,} more bytes", style="dim")
+    return out
+
+
+def hex_dump(payload: bytes, width: int = 16) -> Text:
+    """Offset, hex bytes and printable ASCII (everything else as '.')."""
+    data = payload[:DETAIL_BYTES]
+    lines = []
+    for offset in range(0, len(data), width):
+        chunk = data[offset : offset + width]
+        hexes = " ".join(f"{b:02x}" for b in chunk)
+        ascii_ = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        lines.append(f"{offset:08x}  {hexes:<{width * 3 - 1}}  {ascii_}")
+    out = Text("\n".join(lines))
+    if len(payload) > DETAIL_BYTES:
+        out.append(f"\n… {len(payload) - DETAIL_BYTES:,} more bytes", style="dim")
+    return out

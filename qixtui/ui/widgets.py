@@ -1,0 +1,207 @@
+"""The main screen's parts: row formats, the detail pane, the status bar and the replay timeline."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import DataTable, Static
+
+from qixtui.core.model import Event, Flow, Gap
+from qixtui.ui import text as t
+from qixtui.ui.data import Stats, clock, duration, human_bytes
+
+STATUS_LOOK = {
+    "completed": ("✔", "green"),
+    "failed": ("✘", "bold red"),
+    "compensated": ("↺", "yellow"),
+    "stalled": ("◌", "magenta"),
+    "running": ("●", "cyan"),
+    "open": ("●", "cyan"),
+}
+
+
+def status_text(status: str) -> Text:
+    symbol, colour = STATUS_LOOK.get(status, ("?", "dim"))
+    return t.literal(f"{symbol} {status}", colour)
+
+
+def format_event(row: Any, width: int) -> Text:
+    """id, ts_ns, subject, size, flow_id, payload head, reply -> one line."""
+    _event_id, ts_ns, subject, size, flow_id, head, reply = row
+    line = Text(no_wrap=True)
+    line.append(clock(ts_ns), "dim")
+    line.append(f" {'#' + str(flow_id) if flow_id is not None else '-':>6} ", "cyan")
+    room = min(36, max(16, width // 3))
+    line.append_text(t.literal(f"{t.plain(subject)[:room]:<{room}}", "bold"))
+    line.append(f" {human_bytes(size):>6} ", "dim")
+    line.append("↩ " if reply else "  ", "yellow")
+    line.append_text(t.literal(t.payload_preview(bytes(head), max(0, width - room - 30))))
+    return line
+
+
+def format_flow(flow: Flow, width: int) -> Text:
+    line = Text(no_wrap=True)
+    line.append(f"#{flow.flow_id:<5} ", "cyan")
+    symbol, colour = STATUS_LOOK.get(flow.status, ("?", "dim"))
+    line.append_text(t.literal(f"{symbol} {flow.status[:11]:<11}", colour))
+    line.append(f" {duration(flow.ended_ns - flow.started_ns):>7}", "")
+    line.append(f" {flow.events:>5}ev ", "dim")
+    if flow.orchestrated:
+        line.append("⚙ ", "magenta")
+    line.append_text(t.literal(",".join(flow.services)[:24], "bold"))
+    line.append(" ")
+    line.append_text(t.literal(" → ".join(flow.variant), "dim"))
+    return line
+
+
+class DetailPane(Vertical):
+    """The selected event in full; read when selected, never before."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("x", "app.payload_mode", "JSON/text/hex", id="detail.payload_mode"),
+    ]
+    DEFAULT_CSS = """
+    DetailPane { height: 45%; border-top: solid $primary; }
+    DetailPane #detail-left { width: 1fr; }
+    DetailPane #detail-meta { height: auto; }
+    DetailPane DataTable { height: auto; max-height: 8; scrollbar-size-horizontal: 0; }
+    DetailPane #payload-box { width: 1fr; border-left: solid $primary-darken-2; }
+    DetailPane .caption { color: $text-muted; text-style: bold; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            with VerticalScroll(id="detail-left"):
+                yield Static(Text("no event selected", style="dim"), id="detail-meta")
+                yield Static(Text("headers"), classes="caption")
+                yield DataTable(id="headers", cursor_type="row", zebra_stripes=True)
+                yield Static(Text("why in this flow (links)"), classes="caption")
+                yield DataTable(id="links", cursor_type="row")
+            with VerticalScroll(id="payload-box"):
+                yield Static(Text("payload"), id="payload-caption", classes="caption")
+                yield Static(Text(""), id="payload")
+
+    def on_mount(self) -> None:
+        # Fixed widths: columns that resize to their rows make the pane jump as you scroll.
+        headers = self.query_one("#headers", DataTable)
+        headers.add_column("name", width=20)
+        headers.add_column("value", width=32)
+        links = self.query_one("#links", DataTable)
+        links.add_column("kind", width=8)
+        links.add_column("key", width=36)
+        links.add_column("parent", width=7)
+
+    def show(
+        self, event: Event | None, links: list[tuple[str, str, int | None]], mode: str
+    ) -> None:
+        meta = self.query_one("#detail-meta", Static)
+        headers = self.query_one("#headers", DataTable)
+        link_table = self.query_one("#links", DataTable)
+        headers.clear()
+        link_table.clear()
+        if event is None:
+            meta.update(Text("no event selected", style="dim"))
+            self.query_one("#payload", Static).update(Text(""))
+            return
+        info = Text()
+        info.append("subject  ", "dim")
+        info.append_text(t.literal(event.subject, "bold"))
+        info.append("\nreply-to ", "dim")
+        info.append_text(t.literal(event.reply or "-"))
+        info.append("\ntime     ", "dim")
+        info.append(clock(event.ts_ns, date=True))
+        info.append("\nevent    ", "dim")
+        info.append(f"#{event.id}  flow {'#' + str(event.flow_id) if event.flow_id else '-'}")
+        info.append(f"  {len(event.payload):,} bytes")
+        meta.update(info)
+        for name, value in event.headers or []:
+            headers.add_row(t.literal(name, "bold"), t.literal(value))
+        for kind, key, parent in links:
+            link_table.add_row(
+                t.literal(kind), t.literal(key), Text(f"#{parent}" if parent else "-")
+            )
+        self.show_payload(event.payload, mode)
+
+    def show_payload(self, payload: bytes, mode: str) -> None:
+        body: Text | None = None
+        shown = mode
+        if mode == "json":
+            body = t.payload_json(payload)
+            if body is None:
+                shown = "text (not JSON)"
+        if body is None and mode != "hex":
+            body = t.payload_text(payload)
+        if mode == "hex":
+            body = t.hex_dump(payload)
+        caption = Text(f"payload · {shown} · {len(payload):,} bytes   ")
+        caption.append("x: json/text/hex", "dim")
+        self.query_one("#payload-caption", Static).update(caption)
+        self.query_one("#payload", Static).update(body or Text(""))
+
+
+class StatusBar(Static):
+    DEFAULT_CSS = """
+    StatusBar { height: 1; background: $panel; color: $text; padding: 0 1; }
+    """
+
+    def show(self, stats: Stats, state: str, rate: float, path_name: str, shown: int) -> None:
+        line = Text(no_wrap=True)
+        colour = {"recording": "green", "live": "green", "finished": "cyan"}.get(state, "yellow")
+        if stats.open_gap_since_ns is not None:
+            state, colour = "NOT RECORDING", "bold red"
+        line.append(f"● {state}", colour)
+        line.append(f"  {rate:,.0f} ev/s  ", "")
+        line.append(f"{stats.total:,} events", "bold")
+        if shown != stats.total:
+            line.append(f" ({shown:,} shown)", "dim")
+        drops = "bold red" if stats.dropped else "dim"
+        line.append(f"  drops {stats.dropped:,}", drops)
+        line.append(f"  gaps {stats.gaps}", "bold red" if stats.gaps else "dim")
+        line.append("  ")
+        line.append_text(t.literal(path_name, "dim"))
+        line.append(f" {human_bytes(stats.file_bytes)}", "dim")
+        self.update(line)
+
+
+class Timeline(Static):
+    """Replay's time cursor over the whole recording, gaps in red."""
+
+    DEFAULT_CSS = """
+    Timeline { height: 2; background: $boost; padding: 0 1; }
+    """
+
+    def show(
+        self,
+        start_ns: int,
+        end_ns: int,
+        cursor_ns: int,
+        playing: bool,
+        speed: str,
+        gaps: list[Gap],
+    ) -> None:
+        width = max(10, self.size.width - 2)
+        span = max(1, end_ns - start_ns)
+        head = Text(no_wrap=True)
+        head.append("▶ playing" if playing else "⏸ paused", "bold green" if playing else "bold")
+        head.append(f"  {speed}  ", "bold cyan")
+        head.append(clock(cursor_ns), "bold")
+        head.append(f"  +{duration(max(0, cursor_ns - start_ns))} of {duration(span)}", "dim")
+        head.append("   space play/pause · s speed · t jump · n/p flow step", "dim")
+        bar = Text(no_wrap=True)
+        cells = ["─"] * width
+        styles = ["dim"] * width
+        for gap in gaps:
+            g_end = gap.end_ns if gap.end_ns is not None else end_ns
+            a = int((gap.start_ns - start_ns) * (width - 1) / span)
+            b = int((g_end - start_ns) * (width - 1) / span)
+            for c in range(max(0, a), min(width, b + 1)):
+                cells[c], styles[c] = "░", "bold red"
+        pos = min(width - 1, max(0, int((cursor_ns - start_ns) * (width - 1) / span)))
+        cells[pos], styles[pos] = "█", "bold yellow"
+        for ch, style in zip(cells, styles, strict=True):
+            bar.append(ch, style)
+        self.update(head + Text("\n") + bar)

@@ -1,0 +1,119 @@
+"""The filter language: parsing, error messages, and the SQL it builds run on a real file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from qixtui.core import filters, store
+from qixtui.core.model import Event, Flow
+
+
+def _event(i: int, subject: str, payload: bytes, headers=None, flow: int | None = None) -> Event:
+    return Event(
+        ts_ns=1_000 + i, subject=subject, reply=None, headers=headers, payload=payload, id=i,
+        flow_id=flow,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def db(session_path: Path) -> sqlite3.Connection:
+    conn = store.create_session(session_path)
+    events = [
+        _event(1, "orders.1.created", b'{"order_id": 1, "amount": 10}', [("X-Trace", "a")], 1),
+        _event(2, "orders.2.created", b'{"order_id": 2, "ok": true}', [("x-trace", "b")], 2),
+        _event(3, "orders.2.paid.late", b"plain hello world", None, 2),
+        _event(4, "shop.order.placed", b'{"data": {"items": [{"sku": "A-1"}]}}', None, 3),
+        _event(5, "shop.x", b"\xff\xfe not json", [("Dup", "1"), ("Dup", "2")], None),
+    ]
+    with store.transaction(conn):
+        store.insert_events(conn, events)
+        store.upsert_flows(
+            conn,
+            [
+                Flow(1, "completed", 1_000, 1_000 + 3_000_000_000, 1),
+                Flow(2, "failed", 1_000, 1_000 + 500_000_000, 2),
+                Flow(3, "completed", 1_000, 1_000 + 10, 1),
+            ],
+        )
+    filters.install_functions(conn)
+    return conn
+
+
+def ids(db: sqlite3.Connection, text: str) -> list[int]:
+    where = filters.build(filters.parse(text))
+    return [
+        r[0]
+        for r in db.execute(f"SELECT id FROM events WHERE {where.sql} ORDER BY id", where.params)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", [1, 2, 3, 4, 5]),
+        ("orders.*.created", [1, 2]),
+        ("orders.>", [1, 2, 3]),
+        ("orders.*", []),
+        ("*.2.>", [2, 3]),
+        ("subject:shop.x", [5]),
+        ("shop.>", [4, 5]),
+        ("header:x-trace=a", [1]),
+        ("header:X-TRACE", [1, 2]),
+        ("header:Dup=2", [5]),
+        ("json:/order_id=2", [2]),
+        ("json:/amount", [1]),
+        ("json:/ok=true", [2]),
+        ("json:/data/items/0/sku=A-1", [4]),
+        ('json:/data/items/0/sku="A-1"', [4]),
+        ("hello", [3]),
+        ('"hello world"', [3]),
+        ("text:order_id", [1, 2]),
+        ("status:failed", [2, 3]),
+        ("flow:1", [1]),
+        ("duration>2s", [1]),
+        ("duration<=500ms", [2, 3, 4]),
+        ("orders.> status:failed hello", [3]),
+    ],
+)
+def test_filters_select_the_right_events(
+    db: sqlite3.Connection, text: str, expected: list[int]
+) -> None:
+    assert ids(db, text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("foo:bar", "unknown filter 'foo:'"),
+        ('"open', "unclosed quote"),
+        ("orders.>.x", "'>' may only be the last token"),
+        ("orders.a*", "'*' must be a whole token"),
+        ("json:order_id=1", "must start with '/'"),
+        ("flow:abc", "a flow id is a number"),
+        ("header:=x", "header: needs a name"),
+        ("duration>soon", "write duration>2s"),
+        ("status:", "status: needs a value"),
+        ("subject:orders..x", "empty token"),
+    ],
+)
+def test_bad_filters_say_why(text: str, message: str) -> None:
+    with pytest.raises(filters.FilterError) as info:
+        filters.parse(text)
+    assert message in str(info.value)
+
+
+def test_quote_term_round_trips() -> None:
+    term = filters.quote_term("header:X-Name=two words")
+    assert filters.parse(term).terms == (filters.Term("header", "X-Name", "=", "two words"),)
+
+
+def test_pointer_escapes() -> None:
+    assert filters.pointer_to_path("/a~1b/m~0n/3") == '$."a/b"."m~n"[3]'
+
+
+def test_durations() -> None:
+    assert filters.parse_duration_ns("1.5m") == 90_000_000_000
+    assert filters.parse_duration_ns("150ms") == 150_000_000

@@ -1,0 +1,159 @@
+"""The real terminal: `qixtui replay` and `qixtui tap` run inside tmux, read back from the pane."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from ui.sessions import shop_session
+
+from qixtui.core import store
+from qixtui_nats.server import EmbeddedServer
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+
+class Tmux:
+    """One tmux server on a private socket, so nothing else's sessions are touched."""
+
+    def __init__(self) -> None:
+        self.socket = f"qixtui-test-{uuid.uuid4().hex[:8]}"
+
+    def run(self, *args: str) -> str:
+        out = subprocess.run(
+            ["tmux", "-L", self.socket, "-f", "/dev/null", *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout
+
+    def start(self, command: list[str], cwd: Path) -> None:
+        env = " ".join(f"{k}={v}" for k, v in (("TZ", "UTC"), ("TERM", "xterm-256color")))
+        line = f"cd {cwd} && env -u COLUMNS -u LINES {env} " + " ".join(command)
+        self.run("new-session", "-d", "-s", "qx", "-x", "140", "-y", "40", line)
+        self.run("resize-window", "-t", "qx", "-x", "140", "-y", "40")
+
+    def pane(self) -> str:
+        return self.run("capture-pane", "-p", "-t", "qx")
+
+    def keys(self, *keys: str) -> None:
+        self.run("send-keys", "-t", "qx", *keys)
+
+    def wait_for(self, check: Callable[[str], bool], timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        pane = ""
+        while time.monotonic() < deadline:
+            pane = self.pane()
+            if check(pane):
+                return pane
+            time.sleep(0.1)
+        raise AssertionError(f"pane never matched; last capture:\n{pane}")
+
+    def alive(self) -> bool:
+        return "qx" in self.run("list-sessions", "-F", "#{session_name}")
+
+    def close(self) -> None:
+        self.run("kill-server")
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    t = Tmux()
+    yield t
+    t.close()
+
+
+def qixtui(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qixtui", *args]
+
+
+def test_replay_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:
+    path = shop_session(tmp_path / "shop.qix")
+    tmux.start(qixtui("replay", str(path)), tmp_path)
+    pane = tmux.wait_for(lambda p: "shop.heartbeat.stock" in p and "finished" in p)
+    assert "✔ completed" in pane
+    assert "⏸ paused" in pane
+    assert "12 events" in pane
+    tmux.keys("/")
+    time.sleep(1)  # focus moves after the key is handled; typing sooner lands on the list
+    tmux.keys("-l", "json:/order_id=2")
+    tmux.wait_for(lambda p: "json:/order_id=2" in p and "✔ 1 term" in p)
+    tmux.keys("Enter")
+    pane = tmux.wait_for(lambda p: "(3 shown)" in p)
+    assert "shop.payment.declined" in pane
+    assert "shop.pricing.quote" not in pane
+    tmux.keys("w")
+    pane = tmux.wait_for(lambda p: "flow #2" in p and "causes" in p)
+    assert "✘ failed" in pane
+    tmux.keys("Escape")
+    tmux.wait_for(lambda p: "causes" not in p)  # ESC then q at once would read as alt+q
+    tmux.keys("q")
+    deadline = time.monotonic() + 10
+    while tmux.alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not tmux.alive()
+
+
+def publish_until(url: str, stop: threading.Event, sent: list[int]) -> None:
+    async def main() -> None:
+        nc = await nats.connect(url)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await nc.publish(
+                f"shop.order.e2e{n}",
+                f'{{"order_id": {n}}}'.encode(),
+                headers={"X-Correlation-ID": f"ord-{n}"},
+            )
+            await nc.flush()
+            sent[0] = n
+            await asyncio.sleep(0.1)
+        await nc.close()
+
+    asyncio.run(main())
+
+
+def test_tap_records_and_shows_a_live_bus(tmux: Tmux, tmp_path: Path) -> None:
+    out = tmp_path / "tap.qix"
+    with EmbeddedServer() as server:
+        tmux.start(qixtui("tap", "-s", server.url, "-o", str(out)), tmp_path)
+        tmux.wait_for(lambda p: "recording" in p, timeout=30)
+        stop = threading.Event()
+        sent = [0]
+        publisher = threading.Thread(target=publish_until, args=(server.url, stop, sent))
+        publisher.start()
+        try:
+            pane = tmux.wait_for(lambda p: "shop.order.e2e5" in p, timeout=30)
+            assert "● recording" in pane
+            assert "tap.qix" in pane
+            # The list follows the tail: newer events keep appearing at the bottom.
+            first = sent[0]
+            pane = tmux.wait_for(lambda p: f"shop.order.e2e{first + 5}" in p, timeout=30)
+        finally:
+            stop.set()
+            publisher.join()
+        tmux.keys("q")
+        deadline = time.monotonic() + 20
+        while tmux.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not tmux.alive()
+    # Quitting stopped the recorder with SIGINT: it flushed and closed the session.
+    db = store.open_session(out)
+    meta = store.get_meta(db)
+    assert "stopped_ns" in meta
+    recorded = db.execute("SELECT count(*) FROM events WHERE subject GLOB 'shop.order.e2e*'")
+    assert recorded.fetchone()[0] == sent[0]
+    pid = int(meta["recorder_pid"])
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

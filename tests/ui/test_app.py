@@ -1,0 +1,320 @@
+"""The app on real session files, driven by Pilot; every test asserts what is on screen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from textual.widgets import Input, Static, Tree
+
+from qixtui.core import store
+from qixtui.core.model import Event
+from qixtui.ui.app import QixtuiApp
+from qixtui.ui.flowscreen import FlowScreen
+from qixtui.ui.rowlist import RowList
+from ui.sessions import MS, T0, screen_text, settle, shop_session
+
+SIZE = (140, 40)
+
+
+def static_text(app: QixtuiApp, selector: str) -> str:
+    return str(app.screen.query_one(selector, Static).render())
+
+
+async def test_opens_a_recording_with_flows_events_and_status(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        text = screen_text(app)
+        assert "✔ completed" in text
+        assert "✘ failed" in text
+        assert "◌ stalled" in text
+        assert "shop.pricing.quote" in text
+        assert "12 events" in text
+        assert "finished" in text
+        assert "gaps 1" in text
+        assert "shop.qix" in text
+        # Newest at the bottom, selected, and shown in the detail pane.
+        assert app.screen.query_one("#events", RowList).cursor == 11
+        assert "shop.heartbeat.stock" in static_text(app, "#detail-meta")
+
+
+async def test_selecting_a_flow_narrows_the_events(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        flows = app.screen.query_one("#flows", RowList)
+        flows.focus()
+        await pilot.press("down", "enter")
+        await settle(pilot)
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        events = app.screen.query_one("#events", RowList)
+        assert len(events.index) == 3
+        text = screen_text(app)
+        assert "flow #2" in text
+        assert "shop.payment.declined" in text
+        assert "shop.pricing.quote" not in text
+        await pilot.press("escape")
+        await settle(pilot)
+        assert len(events.index) == 12
+
+
+async def test_flow_screen_shows_waterfall_tree_and_events(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        app.screen.query_one("#flows", RowList).focus()
+        await pilot.press("enter", "w")
+        await settle(pilot)
+        assert isinstance(app.screen, FlowScreen)
+        text = screen_text(app)
+        assert "flow #1" in text
+        assert "├" in text
+        assert "┤" in text
+        assert "◆" in text  # the critical path
+        for lane in ("order", "pricing", "payment", "stock"):
+            assert f"\n{lane} " in "\n" + "\n".join(x.strip("│ ") for x in text.splitlines())
+        tree = app.screen.query_one("#causal", Tree)
+        root_children = tree.root.children
+        assert str(root_children[0].label).endswith("shop.order.placed")
+        assert str(root_children[0].children[0].label).endswith("shop.pricing.quote")
+        assert len(app.screen.query_one("#flow-events", RowList).index) == 6
+        await pilot.press("escape")
+        assert not isinstance(app.screen, FlowScreen)
+
+
+async def test_idle_stretch_folds(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.workers.wait_for_complete()
+        app.set_flow(3)
+        app.action_open_flow()
+        await settle(pilot)
+        assert "s folded)" not in static_text(app, "#waterfall")
+        assert "░" in static_text(app, "#waterfall")  # the recorded gap inside the flow
+        await pilot.press("z")
+        await settle(pilot)
+        lanes = static_text(app, "#waterfall").splitlines()[1:-1]
+        assert any("⋯" in lane for lane in lanes)
+        assert "4.00s folded" in static_text(app, "#waterfall")
+
+
+async def filter_to(app: QixtuiApp, pilot, text: str) -> None:  # type: ignore[no-untyped-def]
+    await pilot.press("slash")
+    bar = app.screen.query_one("#filter", Input)
+    bar.value = text
+    await pilot.press("enter")
+    await settle(pilot)
+    await app.workers.wait_for_complete()
+    await settle(pilot)
+
+
+async def test_filter_by_header(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await filter_to(app, pilot, "header:tenant=blue")
+        events = app.screen.query_one("#events", RowList)
+        assert len(events.index) == 1
+        assert "shop.order.completed" in static_text(app, "#detail-meta")
+        assert "(1 shown)" in screen_text(app)
+
+
+async def test_filter_by_json_pointer(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await filter_to(app, pilot, "json:/order_id=2")
+        events = app.screen.query_one("#events", RowList)
+        assert len(events.index) == 3
+        text = screen_text(app)
+        assert "shop.payment.declined" in text
+        assert "shop.payment.authorized" not in text
+
+
+async def test_invalid_filter_is_shown_as_such(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("slash", *"json:order")
+        await settle(pilot)
+        bar = app.screen.query_one("#filter", Input)
+        assert bar.has_class("-invalid")
+        assert "must start with '/'" in static_text(app, "#filter-status")
+        await pilot.press("enter")
+        await settle(pilot)
+        assert len(app.screen.query_one("#events", RowList).index) == 12
+
+
+async def test_f_on_a_header_cell_filters_by_it(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        events = app.screen.query_one("#events", RowList)
+        events.move_to(5)  # shop.order.completed, with headers X-Correlation-ID and Tenant
+        await settle(pilot)
+        table = app.screen.query_one("#headers")
+        table.focus()
+        await pilot.press("down", "f")
+        await settle(pilot)
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert app.screen.query_one("#filter", Input).value == "header:Tenant=blue"
+        assert len(events.index) == 1
+
+
+async def test_payload_json_text_and_hex(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        app.screen.query_one("#events", RowList).move_to(0)
+        await settle(pilot)
+        assert '"order_id": 1,' in static_text(app, "#payload")  # pretty JSON
+        await pilot.press("x")
+        assert '{"order_id": 1, "amount": 30}' in static_text(app, "#payload")
+        await pilot.press("x")
+        await settle(pilot)
+        payload = static_text(app, "#payload")
+        assert "00000000  7b 22 6f 72" in payload
+        assert "hex" in static_text(app, "#payload-caption")
+
+
+async def test_tail_follow_turns_off_when_scrolling_up_and_back_on_with_end(
+    tmp_path: Path,
+) -> None:
+    path = shop_session(tmp_path / "live.qix", stopped=False)
+    writer = store.open_session(path, readonly=False)
+    app = QixtuiApp(path)
+    async with app.run_test(size=SIZE) as pilot:
+        events = app.screen.query_one("#events", RowList)
+
+        async def append(n: int) -> None:
+            first = store.next_event_id(writer)
+            rows = [
+                Event(T0 + (5_000 + i) * MS, f"live.tick.{i}", None, None, b"{}", i)
+                for i in range(first, first + n)
+            ]
+            with store.transaction(writer):
+                store.insert_events(writer, rows)
+            while len(events.index) < first + n - 1:  # the poll timer picks them up
+                await pilot.pause(0.05)
+            await settle(pilot)
+
+        await append(50)
+        assert events.follow
+        assert events.cursor == 61
+        assert "live.tick.62" in screen_text(app)
+        await pilot.press("up", "up", "up")
+        assert not events.follow
+        await append(10)
+        assert events.cursor == 58  # stayed where the user looked
+        assert "live.tick.72" not in screen_text(app)
+        await pilot.press("end")
+        await settle(pilot)
+        assert events.follow
+        assert events.cursor == 71
+        assert "live.tick.72" in screen_text(app)
+    writer.close()
+
+
+async def test_replay_plays_at_10x(shop: Path) -> None:
+    wall = [100.0]
+    app = QixtuiApp(shop, replay=True, monotonic=lambda: wall[0])
+    async with app.run_test(size=SIZE) as pilot:
+        events = app.screen.query_one("#events", RowList)
+        assert events.cursor == 0
+        assert "⏸ paused" in static_text(app, "#timeline")
+        await pilot.press("s")
+        await pilot.press("space")
+        assert "▶ playing  10x" in static_text(app, "#timeline")
+        wall[0] += 0.3  # 300 ms of wall time is 3 s of recording at 10x
+        while app.cursor_ns == T0:  # the poll timer takes the step
+            await pilot.pause(0.05)
+        assert app.cursor_ns == T0 + 3_000_000_000
+        await pilot.press("space")
+        assert "⏸ paused" in static_text(app, "#timeline")
+        assert "+3.00s of 4.60s" in static_text(app, "#timeline")
+        assert "█" in static_text(app, "#timeline")
+        # The selection follows the cursor: the last event at or before +3 s (flow 3 placed).
+        assert events.cursor == 9
+        assert "shop.order.placed" in static_text(app, "#detail-meta")
+        wall[0] += 1.0
+        await pilot.pause(0.3)
+        assert app.cursor_ns == T0 + 3_000_000_000  # paused means paused
+
+
+async def test_replay_steps_through_a_flow(shop: Path) -> None:
+    app = QixtuiApp(shop, replay=True)
+    async with app.run_test(size=SIZE) as pilot:
+        events = app.screen.query_one("#events", RowList)
+        await pilot.press("n")
+        assert events.cursor == 1
+        await pilot.press("n", "n")
+        assert events.cursor == 3  # via the pricing reply, all flow 1
+        await pilot.press("p")
+        assert events.cursor == 2
+        assert "_INBOX.q1" in static_text(app, "#detail-meta")
+
+
+async def test_command_palette_has_noun_verb_commands(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await settle(pilot)
+        await pilot.press(*"filter: fail")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await settle(pilot)
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert app.screen.query_one("#filter", Input).value == "status:failed"
+        assert len(app.screen.query_one("#events", RowList).index) == 3
+
+
+async def test_every_binding_has_an_id(shop: Path) -> None:
+    from qixtui.ui import app as app_module
+    from qixtui.ui import flowscreen, rowlist, widgets
+
+    classes = [
+        app_module.QixtuiApp,
+        app_module.MainScreen,
+        flowscreen.FlowScreen,
+        flowscreen.JumpScreen,
+        rowlist.RowList,
+        widgets.DetailPane,
+    ]
+    for cls in classes:
+        for binding in cls.BINDINGS:
+            assert binding.id, f"{cls.__name__} {binding.key} has no id"  # type: ignore[union-attr]
+
+
+async def test_mouse_click_selects_an_event(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.click("#events", offset=(20, 1))
+        await settle(pilot)
+        assert app.screen.query_one("#events", RowList).cursor == 1
+        assert "shop.pricing.quote" in static_text(app, "#detail-meta")
+
+
+async def test_jump_to_time_moves_the_replay_cursor(shop: Path) -> None:
+    app = QixtuiApp(shop, replay=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("t")
+        await settle(pilot)
+        await pilot.press(*"+4.55s", "enter")
+        await settle(pilot)
+        assert app.cursor_ns == T0 + 4_550 * MS
+        assert app.screen.query_one("#events", RowList).cursor == 10  # payment at +4.5 s
+        assert "+4.55s of 4.60s" in static_text(app, "#timeline")
+
+
+async def test_export_writes_the_shown_events(shop: Path) -> None:
+    app = QixtuiApp(shop, clock_ns=lambda: T0)
+    async with app.run_test(size=SIZE) as pilot:
+        app.set_flow(2)
+        await settle(pilot)
+        app.action_export()
+        await settle(pilot)
+    exports = list(shop.parent.glob("shop-export-*.jsonl"))
+    assert len(exports) == 1
+    lines = [json.loads(line) for line in exports[0].read_text().splitlines()]
+    assert [e["subject"] for e in lines] == [
+        "shop.order.placed",
+        "shop.payment.declined",
+        "shop.order.cancelled",
+    ]
