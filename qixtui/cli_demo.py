@@ -176,11 +176,29 @@ class DemoStack:
             self.server.close()
 
 
+def shop_arguments(seed: int | None, rate: float) -> list[str]:
+    return ["--rate", str(rate)] + (["--seed", str(seed)] if seed is not None else [])
+
+
+def run_on_screen(output: Path, seed: int | None, rate: float, work: Path) -> dict[str, Any]:
+    """The live session in the TUI until the user quits; then everything stops by pid."""
+    stack = DemoStack(output, work, shop_arguments(seed, rate))
+    stack.start()
+    try:
+        from qixtui.ui.app import QixtuiApp
+
+        assert stack.recorder is not None
+        QixtuiApp(output, recorder_pid=stack.recorder.pid).run()
+    except BaseException:
+        stack.close()
+        raise
+    return stack.stop()
+
+
 def run_headless(
     output: Path, duration: float, seed: int | None, rate: float, work: Path
 ) -> dict[str, Any]:
-    shop_args = ["--rate", str(rate)] + (["--seed", str(seed)] if seed is not None else [])
-    stack = DemoStack(output, work, shop_args)
+    stack = DemoStack(output, work, shop_arguments(seed, rate))
     stack.start()
     try:
         wait_or_interrupt(duration)
@@ -199,7 +217,12 @@ def run_headless(
     show_default=True,
     help="Seconds of orders (--headless); Ctrl-C ends sooner.",
 )
-@click.option("-o", "--output", type=click.Path(), help="Session file to create (--headless).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(),
+    help="Session file to create (default: a new file under the user data dir).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of the path.")
 @click.option("--seed", type=int, help="Same seed, same orders and outcomes (default random).")
 @click.option(
@@ -214,11 +237,9 @@ def demo(
     rate: float,
 ) -> None:
     """The demo shop on an embedded NATS server, recorded into a session file."""
-    if not headless:
-        fail("the demo screen is not built yet: run `qixtui demo --headless -o FILE`")
-    if output is None:
-        fail("--headless needs -o FILE, the session file to create")
-    path = Path(output)
+    from qixtui.cli_tui import default_session_path
+
+    path = Path(output) if output else default_session_path("demo")
     if path.exists() and path.stat().st_size > 0:
         fail(f"{path}: already exists; choose another output file")
     try:
@@ -227,7 +248,10 @@ def demo(
         fail(f"{path}: cannot create its folder: {exc.strerror}")
     with tempfile.TemporaryDirectory(prefix="qixtui-demo-") as work:
         try:
-            result = run_headless(path, duration, seed, rate, Path(work))
+            if headless:
+                result = run_headless(path, duration, seed, rate, Path(work))
+            else:
+                result = run_on_screen(path, seed, rate, Path(work))
         except DemoError as exc:
             fail(str(exc))
     if as_json:

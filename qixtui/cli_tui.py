@@ -23,17 +23,17 @@ RECORDER_START_S = 10.0
 RECORDER_STOP_S = 15.0
 
 
-def default_session_path() -> Path:
-    """A new file under the user data dir, named by the local time it starts."""
+def default_session_path(kind: str = "tap") -> Path:
+    """A new file under the user data dir, named by what made it and the local time."""
     import platformdirs
 
     base = Path(platformdirs.user_data_dir("qixtui")) / "sessions"
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = base / f"tap-{stamp}.qix"
+    path = base / f"{kind}-{stamp}.qix"
     n = 1
     while path.exists():
         n += 1
-        path = base / f"tap-{stamp}-{n}.qix"
+        path = base / f"{kind}-{stamp}-{n}.qix"
     return path
 
 

@@ -133,6 +133,11 @@ def run_writer(path: str, conn: Connection, correlator_factory: Any | None = Non
     if writer.correlator is not None:
         with store.transaction(db):
             store.apply_flow_changes(db, writer.correlator.finish(time.time_ns()))
-    # A finished session is one self-contained file that opens read-only anywhere.
-    db.execute("PRAGMA journal_mode = DELETE")
+    # A finished session is one self-contained file that opens read-only anywhere; while a
+    # viewer still has it open that needs a lock we cannot have, and WAL mode stays.
+    try:
+        db.execute("PRAGMA busy_timeout = 1000")
+        db.execute("PRAGMA journal_mode = DELETE")
+    except sqlite3.OperationalError:
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
     db.close()
