@@ -157,3 +157,56 @@ def test_tap_records_and_shows_a_live_bus(tmux: Tmux, tmp_path: Path) -> None:
     pid = int(meta["recorder_pid"])
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_demo_shows_flows_and_leaves_nothing_running(tmux: Tmux, tmp_path: Path) -> None:
+    out = tmp_path / "demo.qix"
+    tmux.start(qixtui("demo", "-o", str(out), "--seed", "7"), tmp_path)
+    pane = tmux.wait_for(lambda p: "✔ completed" in p and "● recording" in p, timeout=60)
+    pane_pid = int(tmux.run("display", "-p", "-t", "qx", "#{pane_pid}").strip())
+    started = {p: command_line(p) for p in descendants(pane_pid)}
+    assert any("nats-server" in c for c in started.values()), started
+    assert any("qixtui_demo" in c for c in started.values()), started
+    assert any(" record " in c for c in started.values()), started
+    tmux.keys("w")  # the waterfall of the selected event's flow
+    pane = tmux.wait_for(lambda p: "causes" in p)
+    assert "flow #" in pane
+    tmux.keys("Escape")
+    tmux.wait_for(lambda p: "causes" not in p)
+    tmux.keys("q")
+    deadline = time.monotonic() + 40
+    while tmux.alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not tmux.alive()
+    still = [c for p, c in started.items() if Path(f"/proc/{p}").exists() and command_line(p)]
+    assert still == []
+    db = store.open_session(out)
+    statuses = {r[0] for r in db.execute("SELECT status FROM flows")}
+    assert "completed" in statuses
