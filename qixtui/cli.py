@@ -284,6 +284,7 @@ def server(port: int, no_jetstream: bool) -> None:
 
 
 from qixtui import cli_flows  # noqa: E402,F401  (registers correlate, flows, flow, discover)
+from qixtui import cli_compare  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,296 @@
+"""The compare and export verbs: choreography against orchestration, one flow for people."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+
+from qixtui.cli import fail, main, open_or_fail
+from qixtui.core import compare as cmp
+from qixtui.core import export, store
+from qixtui.core.text import visible
+
+
+def _markers(db: sqlite3.Connection, failure: Sequence[str], compensation: Sequence[str]) -> Any:
+    """The session's correlation rules' failure and compensation patterns, plus the flags'."""
+    saved = store.get_meta(db).get("correlation_rules")
+    status: dict[str, Any] = {}
+    if saved:
+        try:
+            status = json.loads(saved).get("status") or {}
+        except (ValueError, AttributeError):
+            status = {}
+    return cmp.Markers(
+        failure=[*status.get("failure", []), *failure],
+        compensation=[*status.get("compensation", []), *compensation],
+    )
+
+
+def _saga_steps(path: str, pairs: Sequence[str], map_file: str | None) -> cmp.SagaSteps:
+    """The saga file's step order, mapped to event subjects by --map-file then --map."""
+    try:
+        with open(path, "rb") as fh:
+            saga = tomllib.load(fh)
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror or exc}")
+    except tomllib.TOMLDecodeError as exc:
+        fail(f"{path}: not valid TOML: {exc}")
+    steps = saga.get("steps")
+    if not isinstance(steps, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("name"), str) for s in steps
+    ):
+        fail(f"{path}: not a saga definition (no [[steps]] with a name)")
+    names = [s["name"] for s in steps]
+    items: list[str] = []
+    if map_file:
+        items.extend(_map_file_items(map_file))
+    items.extend(pairs)
+    if not items:
+        fail("--saga needs a mapping from steps to events: --map STEP=SUBJECT or --map-file")
+    try:
+        mapped = cmp.parse_mapping(items, names)
+    except ValueError as exc:
+        fail(str(exc))
+    undoable = {s["name"]: s["compensate"] for s in steps if isinstance(s.get("compensate"), dict)}
+    for step in mapped.compensations:
+        if step not in undoable:
+            fail(f"--map {step}:compensate: step `{step}` has no compensation in {path}")
+    mapped.requests = [c["request"] for c in undoable.values() if isinstance(c.get("request"), str)]
+    return mapped
+
+
+def _map_file_items(path: str) -> list[str]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        fail(f"{path}: {exc.strerror or exc}")
+    except tomllib.TOMLDecodeError as exc:
+        fail(f"{path}: not valid TOML: {exc}")
+    table = data.get("map")
+    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+        fail(f'{path}: expected a [map] table of step = "subject" entries')
+    return [f"{k}={v}" for k, v in table.items()]
+
+
+def _ms(ns: int | float | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.1f}ms"
+
+
+def _num(x: int | float | None) -> str:
+    return "-" if x is None else f"{x:g}"
+
+
+def _rows(result: cmp.Comparison) -> list[tuple[str, str, str]]:
+    c, o = result.choreography, result.orchestration
+
+    def row(label: str, f: Any) -> tuple[str, str, str]:
+        return (label, f(c), f(o))
+
+    def pct(attr: str, q: str, fmt: Any = _ms) -> Any:
+        return lambda s: fmt(getattr(getattr(s, attr), q))
+
+    def edges(s: cmp.StyleStats) -> str:
+        return ", ".join(f"{e.source}→{e.target} ×{e.count} ({e.via})" for e in s.edges) or "-"
+
+    def critical(s: cmp.StyleStats) -> str:
+        return ", ".join(f"{x.step} {x.share:.0%}" for x in s.critical_path[:3]) or "-"
+
+    return [
+        row("flows", lambda s: str(s.flows)),
+        row("completed", lambda s: str(s.completed)),
+        row("failed", lambda s: str(s.failed)),
+        row("compensated", lambda s: str(s.compensated)),
+        row("stalled", lambda s: str(s.stalled)),
+        row("running", lambda s: str(s.running)),
+        row("latency p50 (completed)", pct("latency_ns", "p50")),
+        row("latency p95 (completed)", pct("latency_ns", "p95")),
+        row("latency p99 (completed)", pct("latency_ns", "p99")),
+        row("messages per flow (mean)", pct("messages_per_flow", "mean", _num)),
+        row("messages per flow (max)", pct("messages_per_flow", "max", _num)),
+        row("services per flow (mean)", pct("services_per_flow", "mean", _num)),
+        row("coupled service pairs", lambda s: str(s.coupling)),
+        row("who talks to whom", edges),
+        row("failure detected p50", pct("detect_failure_ns", "p50")),
+        row("failure detected p95", pct("detect_failure_ns", "p95")),
+        row("compensation done p50", pct("compensate_ns", "p50")),
+        row("compensation done p95", pct("compensate_ns", "p95")),
+        row("critical path (top)", critical),
+    ]
+
+
+def _conformance_lines(conf: cmp.Conformance, markdown: bool) -> list[str]:
+    lines = [
+        f"{conf.conforming_flows} of {conf.flows} choreography flows conform to the saga "
+        f"({len(conf.variants)} variants)."
+    ]
+    if conf.unmapped_steps:
+        lines.append(f"Steps without an event mapping: {', '.join(conf.unmapped_steps)}.")
+    for v in conf.variants:
+        verdict = (
+            ("conforms" if v.conforms else "deviates")
+            if v.count == 1
+            else ("conform" if v.conforms else "deviate")
+        )
+        path = " → ".join(v.mapped) or "(no mapped steps)"
+        item = f"{v.count} flow{'' if v.count == 1 else 's'} {verdict}: {path}"
+        lines.append(f"- {item}" if markdown else f"  {item}")
+        for d in v.deviations:
+            text = f"{d.kind.replace('_', ' ')}: {d.detail}"
+            lines.append(f"  - {text}" if markdown else f"      {text}")
+    if conf.unmapped_types:
+        lines.append(f"Event types no step maps to (ignored): {', '.join(conf.unmapped_types)}.")
+    return lines
+
+
+def _md_cell(text: str) -> str:
+    return visible(text).replace("|", "\\|")
+
+
+def render_markdown(result: cmp.Comparison, title: str) -> str:
+    out = [f"## Choreography vs orchestration: {_md_cell(title)}", ""]
+    out.append("| | choreography | orchestration |")
+    out.append("|---|---|---|")
+    out.extend(f"| {_md_cell(a)} | {_md_cell(b)} | {_md_cell(c)} |" for a, b, c in _rows(result))
+    out += ["", f"Styles: {result.split}. Latency runs from a flow's first event to its last."]
+    out += ["", f"Coupling {result.edges_method}."]
+    if result.conformance is not None:
+        out += ["", "### Conformance of the choreography to the saga", ""]
+        out += [visible(line) for line in _conformance_lines(result.conformance, True)]
+    return "\n".join(out) + "\n"
+
+
+def render_text(result: cmp.Comparison) -> str:
+    """The table with short cells; the edge lists, too long for a column, follow it."""
+    long_rows = ("who talks to whom", "critical path (top)")
+    rows = [("", "choreography", "orchestration")]
+    rows += [r for r in _rows(result) if r[0] not in long_rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    out = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]
+    for stats in (result.choreography, result.orchestration):
+        out.append(f"{stats.style} edges:")
+        out.extend(f"  {e.source} -> {e.target}  {e.count}  ({e.via})" for e in stats.edges)
+        out.append(f"{stats.style} critical path:")
+        out.extend(
+            f"  {x.step}  {x.share:.0%} of critical time, in {x.flows} flows"
+            for x in stats.critical_path
+        )
+    out.append(f"styles: {result.split}")
+    if result.conformance is not None:
+        out.append("conformance:")
+        out.extend(_conformance_lines(result.conformance, False))
+    return "\n".join(visible(line) for line in out) + "\n"
+
+
+@main.command(name="compare")
+@click.argument("file", type=click.Path())
+@click.argument("other", type=click.Path(), required=False)
+@click.option("--saga", "saga_path", type=click.Path(), help="Saga TOML to check conformance.")
+@click.option(
+    "--map",
+    "pairs",
+    multiple=True,
+    metavar="STEP=SUBJECT",
+    help="Saga step -> event subject pattern that shows it done; STEP:compensate=SUBJECT for "
+    "its compensation (repeatable).",
+)
+@click.option(
+    "--map-file", type=click.Path(), help='TOML with a [map] table: step = "subject", ...'
+)
+@click.option(
+    "--orchestrated-subject",
+    metavar="PATTERN",
+    help="Tell the styles apart by subject: flows with an event on PATTERN are orchestrated "
+    "(default: flows the saga engine marked).",
+)
+@click.option("--failure", multiple=True, help="Subject pattern that signals a failure.")
+@click.option("--compensation", multiple=True, help="Subject pattern of a compensation.")
+@click.option("--json", "as_json", is_flag=True, help="The comparison as one JSON object.")
+@click.option("--markdown", is_flag=True, help="A Markdown table for a design review.")
+def compare_verb(
+    file: str,
+    other: str | None,
+    saga_path: str | None,
+    pairs: tuple[str, ...],
+    map_file: str | None,
+    orchestrated_subject: str | None,
+    failure: tuple[str, ...],
+    compensation: tuple[str, ...],
+    as_json: bool,
+    markdown: bool,
+) -> None:
+    """Compare choreographed and orchestrated flows of a session side by side.
+
+    With OTHER, choreography comes from FILE and orchestration from OTHER.
+    """
+    if as_json and markdown:
+        fail("choose one of --json and --markdown")
+    if (pairs or map_file) and not saga_path:
+        fail("--map and --map-file need --saga")
+    saga = _saga_steps(saga_path, pairs, map_file) if saga_path else None
+    if saga is not None:
+        compensation = (*compensation, *saga.requests)
+    db = open_or_fail(file)
+    markers = _markers(db, failure, compensation)
+    flows, events, links = cmp.load_scope(db)
+    result = cmp.compare(
+        flows,
+        events,
+        links,
+        markers=markers,
+        orchestrated_subject=orchestrated_subject,
+        saga=saga,
+    )
+    if other is not None:
+        db2 = open_or_fail(other)
+        flows2, events2, links2 = cmp.load_scope(db2)
+        _, orch = cmp.split_styles(flows2, events2, orchestrated_subject)
+        markers2 = _markers(db2, failure, compensation)
+        result.orchestration = cmp.style_stats(
+            cmp.ORCHESTRATION, orch, events2, links2, cmp.Lens(), markers2
+        )
+        result.split += f"; choreography from {file}, orchestration from {other}"
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(result), ensure_ascii=False))
+    elif markdown:
+        sys.stdout.write(render_markdown(result, Path(file).name))
+    else:
+        sys.stdout.write(render_text(result))
+
+
+@main.command(name="export")
+@click.argument("file", type=click.Path())
+@click.option("--flow", "flow_id", type=int, required=True, help="The flow to export.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mermaid", "otlp-json", "jsonl"]),
+    required=True,
+    help="mermaid: a sequence diagram; otlp-json: OpenTelemetry spans for Jaeger or Tempo; "
+    "jsonl: the flow's events as `events --json` prints them.",
+)
+def export_verb(file: str, flow_id: int, fmt: str) -> None:
+    """Export one flow for people and tools."""
+    db = open_or_fail(file)
+    flow = next((f for f in store.flows(db) if f.flow_id == flow_id), None)
+    if flow is None:
+        fail(f"{file}: no flow {flow_id} (see `qixtui flows {file}`)")
+    events = list(store.iter_events(db, store.EventQuery(flow_id=flow_id)))
+    if fmt == "jsonl":
+        encode = json.JSONEncoder(ensure_ascii=False).encode
+        for event in events:
+            sys.stdout.write(encode(store.event_to_json(event)) + "\n")
+        return
+    links = cmp.links_within(db, events)
+    if fmt == "mermaid":
+        sys.stdout.write(export.to_mermaid(flow, events, links, cmp.Lens()))
+    else:
+        click.echo(json.dumps(export.to_otlp(flow, events, links, cmp.Lens()), ensure_ascii=False))
