@@ -86,7 +86,7 @@ def _ms(ns: int | float | None) -> str:
 
 
 def _num(x: int | float | None) -> str:
-    return "-" if x is None else f"{x:g}"
+    return "-" if x is None else f"{x:.3g}"
 
 
 def _rows(result: cmp.Comparison) -> list[tuple[str, str, str]]:

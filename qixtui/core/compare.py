@@ -144,7 +144,7 @@ def percentiles(samples: Iterable[int | float]) -> Percentiles:
         p50=nearest_rank(ordered, 0.50),
         p95=nearest_rank(ordered, 0.95),
         p99=nearest_rank(ordered, 0.99),
-        mean=round(sum(ordered) / len(ordered), 3),
+        mean=sum(ordered) / len(ordered),
         max=ordered[-1],
     )
 

@@ -14,6 +14,7 @@ from qixtui.core.text import visible
 SPAN_KIND_PRODUCER, SPAN_KIND_CONSUMER = 4, 5
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 UNKNOWN = "unknown"
+_MERMAID_SPECIAL = re.compile(r"[#;%]")  # entity-coded: `;` ends a statement, `%%` a comment
 
 
 # --- Mermaid ---------------------------------------------------------------------------------
@@ -31,8 +32,8 @@ def _mermaid_id(name: str, taken: dict[str, str]) -> str:
 
 def _mermaid_text(text: str) -> str:
     """Text safe after `:` or `as` on one Mermaid line: no controls, no statement breaks."""
-    text = visible(text).replace("#", "#35;").replace(";", "#59;")
-    return text.replace("%%", "#37;#37;").strip() or "-"
+    text = _MERMAID_SPECIAL.sub(lambda m: f"#{ord(m.group())};", visible(text))
+    return text.strip() or "-"
 
 
 def to_mermaid(flow: Flow, events: Sequence[Event], links: Sequence[Link], lens: Lens) -> str:
