@@ -99,7 +99,9 @@ class Builder:
                 headers=[*headers, ("Qixtui-Saga-Step", subject.split(".")[-1])],
                 reply=inbox,
             )
-            self.add(flow_id, start + reply_ms * MS, inbox, {"ok": ok}, answers=req)
+            # nats-py's respond echoes the request's headers into the reply
+            echoed = self.events[-1].headers
+            self.add(flow_id, start + reply_ms * MS, inbox, {"ok": ok}, echoed, answers=req)
         self.finish(flow_id, status, orchestrated=True)
 
     def finish(self, flow_id: int, status: str, orchestrated: bool) -> None:

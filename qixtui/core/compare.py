@@ -89,7 +89,10 @@ class FlowView:
         return self.lens.label_of(event.subject)
 
     def receiver(self, event: Event) -> str | None:
-        """The service that handles a request; None for a published event."""
+        """The service that handles a request; None for a published event or a reply (which
+        may echo its request's headers: nats-py's `respond` copies them)."""
+        if event.id in self.reply_to:
+            return None
         if event.id in self.replies or event.header(SAGA_RUN_HEADER) is not None:
             return self.lens.service_of(event)
         return None

@@ -182,6 +182,9 @@ def open_session(path: Path | str, *, readonly: bool = True) -> sqlite3.Connecti
     header = read_header(path)
     try:
         db = _connect(path, readonly=readonly)
+    except sqlite3.DatabaseError as exc:
+        raise SessionError(f"{path}: unreadable session file ({exc})") from None
+    try:
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
             if readonly:
@@ -192,7 +195,11 @@ def open_session(path: Path | str, *, readonly: bool = True) -> sqlite3.Connecti
             _migrate(db, version)
         db.execute("SELECT count(*) FROM meta").fetchone()
     except sqlite3.DatabaseError as exc:
+        db.close()  # a connection left to the garbage collector keeps the file locked
         raise SessionError(f"{path}: unreadable session file ({exc})") from None
+    except SessionError:
+        db.close()
+        raise
     del header
     return db
 
