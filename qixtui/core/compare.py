@@ -98,16 +98,15 @@ class FlowView:
         return None
 
     def sender(self, event: Event) -> str | None:
-        """Who sent a message: a reply's responder, a saga request's orchestrator, a
-        request's causing service, an event's own service."""
+        """Who sent a message: a reply's responder, a saga request's orchestrator, an
+        event's own service; None for other requests (the subject names only the receiver)."""
         request = self.reply_to.get(event.id)
         if request is not None:
             return self.lens.service_of(self.by_id[request])
         if event.header(SAGA_RUN_HEADER) is not None:
             return ORCHESTRATOR
         if event.id in self.replies:
-            cause = self.cause.get(event.id)
-            return self.sender(self.by_id[cause]) if cause is not None else None
+            return None
         return self.lens.service_of(event)
 
     def participant(self, event: Event) -> str | None:
@@ -193,8 +192,9 @@ class StyleStats(msgspec.Struct):
 EDGE_METHOD = (
     "edges: a causation header links the causing event's service to the reacting one "
     "(causation); a request goes from its sender (the orchestrator for saga requests) to the "
-    "service that answers (request) and the reply back (reply); an event with neither goes "
-    "from the service of the flow's previous event (sequence, an inference)"
+    "service that answers (request) and the reply back (reply); an event with neither, or a "
+    "request from an unknown sender, goes from the service of the flow's previous event "
+    "(sequence, an inference)"
 )
 
 
@@ -208,7 +208,10 @@ def _edges(view: FlowView, into: Counter[tuple[str, str, str]]) -> None:
             requester = view.sender(view.by_id[request])
             pair, via = (sender, requester), "reply"
         elif receiver is not None:
-            pair, via = (sender, receiver), "request"
+            # a request whose sender is unknown: from the service seen just before it
+            pair, via = (
+                ((sender, receiver), "request") if sender else ((previous, receiver), "sequence")
+            )
         elif cause is not None:
             pair, via = (view.participant(view.by_id[cause]), sender), "causation"
         else:

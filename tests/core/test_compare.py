@@ -185,3 +185,15 @@ def test_default_service_reads_command_subjects() -> None:
     assert service("shop.cmd.payment.authorize") == "payment"
     assert service("shop.payment.authorized") == "payment"
     assert service("orders") == "orders"
+
+
+def test_a_request_from_an_unknown_sender_is_inferred_from_the_sequence() -> None:
+    b = Builder()
+    placed = b.add(1, T0, "shop.order.placed", {"order_id": "o-1"})
+    quote = b.add(1, T0 + MS, "shop.pricing.quote", {}, reply="_INBOX.q", cause=placed)
+    b.add(1, T0 + 2 * MS, "_INBOX.q", {"price": 1}, answers=quote)
+    b.finish(1, "running", orchestrated=False)
+    edges = {(e.source, e.target, e.via) for e in run(b).choreography.edges}
+    # the quote's requester is not the service that published its cause, and is unknown:
+    # the edge comes from the service seen before it, and the reply goes back to no one
+    assert edges == {("order", "pricing", "sequence")}
