@@ -140,7 +140,7 @@ def _conformance_lines(conf: cmp.Conformance, markdown: bool) -> list[str]:
             if v.count == 1
             else ("conform" if v.conforms else "deviate")
         )
-        path = " → ".join(v.mapped) or "(no mapped steps)"
+        path = " → ".join(v.mapped) or "(none of the steps: the first one failed)"
         item = f"{v.count} flow{'' if v.count == 1 else 's'} {verdict}: {path}"
         lines.append(f"- {item}" if markdown else f"  {item}")
         for d in v.deviations:

@@ -144,6 +144,8 @@ def test_out_of_order_variant_deviates_at_that_step() -> None:
             [("out_of_order", "authorize:compensate", 2)],
         ),
         (["a.pay.ok", "a.stock.ok", "a.stock.undo", "a.pay.undo"], []),
+        (["a.placed", "a.declined"], []),  # the first step failed: nothing to undo
+        (["a.placed", "a.pay.undo"], [("missing", "authorize", 0)]),  # undone, never done
     ],
 )
 def test_missing_extra_and_compensation_order(
