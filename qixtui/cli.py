@@ -284,13 +284,13 @@ def server(port: int, no_jetstream: bool) -> None:
 
 
 from qixtui import cli_flows  # noqa: E402,F401  (registers correlate, flows, flow, discover)
-from qixtui import cli_compare  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()
 
 
 from qixtui import (  # noqa: E402
+    cli_compare,  # noqa: F401  (registers compare, export)
     cli_demo,  # noqa: F401
     cli_tui,  # noqa: F401  (registers tap, replay)
 )

@@ -1,9 +1,8 @@
-"""Recompute what `compare --json` reports from `events --json` and the flows table."""
+"""Recompute what `compare --json` reports from `events --json` and `flows --json`."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -32,16 +31,14 @@ def events_by_flow(path: Path) -> dict[int, list[dict[str, Any]]]:
 
 
 def flow_rows(path: Path) -> list[tuple[int, str, bool]]:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = db.execute("SELECT flow_id, status, orchestrated FROM flows ORDER BY flow_id")
-        return [(r[0], r[1], bool(r[2])) for r in rows]
-    finally:
-        db.close()
+    out = run_qixtui("flows", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    flows = [json.loads(line) for line in out.stdout.splitlines()]
+    return sorted((f["flow_id"], f["status"], f["orchestrated"]) for f in flows)
 
 
 def check_against_events(report: dict[str, Any], path: Path) -> None:
-    """Counts from the flows table and latencies recomputed from the events' timestamps."""
+    """Counts from `flows --json` and latencies recomputed from the events' timestamps."""
     grouped = events_by_flow(path)
     rows = flow_rows(path)
     for style, orchestrated in (("choreography", False), ("orchestration", True)):

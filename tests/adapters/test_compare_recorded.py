@@ -139,7 +139,10 @@ def write_flows(path: Path) -> None:
 def test_compare_on_a_real_recording(nats_server: EmbeddedServer, tmp_path: Path) -> None:
     out = tmp_path / "both.qix"
     prefix = f"cmp{uuid.uuid4().hex[:8]}"
-    proc = start_recorder(nats_server.url, out, "-S", f"{prefix}.>", "-S", "_INBOX.>")
+    # flows are written below by the test, so the recorder only records
+    proc = start_recorder(
+        nats_server.url, out, "--no-correlate", "-S", f"{prefix}.>", "-S", "_INBOX.>"
+    )
     sent = asyncio.run(run_shop(nats_server.url, prefix))
     wait_for_events(out, sent)
     summary = stop_recorder(proc)
