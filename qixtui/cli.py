@@ -119,6 +119,7 @@ def main() -> None:
 @click.option("--count", type=click.IntRange(min=1), help="Stop after N events.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+@click.option("--append", is_flag=True, help="Add to OUTPUT if it is already a session.")
 @click.option(
     "--pending-limit",
     type=click.IntRange(min=1),
@@ -132,6 +133,7 @@ def record(
     count: int | None,
     duration: float | None,
     as_json: bool,
+    append: bool,
     pending_limit: int,
     **conn: Any,
 ) -> None:
@@ -146,6 +148,7 @@ def record(
         count=count,
         duration=duration,
         pending_limit=pending_limit,
+        append=append,
     )
     recorder = Recorder(connect, options)
     progress = print_progress if sys.stderr.isatty() and not as_json else None
@@ -269,6 +272,8 @@ def server(port: int, no_jetstream: bool) -> None:
     finally:
         srv.close()
 
+
+from qixtui import cli_saga  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()
