@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
-from qixtui.cli import build_connect_options, connection_options, fail, main
+from qixtui.cli import build_connect_options, connection_options, fail, main, open_or_fail
 from qixtui.core import store
 from qixtui.core.saga import SagaDef, SagaError, describe_step, load_saga_text
 from qixtui.core.text import visible
@@ -101,6 +102,51 @@ def print_report(report: Any, as_json: bool, file: Path) -> None:
     click.echo(visible(f"run {report.run_id} {report.saga}: {report.outcome}: {report.reason}"))
 
 
+def show_runs(file: str, as_json: bool) -> None:
+    db = open_or_fail(file)
+    try:
+        runs = store.saga_runs(db)
+    except sqlite3.OperationalError:
+        runs = []  # a session from before saga tables existed has no runs
+    for run in runs:
+        rows = store.saga_journal(db, run.run_id)
+        if as_json:
+            click.echo(json.dumps({**run_json(run), "journal": [journal_json(r) for r in rows]}))
+            continue
+        when = dt.datetime.fromtimestamp(run.started_ns / 1e9).isoformat(
+            sep=" ", timespec="seconds"
+        )
+        owner = f", run by process {run.owner_pid}" if run.owner_pid else ""
+        lines = [f"run {run.run_id} {run.saga}: {run.status}{owner} (started {when}) {run.reason}"]
+        for r in rows:
+            result = r.result or "IN DOUBT: intent journaled, no result"
+            if r.result == "in_doubt":
+                result = "IN DOUBT (resent below)"
+            what = "undo " if r.kind == "compensate" else ""
+            attempt = f" attempt {r.attempt + 1}" if r.attempt else ""
+            detail = f": {r.detail}" if r.detail and r.result != "in_doubt" else ""
+            lines.append(f"  {r.seq:>3} {what}{r.step}{attempt} {r.subject} -> {result}{detail}")
+        if any(r.result is None for r in rows) and run.status == "running":
+            lines.append(f"  resume with: qixtui orchestrate --resume {run.run_id} {file}")
+        click.echo("\n".join(visible(line) for line in lines))
+    if not runs and not as_json:
+        click.echo(f"no saga runs in {file}", err=True)
+
+
+def run_json(run: store.SagaRunRecord) -> dict[str, Any]:
+    out = dict(run.__dict__)
+    del out["definition"]
+    return out
+
+
+def journal_json(row: store.JournalRow) -> dict[str, Any]:
+    out = dict(row.__dict__)
+    for name in ("payload", "reply"):
+        value = out[name]
+        out[name] = None if value is None else value.decode("utf-8", errors="replace")
+    return out
+
+
 def default_output(saga: str) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path(f"{saga}-{stamp}.qix")
@@ -118,6 +164,13 @@ def default_output(saga: str) -> Path:
     "--resume", nargs=2, metavar="RUN_ID FILE", help="Continue a run that stopped part way."
 )
 @click.option(
+    "--show",
+    "show_file",
+    type=click.Path(),
+    metavar="FILE",
+    help="List the saga runs in FILE with their journals, steps in doubt marked.",
+)
+@click.option(
     "--no-record",
     is_flag=True,
     help="Write only the journal; start no recorder (one may already be recording FILE).",
@@ -131,6 +184,7 @@ def orchestrate(
     var_items: tuple[str, ...],
     output: str | None,
     resume: tuple[str, str] | None,
+    show_file: str | None,
     no_record: bool,
     as_json: bool,
     **conn: Any,
@@ -141,9 +195,13 @@ def orchestrate(
     qixtui orchestrate --check SAGA.toml          validate and print the plan
     qixtui orchestrate SAGA.toml --auto [--runs N] [--var k=v] [-o FILE] [--json]
     qixtui orchestrate --resume RUN_ID FILE       continue a crashed run
+    qixtui orchestrate --show FILE                the runs in FILE and their journals
 
     Exits non-zero when a run fails without compensating cleanly.
     """
+    if show_file:
+        show_runs(show_file, as_json)
+        return
     if resume:
         run_id, file = resume
         if not Path(file).exists():
@@ -201,15 +259,19 @@ async def _session(
     overrides: dict[str, str] | None = None,
     runs: int = 1,
 ) -> list[Any]:
-    import nats
-
-    from qixtui_nats.connect import describe_connect_error
-    from qixtui_nats.saga_runner import Recording, RecordingError, SagaRunner, open_journal
+    from qixtui_nats.connect import ConnectError
+    from qixtui_nats.saga_runner import (
+        Recording,
+        RecordingError,
+        SagaRunner,
+        connect_bus,
+        open_journal,
+    )
 
     try:
-        nc = await nats.connect(**connect.kwargs(), connect_timeout=3, max_reconnect_attempts=3)
-    except Exception as exc:
-        fail(describe_connect_error(exc, connect.display_servers()))
+        nc = await connect_bus(connect)
+    except ConnectError as exc:
+        fail(str(exc))
     reports: list[Any] = []
     recording = None
     try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats
 import nats.errors
 from nats.aio.client import Client
 
@@ -41,6 +42,7 @@ from qixtui.core.saga import (
     resolve_vars,
     trace_headers,
 )
+from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
 
 READY_SUBJECT = "qixtui.orchestrate.sync"
 
@@ -82,6 +84,26 @@ class RunReport:
             "steps": [s.__dict__ for s in self.steps],
             "in_doubt": [s.__dict__ for s in self.in_doubt],
         }
+
+
+async def connect_bus(connect: ConnectOptions) -> Client:
+    """Connect for a run; errors become one ConnectError line, never nats-py's tracebacks."""
+    errors: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    try:
+        return await nats.connect(
+            **connect.kwargs(),
+            connect_timeout=3,
+            max_reconnect_attempts=10,
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+        )
+    except Exception as exc:
+        cause = errors[0] if errors else exc
+        raise ConnectError(describe_connect_error(cause, connect.display_servers())) from None
 
 
 def new_run_id() -> str:
@@ -165,6 +187,9 @@ class SagaRunner:
                 report.steps.append(
                     StepReport(r.seq, r.step, r.kind, r.attempt, r.result, r.detail, ms, r.in_doubt)
                 )
+        if run.status != "running":  # nothing left to do; say how it ended
+            store.finish_saga_run(self.db, run_id, run.status, run.reason, run.ended_ns)
+            return report
         if doubt is not None:
             detail = "the runner stopped after sending; the outcome is unknown"
             store.journal_result(

@@ -144,6 +144,10 @@ async def test_resume_after_sigkill_resends_the_step_in_doubt_with_the_same_key(
         ).fetchall()
         db.close()
         assert rows == [("authorize", "action", "ok"), ("reserve", "action", None)]
+        code, out, err = await qixtui("orchestrate", "--show", str(session_path))
+        assert code == 0, err
+        assert "2 reserve shop.cmd.stock.reserve -> IN DOUBT: intent journaled, no result" in out
+        assert f"resume with: qixtui orchestrate --resume {run_id} {session_path}" in out
 
         code, out, err = await qixtui(
             "orchestrate", "--resume", run_id, str(session_path), "-s", nats_server.url
@@ -182,3 +186,13 @@ async def test_resume_after_sigkill_resends_the_step_in_doubt_with_the_same_key(
                 if not store.pid_alive(recorder_pid):
                     break
                 await asyncio.sleep(0.05)
+
+
+def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    result = run_qixtui(
+        "orchestrate", SHOP, "--auto", "-s", "nats://127.0.0.1:1", "-o", str(tmp_path / "x.qix")
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("qixtui: cannot connect to nats://127.0.0.1:1")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.qix").exists()
