@@ -97,7 +97,7 @@ async def connect_bus(connect: ConnectOptions) -> Client:
         return await nats.connect(
             **connect.kwargs(),
             connect_timeout=3,
-            max_reconnect_attempts=10,
+            max_reconnect_attempts=3,  # also bounds the first connect: fail fast
             reconnect_time_wait=0.5,
             error_cb=on_error,
         )

@@ -132,13 +132,23 @@ async def test_resume_after_sigkill_resends_the_step_in_doubt_with_the_same_key(
     try:
         # The participant holds the request: its intent is journaled, its result cannot be.
         await asyncio.wait_for(shop.held.wait(), 30)
+        db = sqlite3.connect(session_path)
+        (run_id,) = db.execute("SELECT run_id FROM saga_runs").fetchone()
+        db.close()
+        code, out, err = await qixtui(
+            "orchestrate", "--resume", run_id, str(session_path), "-s", nats_server.url
+        )
+        assert code == 1
+        assert err.strip() == (
+            f"qixtui: saga run {run_id} is being run by process {proc.pid}; "
+            "only one runner at a time"
+        )
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         recorder_pid = int(store.get_meta(store.open_session(session_path))["recorder_pid"])
         shop.release.set()
 
         db = sqlite3.connect(session_path)
-        (run_id,) = db.execute("SELECT run_id FROM saga_runs").fetchone()
         rows = db.execute(
             "SELECT step, kind, result FROM saga_journal WHERE run_id = ? ORDER BY seq", (run_id,)
         ).fetchall()
