@@ -191,7 +191,8 @@ class Recorder:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
-        store.ensure_new(self.options.output)
+        if not self.options.append:
+            store.ensure_new(self.options.output)
         try:
             await self._connect()
             tasks = [

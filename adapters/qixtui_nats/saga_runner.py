@@ -94,16 +94,20 @@ async def connect_bus(connect: ConnectOptions) -> Client:
         errors.append(exc)
 
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             **connect.kwargs(),
             connect_timeout=3,
-            max_reconnect_attempts=3,  # also bounds the first connect: fail fast
+            max_reconnect_attempts=1,  # the first connect fails fast on a wrong URL or login
             reconnect_time_wait=0.5,
             error_cb=on_error,
         )
     except Exception as exc:
         cause = errors[0] if errors else exc
         raise ConnectError(describe_connect_error(cause, connect.display_servers())) from None
+    # Once connected, ride out a server restart; a request meanwhile times out and is retried
+    # or compensated like any other timeout.
+    nc.options["max_reconnect_attempts"] = 60
+    return nc
 
 
 def new_run_id() -> str:

@@ -91,6 +91,16 @@ async def test_auto_runs_record_every_request_in_one_flow_per_run(
         assert {e.header("X-Correlation-ID") for e in recorded} == {report["correlation_id"]}
     replies = list(store.iter_events(db, store.EventQuery(subject="_INBOX.>")))
     assert len(replies) == 10  # the recorder caught the last reply before it stopped
+    db.close()
+    # A second session into the same file adds to it.
+    code, out, err = await qixtui(
+        "orchestrate", SHOP, "--auto", "--json", "-s", nats_server.url, "-o", str(session_path)
+    )
+    assert code == 0, err
+    db = store.open_session(session_path)
+    assert len(store.saga_runs(db)) == 3
+    assert len(list(store.iter_events(db, store.EventQuery(subject="_INBOX.>")))) == 15
+    db.close()
 
 
 async def test_exit_code_says_whether_a_run_failed_cleanly(
