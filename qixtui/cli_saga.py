@@ -100,6 +100,8 @@ def print_report(report: Any, as_json: bool, file: Path) -> None:
     for step in report.steps:
         click.echo(visible(step_line(step)))
     click.echo(visible(f"run {report.run_id} {report.saga}: {report.outcome}: {report.reason}"))
+    if report.outcome in ("stopped", "running"):
+        click.echo(visible(f"continue with: qixtui orchestrate --resume {report.run_id} {file}"))
 
 
 def show_runs(file: str, as_json: bool) -> None:
@@ -156,7 +158,11 @@ def default_output(saga: str) -> Path:
 @connection_options
 @click.argument("saga_file", required=False, type=click.Path())
 @click.option("--check", is_flag=True, help="Validate SAGA_FILE and print its plan; send nothing.")
-@click.option("--auto", is_flag=True, help="Run every step without stopping (headless).")
+@click.option(
+    "--auto",
+    is_flag=True,
+    help="Run every step without stopping; without it each step waits for Enter.",
+)
 @click.option("--runs", type=click.IntRange(min=1), default=1, help="Run N times in a row.")
 @click.option("--var", "var_items", multiple=True, help="Set a variable: NAME=VALUE (repeatable).")
 @click.option("-o", "--output", type=click.Path(), help="Session file (default: a new file).")
@@ -217,8 +223,6 @@ def orchestrate(
     if check:
         click.echo("\n".join(plan_lines(saga)))
         return
-    if not auto:
-        fail("the interactive stepper is not built yet; use --auto to run headless")
     overrides = parse_vars(var_items)
     from qixtui.core.saga import resolve_vars
 
@@ -234,7 +238,16 @@ def orchestrate(
         except store.SessionError as exc:
             fail(str(exc))
     reports = asyncio.run(
-        _session(connect, path, no_record, saga=saga, text=text, overrides=overrides, runs=runs)
+        _session(
+            connect,
+            path,
+            no_record,
+            saga=saga,
+            text=text,
+            overrides=overrides,
+            runs=runs,
+            step=not auto,
+        )
     )
     _finish(reports, as_json, path)
 
@@ -258,6 +271,7 @@ async def _session(
     text: str = "",
     overrides: dict[str, str] | None = None,
     runs: int = 1,
+    step: bool = False,
 ) -> list[Any]:
     from qixtui_nats.connect import ConnectError
     from qixtui_nats.saga_runner import (
@@ -288,7 +302,13 @@ async def _session(
         except store.SessionError as exc:
             fail(str(exc))
         try:
-            runner = SagaRunner(nc, db, on_step=_live_printer() if sys.stderr.isatty() else None)
+            live = step or sys.stderr.isatty()
+            runner = SagaRunner(
+                nc,
+                db,
+                on_step=_live_printer() if live else None,
+                gate=Stepper().gate if step else None,
+            )
             if resume:
                 try:
                     reports.append(await runner.resume(resume))
@@ -298,6 +318,8 @@ async def _session(
                 assert saga is not None
                 for _ in range(runs):
                     reports.append(await runner.start(saga, text, overrides))
+                    if reports[-1].outcome == "stopped":
+                        break
         finally:
             db.close()
         if recording is not None:
@@ -310,6 +332,31 @@ async def _session(
             await asyncio.to_thread(recording.abort)  # only does something after an error
         await nc.close()
     return reports
+
+
+class Stepper:
+    """Step through a run from the terminal (or a script on stdin): each request is shown
+    and waits for a line: empty sends it, `a` sends it and the rest, `q` or end of input
+    stops with the run left resumable."""
+
+    def __init__(self) -> None:
+        self.auto = False
+
+    async def gate(self, request: Any) -> bool:
+        if self.auto:
+            return True
+        what = "undo " if request.kind == "compensate" else ""
+        retry = f" (attempt {request.attempt + 1})" if request.attempt else ""
+        preview = request.payload.decode("utf-8", errors="replace")
+        preview = preview if len(preview) <= 200 else preview[:197] + "..."
+        click.echo(visible(f"next: {what}{request.step}{retry} -> {request.subject}"), err=True)
+        click.echo(visible(f"  payload: {preview}"), err=True)
+        click.echo("  [Enter] send   a: send all the rest   q: stop", err=True)
+        answer = await asyncio.to_thread(sys.stdin.readline)
+        if not answer or answer.strip().lower() == "q":
+            return False
+        self.auto = answer.strip().lower() == "a"
+        return True
 
 
 def _live_printer() -> Any:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ class StepReport:
 class RunReport:
     run_id: str
     saga: str
-    outcome: str  # completed | compensated | failed | running (interrupted)
+    outcome: str  # completed | compensated | failed | stopped (by the gate) | running
     reason: str
     correlation_id: str
     steps: list[StepReport] = field(default_factory=list)
@@ -71,8 +71,8 @@ class RunReport:
 
     @property
     def clean(self) -> bool:
-        """Completed, or failed and compensated every completed step."""
-        return self.outcome in ("completed", "compensated")
+        """Completed, failed and compensated every completed step, or stopped on request."""
+        return self.outcome in ("completed", "compensated", "stopped")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -130,10 +130,12 @@ class SagaRunner:
         nc: Client,
         db: sqlite3.Connection,
         on_step: Callable[[str, Request, StepResult | None], None] | None = None,
+        gate: Callable[[Request], Awaitable[bool]] | None = None,
     ) -> None:
         self.nc = nc
         self.db = db
         self.on_step = on_step  # ("intent" | "result", request, result) for live output
+        self.gate = gate  # asked before each request; False stops the run, resumable later
         self.pid = os.getpid()
 
     async def start(
@@ -211,13 +213,16 @@ class SagaRunner:
     ) -> RunReport:
         report.correlation_id = run.correlation_id
         finished: Finished | None = None
+        stopped = False
         try:
-            while finished is None:
+            while finished is None and not stopped:
                 action = engine.next(time.time_ns())
                 if isinstance(action, Sleep):
                     await asyncio.sleep(max(0.0, (action.until_ns - time.time_ns()) / 1e9))
                 elif isinstance(action, Finished):
                     finished = action
+                elif self.gate is not None and not await self.gate(action):
+                    stopped = True
                 else:
                     report.steps.append(await self._send(engine, run, action))
         finally:
@@ -226,9 +231,10 @@ class SagaRunner:
                 store.finish_saga_run(
                     self.db, run.run_id, finished.outcome, finished.reason, time.time_ns()
                 )
-            else:  # interrupted: leave the run resumable and let another runner claim it
-                report.outcome, report.reason = "running", "interrupted"
-                store.finish_saga_run(self.db, run.run_id, "running", "interrupted", None)
+            else:  # stopped or interrupted: the run stays resumable by any runner
+                report.outcome = "stopped" if stopped else "running"
+                report.reason = "stopped before the next step" if stopped else "interrupted"
+                store.finish_saga_run(self.db, run.run_id, "running", report.reason, None)
         return report
 
     async def _send(
