@@ -324,7 +324,7 @@ async def _session(
             db.close()
         if recording is not None:
             try:
-                await recording.stop(nc)
+                await recording.stop()
             except RecordingError as exc:
                 fail(str(exc))
     finally:

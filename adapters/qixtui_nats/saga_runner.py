@@ -386,19 +386,16 @@ class Recording:
             if db is not None:
                 db.close()
 
-    async def stop(self, nc: Client) -> None:
-        """Wait until the recorder has the run's last reply, then stop it if we started it."""
+    async def stop(self) -> None:
+        """Stop the recorder if we started it. On SIGINT it unsubscribes and round-trips to
+        the server first, so the run's last reply, already delivered to us, is kept."""
         if self.proc is None:
             return
-        try:
-            if self.proc.poll() is None:
-                await self.sync(nc)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGINT)  # the recorder flushes and closes the file
-            code = await asyncio.to_thread(self.proc.wait)
-            if code != 0:
-                raise RecordingError(f"the recorder exited with {code}: {self._stderr()}")
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(self.proc.wait)
+        if code != 0:
+            raise RecordingError(f"the recorder exited with {code}: {self._stderr()}")
 
     def abort(self) -> None:
         """Stop a recorder we started and that is still running, keeping what it wrote."""
