@@ -14,7 +14,7 @@ import pytest
 
 from qixtui.core import store
 from qixtui.core.saga import load_saga_text
-from qixtui_nats.saga_runner import SagaRunner, open_journal
+from qixtui_nats.saga_runner import Recording, SagaRunner, open_journal
 from qixtui_nats.server import EmbeddedServer
 
 STEPS_PER_RUN = 100
@@ -41,7 +41,9 @@ def echo_saga(steps: int) -> str:
 
 
 @pytest.mark.benchmark
-async def test_saga_step_overhead(tmp_path: Path) -> None:
+@pytest.mark.parametrize("recorder", [False, True], ids=["journal-only", "with-recorder"])
+async def test_saga_step_overhead(tmp_path: Path, recorder: bool) -> None:
+    """With a recorder the journal shares the file with the recorder's writer process."""
     with EmbeddedServer(jetstream=False) as server:
         participant = await nats.connect(server.url)
 
@@ -52,7 +54,12 @@ async def test_saga_step_overhead(tmp_path: Path) -> None:
         await participant.flush()
         nc = await nats.connect(server.url)
         path = tmp_path / "bench.qix"
-        store.create_session(path).close()
+        recording = Recording(path, [], {"NATS_URL": server.url}) if recorder else None
+        if recording is not None:
+            recording.spawn()
+            await recording.sync(nc)
+        else:
+            store.create_session(path).close()
         db = open_journal(path)
         text = echo_saga(STEPS_PER_RUN)
         saga = load_saga_text(text)
@@ -81,13 +88,16 @@ async def test_saga_step_overhead(tmp_path: Path) -> None:
             edges = [started, *marks]
             steps.extend((b - a) / 1e3 for a, b in itertools.pairwise(edges))
         db.close()
+        if recording is not None:
+            await recording.stop()
         await nc.close()
         await participant.close()
 
     bare_med, step_med = statistics.median(bare), statistics.median(steps)
     overhead = step_med - bare_med
     print(
-        f"\nsaga step vs bare request, median of {len(steps):,} each:\n"
+        f"\nsaga step vs bare request ({'with a recorder' if recorder else 'journal only'}), "
+        f"median of {len(steps):,} each:\n"
         f"  bare nats-py request   {bare_med:8.1f} µs  (p90 {quantile(bare, 0.9):.1f})\n"
         f"  saga step (journaled)  {step_med:8.1f} µs  (p90 {quantile(steps, 0.9):.1f})\n"
         f"  overhead per step      {overhead:8.1f} µs  (target < 2000 µs), "
