@@ -213,7 +213,7 @@ def orchestrate(
         if not Path(file).exists():
             fail(f"{file}: no such file")
         connect = build_connect_options(conn)
-        reports = asyncio.run(_session(connect, Path(file), no_record, resume=run_id))
+        reports = run_or_interrupt(_session(connect, Path(file), no_record, resume=run_id), file)
         _finish(reports, as_json, Path(file))
         return
     if not saga_file:
@@ -237,7 +237,7 @@ def orchestrate(
             store.create_session(path, {"saga": saga.name}).close()
         except store.SessionError as exc:
             fail(str(exc))
-    reports = asyncio.run(
+    reports = run_or_interrupt(
         _session(
             connect,
             path,
@@ -247,9 +247,23 @@ def orchestrate(
             overrides=overrides,
             runs=runs,
             step=not auto,
-        )
+        ),
+        str(path),
     )
     _finish(reports, as_json, path)
+
+
+def run_or_interrupt(session: Any, file: str) -> list[Any]:
+    """Ctrl-C stops the run where it is (journaled, resumable) with one line, no traceback."""
+    try:
+        return asyncio.run(session)
+    except KeyboardInterrupt:
+        fail(
+            f"interrupted; the run is resumable: `qixtui orchestrate --show {file}` lists it, "
+            f"`qixtui orchestrate --resume RUN_ID {file}` continues it",
+            130,
+        )
+    raise AssertionError  # fail() exits
 
 
 def _finish(reports: list[Any], as_json: bool, path: Path) -> None:

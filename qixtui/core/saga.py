@@ -190,9 +190,8 @@ def check_saga(saga: SagaDef) -> list[tuple[int | None, str]]:
         if step.retries < 0:
             problems.append((i, f"{label}: retries cannot be negative"))
         problems.extend((i, f"{label}: {p}") for p in _check_success(step.success))
-        available = seen | set()
         problems.extend(
-            (i, f"{label}: payload: {p}") for p in check_template(step.payload, saga, available)
+            (i, f"{label}: payload: {p}") for p in check_template(step.payload, saga, seen)
         )
         comp = step.compensate
         if comp is not None:
@@ -258,7 +257,33 @@ def _valid_pointer(pointer: str) -> bool:
     return pointer == "" or pointer.startswith("/")
 
 
+class _AnyReply(dict[str, Any]):
+    """Stands in for a reply not yet received: every pointer finds a string."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> Any:
+        return self
+
+
 def check_template(template: str, saga: SagaDef, steps_before: set[str]) -> list[str]:
+    problems = _check_references(template, saga, steps_before)
+    if problems or not template.lstrip().startswith(("{", "[")):
+        return problems
+    # A JSON-looking template must still be JSON once filled in.
+    scope = {**saga.vars, "run_id": "run", "saga": saga.name}
+    stub = _AnyReply()
+    try:
+        msgspec.json.decode(render(template, scope, {name: stub for name in steps_before}))
+    except msgspec.DecodeError as exc:
+        return [f"not valid JSON once filled in ({exc})"]
+    except KeyError as exc:
+        return [str(exc.args[0])]
+    return []
+
+
+def _check_references(template: str, saga: SagaDef, steps_before: set[str]) -> list[str]:
     problems = []
     for match in _PLACEHOLDER.finditer(template):
         ref = match.group(1)

@@ -252,3 +252,34 @@ async def test_stepping_sends_one_step_per_line_and_q_leaves_the_run_resumable(
         "shop.cmd.notify.send",
     ]
     assert all(n == 1 for n in shop.seen.values())  # nothing sent twice
+
+
+async def test_ctrl_c_stops_with_one_line_and_leaves_the_run_resumable(
+    nc: Client, nats_server: EmbeddedServer, session_path: Path
+) -> None:
+    shop = Shop(hold={"shop.cmd.stock.reserve"})
+    await shop.serve(nc)
+    proc = await asyncio.create_subprocess_exec(
+        *qixtui_command(
+            "orchestrate", SHOP, "--auto", "-s", nats_server.url, "-o", str(session_path)
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.wait_for(shop.held.wait(), 30)
+        recorder_pid = int(store.get_meta(store.open_session(session_path))["recorder_pid"])
+        proc.send_signal(signal.SIGINT)
+        os.kill(recorder_pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        shop.release.set()
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert err.decode().startswith("qixtui: interrupted; the run is resumable")
+    assert len(err.decode().strip().splitlines()) == 1
+    db = store.open_session(session_path)  # read-only: the recorder finished the file
+    (run,) = store.saga_runs(db)
+    assert (run.status, run.reason, run.owner_pid) == ("running", "interrupted", None)
+    assert [r.result for r in store.saga_journal(db, run.run_id)] == ["ok", None]

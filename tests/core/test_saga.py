@@ -94,6 +94,7 @@ def test_unknown_field_in_an_inline_table_names_its_line() -> None:
         ('request = "shop.cmd.order.complete"', 'request = "shop.*"', "not a subject"),
         ('name = "reserve"', 'name = "authorize"', "two steps are named `authorize`"),
         ("exists = true", "exists = true, equals = 1", "exactly one of"),
+        ('"amount": ${amount}}', '"amount" ${amount}}', "not valid JSON once filled in"),
     ],
 )
 def test_definition_mistakes_are_one_line_errors(old: str, new: str, message: str) -> None:
