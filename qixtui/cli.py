@@ -120,6 +120,7 @@ def main() -> None:
 @click.option("--count", type=click.IntRange(min=1), help="Stop after N events.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
+@click.option("--append", is_flag=True, help="Add to OUTPUT if it is already a session.")
 @click.option(
     "--pending-limit",
     type=click.IntRange(min=1),
@@ -135,6 +136,7 @@ def record(
     count: int | None,
     duration: float | None,
     as_json: bool,
+    append: bool,
     pending_limit: int,
     no_correlate: bool,
     **conn: Any,
@@ -157,6 +159,7 @@ def record(
         pending_limit=pending_limit,
         correlator_factory=None if no_correlate else factory(rules),
         extra_meta={} if no_correlate else {"correlation_rules": rules.to_json()},
+        append=append,
     )
     recorder = Recorder(connect, options)
     progress = print_progress if sys.stderr.isatty() and not as_json else None
@@ -283,14 +286,15 @@ def server(port: int, no_jetstream: bool) -> None:
         srv.close()
 
 
-from qixtui import cli_flows  # noqa: E402,F401  (registers correlate, flows, flow, discover)
+
+# The verbs that live in their own modules register themselves on `main` when imported.
+from qixtui import (  # noqa: E402
+    cli_compare,  # noqa: F401  (compare, export)
+    cli_demo,  # noqa: F401  (demo)
+    cli_flows,  # noqa: F401  (correlate, flows, flow, discover)
+    cli_saga,  # noqa: F401  (orchestrate)
+    cli_tui,  # noqa: F401  (tap, replay)
+)
 
 if __name__ == "__main__":
     main()
-
-
-from qixtui import (  # noqa: E402
-    cli_compare,  # noqa: F401  (registers compare, export)
-    cli_demo,  # noqa: F401
-    cli_tui,  # noqa: F401  (registers tap, replay)
-)

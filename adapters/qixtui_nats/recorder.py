@@ -71,6 +71,7 @@ class RecordOptions:
     pending_limit: int = 1_000_000
     correlator_factory: Callable[[], Any] | None = None
     extra_meta: dict[str, str] = field(default_factory=dict)
+    append: bool = False  # add to an existing session (e.g. while a saga run resumes)
 
 
 class _Sender:
@@ -169,17 +170,21 @@ class Recorder:
     # -- lifecycle ------------------------------------------------------------------------
 
     def start_writer(self) -> None:
-        db = store.create_session(
-            self.options.output,
-            {
-                "server": self.connect.display_servers(),
-                "subjects": ",".join(self.options.subjects),
-                "started_ns": str(time.time_ns()),
-                "qixtui_version": qixtui.__version__,
-                "recorder_pid": str(os.getpid()),
-                **self.options.extra_meta,
-            },
-        )
+        meta = {
+            "server": self.connect.display_servers(),
+            "subjects": ",".join(self.options.subjects),
+            "started_ns": str(time.time_ns()),
+            "qixtui_version": qixtui.__version__,
+            "recorder_pid": str(os.getpid()),
+            **self.options.extra_meta,
+        }
+        if self.options.append and self.options.output.exists():
+            db = store.open_session(self.options.output, readonly=False)
+            db.execute("PRAGMA journal_mode = WAL")  # a finished session was left in DELETE mode
+            with store.transaction(db):
+                store.set_meta(db, meta)
+        else:
+            db = store.create_session(self.options.output, meta)
         db.close()
         ctx = multiprocessing.get_context("spawn")
         parent_end, child_end = ctx.Pipe(duplex=False)
@@ -198,7 +203,8 @@ class Recorder:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
-        store.ensure_new(self.options.output)
+        if not self.options.append:
+            store.ensure_new(self.options.output)
         try:
             await self._connect()
             tasks = [

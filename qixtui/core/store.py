@@ -82,6 +82,37 @@ def _schema_v1(db: sqlite3.Connection) -> None:
             parent_id INTEGER
         );
         CREATE INDEX links_event ON links(event_id);
+        CREATE TABLE saga_runs (
+            run_id TEXT PRIMARY KEY,
+            saga TEXT NOT NULL,
+            definition TEXT NOT NULL,
+            vars TEXT NOT NULL,
+            correlation_id TEXT NOT NULL,
+            trace_id TEXT NOT NULL,
+            status TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            started_ns INTEGER NOT NULL,
+            ended_ns INTEGER,
+            owner_pid INTEGER
+        );
+        CREATE TABLE saga_journal (
+            run_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            step TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            idempotency_key TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            headers TEXT NOT NULL,
+            in_doubt INTEGER NOT NULL DEFAULT 0,
+            intent_ns INTEGER NOT NULL,
+            result TEXT,
+            detail TEXT NOT NULL DEFAULT '',
+            reply BLOB,
+            result_ns INTEGER,
+            PRIMARY KEY (run_id, seq)
+        );
         """,
     )
 
@@ -503,6 +534,206 @@ def headers_object(headers: Headers | None) -> dict[str, str | list[str]]:
         else:
             out[name] = value
     return out
+
+
+# --- saga runs and their journal ----------------------------------------------------------
+# Each write is its own tiny transaction: the recorder's writer shares the file (WAL lets one
+# writer in at a time), and an intent must be on disk before its request goes out.
+
+
+@dataclass
+class SagaRunRecord:
+    run_id: str
+    saga: str
+    definition: str  # the saga's TOML, so a run resumes without the original file
+    vars: dict[str, Any]
+    correlation_id: str
+    trace_id: str
+    status: str  # running | completed | compensated | failed
+    started_ns: int
+    reason: str = ""
+    ended_ns: int | None = None
+    owner_pid: int | None = None
+
+
+@dataclass
+class JournalRow:
+    run_id: str
+    seq: int
+    step: str
+    kind: str  # action | compensate
+    attempt: int
+    idempotency_key: str
+    subject: str
+    payload: bytes
+    headers: dict[str, str]
+    in_doubt: bool
+    intent_ns: int
+    result: str | None = None  # ok | error | timeout | no_responders | in_doubt; None = unknown
+    detail: str = ""
+    reply: bytes | None = None
+    result_ns: int | None = None
+
+
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_str_object = msgspec.json.Decoder(dict[str, str]).decode
+RUN_COLUMNS = (
+    "run_id, saga, definition, vars, correlation_id, trace_id, status, started_ns, reason, "
+    "ended_ns, owner_pid"
+)
+JOURNAL_COLUMNS = (
+    "run_id, seq, step, kind, attempt, idempotency_key, subject, payload, headers, in_doubt, "
+    "intent_ns, result, detail, reply, result_ns"
+)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
+
+
+def insert_saga_run(db: sqlite3.Connection, run: SagaRunRecord) -> None:
+    with transaction(db):
+        db.execute(
+            f"INSERT INTO saga_runs({RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                run.run_id,
+                run.saga,
+                run.definition,
+                _json_encode(run.vars).decode(),
+                run.correlation_id,
+                run.trace_id,
+                run.status,
+                run.started_ns,
+                run.reason,
+                run.ended_ns,
+                run.owner_pid,
+            ),
+        )
+
+
+def claim_saga_run(
+    db: sqlite3.Connection, run_id: str, pid: int, alive: Callable[[int], bool] = pid_alive
+) -> SagaRunRecord:
+    """Become the one runner of a run; refused while another live process owns it."""
+    with transaction(db):
+        run = saga_run(db, run_id)
+        if run is None:
+            raise SessionError(f"no saga run {run_id!r} in this session")
+        if run.owner_pid is not None and run.owner_pid != pid and alive(run.owner_pid):
+            raise SessionError(
+                f"saga run {run_id} is being run by process {run.owner_pid}; "
+                "only one runner at a time"
+            )
+        db.execute("UPDATE saga_runs SET owner_pid = ? WHERE run_id = ?", (pid, run_id))
+    run.owner_pid = pid
+    return run
+
+
+def finish_saga_run(
+    db: sqlite3.Connection, run_id: str, status: str, reason: str, ended_ns: int | None
+) -> None:
+    """Record where a run stands and give up ownership."""
+    with transaction(db):
+        db.execute(
+            "UPDATE saga_runs SET status = ?, reason = ?, ended_ns = ?, owner_pid = NULL "
+            "WHERE run_id = ?",
+            (status, reason, ended_ns, run_id),
+        )
+
+
+def journal_intent(db: sqlite3.Connection, row: JournalRow) -> None:
+    with transaction(db):
+        db.execute(
+            "INSERT INTO saga_journal(run_id, seq, step, kind, attempt, idempotency_key, "
+            "subject, payload, headers, in_doubt, intent_ns) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.run_id,
+                row.seq,
+                row.step,
+                row.kind,
+                row.attempt,
+                row.idempotency_key,
+                row.subject,
+                row.payload,
+                _json_encode(row.headers).decode(),
+                int(row.in_doubt),
+                row.intent_ns,
+            ),
+        )
+
+
+def journal_result(
+    db: sqlite3.Connection,
+    run_id: str,
+    seq: int,
+    result: str,
+    detail: str,
+    reply: bytes | None,
+    result_ns: int,
+) -> None:
+    with transaction(db):
+        db.execute(
+            "UPDATE saga_journal SET result = ?, detail = ?, reply = ?, result_ns = ? "
+            "WHERE run_id = ? AND seq = ?",
+            (result, detail, reply, result_ns, run_id, seq),
+        )
+
+
+def _row_to_run(row: Sequence[Any]) -> SagaRunRecord:
+    return SagaRunRecord(
+        run_id=row[0],
+        saga=row[1],
+        definition=row[2],
+        vars=_decode_object(row[3]),
+        correlation_id=row[4],
+        trace_id=row[5],
+        status=row[6],
+        started_ns=row[7],
+        reason=row[8],
+        ended_ns=row[9],
+        owner_pid=row[10],
+    )
+
+
+def saga_run(db: sqlite3.Connection, run_id: str) -> SagaRunRecord | None:
+    row = db.execute(f"SELECT {RUN_COLUMNS} FROM saga_runs WHERE run_id = ?", (run_id,)).fetchone()
+    return _row_to_run(row) if row else None
+
+
+def saga_runs(db: sqlite3.Connection) -> list[SagaRunRecord]:
+    sql = f"SELECT {RUN_COLUMNS} FROM saga_runs ORDER BY started_ns, run_id"
+    return [_row_to_run(r) for r in db.execute(sql)]
+
+
+def saga_journal(db: sqlite3.Connection, run_id: str) -> list[JournalRow]:
+    sql = f"SELECT {JOURNAL_COLUMNS} FROM saga_journal WHERE run_id = ? ORDER BY seq"
+    return [
+        JournalRow(
+            run_id=r[0],
+            seq=r[1],
+            step=r[2],
+            kind=r[3],
+            attempt=r[4],
+            idempotency_key=r[5],
+            subject=r[6],
+            payload=bytes(r[7]),
+            headers=_decode_str_object(r[8]),
+            in_doubt=bool(r[9]),
+            intent_ns=r[10],
+            result=r[11],
+            detail=r[12],
+            reply=bytes(r[13]) if r[13] is not None else None,
+            result_ns=r[14],
+        )
+        for r in db.execute(sql, (run_id,))
+    ]
 
 
 def file_size(path: Path) -> int:

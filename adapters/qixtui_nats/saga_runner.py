@@ -1,0 +1,418 @@
+"""The saga runner: drives qixtui.core.saga's engine over NATS request/reply and journals it.
+
+Every request's intent is committed to the session file before it is sent and its result
+after, so a runner killed in between leaves the step in doubt; `resume` closes that entry as
+`in_doubt` and sends the same request again with the same idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+
+from qixtui.core import store
+from qixtui.core.saga import (
+    Finished,
+    JournalEntry,
+    Request,
+    Response,
+    SagaDef,
+    SagaEngine,
+    SagaError,
+    Sleep,
+    StepResult,
+    format_duration,
+    load_saga_text,
+    resolve_vars,
+    trace_headers,
+)
+from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
+
+READY_SUBJECT = "qixtui.orchestrate.sync"
+
+
+@dataclass
+class StepReport:
+    seq: int
+    step: str
+    kind: str
+    attempt: int
+    result: str
+    detail: str
+    ms: float
+    in_doubt: bool = False
+
+
+@dataclass
+class RunReport:
+    run_id: str
+    saga: str
+    outcome: str  # completed | compensated | failed | stopped (by the gate) | running
+    reason: str
+    correlation_id: str
+    steps: list[StepReport] = field(default_factory=list)
+    in_doubt: list[StepReport] = field(default_factory=list)  # found when resuming
+
+    @property
+    def clean(self) -> bool:
+        """Completed, failed and compensated every completed step, or stopped on request."""
+        return self.outcome in ("completed", "compensated", "stopped")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "saga": self.saga,
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "correlation_id": self.correlation_id,
+            "steps": [s.__dict__ for s in self.steps],
+            "in_doubt": [s.__dict__ for s in self.in_doubt],
+        }
+
+
+async def connect_bus(connect: ConnectOptions) -> Client:
+    """Connect for a run; errors become one ConnectError line, never nats-py's tracebacks."""
+    errors: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    try:
+        nc = await nats.connect(
+            **connect.kwargs(),
+            connect_timeout=3,
+            max_reconnect_attempts=1,  # the first connect fails fast on a wrong URL or login
+            reconnect_time_wait=0.5,
+            error_cb=on_error,
+        )
+    except Exception as exc:
+        cause = errors[0] if errors else exc
+        raise ConnectError(describe_connect_error(cause, connect.display_servers())) from None
+    # Once connected, ride out a server restart; a request meanwhile times out and is retried
+    # or compensated like any other timeout.
+    nc.options["max_reconnect_attempts"] = 60
+    return nc
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(6)
+
+
+def open_journal(path: Path) -> sqlite3.Connection:
+    """A connection for journal writes; WAL so the recorder's writer and readers go on."""
+    db = store.open_session(path, readonly=False)
+    db.execute("PRAGMA journal_mode = WAL")
+    # Durable against a killed process (what the journal guards against); an OS crash may
+    # lose the last commits.
+    db.execute("PRAGMA synchronous = NORMAL")
+    return db
+
+
+class SagaRunner:
+    def __init__(
+        self,
+        nc: Client,
+        db: sqlite3.Connection,
+        on_step: Callable[[str, Request, StepResult | None], None] | None = None,
+        gate: Callable[[Request], Awaitable[bool]] | None = None,
+    ) -> None:
+        self.nc = nc
+        self.db = db
+        self.on_step = on_step  # ("intent" | "result", request, result) for live output
+        self.gate = gate  # asked before each request; False stops the run, resumable later
+        self.pid = os.getpid()
+
+    async def start(
+        self,
+        saga: SagaDef,
+        definition: str,
+        overrides: dict[str, str] | None = None,
+        run_id: str | None = None,
+    ) -> RunReport:
+        run_id = run_id or new_run_id()
+        variables = resolve_vars(saga, overrides or {}, run_id)
+        run = store.SagaRunRecord(
+            run_id=run_id,
+            saga=saga.name,
+            definition=definition,
+            vars=variables,
+            correlation_id=str(uuid.uuid4()),
+            trace_id=secrets.token_hex(16),
+            status="running",
+            started_ns=time.time_ns(),
+            owner_pid=self.pid,
+        )
+        store.insert_saga_run(self.db, run)
+        engine = SagaEngine(saga, run_id, dict(variables))
+        return await self._drive(engine, run, RunReport(run_id, saga.name, "running", "", ""))
+
+    async def resume(self, run_id: str) -> RunReport:
+        run = store.claim_saga_run(self.db, run_id, self.pid)
+        report = RunReport(run_id, run.saga, run.status, run.reason, run.correlation_id)
+        try:
+            saga = load_saga_text(run.definition, f"run {run_id}")
+            rows = store.saga_journal(self.db, run_id)
+            entries = [
+                JournalEntry(
+                    r.seq,
+                    r.step,
+                    r.kind,
+                    r.attempt,
+                    r.idempotency_key,
+                    r.payload,
+                    r.intent_ns,
+                    r.result,
+                    r.detail,
+                    r.reply,
+                )
+                for r in rows
+            ]
+            engine, doubt = SagaEngine.from_journal(saga, run_id, run.vars, entries)
+        except BaseException:
+            store.finish_saga_run(self.db, run_id, run.status, run.reason, run.ended_ns)
+            raise
+        for r in rows:
+            if r.result is not None:
+                ms = ((r.result_ns or r.intent_ns) - r.intent_ns) / 1e6
+                report.steps.append(
+                    StepReport(r.seq, r.step, r.kind, r.attempt, r.result, r.detail, ms, r.in_doubt)
+                )
+        if run.status != "running":  # nothing left to do; say how it ended
+            store.finish_saga_run(self.db, run_id, run.status, run.reason, run.ended_ns)
+            return report
+        if doubt is not None:
+            detail = "the runner stopped after sending; the outcome is unknown"
+            store.journal_result(
+                self.db, run_id, doubt.seq, "in_doubt", detail, None, time.time_ns()
+            )
+            found = StepReport(
+                doubt.seq, doubt.step, doubt.kind, doubt.attempt, "in_doubt", detail, 0
+            )
+            report.in_doubt.append(found)
+            report.steps.append(found)
+        return await self._drive(engine, run, report)
+
+    async def _drive(
+        self, engine: SagaEngine, run: store.SagaRunRecord, report: RunReport
+    ) -> RunReport:
+        report.correlation_id = run.correlation_id
+        finished: Finished | None = None
+        stopped = False
+        try:
+            while finished is None and not stopped:
+                action = engine.next(time.time_ns())
+                if isinstance(action, Sleep):
+                    await asyncio.sleep(max(0.0, (action.until_ns - time.time_ns()) / 1e9))
+                elif isinstance(action, Finished):
+                    finished = action
+                elif self.gate is not None and not await self.gate(action):
+                    stopped = True
+                else:
+                    report.steps.append(await self._send(engine, run, action))
+        finally:
+            if finished is not None:
+                report.outcome, report.reason = finished.outcome, finished.reason
+                store.finish_saga_run(
+                    self.db, run.run_id, finished.outcome, finished.reason, time.time_ns()
+                )
+            else:  # stopped or interrupted: the run stays resumable by any runner
+                report.outcome = "stopped" if stopped else "running"
+                report.reason = "stopped before the next step" if stopped else "interrupted"
+                store.finish_saga_run(self.db, run.run_id, "running", report.reason, None)
+        return report
+
+    async def _send(
+        self, engine: SagaEngine, run: store.SagaRunRecord, request: Request
+    ) -> StepReport:
+        headers = trace_headers(
+            run.run_id, request, run.correlation_id, run.trace_id, secrets.token_hex(8)
+        )
+        started = time.time_ns()
+        store.journal_intent(
+            self.db,
+            store.JournalRow(
+                run_id=run.run_id,
+                seq=request.seq,
+                step=request.step,
+                kind=request.kind,
+                attempt=request.attempt,
+                idempotency_key=request.idempotency_key,
+                subject=request.subject,
+                payload=request.payload,
+                headers=headers,
+                in_doubt=request.in_doubt,
+                intent_ns=started,
+            ),
+        )
+        if self.on_step:
+            self.on_step("intent", request, None)
+        response = await self._request(request, headers)
+        now = time.time_ns()
+        result = engine.feed(response, now)
+        store.journal_result(
+            self.db,
+            run.run_id,
+            request.seq,
+            result.kind,
+            result.detail,
+            response.payload if response.status == "reply" else None,
+            now,
+        )
+        if self.on_step:
+            self.on_step("result", request, result)
+        return StepReport(
+            request.seq,
+            request.step,
+            request.kind,
+            request.attempt,
+            result.kind,
+            result.detail,
+            (now - started) / 1e6,
+            request.in_doubt,
+        )
+
+    async def _request(self, request: Request, headers: dict[str, str]) -> Response:
+        try:
+            msg = await self.nc.request(
+                request.subject, request.payload, timeout=request.timeout_s, headers=headers
+            )
+        except nats.errors.NoRespondersError:
+            return Response("no_responders", detail=f"no responders on {request.subject}")
+        except nats.errors.TimeoutError:
+            return Response(
+                "timeout", detail=f"no reply within {format_duration(request.timeout_s)}"
+            )
+        except nats.errors.Error as exc:
+            return Response("error", detail=f"{type(exc).__name__}: {exc}".rstrip(": "))
+        pairs = list(msg.headers.items()) if msg.headers else None
+        return Response("reply", msg.data, pairs)
+
+
+# --- the recording that holds the run's events ---------------------------------------------
+
+
+class RecordingError(Exception):
+    """The recorder could not be started or did not come up; the message is one line."""
+
+
+def recorder_alive(db: sqlite3.Connection) -> bool:
+    """Is a `qixtui record` process writing this session right now?"""
+    meta = store.get_meta(db)
+    pid = meta.get("recorder_pid", "")
+    if not pid.isdigit() or not store.pid_alive(int(pid)):
+        return False
+    stopped = meta.get("stopped_ns", "")
+    return not stopped or int(stopped) < int(meta.get("started_ns", "0") or 0)
+
+
+class Recording:
+    """The `qixtui record` process that records a run's traffic into the session file.
+
+    The recorder is the only writer of events; the runner writes only journal rows. If a
+    recorder already writes the file it is used as is and left running.
+    """
+
+    def __init__(self, path: Path, record_args: list[str], env: dict[str, str]) -> None:
+        self.path = path
+        self.record_args = record_args  # connection flags without secrets (those go in env)
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def attached(self) -> bool:
+        if not self.path.exists():
+            return False
+        db = store.open_session(self.path, readonly=True)
+        try:
+            return recorder_alive(db)
+        finally:
+            db.close()
+
+    def spawn(self) -> None:
+        """Start a recorder unless one already writes the file; then `sync` before sending."""
+        if not self.attached():
+            cmd = [sys.executable, "-m", "qixtui", "record", "-o", str(self.path)]
+            if self.path.exists():
+                cmd.append("--append")
+            self.proc = subprocess.Popen(
+                [*cmd, *self.record_args],
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+
+    async def sync(self, nc: Client, within: float = 15.0) -> None:
+        """Publish a marker until the recorder has written it: then everything published
+        before it has been received by the recorder."""
+        marker = secrets.token_hex(8).encode()
+        deadline = time.monotonic() + within
+        db: sqlite3.Connection | None = None
+        try:
+            while time.monotonic() < deadline:
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RecordingError(f"the recorder stopped: {self._stderr()}")
+                await nc.publish(READY_SUBJECT, marker)
+                await nc.flush()
+                await asyncio.sleep(0.05)
+                if db is None:
+                    with contextlib.suppress(store.SessionError):
+                        db = store.open_session(self.path, readonly=True)
+                if db is not None:
+                    with contextlib.suppress(sqlite3.OperationalError):
+                        row = db.execute(
+                            "SELECT 1 FROM events WHERE subject = ? AND payload = ? LIMIT 1",
+                            (READY_SUBJECT, marker),
+                        ).fetchone()
+                        if row:
+                            return
+            raise RecordingError(f"the recorder did not write {self.path} within {within:g}s")
+        finally:
+            if db is not None:
+                db.close()
+
+    async def stop(self) -> None:
+        """Stop the recorder if we started it. On SIGINT it unsubscribes and round-trips to
+        the server first, so the run's last reply, already delivered to us, is kept."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        code = await asyncio.to_thread(self.proc.wait)
+        if code != 0:
+            raise RecordingError(f"the recorder exited with {code}: {self._stderr()}")
+
+    def abort(self) -> None:
+        """Stop a recorder we started and that is still running, keeping what it wrote."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def _stderr(self) -> str:
+        if self.proc is None or self.proc.stderr is None or self.proc.poll() is None:
+            return ""
+        lines = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit code {self.proc.returncode}"
+
+
+__all__ = ["RecordingError", "RunReport", "SagaError", "SagaRunner", "open_journal"]

@@ -1,0 +1,385 @@
+"""The `orchestrate` verb: check a saga definition, run it headless, resume a crashed run."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qixtui.cli import build_connect_options, connection_options, fail, main, open_or_fail
+from qixtui.core import store
+from qixtui.core.saga import SagaDef, SagaError, describe_step, load_saga_text
+from qixtui.core.text import visible
+
+
+def load_or_fail(path: str) -> tuple[SagaDef, str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{path}: cannot read ({exc.__class__.__name__}: {exc.strerror or exc})")
+    try:
+        return load_saga_text(text, path), text
+    except SagaError as exc:
+        fail(str(exc))
+    raise AssertionError  # fail() exits
+
+
+def plan_lines(saga: SagaDef) -> list[str]:
+    pivot = next((i for i, s in enumerate(saga.steps) if s.pivot), None)
+    where = (
+        f"pivot at step {pivot + 1} ({saga.steps[pivot].name})"
+        if pivot is not None
+        else ("no pivot: any failure compensates every completed step")
+    )
+    lines = [f"saga {saga.name}: {len(saga.steps)} steps, {where}"]
+    if saga.description:
+        lines.append(f"  {saga.description}")
+    for name, value in saga.vars.items():
+        lines.append(f"  var {name} = {json.dumps(value)}")
+    lines.extend("  " + describe_step(step, i, pivot) for i, step in enumerate(saga.steps))
+    return [visible(line) for line in lines]
+
+
+def parse_vars(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            fail(f"--var {item!r}: use NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def recorder_environment(connect: Any) -> tuple[list[str], dict[str, str]]:
+    """Flags and environment for the `qixtui record` child: secrets only in the environment."""
+    args: list[str] = []
+    for flag, value in (
+        ("--creds", connect.creds),
+        ("--nkey", connect.nkey),
+        ("--user", connect.user),
+        ("--tlsca", connect.tlsca),
+        ("--tlscert", connect.tlscert),
+        ("--tlskey", connect.tlskey),
+    ):
+        if value:
+            args += [flag, value]
+    env = {"NATS_URL": ",".join(connect.servers)}
+    if connect.token:
+        env["NATS_TOKEN"] = connect.token
+    if connect.password is not None:
+        env["NATS_PASSWORD"] = connect.password
+    return args, env
+
+
+def step_line(report: Any) -> str:
+    status = "IN DOUBT" if report.result == "in_doubt" else report.result
+    resend = " (resent after doubt)" if report.in_doubt else ""
+    attempt = f" attempt {report.attempt + 1}" if report.attempt else ""
+    detail = f": {report.detail}" if report.detail else ""
+    what = "undo " if report.kind == "compensate" else ""
+    return f"  {report.seq:>3} {what}{report.step}{attempt}{resend} -> {status}{detail}"
+
+
+def print_report(report: Any, as_json: bool, file: Path) -> None:
+    if as_json:
+        click.echo(json.dumps({**report.to_json(), "file": str(file)}, ensure_ascii=False))
+        return
+    for doubt in report.in_doubt:
+        click.echo(
+            visible(
+                f"run {report.run_id}: step {doubt.step} ({doubt.kind}) was IN DOUBT: "
+                "resent with the same idempotency key"
+            )
+        )
+    for step in report.steps:
+        click.echo(visible(step_line(step)))
+    click.echo(visible(f"run {report.run_id} {report.saga}: {report.outcome}: {report.reason}"))
+    if report.outcome in ("stopped", "running"):
+        click.echo(visible(f"continue with: qixtui orchestrate --resume {report.run_id} {file}"))
+
+
+def show_runs(file: str, as_json: bool) -> None:
+    db = open_or_fail(file)
+    try:
+        runs = store.saga_runs(db)
+    except sqlite3.OperationalError:
+        runs = []  # a session from before saga tables existed has no runs
+    for run in runs:
+        rows = store.saga_journal(db, run.run_id)
+        if as_json:
+            click.echo(json.dumps({**run_json(run), "journal": [journal_json(r) for r in rows]}))
+            continue
+        when = dt.datetime.fromtimestamp(run.started_ns / 1e9).isoformat(
+            sep=" ", timespec="seconds"
+        )
+        owner = f", run by process {run.owner_pid}" if run.owner_pid else ""
+        lines = [f"run {run.run_id} {run.saga}: {run.status}{owner} (started {when}) {run.reason}"]
+        for r in rows:
+            result = r.result or "IN DOUBT: intent journaled, no result"
+            if r.result == "in_doubt":
+                result = "IN DOUBT (resent below)"
+            what = "undo " if r.kind == "compensate" else ""
+            attempt = f" attempt {r.attempt + 1}" if r.attempt else ""
+            detail = f": {r.detail}" if r.detail and r.result != "in_doubt" else ""
+            lines.append(f"  {r.seq:>3} {what}{r.step}{attempt} {r.subject} -> {result}{detail}")
+        if any(r.result is None for r in rows) and run.status == "running":
+            lines.append(f"  resume with: qixtui orchestrate --resume {run.run_id} {file}")
+        click.echo("\n".join(visible(line) for line in lines))
+    if not runs and not as_json:
+        click.echo(f"no saga runs in {file}", err=True)
+
+
+def run_json(run: store.SagaRunRecord) -> dict[str, Any]:
+    out = dict(run.__dict__)
+    del out["definition"]
+    return out
+
+
+def journal_json(row: store.JournalRow) -> dict[str, Any]:
+    out = dict(row.__dict__)
+    for name in ("payload", "reply"):
+        value = out[name]
+        out[name] = None if value is None else value.decode("utf-8", errors="replace")
+    return out
+
+
+def default_output(saga: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(f"{saga}-{stamp}.qix")
+
+
+@main.command()
+@connection_options
+@click.argument("saga_file", required=False, type=click.Path())
+@click.option("--check", is_flag=True, help="Validate SAGA_FILE and print its plan; send nothing.")
+@click.option(
+    "--auto",
+    is_flag=True,
+    help="Run every step without stopping; without it each step waits for Enter.",
+)
+@click.option("--runs", type=click.IntRange(min=1), default=1, help="Run N times in a row.")
+@click.option("--var", "var_items", multiple=True, help="Set a variable: NAME=VALUE (repeatable).")
+@click.option("-o", "--output", type=click.Path(), help="Session file (default: a new file).")
+@click.option(
+    "--resume", nargs=2, metavar="RUN_ID FILE", help="Continue a run that stopped part way."
+)
+@click.option(
+    "--show",
+    "show_file",
+    type=click.Path(),
+    metavar="FILE",
+    help="List the saga runs in FILE with their journals, steps in doubt marked.",
+)
+@click.option(
+    "--no-record",
+    is_flag=True,
+    help="Write only the journal; start no recorder (one may already be recording FILE).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+def orchestrate(
+    saga_file: str | None,
+    check: bool,
+    auto: bool,
+    runs: int,
+    var_items: tuple[str, ...],
+    output: str | None,
+    resume: tuple[str, str] | None,
+    show_file: str | None,
+    no_record: bool,
+    as_json: bool,
+    **conn: Any,
+) -> None:
+    """Drive a saga over NATS request/reply, journaled in a session file.
+
+    \b
+    qixtui orchestrate --check SAGA.toml          validate and print the plan
+    qixtui orchestrate SAGA.toml --auto [--runs N] [--var k=v] [-o FILE] [--json]
+    qixtui orchestrate --resume RUN_ID FILE       continue a crashed run
+    qixtui orchestrate --show FILE                the runs in FILE and their journals
+
+    Exits non-zero when a run fails without compensating cleanly.
+    """
+    if show_file:
+        show_runs(show_file, as_json)
+        return
+    if resume:
+        run_id, file = resume
+        if not Path(file).exists():
+            fail(f"{file}: no such file")
+        connect = build_connect_options(conn)
+        reports = run_or_interrupt(_session(connect, Path(file), no_record, resume=run_id), file)
+        _finish(reports, as_json, Path(file))
+        return
+    if not saga_file:
+        fail("give a saga file (SAGA.toml), or --resume RUN_ID FILE")
+    assert saga_file is not None
+    saga, text = load_or_fail(saga_file)
+    if check:
+        click.echo("\n".join(plan_lines(saga)))
+        return
+    overrides = parse_vars(var_items)
+    from qixtui.core.saga import resolve_vars
+
+    try:
+        resolve_vars(saga, overrides, "check")
+    except SagaError as exc:
+        fail(str(exc))
+    connect = build_connect_options(conn)
+    path = Path(output) if output else default_output(saga.name)
+    if no_record and not path.exists():
+        try:
+            store.create_session(path, {"saga": saga.name}).close()
+        except store.SessionError as exc:
+            fail(str(exc))
+    reports = run_or_interrupt(
+        _session(
+            connect,
+            path,
+            no_record,
+            saga=saga,
+            text=text,
+            overrides=overrides,
+            runs=runs,
+            step=not auto,
+        ),
+        str(path),
+    )
+    _finish(reports, as_json, path)
+
+
+def run_or_interrupt(session: Any, file: str) -> list[Any]:
+    """Ctrl-C stops the run where it is (journaled, resumable) with one line, no traceback."""
+    try:
+        return asyncio.run(session)
+    except KeyboardInterrupt:
+        fail(
+            f"interrupted; the run is resumable: `qixtui orchestrate --show {file}` lists it, "
+            f"`qixtui orchestrate --resume RUN_ID {file}` continues it",
+            130,
+        )
+    raise AssertionError  # fail() exits
+
+
+def _finish(reports: list[Any], as_json: bool, path: Path) -> None:
+    for report in reports:
+        print_report(report, as_json, path.resolve())
+    if not as_json:
+        click.echo(f"journal and events in {path.resolve()}", err=True)
+    if any(not r.clean for r in reports):
+        sys.exit(1)
+
+
+async def _session(
+    connect: Any,
+    path: Path,
+    no_record: bool,
+    *,
+    resume: str | None = None,
+    saga: SagaDef | None = None,
+    text: str = "",
+    overrides: dict[str, str] | None = None,
+    runs: int = 1,
+    step: bool = False,
+) -> list[Any]:
+    from qixtui_nats.connect import ConnectError
+    from qixtui_nats.saga_runner import (
+        Recording,
+        RecordingError,
+        SagaRunner,
+        connect_bus,
+        open_journal,
+    )
+
+    try:
+        nc = await connect_bus(connect)
+    except ConnectError as exc:
+        fail(str(exc))
+    reports: list[Any] = []
+    recording = None
+    try:
+        if not no_record:
+            args, env = recorder_environment(connect)
+            recording = Recording(path, args, env)
+            try:
+                recording.spawn()
+                await recording.sync(nc)
+            except (RecordingError, store.SessionError) as exc:
+                fail(str(exc))
+        try:
+            db = open_journal(path)
+        except store.SessionError as exc:
+            fail(str(exc))
+        try:
+            live = step or sys.stderr.isatty()
+            runner = SagaRunner(
+                nc,
+                db,
+                on_step=_live_printer() if live else None,
+                gate=Stepper().gate if step else None,
+            )
+            if resume:
+                try:
+                    reports.append(await runner.resume(resume))
+                except (SagaError, store.SessionError) as exc:
+                    fail(str(exc))
+            else:
+                assert saga is not None
+                for _ in range(runs):
+                    reports.append(await runner.start(saga, text, overrides))
+                    if reports[-1].outcome == "stopped":
+                        break
+        finally:
+            db.close()
+        if recording is not None:
+            try:
+                await recording.stop()
+            except RecordingError as exc:
+                fail(str(exc))
+    finally:
+        if recording is not None:
+            await asyncio.to_thread(recording.abort)  # only does something after an error
+        await nc.close()
+    return reports
+
+
+class Stepper:
+    """Step through a run from the terminal (or a script on stdin): each request is shown
+    and waits for a line: empty sends it, `a` sends it and the rest, `q` or end of input
+    stops with the run left resumable."""
+
+    def __init__(self) -> None:
+        self.auto = False
+
+    async def gate(self, request: Any) -> bool:
+        if self.auto:
+            return True
+        what = "undo " if request.kind == "compensate" else ""
+        retry = f" (attempt {request.attempt + 1})" if request.attempt else ""
+        preview = request.payload.decode("utf-8", errors="replace")
+        preview = preview if len(preview) <= 200 else preview[:197] + "..."
+        click.echo(visible(f"next: {what}{request.step}{retry} -> {request.subject}"), err=True)
+        click.echo(visible(f"  payload: {preview}"), err=True)
+        click.echo("  [Enter] send   a: send all the rest   q: stop", err=True)
+        answer = await asyncio.to_thread(sys.stdin.readline)
+        if not answer or answer.strip().lower() == "q":
+            return False
+        self.auto = answer.strip().lower() == "a"
+        return True
+
+
+def _live_printer() -> Any:
+    def show(stage: str, request: Any, result: Any) -> None:
+        what = f"{'undo ' if request.kind == 'compensate' else ''}{request.step}"
+        if stage == "intent":
+            line = f"-> {what} {request.subject}"
+        else:
+            line = f"<- {what} {result.kind} {result.detail}".rstrip()
+        click.echo(visible(line), err=True)
+
+    return show

@@ -1,0 +1,285 @@
+"""`qixtui orchestrate` as a user runs it: a real nats-server, participants in this test's
+event loop, the recorder as a child process, and a runner killed mid-step."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from helpers import qixtui_command, run_qixtui
+from nats.aio.client import Client
+from shop_participants import Shop
+
+from qixtui.core import store
+from qixtui_nats.server import EmbeddedServer
+
+SHOP = str(Path(__file__).parent.parent / "sagas" / "shop.toml")
+SHOP_TEXT = Path(SHOP).read_text()
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+async def qixtui(*args: str) -> tuple[int, str, str]:
+    """Run the CLI without blocking this loop, so the participants keep answering."""
+    proc = await asyncio.create_subprocess_exec(
+        *qixtui_command(*args),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def test_check_prints_the_plan() -> None:
+    result = run_qixtui("orchestrate", "--check", SHOP)
+    assert result.returncode == 0, result.stderr
+    assert "saga shop: 5 steps, pivot at step 3 (ship)" in result.stdout
+    assert "1. authorize  -> shop.cmd.payment.authorize  timeout 2s" in result.stdout
+    assert "undo -> shop.cmd.payment.refund" in result.stdout
+    assert "[after pivot: retried, never compensated]" in result.stdout
+
+
+def test_check_names_the_line_of_an_unknown_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(SHOP_TEXT.replace('backoff = "100ms"', 'backof = "100ms"'))
+    result = run_qixtui("orchestrate", "--check", str(bad))
+    assert result.returncode == 1
+    line = SHOP_TEXT.splitlines().index('backoff = "100ms"') + 1
+    assert result.stderr.strip() == (
+        f"qixtui: {bad}:{line}: Object contains unknown field `backof` (at steps[0])"
+    )
+
+
+async def test_auto_runs_record_every_request_in_one_flow_per_run(
+    nc: Client, nats_server: EmbeddedServer, session_path: Path
+) -> None:
+    shop = Shop()
+    await shop.serve(nc)
+    code, out, err = await qixtui(
+        "orchestrate", SHOP, "--auto", "--runs", "2", "--json",
+        "-s", nats_server.url, "-o", str(session_path),
+    )  # fmt: skip
+    assert code == 0, err
+    reports = [json.loads(line) for line in out.splitlines()]
+    assert [r["outcome"] for r in reports] == ["completed", "completed"]
+    orders = {c[2]["order_id"] for c in shop.calls}
+    assert orders == {f"order-{r['run_id']}" for r in reports}  # a fresh order id per run
+    db = store.open_session(session_path)  # read-only: the recorder has finished the file
+    runs = store.saga_runs(db)
+    assert [(r.run_id, r.status) for r in runs] == [(r["run_id"], "completed") for r in reports]
+    for report in reports:
+        recorded = [
+            e
+            for e in store.iter_events(db, store.EventQuery(subject="shop.cmd.>"))
+            if e.header("Qixtui-Saga-Run") == report["run_id"]
+        ]
+        assert len(recorded) == 5
+        assert {e.header("X-Correlation-ID") for e in recorded} == {report["correlation_id"]}
+    replies = list(store.iter_events(db, store.EventQuery(subject="_INBOX.>")))
+    assert len(replies) == 10  # the recorder caught the last reply before it stopped
+    db.close()
+    # A second session into the same file adds to it.
+    code, out, err = await qixtui(
+        "orchestrate", SHOP, "--auto", "--json", "-s", nats_server.url, "-o", str(session_path)
+    )
+    assert code == 0, err
+    db = store.open_session(session_path)
+    assert len(store.saga_runs(db)) == 3
+    assert len(list(store.iter_events(db, store.EventQuery(subject="_INBOX.>")))) == 15
+    db.close()
+
+
+async def test_exit_code_says_whether_a_run_failed_cleanly(
+    nc: Client, nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    shop = Shop(decline=True)
+    await shop.serve(nc)
+    code, out, err = await qixtui(
+        "orchestrate", SHOP, "--auto", "--no-record", "-s", nats_server.url,
+        "-o", str(tmp_path / "a.qix"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert ": compensated: step `authorize` failed: error: error: declined" in out
+    shop.decline = False
+    shop.silent.add("shop.cmd.notify.send")
+    fast = tmp_path / "fast.toml"
+    fast.write_text(SHOP_TEXT.replace('timeout = "2s"', 'timeout = "100ms"'))
+    code, out, err = await qixtui(
+        "orchestrate", str(fast), "--auto", "--no-record", "-s", nats_server.url,
+        "-o", str(tmp_path / "b.qix"),
+    )  # fmt: skip
+    assert code == 1
+    assert "failed: step `notify` failed: timeout" in out
+
+
+async def test_resume_after_sigkill_resends_the_step_in_doubt_with_the_same_key(
+    nc: Client, nats_server: EmbeddedServer, session_path: Path
+) -> None:
+    shop = Shop(hold={"shop.cmd.stock.reserve"})
+    await shop.serve(nc)
+    proc = await asyncio.create_subprocess_exec(
+        *qixtui_command(
+            "orchestrate", SHOP, "--auto", "-s", nats_server.url, "-o", str(session_path)
+        ),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    recorder_pid = 0
+    try:
+        # The participant holds the request: its intent is journaled, its result cannot be.
+        await asyncio.wait_for(shop.held.wait(), 30)
+        db = sqlite3.connect(session_path)
+        (run_id,) = db.execute("SELECT run_id FROM saga_runs").fetchone()
+        db.close()
+        code, out, err = await qixtui(
+            "orchestrate", "--resume", run_id, str(session_path), "-s", nats_server.url
+        )
+        assert code == 1
+        assert err.strip() == (
+            f"qixtui: saga run {run_id} is being run by process {proc.pid}; "
+            "only one runner at a time"
+        )
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        recorder_pid = int(store.get_meta(store.open_session(session_path))["recorder_pid"])
+        shop.release.set()
+
+        db = sqlite3.connect(session_path)
+        rows = db.execute(
+            "SELECT step, kind, result FROM saga_journal WHERE run_id = ? ORDER BY seq", (run_id,)
+        ).fetchall()
+        db.close()
+        assert rows == [("authorize", "action", "ok"), ("reserve", "action", None)]
+        code, out, err = await qixtui("orchestrate", "--show", str(session_path))
+        assert code == 0, err
+        assert "2 reserve shop.cmd.stock.reserve -> IN DOUBT: intent journaled, no result" in out
+        assert f"resume with: qixtui orchestrate --resume {run_id} {session_path}" in out
+
+        code, out, err = await qixtui(
+            "orchestrate", "--resume", run_id, str(session_path), "-s", nats_server.url
+        )
+        assert code == 0, err
+        assert f"run {run_id}: step reserve (action) was IN DOUBT" in out
+        assert f"run {run_id} shop: completed" in out
+        key = f"{run_id}:reserve:action"
+        assert (shop.seen[key], shop.applied[key]) == (2, 1)
+        assert shop.applied[f"{run_id}:authorize:action"] == 1  # done steps are not resent
+        keys = [h["Idempotency-Key"] for s, h, _ in shop.calls if s == "shop.cmd.stock.reserve"]
+        assert keys == [key, key]
+
+        db = store.open_session(session_path)
+        journal = store.saga_journal(db, run_id)
+        assert [(r.step, r.result, r.in_doubt) for r in journal[1:3]] == [
+            ("reserve", "in_doubt", False),
+            ("reserve", "ok", True),
+        ]
+        run = store.saga_run(db, run_id)
+        assert run is not None
+        assert (run.status, run.owner_pid) == ("completed", None)
+        resent = [
+            e
+            for e in store.iter_events(db, store.EventQuery(subject="shop.cmd.stock.reserve"))
+            if e.header("Idempotency-Key") == key
+        ]
+        assert len(resent) == 2  # the orphaned recorder kept recording for the resumed run
+        db.close()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        if recorder_pid and store.pid_alive(recorder_pid):
+            os.kill(recorder_pid, signal.SIGINT)
+            for _ in range(200):
+                if not store.pid_alive(recorder_pid):
+                    break
+                await asyncio.sleep(0.05)
+
+
+def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
+    result = run_qixtui(
+        "orchestrate", SHOP, "--auto", "-s", "nats://127.0.0.1:1", "-o", str(tmp_path / "x.qix")
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("qixtui: cannot connect to nats://127.0.0.1:1")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.qix").exists()
+
+
+async def test_stepping_sends_one_step_per_line_and_q_leaves_the_run_resumable(
+    nc: Client, nats_server: EmbeddedServer, session_path: Path
+) -> None:
+    shop = Shop()
+    await shop.serve(nc)
+    proc = await asyncio.create_subprocess_exec(
+        *qixtui_command(
+            "orchestrate", SHOP, "--no-record", "-s", nats_server.url, "-o", str(session_path)
+        ),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(b"\n\nq\n"), 60)
+    assert proc.returncode == 0, err
+    assert shop.subjects_called() == ["shop.cmd.payment.authorize", "shop.cmd.stock.reserve"]
+    text = err.decode()
+    assert "next: authorize -> shop.cmd.payment.authorize" in text
+    assert '  payload: {"order_id": "order-' in text
+    assert "next: ship -> shop.cmd.shipping.create" in text  # shown, then refused with q
+    run_id = out.decode().split("run ", 1)[1].split()[0]
+    assert f"continue with: qixtui orchestrate --resume {run_id}" in out.decode()
+
+    code, out_text, err_text = await qixtui(
+        "orchestrate", "--resume", run_id, str(session_path), "-s", nats_server.url, "--no-record"
+    )
+    assert code == 0, err_text
+    assert f"run {run_id} shop: completed" in out_text
+    assert shop.subjects_called()[2:] == [
+        "shop.cmd.shipping.create",
+        "shop.cmd.order.complete",
+        "shop.cmd.notify.send",
+    ]
+    assert all(n == 1 for n in shop.seen.values())  # nothing sent twice
+
+
+async def test_ctrl_c_stops_with_one_line_and_leaves_the_run_resumable(
+    nc: Client, nats_server: EmbeddedServer, session_path: Path
+) -> None:
+    shop = Shop(hold={"shop.cmd.stock.reserve"})
+    await shop.serve(nc)
+    proc = await asyncio.create_subprocess_exec(
+        *qixtui_command(
+            "orchestrate", SHOP, "--auto", "-s", nats_server.url, "-o", str(session_path)
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.wait_for(shop.held.wait(), 30)
+        recorder_pid = int(store.get_meta(store.open_session(session_path))["recorder_pid"])
+        proc.send_signal(signal.SIGINT)
+        os.kill(recorder_pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        shop.release.set()
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert err.decode().startswith("qixtui: interrupted; the run is resumable")
+    assert len(err.decode().strip().splitlines()) == 1
+    db = store.open_session(session_path)  # read-only: the recorder finished the file
+    (run,) = store.saga_runs(db)
+    assert (run.status, run.reason, run.owner_pid) == ("running", "interrupted", None)
+    assert [r.result for r in store.saga_journal(db, run.run_id)] == ["ok", None]

@@ -1,0 +1,169 @@
+"""The saga runner against participants on a real nats-server, journaled in a real file."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from shop_participants import Shop
+
+from qixtui.core import store
+from qixtui.core.saga import load_saga_text
+from qixtui_nats.saga_runner import SagaRunner, open_journal
+from qixtui_nats.server import EmbeddedServer
+
+SHOP = Path(__file__).parent.parent / "sagas" / "shop.toml"
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def journal(session_path: Path):
+    store.create_session(session_path).close()
+    db = open_journal(session_path)
+    yield db
+    db.close()
+
+
+def with_timeout(step: str, timeout: str) -> str:
+    """The shop saga with one step's timeout changed."""
+    text = SHOP.read_text()
+    start = text.index(f'name = "{step}"')
+    at = text.index('timeout = "', start)
+    end = text.index("\n", at)
+    return text[:at] + f'timeout = "{timeout}"' + text[end:]
+
+
+def shop_saga(text: str | None = None):
+    text = text or SHOP.read_text()
+    return load_saga_text(text, "shop.toml"), text
+
+
+async def run_shop(nc: Client, journal, shop: Shop, text: str | None = None):
+    await shop.serve(nc)
+    saga, source = shop_saga(text)
+    return await SagaRunner(nc, journal).start(saga, source)
+
+
+async def test_happy_run_completes_every_step_with_run_headers(nc, journal) -> None:
+    shop = Shop()
+    report = await run_shop(nc, journal, shop)
+    assert report.outcome == "completed"
+    assert [s.step for s in report.steps] == ["authorize", "reserve", "ship", "complete", "notify"]
+    assert all(s.result == "ok" for s in report.steps)
+    run_id = report.run_id
+    for subject, headers, _ in shop.calls:
+        step = subject.split(".")[-2] if "notify" not in subject else "notify"
+        assert headers["Qixtui-Saga-Run"] == run_id
+        assert headers["X-Correlation-ID"] == report.correlation_id
+        assert headers["Idempotency-Key"].startswith(f"{run_id}:")
+        assert headers["traceparent"].startswith("00-")
+        del step
+    traces = {h["traceparent"].split("-")[1] for _, h, _ in shop.calls}
+    assert len(traces) == 1  # one trace for the whole run
+    # Templates filled from variables and earlier replies.
+    notify = shop.calls[-1][2]
+    assert notify["message"] == f"order order-{run_id} shipped as ship-order-{run_id}"
+    assert shop.calls[0][2]["amount"] == 42
+    run = store.saga_run(journal, run_id)
+    assert run is not None
+    assert (run.status, run.owner_pid) == ("completed", None)
+    rows = store.saga_journal(journal, run_id)
+    assert [(r.step, r.kind, r.result) for r in rows] == [
+        (s, "action", "ok") for s in ["authorize", "reserve", "ship", "complete", "notify"]
+    ]
+    assert all(r.intent_ns <= (r.result_ns or 0) for r in rows)
+    assert json.loads(rows[0].reply or b"")["payment_id"] == f"pay-order-{run_id}"
+
+
+async def test_declined_payment_compensates_nothing_and_fails_cleanly(nc, journal) -> None:
+    shop = Shop(decline=True)
+    report = await run_shop(nc, journal, shop)
+    assert report.outcome == "compensated"
+    assert report.clean
+    assert "declined" in report.reason
+    assert shop.subjects_called() == ["shop.cmd.payment.authorize"]
+    rows = store.saga_journal(journal, report.run_id)
+    assert [(r.step, r.kind, r.result) for r in rows] == [("authorize", "action", "error")]
+
+
+async def test_stock_failure_refunds_the_payment(nc, journal) -> None:
+    shop = Shop(out_of_stock=True)
+    report = await run_shop(nc, journal, shop)
+    assert report.outcome == "compensated"
+    assert shop.subjects_called() == [
+        "shop.cmd.payment.authorize",
+        "shop.cmd.stock.reserve",
+        "shop.cmd.payment.refund",
+    ]
+    refund = shop.calls[-1]
+    assert refund[2] == {
+        "order_id": f"order-{report.run_id}",
+        "payment_id": f"pay-order-{report.run_id}",
+    }
+    assert refund[1]["Idempotency-Key"] == f"{report.run_id}:authorize:compensate"
+    rows = store.saga_journal(journal, report.run_id)
+    assert [(r.step, r.kind, r.result) for r in rows][-1] == ("authorize", "compensate", "ok")
+
+
+async def test_shipping_failure_compensates_in_reverse_order(nc, journal) -> None:
+    shop = Shop(silent={"shop.cmd.shipping.create"})
+    text = with_timeout("ship", "200ms")
+    report = await run_shop(nc, journal, shop, text)
+    assert report.outcome == "compensated"
+    assert shop.subjects_called()[-2:] == ["shop.cmd.stock.release", "shop.cmd.payment.refund"]
+
+
+async def test_silent_participant_times_out_after_the_step_timeout(nc, journal) -> None:
+    shop = Shop(silent={"shop.cmd.payment.authorize"})
+    text = with_timeout("authorize", "1200ms")
+    started = time.monotonic()
+    report = await run_shop(nc, journal, shop, text)
+    elapsed = time.monotonic() - started
+    assert report.steps[0].result == "timeout"
+    assert report.steps[0].detail == "no reply within 1.2s"
+    assert report.steps[0].ms >= 1200  # the configured timeout, not nats-py's 0.5 s default
+    assert elapsed < 5
+    assert report.outcome == "compensated"
+
+
+async def test_no_responders_is_reported_at_once(nc, journal) -> None:
+    shop = Shop()
+    # Nobody serves stock.
+    await shop.serve(nc, ["shop.cmd.payment.authorize", "shop.cmd.payment.refund"])
+    saga, text = shop_saga()
+    report = await SagaRunner(nc, journal).start(saga, text)
+    reserve = report.steps[1]
+    assert (reserve.step, reserve.result) == ("reserve", "no_responders")
+    assert reserve.ms < 1000  # at once, not after the 2 s timeout
+    assert shop.subjects_called() == ["shop.cmd.payment.authorize", "shop.cmd.payment.refund"]
+
+
+async def test_step_after_pivot_is_retried_not_compensated(nc, journal) -> None:
+    shop = Shop(silent={"shop.cmd.order.complete"})
+    text = with_timeout("complete", "100ms")
+    report = await run_shop(nc, journal, shop, text)
+    assert report.outcome == "failed"
+    assert not report.clean
+    assert shop.subjects_called().count("shop.cmd.order.complete") == 4  # 1 + 3 retries
+    keys = {h["Idempotency-Key"] for s, h, _ in shop.calls if s == "shop.cmd.order.complete"}
+    assert keys == {f"{report.run_id}:complete:action"}
+    assert not any("refund" in s or "release" in s for s in shop.subjects_called())
+
+
+async def test_second_runner_is_refused_while_the_owner_lives(nc, journal) -> None:
+    report = await run_shop(nc, journal, Shop(decline=True))
+    with store.transaction(journal):
+        journal.execute("UPDATE saga_runs SET owner_pid = 1 WHERE run_id = ?", (report.run_id,))
+    with pytest.raises(store.SessionError, match="only one runner at a time"):
+        await SagaRunner(nc, journal).resume(report.run_id)
