@@ -286,7 +286,6 @@ def server(port: int, no_jetstream: bool) -> None:
         srv.close()
 
 
-
 # The verbs that live in their own modules register themselves on `main` when imported.
 from qixtui import (  # noqa: E402
     cli_compare,  # noqa: F401  (compare, export)
