@@ -272,5 +272,7 @@ def server(port: int, no_jetstream: bool) -> None:
         srv.close()
 
 
+from qixtui import cli_replay  # noqa: E402,F401
+
 if __name__ == "__main__":
     main()

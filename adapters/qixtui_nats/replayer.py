@@ -1,0 +1,295 @@
+"""The replayer: publish a recording's selected events onto a bus, paced, confirmed, resumable.
+
+The rules (selection, schedule, deny list, subject and header rewrite) are in
+qixtui.core.replay; this module does the I/O. The connection never reconnects, so nats-py
+buffers nothing while disconnected: a dropped connection stops the replay, and the position
+saved is the last message handed to the client, so a resume never sends a message twice.
+Messages handed over after the last PING/PONG confirmation are reported as in doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+
+from qixtui.core.replay import DryRun, Outgoing, Plan, Replay, Schedule, selection_sql
+from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
+
+# At full speed a PING/PONG confirms every CONFIRM_EVERY messages; at a paced speed the
+# replayer confirms whenever it is about to idle for longer than IDLE_CONFIRM_NS.
+CONFIRM_EVERY = 4096
+PUSH_BYTES = 256 * 1024
+IDLE_CONFIRM_NS = 2_000_000
+SAVE_EVERY_S = 0.2
+FLUSH_TIMEOUT_S = 5
+
+
+class ReplayClient(Client):
+    """A nats-py client that publishes pre-built frames.
+
+    nats-py's publish takes headers as a dict, which loses repeated names and their order;
+    recorded headers go out as the recorded pairs instead.
+    """
+
+    on_lost: Callable[[], None] | None = None
+
+    async def _lost(self) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
+
+    def queue(self, frame: bytes) -> None:
+        self._pending.append(frame)
+        self._pending_data_size += len(frame)
+
+    async def push(self) -> None:
+        """Hand everything queued to the socket now."""
+        await self._flush_pending(force_flush=True)
+
+    async def confirm(self) -> None:
+        """Return once the server has processed everything queued so far.
+
+        nats-py writes its PING straight to the socket, ahead of queued frames, so they are
+        pushed first.
+        """
+        await self.push()
+        await self.flush(timeout=FLUSH_TIMEOUT_S)
+
+
+def frame(subject: str, reply: str | None, headers: bytes, payload: bytes) -> bytes:
+    total = len(headers) + len(payload)
+    if reply:
+        head = f"HPUB {subject} {reply} {len(headers)} {total}\r\n"
+    else:
+        head = f"HPUB {subject} {len(headers)} {total}\r\n"
+    return b"".join((head.encode(), headers, payload, b"\r\n"))
+
+
+@dataclass
+class Target:
+    url: str
+    server_id: str
+    server_name: str
+    max_payload: int
+    headers: bool
+
+
+@dataclass
+class Progress:
+    """Where a run is: what was handed to the client, what the server confirmed."""
+
+    last_seq: int
+    last_event_id: int
+    confirmed_seq: int
+    sent: int = 0
+    requests: int = 0
+    replies: int = 0
+    status: str = "running"
+    error: str | None = None
+    lateness_ns: list[int] = field(default_factory=list)
+
+
+async def connect(options: ConnectOptions) -> tuple[ReplayClient, Target]:
+    """Connect without reconnecting, and read what the target's INFO says about itself."""
+    nc = ReplayClient()
+    errors: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    try:
+        await nc.connect(
+            **options.kwargs(),
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=3,
+            error_cb=on_error,
+            disconnected_cb=nc._lost,
+            closed_cb=nc._lost,
+        )
+    except Exception as exc:
+        cause = errors[0] if errors else exc
+        raise ConnectError(describe_connect_error(cause, options.display_servers())) from None
+    info = nc._server_info or {}
+    return nc, Target(
+        url=options.display_servers(),
+        server_id=str(info.get("server_id", "")),
+        server_name=str(info.get("server_name", "")),
+        max_payload=int(info.get("max_payload", nc.max_payload)),
+        headers=bool(info.get("headers", False)),
+    )
+
+
+def rows(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[tuple[Any, ...]]:
+    sql, params = selection_sql(plan.selection, after_id)
+    cursor = db.execute(sql, params)
+    while batch := cursor.fetchmany(1024):
+        yield from batch
+
+
+def dry_run(
+    db: sqlite3.Connection, plan: Plan, after_id: int, last_seq: int, max_payload: int
+) -> tuple[DryRun, Replay]:
+    """Every message the plan would publish, counted; nothing is sent."""
+    replay = Replay(plan, last_seq)
+    report = DryRun(max_payload)
+    for row in rows(db, plan, after_id):
+        if replay.done:
+            break
+        out = replay.next(row)
+        if out is not None:
+            report.add(out)
+    return report, replay
+
+
+class Replayer:
+    """Publishes a plan's messages on a connected client, paced by the recorded timestamps."""
+
+    def __init__(
+        self,
+        nc: ReplayClient,
+        db: sqlite3.Connection,
+        plan: Plan,
+        *,
+        after_id: int = 0,
+        last_seq: int = 0,
+        save: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.nc = nc
+        self.db = db
+        self.plan = plan
+        self.after_id = after_id
+        self.replay = Replay(plan, last_seq)
+        self.progress = Progress(last_seq, after_id, last_seq)
+        self.save = save or (lambda progress: None)
+        self._stop = asyncio.Event()
+        self._stop_reason: str | None = None
+        self._inbox = ""
+        self._replied = asyncio.Event()
+
+    def stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stop.set()
+
+    async def run(self) -> Progress:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop, "interrupted")
+        self.nc.on_lost = lambda: self.stop("disconnected")
+        progress = self.progress
+        try:
+            if self.plan.requests:
+                self._inbox = self.nc.new_inbox()
+                await self.nc.subscribe(self._inbox + ".*", cb=self._on_reply)
+            await self._publish()
+            await self.nc.confirm()
+            progress.confirmed_seq = progress.last_seq
+            if self.plan.requests:
+                await self._await_replies()
+        except (nats.errors.Error, OSError, asyncio.CancelledError) as exc:
+            self.stop(f"connection lost ({type(exc).__name__})")
+        if self._stop_reason is not None:
+            progress.status = "stopped"
+            progress.error = self._stop_reason
+        else:
+            progress.status = "done"
+        self.save(progress)
+        return progress
+
+    async def _publish(self) -> None:
+        nc, replay, progress, stop = self.nc, self.replay, self.progress, self._stop
+        paced = self.plan.speed is not None
+        schedule = Schedule(self.plan.speed, self.plan.max_gap_ns)
+        inbox = self._inbox
+        start_ns = 0
+        unconfirmed = 0
+        unpushed = 0
+        last_save = time.monotonic()
+        for row in rows(self.db, self.plan, self.after_id):
+            if stop.is_set() or not nc.is_connected:
+                self.stop(self._stop_reason or "disconnected")
+                return
+            if replay.done:
+                return
+            out: Outgoing | None = replay.next(row)
+            if out is None:
+                continue
+            due = schedule.due(out.ts_ns)
+            if paced:
+                if start_ns == 0:
+                    start_ns = time.monotonic_ns()
+                wait = start_ns + due - time.monotonic_ns()
+                if wait > IDLE_CONFIRM_NS and unconfirmed:
+                    await nc.confirm()
+                    progress.confirmed_seq = progress.last_seq
+                    unconfirmed = 0
+                    if time.monotonic() - last_save > SAVE_EVERY_S:
+                        self.save(progress)
+                        last_save = time.monotonic()
+                    wait = start_ns + due - time.monotonic_ns()
+                if wait > 0 and await self._idle(wait / 1e9):
+                    # Stopped while waiting: this message was numbered but never sent.
+                    replay.seq -= 1
+                    return
+                if not nc.is_connected:
+                    replay.seq -= 1
+                    self.stop("disconnected")
+                    return
+            reply = None
+            if inbox and out.request:
+                reply = f"{inbox}.{out.seq}"
+                progress.requests += 1
+            data = frame(out.subject, reply, out.headers, out.payload)
+            nc.queue(data)
+            progress.last_seq = out.seq
+            progress.last_event_id = out.event_id
+            progress.sent += 1
+            unconfirmed += 1
+            if paced:
+                await nc.push()
+                progress.lateness_ns.append(time.monotonic_ns() - start_ns - due)
+                continue
+            unpushed += len(data)
+            if unpushed >= PUSH_BYTES:
+                await nc.push()
+                unpushed = 0
+            if unconfirmed >= CONFIRM_EVERY:
+                await nc.confirm()
+                progress.confirmed_seq = progress.last_seq
+                unconfirmed = unpushed = 0
+                if time.monotonic() - last_save > SAVE_EVERY_S:
+                    self.save(progress)
+                    last_save = time.monotonic()
+
+    async def _idle(self, seconds: float) -> bool:
+        """Wait until a message is due; True when the replay was stopped meanwhile."""
+        if seconds < 0.05:
+            await asyncio.sleep(seconds)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
+
+    async def _await_replies(self, within: float = 1.0) -> None:
+        deadline = time.monotonic() + within
+        while self.progress.replies < self.progress.requests:
+            self._replied.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._replied.wait(), left)
+
+    async def _on_reply(self, msg: Any) -> None:
+        self.progress.replies += 1
+        self._replied.set()
