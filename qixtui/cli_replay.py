@@ -32,6 +32,7 @@ from qixtui.cli import (
 )
 from qixtui.core import store
 from qixtui.core.replay import (
+    DryRun,
     Plan,
     ReplayError,
     Selection,
@@ -261,26 +262,30 @@ async def _run(
     confirm_name: str | None,
     as_json: bool,
 ) -> int:
-    from qixtui_nats.replayer import Progress, Replayer, dry_run
+    from qixtui_nats.replayer import Progress, Replayer, dry_run, may_exceed
     from qixtui_nats.replayer import connect as connect_target
 
     after_id = previous["last_event_id"] if previous else 0
     last_seq = previous["last_seq"] if previous else 0
     nc, target = await connect_target(connect)
     try:
-        same = looks_like_source(meta, target.server_id, target.server_name)
-        report, replay = dry_run(db, plan, after_id, last_seq, target.max_payload)
-        data = _dry_run_json(report, plan, target, dict(replay.skipped))
-        if previous is not None:
-            data["resumes"] = previous["id"]
         if not yes:
+            report, replay = dry_run(db, plan, after_id, last_seq, target.max_payload)
+            data = _dry_run_json(report, plan, target, dict(replay.skipped))
+            if previous is not None:
+                data["resumes"] = previous["id"]
             if as_json:
                 click.echo(json.dumps(data, ensure_ascii=False))
             else:
+                same = looks_like_source(meta, target.server_id, target.server_name)
                 _print_dry_run(data, same)
             return 0
         if not target.headers:
             fail(f"{target.url} does not support headers; replayed messages need them")
+        report = DryRun(target.max_payload)
+        # The exact pass over the selection only when a cheap bound says it may be needed.
+        if may_exceed(db, plan, after_id, target.max_payload):
+            report, _ = dry_run(db, plan, after_id, last_seq, target.max_payload)
         if report.oversize:
             first = report.oversize[0]
             fail(

@@ -21,7 +21,17 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 
-from qixtui.core.replay import DryRun, Outgoing, Plan, Replay, Schedule, selection_sql
+from qixtui.core.replay import (
+    REPLIES_REFRESH_SQL,
+    REPLIES_TABLE_SQL,
+    DryRun,
+    Outgoing,
+    Plan,
+    Replay,
+    Schedule,
+    oversize_bound_sql,
+    selection_sql,
+)
 from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
 
 # At full speed a PING/PONG confirms every CONFIRM_EVERY messages; at a paced speed the
@@ -31,6 +41,7 @@ PUSH_BYTES = 256 * 1024
 IDLE_CONFIRM_NS = 2_000_000
 SAVE_EVERY_S = 0.2
 FLUSH_TIMEOUT_S = 5
+PAGE = 4096
 
 
 class ReplayClient(Client):
@@ -129,10 +140,27 @@ async def connect(options: ConnectOptions) -> tuple[ReplayClient, Target]:
 
 
 def rows(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[tuple[Any, ...]]:
-    sql, params = selection_sql(plan.selection, after_id)
-    cursor = db.execute(sql, params)
-    while batch := cursor.fetchmany(1024):
-        yield from batch
+    """The selected rows in pages; reply-tos recorded meanwhile (a live file) join the deny
+    set before the rows that could use them are read."""
+    db.execute(REPLIES_TABLE_SQL)
+    scanned = 0
+    while True:
+        top = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        if top > scanned:
+            db.execute(REPLIES_REFRESH_SQL, (scanned,))
+            scanned = top
+        sql, params = selection_sql(plan.selection, after_id, PAGE)
+        page = db.execute(sql, params).fetchall()
+        if not page:
+            return
+        yield from page
+        after_id = page[-1][0]
+
+
+def may_exceed(db: sqlite3.Connection, plan: Plan, after_id: int, max_payload: int) -> bool:
+    """False when no selected message can be larger than max_payload (a cheap SQL bound)."""
+    sql, params = oversize_bound_sql(plan.selection, after_id, plan.session, max_payload)
+    return bool(db.execute(sql, params).fetchone()[0])
 
 
 def dry_run(
@@ -224,8 +252,9 @@ class Replayer:
             out: Outgoing | None = replay.next(row)
             if out is None:
                 continue
-            due = schedule.due(out.ts_ns)
+            due = 0
             if paced:
+                due = schedule.due(out.ts_ns)
                 if start_ns == 0:
                     start_ns = time.monotonic_ns()
                 wait = start_ns + due - time.monotonic_ns()

@@ -57,20 +57,19 @@ class Selection:
     limit: int | None = None
 
 
-# The last column tells whether the subject was ever used as a reply-to in the recording.
-# SQLite evaluates the uncorrelated IN subquery once into a temporary index.
-ROW_COLUMNS = (
-    "id, ts_ns, subject, reply, headers, payload, "
-    "subject IN (SELECT reply FROM events WHERE reply IS NOT NULL)"
+# Subjects used as a reply-to anywhere in the recording, in a temporary table of the reading
+# connection (a read-only connection may still write its temp schema). Reading in pages of
+# short statements holds no read lock between pages, so the audit row can be written to the
+# same file (a long-lived read would block the writer in rollback-journal mode).
+REPLIES_TABLE_SQL = "CREATE TEMP TABLE IF NOT EXISTS qixtui_replies (subject TEXT PRIMARY KEY)"
+REPLIES_REFRESH_SQL = (
+    "INSERT OR IGNORE INTO temp.qixtui_replies "
+    "SELECT reply FROM events WHERE id > ? AND reply IS NOT NULL"
 )
+ROW_COLUMNS = "id, ts_ns, subject, reply, headers, payload, subject IN temp.qixtui_replies"
 
 
-def selection_sql(selection: Selection, after_id: int = 0) -> tuple[str, list[Any]]:
-    """The query for a selection, oldest first, starting after event `after_id`.
-
-    The subject GLOB may over-match; `Replay` makes the exact check. `limit` counts
-    published messages, so it is applied by `Replay`, not here.
-    """
+def _where(selection: Selection, after_id: int) -> tuple[str, list[Any]]:
     clauses = ["id > ?"]
     params: list[Any] = [after_id]
     if selection.since_ns is not None:
@@ -88,8 +87,44 @@ def selection_sql(selection: Selection, after_id: int = 0) -> tuple[str, list[An
     if selection.subject:
         clauses.append("subject GLOB ?")
         params.append(subject_glob(selection.subject))
-    sql = f"SELECT {ROW_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id"
+    return " AND ".join(clauses), params
+
+
+def selection_sql(
+    selection: Selection, after_id: int = 0, page: int | None = None
+) -> tuple[str, list[Any]]:
+    """The query for a selection, oldest first, starting after event `after_id`.
+
+    The subject GLOB may over-match; `Replay` makes the exact check. `limit` counts
+    published messages, so it is applied by `Replay`, not here; `page` bounds one query.
+    Run REPLIES_TABLE_SQL and REPLIES_REFRESH_SQL on the connection first.
+    """
+    where, params = _where(selection, after_id)
+    sql = f"SELECT {ROW_COLUMNS} FROM events WHERE {where} ORDER BY id"
+    if page is not None:
+        sql += " LIMIT ?"
+        params.append(page)
     return sql, params
+
+
+def oversize_bound_sql(
+    selection: Selection, after_id: int, session: str, max_payload: int
+) -> tuple[str, list[Any]]:
+    """Whether any selected event might exceed max_payload once replayed, as one query.
+
+    An upper bound on a replayed message's size: a header pair costs 7 more bytes as JSON
+    than on the wire (`["n","v"],` against `n: v\r\n`), so JSON length times k covers the
+    `<session>:` a Nats-Msg-Id gains; the fixed part covers the added replay headers and
+    the longest seq. When this says yes, the exact check (DryRun) decides.
+    """
+    k = 1 + -(-(len(session) + 1) // 7)
+    fixed = len(header_block(None, session, 0)) + 20
+    where, params = _where(selection, after_id)
+    sql = (
+        f"SELECT count(*) FROM events WHERE {where} "
+        "AND size + coalesce(length(CAST(headers AS BLOB)), 0) * ? + ? > ?"
+    )
+    return sql, [*params, k, fixed, max_payload]
 
 
 def deny_reason(subject: str, recorded_reply: bool) -> str | None:
@@ -184,13 +219,15 @@ def header_block(
     replayed copies as duplicates of the originals, while repeats within the recording stay
     repeats (deduplicated as they were the first time).
     """
-    parts = [b"NATS/1.0\r\n"]
-    for name, value in headers or ():
-        if not keep_msg_id and name.lower() == MSG_ID_HEADER:
-            value = f"{session}:{value}"
-        parts.append(f"{name}: {value}\r\n".encode())
-    parts.append(f"{SESSION_HEADER}: {session}\r\n{SEQ_HEADER}: {seq}\r\n\r\n".encode())
-    return b"".join(parts)
+    lines = "".join(
+        f"{name}: {session}:{value}\r\n"
+        if not keep_msg_id and len(name) == 11 and name.lower() == MSG_ID_HEADER
+        else f"{name}: {value}\r\n"
+        for name, value in headers or ()
+    )
+    return (
+        f"NATS/1.0\r\n{lines}{SESSION_HEADER}: {session}\r\n{SEQ_HEADER}: {seq}\r\n\r\n"
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -247,7 +284,8 @@ class Replay:
         self.plan = plan
         self.seq = last_seq
         self.skipped: Counter[str] = Counter()
-        self._denied: dict[tuple[str, bool], str | None] = {}
+        # subject -> (why it is denied, or None; the subject it is published on)
+        self._subjects: dict[str, tuple[str | None, str]] = {}
         limit = plan.selection.limit
         self._remaining = None if limit is None else max(0, limit - last_seq)
 
@@ -260,10 +298,16 @@ class Replay:
         pattern = self.plan.selection.subject
         if pattern and not subject_matches(pattern, subject):
             return None
-        key = (subject, bool(recorded_reply))
-        reason = self._denied.get(key, "")
-        if reason == "":
-            reason = self._denied[key] = deny_reason(subject, bool(recorded_reply))
+        known = self._subjects.get(subject)
+        if known is None:
+            prefix = self.plan.prefix
+            known = self._subjects[subject] = (
+                deny_reason(subject, recorded_reply=False),
+                subject if prefix is None else prefix + subject,
+            )
+        reason, target = known
+        if reason is None and recorded_reply:
+            reason = RECORDED_REPLY
         if reason is not None:
             self.skipped[reason] += 1
             return None
@@ -273,16 +317,16 @@ class Replay:
             self._remaining -= 1
         self.seq += 1
         headers = _decode_headers(headers_json) if headers_json else None
-        prefix = self.plan.prefix
+        plan = self.plan
         return Outgoing(
-            seq=self.seq,
-            event_id=event_id,
-            ts_ns=ts_ns,
-            source_subject=subject,
-            subject=subject if prefix is None else prefix + subject,
-            request=bool(reply),
-            headers=header_block(headers, self.plan.session, self.seq, self.plan.keep_msg_id),
-            payload=bytes(payload),
+            self.seq,
+            event_id,
+            ts_ns,
+            subject,
+            target,
+            bool(reply),
+            header_block(headers, plan.session, self.seq, plan.keep_msg_id),
+            payload,
         )
 
 

@@ -20,6 +20,9 @@ import nats
 from helpers import qixtui_command
 
 from qixtui.core import store
+from qixtui.core.model import Event
+from qixtui.core.replay import Plan
+from qixtui_nats.replayer import PAGE, rows
 from qixtui_nats.server import EmbeddedServer
 
 
@@ -425,3 +428,29 @@ def test_a_restarted_target_stops_the_replay_and_resume_sends_nothing_twice(
     assert [(r["status"], r["last_seq"]) for r in audit] == [("stopped", d), ("done", n)]
     assert audit[1]["resumed_from"] == audit[0]["id"]
     assert audit[0]["session"] == audit[1]["session"]
+
+
+def test_reading_a_replay_holds_no_lock_that_blocks_the_audit_row(tmp_path: Path) -> None:
+    """A finished recording is in rollback-journal mode, where an open read blocks writers:
+    the replayer reads in pages so its progress can be saved mid-replay."""
+    path = tmp_path / "s.qix"
+    db = store.create_session(path, {"server_id": "N"})
+    with store.transaction(db):
+        store.insert_events(
+            db, [Event(i, "a.b", None, None, b"x", id=i) for i in range(1, 3 * PAGE)]
+        )
+    db.execute("PRAGMA journal_mode = DELETE")
+    db.close()
+    reader = store.open_session(path)
+    it = rows(reader, Plan(session="s", prefix="r."), 0)
+    assert next(it)[0] == 1
+    writer = store.open_session(path, readonly=False)
+    writer.execute("PRAGMA busy_timeout = 100")
+    with store.transaction(writer):
+        store.add_replay(
+            writer,
+            {"session": "s", "started_ns": 1, "target": "t", "plan": "{}", "status": "running"},
+        )
+    assert sum(1 for _ in it) == 3 * PAGE - 2
+    writer.close()
+    reader.close()

@@ -6,12 +6,16 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qixtui.core import store
 from qixtui.core.model import Event, Flow, FlowChanges, parse_header_block
 from qixtui.core.replay import (
     BAD_SUBJECT,
     RECORDED_REPLY,
+    REPLIES_REFRESH_SQL,
+    REPLIES_TABLE_SQL,
     DryRun,
     Outgoing,
     Plan,
@@ -23,6 +27,7 @@ from qixtui.core.replay import (
     deny_reason,
     header_block,
     looks_like_source,
+    oversize_bound_sql,
     parse_duration,
     parse_speed,
     selection_sql,
@@ -180,6 +185,8 @@ def run(
     db: sqlite3.Connection, plan: Plan, after_id: int = 0, last_seq: int = 0
 ) -> tuple[Replay, list[Outgoing]]:
     replay = Replay(plan, last_seq)
+    db.execute(REPLIES_TABLE_SQL)
+    db.execute(REPLIES_REFRESH_SQL, (0,))
     sql, params = selection_sql(plan.selection, after_id)
     return replay, [o for row in db.execute(sql, params) if (o := replay.next(row))]
 
@@ -235,3 +242,43 @@ def test_dry_run_totals_and_oversize(tmp_path: Path) -> None:
     assert (created.first_ns, created.last_ns) == (1000 * MS, 1060 * MS)
     # 100 payload bytes + headers is one byte over; headers count toward max_payload.
     assert report.oversize == [(3, 6, "orders.shipped", out[2].size)]
+
+
+header_names = st.sampled_from(["Nats-Msg-Id", "nats-msg-id", "X-Correlation-ID", "ä-name", "T"])
+header_values = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=40
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(header_names, header_values), max_size=8),
+    payload_size=st.integers(0, 300),
+    session=st.sampled_from(["s", "ab12cd34", "a-much-longer-session-id-0123456789"]),
+    seq=st.integers(1, 10**12),
+)
+def test_oversize_bound_never_misses_a_message_too_large(
+    pairs: list[tuple[str, str]], payload_size: int, session: str, seq: int
+) -> None:
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    store.MIGRATIONS[0](db)
+    event = Event(1, "orders.x", None, pairs or None, b"p" * payload_size, id=1)
+    store.insert_events(db, [event])
+    db.execute(REPLIES_TABLE_SQL)
+    db.execute(REPLIES_REFRESH_SQL, (0,))
+    plan = Plan(session=session, prefix="r.")
+    sql, params = selection_sql(plan.selection)
+    out = Replay(plan, last_seq=seq - 1).next(db.execute(sql, params).fetchone())
+    assert out is not None
+    for max_payload in (out.size - 1, out.size // 2, 0):
+        bound_sql, bound_params = oversize_bound_sql(plan.selection, 0, session, max_payload)
+        assert db.execute(bound_sql, bound_params).fetchone()[0] == 1
+    exact_ok, exact_params = oversize_bound_sql(plan.selection, 0, session, 10**9)
+    assert db.execute(exact_ok, exact_params).fetchone()[0] == 0
+
+
+def test_selection_pages(tmp_path: Path) -> None:
+    db = make_session(tmp_path / "s.qix")
+    db.execute(REPLIES_TABLE_SQL)
+    sql, params = selection_sql(Selection(), after_id=1, page=2)
+    assert [row[0] for row in db.execute(sql, params)] == [2, 3]
