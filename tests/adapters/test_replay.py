@@ -321,11 +321,13 @@ async def test_requests_go_to_a_replayer_inbox_and_replies_are_counted(
         await msg.respond(b"pong:" + msg.data)
 
     await nc.subscribe("rq.svc.ping", cb=answer)
+    await nc.flush()
     rec = recording(nats_server.url, source, "svc.>", "_INBOX.>")
     await asyncio.to_thread(rec.__enter__)
     try:
         responder = await nats.connect(nats_server.url)
         await responder.subscribe("svc.ping", cb=answer)
+        await responder.flush()
         for i in range(3):
             await nc.request("svc.ping", str(i).encode(), timeout=2)
         await responder.close()
