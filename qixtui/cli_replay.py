@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import secrets
@@ -234,6 +235,8 @@ def replay_publish(
     else:
         plan = _plan_from_options(kw)
     db = open_or_fail(file)
+    if previous is None:
+        plan = dataclasses.replace(plan, last_id=store.next_event_id(db) - 1)
     meta = store.get_meta(db)
     connect = build_connect_options(conn_kw)
     try:

@@ -149,7 +149,7 @@ def rows(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[tuple[An
         if top > scanned:
             db.execute(REPLIES_REFRESH_SQL, (scanned,))
             scanned = top
-        sql, params = selection_sql(plan.selection, after_id, PAGE)
+        sql, params = selection_sql(plan.selection, after_id, PAGE, plan.last_id)
         page = db.execute(sql, params).fetchall()
         if not page:
             return
@@ -159,7 +159,9 @@ def rows(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[tuple[An
 
 def may_exceed(db: sqlite3.Connection, plan: Plan, after_id: int, max_payload: int) -> bool:
     """False when no selected message can be larger than max_payload (a cheap SQL bound)."""
-    sql, params = oversize_bound_sql(plan.selection, after_id, plan.session, max_payload)
+    sql, params = oversize_bound_sql(
+        plan.selection, after_id, plan.session, max_payload, plan.last_id
+    )
     return bool(db.execute(sql, params).fetchone()[0])
 
 

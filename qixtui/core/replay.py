@@ -69,9 +69,12 @@ REPLIES_REFRESH_SQL = (
 ROW_COLUMNS = "id, ts_ns, subject, reply, headers, payload, subject IN temp.qixtui_replies"
 
 
-def _where(selection: Selection, after_id: int) -> tuple[str, list[Any]]:
+def _where(selection: Selection, after_id: int, last_id: int | None) -> tuple[str, list[Any]]:
     clauses = ["id > ?"]
     params: list[Any] = [after_id]
+    if last_id is not None:
+        clauses.append("id <= ?")
+        params.append(last_id)
     if selection.since_ns is not None:
         clauses.append("ts_ns >= ?")
         params.append(selection.since_ns)
@@ -91,15 +94,18 @@ def _where(selection: Selection, after_id: int) -> tuple[str, list[Any]]:
 
 
 def selection_sql(
-    selection: Selection, after_id: int = 0, page: int | None = None
+    selection: Selection,
+    after_id: int = 0,
+    page: int | None = None,
+    last_id: int | None = None,
 ) -> tuple[str, list[Any]]:
-    """The query for a selection, oldest first, starting after event `after_id`.
+    """The query for a selection, oldest first, after event `after_id`, up to `last_id`.
 
     The subject GLOB may over-match; `Replay` makes the exact check. `limit` counts
     published messages, so it is applied by `Replay`, not here; `page` bounds one query.
     Run REPLIES_TABLE_SQL and REPLIES_REFRESH_SQL on the connection first.
     """
-    where, params = _where(selection, after_id)
+    where, params = _where(selection, after_id, last_id)
     sql = f"SELECT {ROW_COLUMNS} FROM events WHERE {where} ORDER BY id"
     if page is not None:
         sql += " LIMIT ?"
@@ -108,7 +114,11 @@ def selection_sql(
 
 
 def oversize_bound_sql(
-    selection: Selection, after_id: int, session: str, max_payload: int
+    selection: Selection,
+    after_id: int,
+    session: str,
+    max_payload: int,
+    last_id: int | None = None,
 ) -> tuple[str, list[Any]]:
     """Whether any selected event might exceed max_payload once replayed, as one query.
 
@@ -119,7 +129,7 @@ def oversize_bound_sql(
     """
     k = 1 + -(-(len(session) + 1) // 7)
     fixed = len(header_block(None, session, 0)) + 20
-    where, params = _where(selection, after_id)
+    where, params = _where(selection, after_id, last_id)
     sql = (
         f"SELECT count(*) FROM events WHERE {where} "
         "AND size + coalesce(length(CAST(headers AS BLOB)), 0) * ? + ? > ?"
@@ -235,6 +245,8 @@ class Plan:
     """A replay as the user asked for it; stored with its audit row so --resume repeats it.
 
     `prefix` None publishes on the original subjects; `speed` None is as fast as possible.
+    `last_id` is the newest event when the replay was planned: what a recorder still
+    writing adds later is not part of it, so the dry run and the real run see the same.
     """
 
     session: str
@@ -244,6 +256,7 @@ class Plan:
     max_gap_ns: int | None = None
     requests: bool = False
     keep_msg_id: bool = False
+    last_id: int | None = None
 
     def to_json(self) -> str:
         return msgspec.json.encode(self).decode()

@@ -187,7 +187,7 @@ def run(
     replay = Replay(plan, last_seq)
     db.execute(REPLIES_TABLE_SQL)
     db.execute(REPLIES_REFRESH_SQL, (0,))
-    sql, params = selection_sql(plan.selection, after_id)
+    sql, params = selection_sql(plan.selection, after_id, last_id=plan.last_id)
     return replay, [o for row in db.execute(sql, params) if (o := replay.next(row))]
 
 
@@ -282,3 +282,11 @@ def test_selection_pages(tmp_path: Path) -> None:
     db.execute(REPLIES_TABLE_SQL)
     sql, params = selection_sql(Selection(), after_id=1, page=2)
     assert [row[0] for row in db.execute(sql, params)] == [2, 3]
+
+
+def test_a_plan_stops_at_the_newest_event_when_it_was_made(tmp_path: Path) -> None:
+    db = make_session(tmp_path / "s.qix")
+    plan = Plan(session="s", prefix="r.", last_id=2)
+    assert [o.event_id for o in run(db, plan)[1]] == [1, 2]
+    sql, params = oversize_bound_sql(plan.selection, 0, "s", 0, plan.last_id)
+    assert db.execute(sql, params).fetchone()[0] == 2
