@@ -97,15 +97,19 @@ class Target:
 class Progress:
     """Where a run is: what was handed to the client, what the server confirmed."""
 
+    first_seq: int  # the seq before this run's first message
     last_seq: int
     last_event_id: int
     confirmed_seq: int
-    sent: int = 0
     requests: int = 0
     replies: int = 0
     status: str = "running"
     error: str | None = None
     lateness_ns: list[int] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return self.last_seq - self.first_seq
 
 
 async def connect(options: ConnectOptions) -> tuple[ReplayClient, Target]:
@@ -198,7 +202,7 @@ class Replayer:
         self.plan = plan
         self.after_id = after_id
         self.replay = Replay(plan, last_seq)
-        self.progress = Progress(last_seq, after_id, last_seq)
+        self.progress = Progress(last_seq, last_seq, after_id, last_seq)
         self.save = save or (lambda progress: None)
         self._stop = asyncio.Event()
         self._stop_reason: str | None = None
@@ -236,71 +240,94 @@ class Replayer:
         self.save(progress)
         return progress
 
+    def _running(self) -> bool:
+        if self._stop.is_set() or not self.nc.is_connected:
+            self.stop(self._stop_reason or "disconnected")
+            return False
+        return True
+
+    def _reply_to(self, out: Outgoing) -> str | None:
+        if not (self._inbox and out.request):
+            return None
+        self.progress.requests += 1
+        return f"{self._inbox}.{out.seq}"
+
+    async def _confirm(self, last_save: float) -> float:
+        """Confirm what was handed over and, now and then, save the position."""
+        await self.nc.confirm()
+        self.progress.confirmed_seq = self.progress.last_seq
+        if time.monotonic() - last_save > SAVE_EVERY_S:
+            self.save(self.progress)
+            return time.monotonic()
+        return last_save
+
     async def _publish(self) -> None:
-        nc, replay, progress, stop = self.nc, self.replay, self.progress, self._stop
-        paced = self.plan.speed is not None
+        if self.plan.speed is None:
+            await self._publish_max()
+        else:
+            await self._publish_paced()
+
+    async def _publish_paced(self) -> None:
+        nc, replay, progress = self.nc, self.replay, self.progress
         schedule = Schedule(self.plan.speed, self.plan.max_gap_ns)
-        inbox = self._inbox
         start_ns = 0
-        unconfirmed = 0
-        unpushed = 0
+        unconfirmed = False
         last_save = time.monotonic()
         for row in rows(self.db, self.plan, self.after_id):
-            if stop.is_set() or not nc.is_connected:
-                self.stop(self._stop_reason or "disconnected")
+            if not self._running() or replay.done:
                 return
-            if replay.done:
-                return
-            out: Outgoing | None = replay.next(row)
+            out = replay.next(row)
             if out is None:
                 continue
-            due = 0
-            if paced:
-                due = schedule.due(out.ts_ns)
-                if start_ns == 0:
-                    start_ns = time.monotonic_ns()
+            due = schedule.due(out.ts_ns)
+            if start_ns == 0:
+                start_ns = time.monotonic_ns()
+            wait = start_ns + due - time.monotonic_ns()
+            if wait > IDLE_CONFIRM_NS and unconfirmed:
+                last_save = await self._confirm(last_save)
+                unconfirmed = False
                 wait = start_ns + due - time.monotonic_ns()
-                if wait > IDLE_CONFIRM_NS and unconfirmed:
-                    await nc.confirm()
-                    progress.confirmed_seq = progress.last_seq
-                    unconfirmed = 0
-                    if time.monotonic() - last_save > SAVE_EVERY_S:
-                        self.save(progress)
-                        last_save = time.monotonic()
-                    wait = start_ns + due - time.monotonic_ns()
-                if wait > 0 and await self._idle(wait / 1e9):
-                    # Stopped while waiting: this message was numbered but never sent.
-                    replay.seq -= 1
-                    return
-                if not nc.is_connected:
-                    replay.seq -= 1
-                    self.stop("disconnected")
-                    return
-            reply = None
-            if inbox and out.request:
-                reply = f"{inbox}.{out.seq}"
-                progress.requests += 1
-            data = frame(out.subject, reply, out.headers, out.payload)
-            nc.queue(data)
+            if (wait > 0 and await self._idle(wait / 1e9)) or not self._running():
+                # Stopped while waiting: this message was numbered but never sent.
+                replay.seq -= 1
+                return
+            nc.queue(frame(out.subject, self._reply_to(out), out.headers, out.payload))
             progress.last_seq = out.seq
             progress.last_event_id = out.event_id
-            progress.sent += 1
-            unconfirmed += 1
-            if paced:
-                await nc.push()
-                progress.lateness_ns.append(time.monotonic_ns() - start_ns - due)
+            unconfirmed = True
+            await nc.push()
+            progress.lateness_ns.append(time.monotonic_ns() - start_ns - due)
+
+    async def _publish_max(self) -> None:
+        """The hot loop: connection state only changes while awaiting, so it is checked
+        after each push rather than per message."""
+        nc, replay, progress = self.nc, self.replay, self.progress
+        queue, next_out = nc.queue, replay.next
+        limited = self.plan.selection.limit is not None
+        unconfirmed = unpushed = 0
+        last_save = time.monotonic()
+        if not self._running():
+            return
+        for row in rows(self.db, self.plan, self.after_id):
+            if limited and replay.done:
+                return
+            out = next_out(row)
+            if out is None:
                 continue
+            data = frame(out.subject, self._reply_to(out), out.headers, out.payload)
+            queue(data)
+            progress.last_seq = out.seq
+            progress.last_event_id = out.event_id
+            unconfirmed += 1
             unpushed += len(data)
             if unpushed >= PUSH_BYTES:
                 await nc.push()
                 unpushed = 0
-            if unconfirmed >= CONFIRM_EVERY:
-                await nc.confirm()
-                progress.confirmed_seq = progress.last_seq
-                unconfirmed = unpushed = 0
-                if time.monotonic() - last_save > SAVE_EVERY_S:
-                    self.save(progress)
-                    last_save = time.monotonic()
+                if unconfirmed >= CONFIRM_EVERY:
+                    last_save = await self._confirm(last_save)
+                    unconfirmed = 0
+                if not self._running():
+                    return
 
     async def _idle(self, seconds: float) -> bool:
         """Wait until a message is due; True when the replay was stopped meanwhile."""
