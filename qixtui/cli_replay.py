@@ -98,6 +98,12 @@ def _resume_point(path: Path, kw: dict[str, Any]) -> tuple[Plan, dict[str, Any]]
     last = rows[-1]
     if last["status"] == "done":
         fail(f"{path}: nothing to resume (replay {last['id']} finished)")
+    if last["status"] == "running":
+        click.echo(
+            f"qixtui: replay {last['id']} never finished (killed, or still running); messages "
+            f"after seq {last['last_seq']} may be sent a second time",
+            err=True,
+        )
     return Plan.from_json(last["plan"]), last
 
 
