@@ -291,8 +291,9 @@ from qixtui import (  # noqa: E402
     cli_compare,  # noqa: F401  (compare, export)
     cli_demo,  # noqa: F401  (demo)
     cli_flows,  # noqa: F401  (correlate, flows, flow, discover)
+    cli_replay,  # noqa: F401  (replay)
     cli_saga,  # noqa: F401  (orchestrate)
-    cli_tui,  # noqa: F401  (tap, replay)
+    cli_tui,  # noqa: F401  (tap)
 )
 
 if __name__ == "__main__":

@@ -134,10 +134,8 @@ def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
     click.echo(summary[-1] if summary else f"recorder exited ({code}); session: {path}", err=True)
 
 
-@main.command()
-@click.argument("file", type=click.Path())
-def replay(file: str) -> None:
-    """Reopen a recording in the TUI, read-only, with a time cursor."""
+def open_replay(file: str) -> None:
+    """Reopen a recording in the TUI, read-only, with a time cursor (`qixtui replay FILE`)."""
     path = Path(file)
     try:
         store.open_session(path, readonly=True).close()

@@ -113,6 +113,25 @@ def _schema_v1(db: sqlite3.Connection) -> None:
             result_ns INTEGER,
             PRIMARY KEY (run_id, seq)
         );
+        CREATE TABLE replays (
+            id INTEGER PRIMARY KEY,
+            session TEXT NOT NULL,
+            started_ns INTEGER NOT NULL,
+            ended_ns INTEGER,
+            target TEXT NOT NULL,
+            target_server_id TEXT NOT NULL DEFAULT '',
+            target_server_name TEXT NOT NULL DEFAULT '',
+            plan TEXT NOT NULL,
+            status TEXT NOT NULL,
+            last_event_id INTEGER NOT NULL DEFAULT 0,
+            last_seq INTEGER NOT NULL DEFAULT 0,
+            confirmed_seq INTEGER NOT NULL DEFAULT 0,
+            sent INTEGER NOT NULL DEFAULT 0,
+            skipped TEXT NOT NULL DEFAULT '{}',
+            replies INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            resumed_from INTEGER
+        );
         """,
     )
 
@@ -367,6 +386,35 @@ def add_drops(db: sqlite3.Connection, drops: Sequence[Drop]) -> None:
         "INSERT INTO drops(ts_ns, subject, count) VALUES (?, ?, ?)",
         [(d.ts_ns, d.subject, d.count) for d in drops],
     )
+
+
+# --- replays: the audit trail and resume position of `qixtui replay --publish` -------------
+
+REPLAY_COLUMNS = (
+    "id, session, started_ns, ended_ns, target, target_server_id, target_server_name, plan, "
+    "status, last_event_id, last_seq, confirmed_seq, sent, skipped, replies, error, resumed_from"
+)
+
+
+def add_replay(db: sqlite3.Connection, row: dict[str, Any]) -> int:
+    """Insert an audit row (keys from REPLAY_COLUMNS, `id` left out) and return its id."""
+    names = list(row)
+    cur = db.execute(
+        f"INSERT INTO replays({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+        [row[n] for n in names],
+    )
+    return int(cur.lastrowid or 0)
+
+
+def update_replay(db: sqlite3.Connection, replay_id: int, changes: dict[str, Any]) -> None:
+    assigns = ", ".join(f"{name} = ?" for name in changes)
+    db.execute(f"UPDATE replays SET {assigns} WHERE id = ?", [*changes.values(), replay_id])
+
+
+def replays(db: sqlite3.Connection) -> list[dict[str, Any]]:
+    names = [n.strip() for n in REPLAY_COLUMNS.split(",")]
+    rows = db.execute(f"SELECT {REPLAY_COLUMNS} FROM replays ORDER BY id").fetchall()
+    return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 # --- reading -------------------------------------------------------------------------------

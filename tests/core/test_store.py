@@ -153,8 +153,8 @@ def test_older_schema_is_migrated_forward_only_when_writing(tmp_path: Path):
         store.open_session(path)
     # Version 0 -> 1 recreates the schema; on a real old file each step alters it in place.
     db = sqlite3.connect(path)
-    tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-    for (table,) in tables:
+    tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
         db.execute(f"DROP TABLE {table}")
     db.commit()
     db.close()

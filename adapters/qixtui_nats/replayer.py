@@ -1,0 +1,353 @@
+"""The replayer: publish a recording's selected events onto a bus, paced, confirmed, resumable.
+
+The rules (selection, schedule, deny list, subject and header rewrite) are in
+qixtui.core.replay; this module does the I/O. The connection never reconnects, so nats-py
+buffers nothing while disconnected: a dropped connection stops the replay, and the position
+saved is the last message handed to the client, so a resume never sends a message twice.
+Messages handed over after the last PING/PONG confirmation are reported as in doubt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats.errors
+from nats.aio.client import Client
+
+from qixtui.core.replay import (
+    REPLIES_REFRESH_SQL,
+    REPLIES_TABLE_SQL,
+    DryRun,
+    Outgoing,
+    Plan,
+    Replay,
+    Schedule,
+    oversize_bound_sql,
+    selection_sql,
+)
+from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
+
+# At full speed a PING/PONG confirms every CONFIRM_EVERY messages; at a paced speed the
+# replayer confirms whenever it is about to idle for longer than IDLE_CONFIRM_NS.
+CONFIRM_EVERY = 4096
+PUSH_BYTES = 256 * 1024
+IDLE_CONFIRM_NS = 2_000_000
+SAVE_EVERY_S = 0.2
+FLUSH_TIMEOUT_S = 5
+PAGE = 4096
+
+
+class ReplayClient(Client):
+    """A nats-py client that publishes pre-built frames.
+
+    nats-py's publish takes headers as a dict, which loses repeated names and their order;
+    recorded headers go out as the recorded pairs instead.
+    """
+
+    on_lost: Callable[[], None] | None = None
+
+    async def _lost(self) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
+
+    def queue(self, frame: bytes) -> None:
+        self._pending.append(frame)
+        self._pending_data_size += len(frame)
+
+    async def push(self) -> None:
+        """Hand everything queued to the socket now."""
+        await self._flush_pending(force_flush=True)
+
+    async def confirm(self) -> None:
+        """Return once the server has processed everything queued so far.
+
+        nats-py writes its PING straight to the socket, ahead of queued frames, so they are
+        pushed first.
+        """
+        await self.push()
+        await self.flush(timeout=FLUSH_TIMEOUT_S)
+
+
+def frame(subject: str, reply: str | None, headers: bytes, payload: bytes) -> bytes:
+    total = len(headers) + len(payload)
+    if reply:
+        head = f"HPUB {subject} {reply} {len(headers)} {total}\r\n"
+    else:
+        head = f"HPUB {subject} {len(headers)} {total}\r\n"
+    return b"".join((head.encode(), headers, payload, b"\r\n"))
+
+
+@dataclass
+class Target:
+    url: str
+    server_id: str
+    server_name: str
+    max_payload: int
+    headers: bool
+
+
+@dataclass
+class Progress:
+    """Where a run is: what was handed to the client, what the server confirmed."""
+
+    first_seq: int  # the seq before this run's first message
+    last_seq: int
+    last_event_id: int
+    confirmed_seq: int
+    requests: int = 0
+    replies: int = 0
+    status: str = "running"
+    error: str | None = None
+    lateness_ns: list[int] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return self.last_seq - self.first_seq
+
+
+async def connect(options: ConnectOptions) -> tuple[ReplayClient, Target]:
+    """Connect without reconnecting, and read what the target's INFO says about itself."""
+    nc = ReplayClient()
+    errors: list[BaseException] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    try:
+        await nc.connect(
+            **options.kwargs(),
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=3,
+            error_cb=on_error,
+            disconnected_cb=nc._lost,
+            closed_cb=nc._lost,
+        )
+    except Exception as exc:
+        cause = errors[0] if errors else exc
+        raise ConnectError(describe_connect_error(cause, options.display_servers())) from None
+    info = nc._server_info or {}
+    return nc, Target(
+        url=options.display_servers(),
+        server_id=str(info.get("server_id", "")),
+        server_name=str(info.get("server_name", "")),
+        max_payload=int(info.get("max_payload", nc.max_payload)),
+        headers=bool(info.get("headers", False)),
+    )
+
+
+def rows(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[tuple[Any, ...]]:
+    """The selected rows in pages; reply-tos recorded meanwhile (a live file) join the deny
+    set before the rows that could use them are read."""
+    db.execute(REPLIES_TABLE_SQL)
+    scanned = 0
+    while True:
+        top = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        if top > scanned:
+            db.execute(REPLIES_REFRESH_SQL, (scanned,))
+            scanned = top
+        sql, params = selection_sql(plan.selection, after_id, PAGE, plan.last_id)
+        page = db.execute(sql, params).fetchall()
+        if not page:
+            return
+        yield from page
+        after_id = page[-1][0]
+
+
+def may_exceed(db: sqlite3.Connection, plan: Plan, after_id: int, max_payload: int) -> bool:
+    """False when no selected message can be larger than max_payload (a cheap SQL bound)."""
+    sql, params = oversize_bound_sql(
+        plan.selection, after_id, plan.session, max_payload, plan.last_id
+    )
+    return bool(db.execute(sql, params).fetchone()[0])
+
+
+def dry_run(
+    db: sqlite3.Connection, plan: Plan, after_id: int, last_seq: int, max_payload: int
+) -> tuple[DryRun, Replay]:
+    """Every message the plan would publish, counted; nothing is sent."""
+    replay = Replay(plan, last_seq)
+    report = DryRun(max_payload)
+    for row in rows(db, plan, after_id):
+        if replay.done:
+            break
+        out = replay.next(row)
+        if out is not None:
+            report.add(out)
+    return report, replay
+
+
+class Replayer:
+    """Publishes a plan's messages on a connected client, paced by the recorded timestamps."""
+
+    def __init__(
+        self,
+        nc: ReplayClient,
+        db: sqlite3.Connection,
+        plan: Plan,
+        *,
+        after_id: int = 0,
+        last_seq: int = 0,
+        save: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.nc = nc
+        self.db = db
+        self.plan = plan
+        self.after_id = after_id
+        self.replay = Replay(plan, last_seq)
+        self.progress = Progress(last_seq, last_seq, after_id, last_seq)
+        self.save = save or (lambda progress: None)
+        self._stop = asyncio.Event()
+        self._stop_reason: str | None = None
+        self._inbox = ""
+        self._replied = asyncio.Event()
+
+    def stop(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._stop.set()
+
+    async def run(self) -> Progress:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop, "interrupted")
+        self.nc.on_lost = lambda: self.stop("disconnected")
+        progress = self.progress
+        try:
+            if self.plan.requests:
+                self._inbox = self.nc.new_inbox()
+                await self.nc.subscribe(self._inbox + ".*", cb=self._on_reply)
+            await self._publish()
+            await self.nc.confirm()
+            progress.confirmed_seq = progress.last_seq
+            if self.plan.requests:
+                await self._await_replies()
+        except (nats.errors.Error, OSError, asyncio.CancelledError) as exc:
+            self.stop(f"connection lost ({type(exc).__name__})")
+        if self._stop_reason is not None:
+            progress.status = "stopped"
+            progress.error = self._stop_reason
+        else:
+            progress.status = "done"
+        self.save(progress)
+        return progress
+
+    def _running(self) -> bool:
+        if self._stop.is_set() or not self.nc.is_connected:
+            self.stop(self._stop_reason or "disconnected")
+            return False
+        return True
+
+    def _reply_to(self, out: Outgoing) -> str | None:
+        if not (self._inbox and out.request):
+            return None
+        self.progress.requests += 1
+        return f"{self._inbox}.{out.seq}"
+
+    async def _confirm(self, last_save: float) -> float:
+        """Confirm what was handed over and, now and then, save the position."""
+        await self.nc.confirm()
+        self.progress.confirmed_seq = self.progress.last_seq
+        if time.monotonic() - last_save > SAVE_EVERY_S:
+            self.save(self.progress)
+            return time.monotonic()
+        return last_save
+
+    async def _publish(self) -> None:
+        if self.plan.speed is None:
+            await self._publish_max()
+        else:
+            await self._publish_paced()
+
+    async def _publish_paced(self) -> None:
+        nc, replay, progress = self.nc, self.replay, self.progress
+        schedule = Schedule(self.plan.speed, self.plan.max_gap_ns)
+        start_ns = 0
+        unconfirmed = False
+        last_save = time.monotonic()
+        for row in rows(self.db, self.plan, self.after_id):
+            if not self._running() or replay.done:
+                return
+            out = replay.next(row)
+            if out is None:
+                continue
+            due = schedule.due(out.ts_ns)
+            if start_ns == 0:
+                start_ns = time.monotonic_ns()
+            wait = start_ns + due - time.monotonic_ns()
+            if wait > IDLE_CONFIRM_NS and unconfirmed:
+                last_save = await self._confirm(last_save)
+                unconfirmed = False
+                wait = start_ns + due - time.monotonic_ns()
+            if (wait > 0 and await self._idle(wait / 1e9)) or not self._running():
+                # Stopped while waiting: this message was numbered but never sent.
+                replay.seq -= 1
+                return
+            nc.queue(frame(out.subject, self._reply_to(out), out.headers, out.payload))
+            progress.last_seq = out.seq
+            progress.last_event_id = out.event_id
+            unconfirmed = True
+            await nc.push()
+            progress.lateness_ns.append(time.monotonic_ns() - start_ns - due)
+
+    async def _publish_max(self) -> None:
+        """The hot loop: connection state only changes while awaiting, so it is checked
+        after each push rather than per message."""
+        nc, replay, progress = self.nc, self.replay, self.progress
+        queue, next_out = nc.queue, replay.next
+        limited = self.plan.selection.limit is not None
+        unconfirmed = unpushed = 0
+        last_save = time.monotonic()
+        if not self._running():
+            return
+        for row in rows(self.db, self.plan, self.after_id):
+            if limited and replay.done:
+                return
+            out = next_out(row)
+            if out is None:
+                continue
+            data = frame(out.subject, self._reply_to(out), out.headers, out.payload)
+            queue(data)
+            progress.last_seq = out.seq
+            progress.last_event_id = out.event_id
+            unconfirmed += 1
+            unpushed += len(data)
+            if unpushed >= PUSH_BYTES:
+                await nc.push()
+                unpushed = 0
+                if unconfirmed >= CONFIRM_EVERY:
+                    last_save = await self._confirm(last_save)
+                    unconfirmed = 0
+                if not self._running():
+                    return
+
+    async def _idle(self, seconds: float) -> bool:
+        """Wait until a message is due; True when the replay was stopped meanwhile."""
+        if seconds < 0.05:
+            await asyncio.sleep(seconds)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
+
+    async def _await_replies(self, within: float = 1.0) -> None:
+        deadline = time.monotonic() + within
+        while self.progress.replies < self.progress.requests:
+            self._replied.clear()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._replied.wait(), left)
+
+    async def _on_reply(self, msg: Any) -> None:
+        self.progress.replies += 1
+        self._replied.set()

@@ -1,0 +1,432 @@
+"""`qixtui replay FILE --publish`: publish a recording onto a bus, a dry run unless --yes.
+
+The audit row and the resume position go into the session file's `replays` table through a
+separate short write transaction; the events are read through a read-only connection. Kept
+in the file, the audit travels with the recording it is about, and a resume position can
+never belong to another copy of it. Replies to --requests are counted in the audit row, not
+stored as events: the recording stays what was recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import secrets
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qixtui.cli import (
+    build_connect_options,
+    connection_options,
+    fail,
+    main,
+    open_or_fail,
+    parse_time,
+)
+from qixtui.core import store
+from qixtui.core.replay import (
+    DryRun,
+    Plan,
+    ReplayError,
+    Selection,
+    check_prefix,
+    default_prefix,
+    looks_like_source,
+    parse_duration,
+    parse_speed,
+    source_name,
+)
+from qixtui.core.text import visible
+
+STOPPED_EXIT = 3
+
+
+def _plan_from_options(kw: dict[str, Any]) -> Plan:
+    try:
+        session = secrets.token_hex(4)
+        if kw["original_subjects"] and kw["prefix"]:
+            fail("--prefix and --original-subjects exclude each other")
+        prefix = None
+        if not kw["original_subjects"]:
+            prefix = check_prefix(kw["prefix"]) if kw["prefix"] else default_prefix(session)
+        return Plan(
+            session=session,
+            prefix=prefix,
+            selection=Selection(
+                subject=kw["subject"],
+                flow_id=kw["flow_id"],
+                since_ns=parse_time(kw["since"]),
+                until_ns=parse_time(kw["until"]),
+                status=kw["status"],
+                limit=kw["limit"],
+            ),
+            speed=parse_speed(kw["speed"]),
+            max_gap_ns=parse_duration(kw["max_gap"]) if kw["max_gap"] else None,
+            requests=kw["requests"],
+            keep_msg_id=kw["keep_msg_id"],
+        )
+    except ReplayError as exc:
+        fail(str(exc))
+    raise AssertionError("unreachable")
+
+
+PLAN_OPTIONS = (
+    "subject", "flow_id", "since", "until", "status", "limit", "max_gap", "prefix",
+    "original_subjects", "requests", "keep_msg_id",
+)  # fmt: skip
+
+
+def _resume_point(path: Path, kw: dict[str, Any]) -> tuple[Plan, dict[str, Any]]:
+    given = [f"--{name.replace('_', '-')}" for name in PLAN_OPTIONS if kw[name]]
+    if kw["speed"] != "1":
+        given.append("--speed")
+    if given:
+        fail(f"--resume repeats the stored replay; drop {', '.join(given)}")
+    db = open_or_fail(str(path))
+    rows = store.replays(db)
+    db.close()
+    if not rows:
+        fail(f"{path}: nothing to resume (no replay was started from it)")
+    last = rows[-1]
+    if last["status"] == "done":
+        fail(f"{path}: nothing to resume (replay {last['id']} finished)")
+    if last["status"] == "running":
+        click.echo(
+            f"qixtui: replay {last['id']} never finished (killed, or still running); messages "
+            f"after seq {last['last_seq']} may be sent a second time",
+            err=True,
+        )
+    return Plan.from_json(last["plan"]), last
+
+
+def _when(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns / 1e9).isoformat(sep=" ", timespec="milliseconds")
+
+
+def _dry_run_json(report: Any, plan: Plan, target: Any, skipped: dict[str, int]) -> dict[str, Any]:
+    return {
+        "dry_run": True,
+        "session": plan.session,
+        "prefix": plan.prefix,
+        "target": target.url,
+        "target_server_name": target.server_name,
+        "max_payload": target.max_payload,
+        "messages": report.messages,
+        "bytes": report.bytes,
+        "requests": report.requests,
+        "subjects": [
+            {
+                "subject": subject,
+                "target": t.target,
+                "count": t.count,
+                "bytes": t.bytes,
+                "first_ns": t.first_ns,
+                "last_ns": t.last_ns,
+            }
+            for subject, t in report.subjects.items()
+        ],
+        "skipped": skipped,
+        "oversize": [
+            {"seq": seq, "event_id": eid, "subject": subject, "size": size}
+            for seq, eid, subject, size in report.oversize
+        ],
+    }
+
+
+def _print_dry_run(data: dict[str, Any], same_server: bool) -> None:
+    lines = [
+        "dry run: nothing sent (add --yes to publish)",
+        f"target:  {data['target']} {data['target_server_name']} "
+        f"(max_payload {data['max_payload']:,} bytes)",
+    ]
+    if same_server:
+        lines.append("target looks like the server this recording came from")
+    where = f"under {data['prefix']}" if data["prefix"] else "on the original subjects"
+    lines.append(
+        f"would publish {data['messages']:,} messages ({data['bytes']:,} bytes) {where}"
+        + (f", {data['requests']:,} of them requests" if data["requests"] else "")
+    )
+    for s in data["subjects"]:
+        lines.append(
+            f"  {s['count']:>8,} {s['bytes']:>12,}B  {_when(s['first_ns'])} .. "
+            f"{_when(s['last_ns'])}  {s['subject']} -> {s['target']}"
+        )
+    for reason, n in data["skipped"].items():
+        lines.append(f"never published: {n:,} ({reason})")
+    if data["oversize"]:
+        lines.append(
+            f"{len(data['oversize']):,} messages larger than the target's max_payload "
+            f"({data['max_payload']:,} bytes, headers included):"
+        )
+        for o in data["oversize"]:
+            lines.append(f"  seq {o['seq']} event {o['event_id']} {o['subject']} {o['size']:,}B")
+    click.echo("\n".join(visible(line) for line in lines))
+
+
+def _confirm_original(meta: dict[str, str], target: Any, confirm: str | None) -> None:
+    """Publishing on the original subjects of the source server needs its name typed."""
+    if not looks_like_source(meta, target.server_id, target.server_name):
+        return
+    name = source_name(meta)
+    if confirm is None:
+        if not sys.stdin.isatty():
+            fail(
+                f"the target looks like the server this was recorded from ({visible(name)}); "
+                f"publishing on the original subjects needs --confirm {visible(name)}"
+            )
+        confirm = click.prompt(
+            f"The target looks like the server this was recorded from. Type its name "
+            f"({visible(name)}) to publish on the original subjects",
+            default="",
+            show_default=False,
+        )
+    if confirm != name:
+        fail("confirmation does not match the server's name; nothing sent")
+
+
+def _open_audit(path: Path) -> sqlite3.Connection:
+    try:
+        return store.open_session(path, readonly=False)
+    except (store.SessionError, sqlite3.Error) as exc:
+        fail(f"cannot write the replay audit into {path}: {exc}; nothing sent")
+    raise AssertionError("unreachable")
+
+
+@main.command("replay")
+@click.argument("file", type=click.Path())
+@click.option("--publish", is_flag=True, help="Publish onto a bus (without it the TUI opens).")
+@connection_options
+@click.option("--subject", help="Only events on this subject pattern.")
+@click.option("--flow", "flow_id", type=int, help="Only events of this flow.")
+@click.option("--since", help="Only events at or after this time (ISO 8601 or ns).")
+@click.option("--until", help="Only events before this time (ISO 8601 or ns).")
+@click.option("--status", help="Only events of flows with this status (e.g. failed).")
+@click.option("--limit", type=click.IntRange(min=1), help="Publish at most N messages.")
+@click.option(
+    "--speed", default="1", show_default=True, help="1 keeps the recorded gaps, 10 is ten "
+    "times faster, max does not wait.",
+)  # fmt: skip
+@click.option("--max-gap", help="Squash idle stretches longer than this (2s, 500ms).")
+@click.option("--prefix", help="Publish under this subject prefix (default replay.<session>.).")
+@click.option("--original-subjects", is_flag=True, help="Publish on the recorded subjects.")
+@click.option("--confirm", "confirm_name", help="The source server's name, when asked for it.")
+@click.option("--requests", is_flag=True, help="Send requests to a replayer inbox, count replies.")
+@click.option("--keep-msg-id", is_flag=True, help="Keep Nats-Msg-Id (JetStream dedupes them).")
+@click.option("--yes", is_flag=True, help="Publish for real (without it: a dry run).")
+@click.option("--resume", is_flag=True, help="Continue the last replay that stopped.")
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+def replay(
+    file: str,
+    publish: bool,
+    yes: bool,
+    resume: bool,
+    confirm_name: str | None,
+    as_json: bool,
+    **kw: Any,
+) -> None:
+    """Reopen a recording in the TUI, read-only, with a time cursor.
+
+    With --publish, publish it onto a bus with its original timing: a dry run unless --yes.
+    """
+    if not publish:
+        given = [k for k, v in kw.items() if v not in (None, False, (), "1")]
+        if yes or resume or confirm_name or as_json or given:
+            fail("publishing options need --publish (qixtui replay FILE --publish -s URL)")
+        from qixtui.cli_tui import open_replay
+
+        open_replay(file)
+        return
+    from qixtui_nats.connect import ConnectError
+
+    path = Path(file)
+    conn_kw = {k: kw.pop(k) for k in list(kw) if k in _CONNECTION_KEYS}
+    previous: dict[str, Any] | None = None
+    if resume:
+        plan, previous = _resume_point(path, kw)
+    else:
+        plan = _plan_from_options(kw)
+    db = open_or_fail(file)
+    if previous is None:
+        plan = dataclasses.replace(plan, last_id=store.next_event_id(db) - 1)
+    meta = store.get_meta(db)
+    connect = build_connect_options(conn_kw)
+    try:
+        code = asyncio.run(
+            _run(path, db, meta, plan, previous, connect, yes, confirm_name, as_json)
+        )
+    except ConnectError as exc:
+        fail(str(exc))
+    if code:
+        sys.exit(code)
+
+
+_CONNECTION_KEYS = (
+    "servers", "context", "creds", "nkey", "user", "token", "tlsca", "tlscert", "tlskey",
+)  # fmt: skip
+
+
+async def _run(
+    path: Path,
+    db: sqlite3.Connection,
+    meta: dict[str, str],
+    plan: Plan,
+    previous: dict[str, Any] | None,
+    connect: Any,
+    yes: bool,
+    confirm_name: str | None,
+    as_json: bool,
+) -> int:
+    from qixtui_nats.replayer import Progress, Replayer, dry_run, may_exceed
+    from qixtui_nats.replayer import connect as connect_target
+
+    after_id = previous["last_event_id"] if previous else 0
+    last_seq = previous["last_seq"] if previous else 0
+    nc, target = await connect_target(connect)
+    try:
+        if not yes:
+            report, replay = dry_run(db, plan, after_id, last_seq, target.max_payload)
+            data = _dry_run_json(report, plan, target, dict(replay.skipped))
+            if previous is not None:
+                data["resumes"] = previous["id"]
+            if as_json:
+                click.echo(json.dumps(data, ensure_ascii=False))
+            else:
+                same = looks_like_source(meta, target.server_id, target.server_name)
+                _print_dry_run(data, same)
+            return 0
+        if not target.headers:
+            fail(f"{target.url} does not support headers; replayed messages need them")
+        report = DryRun(target.max_payload)
+        # The exact pass over the selection only when a cheap bound says it may be needed.
+        if may_exceed(db, plan, after_id, target.max_payload):
+            report, _ = dry_run(db, plan, after_id, last_seq, target.max_payload)
+        if report.oversize:
+            first = report.oversize[0]
+            fail(
+                f"{len(report.oversize):,} messages are larger than the target's max_payload "
+                f"({target.max_payload:,} bytes), e.g. event {first[1]} on "
+                f"{visible(first[2])} ({first[3]:,} bytes); nothing sent (see the dry run)"
+            )
+        if plan.prefix is None:
+            _confirm_original(meta, target, confirm_name)
+        audit = _open_audit(path)
+        try:
+            with store.transaction(audit):
+                replay_id = store.add_replay(
+                    audit,
+                    {
+                        "session": plan.session,
+                        "started_ns": time.time_ns(),
+                        "target": target.url,
+                        "target_server_id": target.server_id,
+                        "target_server_name": target.server_name,
+                        "plan": plan.to_json(),
+                        "status": "running",
+                        "last_event_id": after_id,
+                        "last_seq": last_seq,
+                        "confirmed_seq": last_seq,
+                        "resumed_from": previous["id"] if previous else None,
+                    },
+                )
+            replayer: Replayer
+
+            def save(progress: Progress) -> None:
+                with store.transaction(audit):
+                    store.update_replay(
+                        audit,
+                        replay_id,
+                        {
+                            "status": progress.status,
+                            "last_event_id": progress.last_event_id,
+                            "last_seq": progress.last_seq,
+                            "confirmed_seq": progress.confirmed_seq,
+                            "sent": progress.sent,
+                            "replies": progress.replies,
+                            "skipped": json.dumps(dict(replayer.replay.skipped)),
+                            "error": progress.error,
+                            "ended_ns": None if progress.status == "running" else time.time_ns(),
+                        },
+                    )
+
+            replayer = Replayer(nc, db, plan, after_id=after_id, last_seq=last_seq, save=save)
+            progress = await replayer.run()
+        finally:
+            audit.close()
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 2)
+    return _report(path, plan, target, replay_id, last_seq, progress, replayer, as_json)
+
+
+def _report(
+    path: Path,
+    plan: Plan,
+    target: Any,
+    replay_id: int,
+    first_seq: int,
+    progress: Any,
+    replayer: Any,
+    as_json: bool,
+) -> int:
+    lateness = sorted(progress.lateness_ns)
+    result: dict[str, Any] = {
+        "dry_run": False,
+        "replay_id": replay_id,
+        "session": plan.session,
+        "prefix": plan.prefix,
+        "target": target.url,
+        "status": progress.status,
+        "sent": progress.sent,
+        "first_seq": first_seq + 1 if progress.sent else None,
+        "last_seq": progress.last_seq,
+        "confirmed_seq": progress.confirmed_seq,
+        "last_event_id": progress.last_event_id,
+        "in_doubt": [progress.confirmed_seq + 1, progress.last_seq]
+        if progress.last_seq > progress.confirmed_seq
+        else None,
+        "requests": progress.requests,
+        "replies": progress.replies,
+        "skipped": dict(replayer.replay.skipped),
+        "error": progress.error,
+        "lateness_ms": {
+            "median": round(lateness[len(lateness) // 2] / 1e6, 3),
+            "p99": round(lateness[int(len(lateness) * 0.99)] / 1e6, 3),
+        }
+        if lateness
+        else None,
+    }
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+    else:
+        click.echo(
+            visible(
+                f"replay {replay_id} ({plan.session}) {progress.status}: sent {progress.sent:,} "
+                f"messages to {target.url}, seq {result['first_seq']}..{progress.last_seq}"
+            ),
+            err=True,
+        )
+    if progress.status == "done":
+        return 0
+    doubt = result["in_doubt"]
+    click.echo(
+        visible(
+            f"qixtui: replay stopped ({progress.error}) after seq {progress.last_seq} "
+            f"(event {progress.last_event_id}); "
+            + (
+                f"seqs {doubt[0]}..{doubt[1]} may or may not have arrived; "
+                if doubt
+                else "everything sent was confirmed; "
+            )
+            + f"`qixtui replay {path} --publish --resume --yes` continues without resending"
+        ),
+        err=True,
+    )
+    return STOPPED_EXIT
