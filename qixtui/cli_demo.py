@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -93,7 +94,9 @@ class DemoStack:
     stopped in reverse, each by its own pid. `qixtui demo` drives one, with or without a screen.
     """
 
-    def __init__(self, output: Path, work: Path, shop_args: list[str]) -> None:
+    def __init__(
+        self, output: Path, work: Path, shop_args: list[str], saga_args: list[str] | None = None
+    ) -> None:
         from qixtui_nats.server import EmbeddedServer
 
         self.output = output
@@ -101,6 +104,8 @@ class DemoStack:
         self.server = EmbeddedServer(jetstream=False)
         self.recorder: subprocess.Popen[bytes] | None = None
         self.participants: Any = None
+        self.saga_args = saga_args
+        self.orchestrator: subprocess.Popen[bytes] | None = None
         self.record_out, self.record_log = work / "record.json", work / "record.log"
 
     @property
@@ -130,6 +135,20 @@ class DemoStack:
                 self.record_log,
             )
             self.participants = start_participants(self.server.url, self.shop_args)
+            if self.saga_args is not None:
+                # the orchestrated half: saga runs journaled into the same session file
+                with self.record_log.with_name("saga.log").open("wb") as saga_log:
+                    self.orchestrator = subprocess.Popen(
+                        [
+                            *[sys.executable, "-m", "qixtui_demo.orchestrated"],
+                            *["--server", self.server.url, "--file", str(self.output)],
+                            *self.saga_args,
+                        ],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=saga_log,
+                        start_new_session=True,
+                    )
         except DemoError:
             self.close()
             raise
@@ -143,6 +162,8 @@ class DemoStack:
         from qixtui_demo.process import ParticipantsError, stop_participants
 
         try:
+            if self.orchestrator is not None:
+                stop_by_pid(self.orchestrator, timeout=10)
             shop = stop_participants(self.participants, timeout=DRAIN_S + 10)
             self.participants = None
             recorder = self.recorder
@@ -166,6 +187,8 @@ class DemoStack:
         from qixtui_demo.process import ParticipantsError, stop_participants
 
         try:
+            if self.orchestrator is not None:
+                stop_by_pid(self.orchestrator, timeout=10)
             if self.participants is not None:
                 with contextlib.suppress(ParticipantsError):
                     stop_participants(self.participants, timeout=DRAIN_S + 10)
@@ -180,9 +203,15 @@ def shop_arguments(seed: int | None, rate: float) -> list[str]:
     return ["--rate", str(rate)] + (["--seed", str(seed)] if seed is not None else [])
 
 
+def saga_arguments(seed: int | None, rate: float) -> list[str]:
+    """The orchestrated half runs at a fifth of the order rate, seeded like the shop."""
+    seed = seed if seed is not None else random.randrange(1, 1_000_000)
+    return ["--rate", str(max(rate / 5, 0.2)), "--seed", str(seed)]
+
+
 def run_on_screen(output: Path, seed: int | None, rate: float, work: Path) -> dict[str, Any]:
     """The live session in the TUI until the user quits; then everything stops by pid."""
-    stack = DemoStack(output, work, shop_arguments(seed, rate))
+    stack = DemoStack(output, work, shop_arguments(seed, rate), saga_arguments(seed, rate))
     stack.start()
     try:
         from qixtui.ui.app import QixtuiApp
@@ -198,7 +227,7 @@ def run_on_screen(output: Path, seed: int | None, rate: float, work: Path) -> di
 def run_headless(
     output: Path, duration: float, seed: int | None, rate: float, work: Path
 ) -> dict[str, Any]:
-    stack = DemoStack(output, work, shop_arguments(seed, rate))
+    stack = DemoStack(output, work, shop_arguments(seed, rate), saga_arguments(seed, rate))
     stack.start()
     try:
         wait_or_interrupt(duration)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -40,6 +41,7 @@ from qixtui.core.saga import (
     format_duration,
     load_saga_text,
     resolve_vars,
+    saga_outcome_subject,
     trace_headers,
 )
 from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
@@ -84,6 +86,15 @@ class RunReport:
             "steps": [s.__dict__ for s in self.steps],
             "in_doubt": [s.__dict__ for s in self.in_doubt],
         }
+
+
+def flow_status_of(report: RunReport) -> str:
+    """The run's end as a flow status: a failed run that undid steps is compensated."""
+    if report.outcome == "completed":
+        return "completed"
+    if any(step.kind == "compensate" for step in report.steps):
+        return "compensated"
+    return "failed"
 
 
 async def connect_bus(connect: ConnectOptions) -> Client:
@@ -235,7 +246,25 @@ class SagaRunner:
                 report.outcome = "stopped" if stopped else "running"
                 report.reason = "stopped before the next step" if stopped else "interrupted"
                 store.finish_saga_run(self.db, run.run_id, "running", report.reason, None)
+        if finished is not None:
+            await self._announce(run, report)
         return report
+
+    async def _announce(self, run: store.SagaRunRecord, report: RunReport) -> None:
+        """Publish how the run ended, in the run's flow, as an orchestrator announces the end
+        of a process: the recording then knows the flow's status without the journal."""
+        ended = flow_status_of(report)
+        headers = {
+            "Qixtui-Saga-Run": run.run_id,
+            "X-Correlation-ID": run.correlation_id,
+            "traceparent": f"00-{run.trace_id}-{secrets.token_hex(8)}-01",
+        }
+        body = {"run_id": run.run_id, "outcome": report.outcome, "reason": report.reason}
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await self.nc.publish(
+                saga_outcome_subject(run.saga, ended), json.dumps(body).encode(), headers=headers
+            )
+            await self.nc.flush(timeout=2)
 
     async def _send(
         self, engine: SagaEngine, run: store.SagaRunRecord, request: Request

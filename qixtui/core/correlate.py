@@ -44,6 +44,11 @@ from qixtui.core.rules import (
     parse_subject_key,
     service_rule,
 )
+from qixtui.core.saga import (
+    SAGA_OUTCOME_COMPENSATION,
+    SAGA_OUTCOME_FAILURE,
+    SAGA_OUTCOME_TERMINAL,
+)
 from qixtui.core.store import subject_matches
 
 MAX_STEPS = 200  # variant length kept per flow; the event count keeps counting
@@ -299,10 +304,11 @@ class Correlator:
         self._replies = corr.replies
         self._fields = _Fields(corr.keys) if corr.keys else None
         self._subject_keys = [parse_subject_key(s) for s in corr.subject_keys]
+        # A saga runner announces how each run ended; those subjects count whatever the rules.
         self._status_patterns = [
-            (TERMINAL, rules.status.terminal),
-            (FAILURE, rules.status.failure),
-            (COMPENSATION, rules.status.compensation),
+            (TERMINAL, [*rules.status.terminal, *SAGA_OUTCOME_TERMINAL]),
+            (FAILURE, [*rules.status.failure, *SAGA_OUTCOME_FAILURE]),
+            (COMPENSATION, [*rules.status.compensation, *SAGA_OUTCOME_COMPENSATION]),
         ]
         self._stall_ns = rules.stall_ns
         self._retain_ns = retain_ns or max(10 * self._stall_ns, MIN_RETAIN_NS)

@@ -750,6 +750,18 @@ class SagaEngine:
         return engine, in_doubt
 
 
+# How a run ended, published by the runner inside the run's flow so the recording carries the
+# flow's status: completed, compensated (a compensation ran) or failed.
+SAGA_OUTCOME_TERMINAL = ("qixtui.saga.*.completed",)
+SAGA_OUTCOME_FAILURE = ("qixtui.saga.*.failed", "qixtui.saga.*.compensated")
+SAGA_OUTCOME_COMPENSATION = ("qixtui.saga.*.compensated",)
+
+
+def saga_outcome_subject(saga: str, status: str) -> str:
+    token = re.sub(r"[^A-Za-z0-9_-]", "_", saga) or "saga"
+    return f"qixtui.saga.{token}.{status}"
+
+
 def trace_headers(
     run_id: str, request: Request, correlation_id: str, trace_id: str, span_id: str
 ) -> dict[str, str]:

@@ -23,7 +23,7 @@ from helpers import qixtui_command
 from qixtui.core import store
 from qixtui_nats.server import EmbeddedServer
 
-pytestmark = pytest.mark.benchmark
+pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(1800)]
 
 TOTAL = 150_000
 SUSTAIN_S = float(os.environ.get("QIXTUI_BENCH_SUSTAIN_S", "60"))

@@ -123,11 +123,21 @@ def test_headless_demo_records_one_flow_per_order(headless_run):
     assert listed.returncode == 0, listed.stderr
     flows = [json.loads(line) for line in listed.stdout.splitlines()]
     shop = result["shop"]["orders"]
-    statuses = Counter(flow["status"] for flow in flows)
+    choreographed = [flow for flow in flows if not flow["orchestrated"]]
+    statuses = Counter(flow["status"] for flow in choreographed)
     assert statuses == {k: shop[k] for k in ("completed", "failed", "compensated") if shop[k]}
     for flow in flows:
         assert len([k for k in flow["keys"] if k.startswith("order_id=")]) == 1
-        assert not flow["orchestrated"]
+    # The orchestrated half: one flow per saga run, its status the run's announced outcome.
+    shown = run_qixtui("orchestrate", "--show", str(path), "--json")
+    runs = [json.loads(line) for line in shown.stdout.splitlines()]
+    orchestrated = [flow for flow in flows if flow["orchestrated"]]
+    assert orchestrated
+    assert len(orchestrated) == len(runs)
+    announced = Counter(
+        e["subject"].rsplit(".", 1)[1] for e in events if e["subject"].startswith("qixtui.saga.")
+    )
+    assert Counter(flow["status"] for flow in orchestrated) == announced
     for event in events:
         beat = event["subject"].startswith("shop.heartbeat.")
         assert (event["flow_id"] is None) == beat, event["subject"]
@@ -180,12 +190,16 @@ def test_demo_rules_make_one_flow_per_order(headless_run, overrides):
         if event["subject"].startswith("shop.heartbeat."):
             assert i not in keyed
             continue
+        if event["subject"].startswith("qixtui.saga."):
+            continue  # a run's announced end joins by its headers only; checked above
         flows.setdefault(find(i), []).append(event)
     order_ids = [
         {json.loads(e["payload"]).get("order_id") for e in flow} - {None} for flow in flows.values()
     ]
     assert all(len(ids) == 1 for ids in order_ids)
-    assert len(flows) == result["shop"]["orders"]["placed"]
+    # saga runs carry order ids of their own (orch-<seed>-<n>), one flow each
+    choreographed = [ids for ids in order_ids if not next(iter(ids)).startswith("orch-")]
+    assert len(choreographed) == result["shop"]["orders"]["placed"]
 
 
 def test_headless_demo_refuses_an_existing_file(tmp_path):
