@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from qixtui.core.model import Headers
-from qixtui.core.store import subject_glob, subject_matches
+from qixtui.core.store import events_where, subject_matches
 
 # Server-owned namespaces and inboxes: publishing into them calls the JetStream API (deletes
 # streams), touches KV or object stores, the system account, service discovery, or answers
@@ -70,27 +70,15 @@ ROW_COLUMNS = "id, ts_ns, subject, reply, headers, payload, subject IN temp.qixt
 
 
 def _where(selection: Selection, after_id: int, last_id: int | None) -> tuple[str, list[Any]]:
-    clauses = ["id > ?"]
-    params: list[Any] = [after_id]
-    if last_id is not None:
-        clauses.append("id <= ?")
-        params.append(last_id)
-    if selection.since_ns is not None:
-        clauses.append("ts_ns >= ?")
-        params.append(selection.since_ns)
-    if selection.until_ns is not None:
-        clauses.append("ts_ns < ?")
-        params.append(selection.until_ns)
-    if selection.flow_id is not None:
-        clauses.append("flow_id = ?")
-        params.append(selection.flow_id)
-    if selection.status is not None:
-        clauses.append("flow_id IN (SELECT flow_id FROM flows WHERE status = ?)")
-        params.append(selection.status)
-    if selection.subject:
-        clauses.append("subject GLOB ?")
-        params.append(subject_glob(selection.subject))
-    return " AND ".join(clauses), params
+    return events_where(
+        after_id=after_id,
+        last_id=last_id,
+        since_ns=selection.since_ns,
+        until_ns=selection.until_ns,
+        flow_id=selection.flow_id,
+        status=selection.status,
+        subject=selection.subject,
+    )
 
 
 def selection_sql(

@@ -466,22 +466,43 @@ class EventQuery:
     limit: int | None = None
 
 
-def iter_events(db: sqlite3.Connection, query: EventQuery) -> Iterator[Event]:
+def events_where(
+    *,
+    after_id: int = 0,
+    last_id: int | None = None,
+    since_ns: int | None = None,
+    until_ns: int | None = None,
+    flow_id: int | None = None,
+    status: str | None = None,
+    subject: str | None = None,
+) -> tuple[str, list[Any]]:
+    """The WHERE clause selecting events; a subject pattern over-matches here and is checked
+    exactly with `subject_matches` on the rows."""
     clauses = ["id > ?"]
-    params: list[Any] = [query.after_id]
-    if query.since_ns is not None:
-        clauses.append("ts_ns >= ?")
-        params.append(query.since_ns)
-    if query.until_ns is not None:
-        clauses.append("ts_ns < ?")
-        params.append(query.until_ns)
-    if query.flow_id is not None:
-        clauses.append("flow_id = ?")
-        params.append(query.flow_id)
-    if query.subject:
-        clauses.append("subject GLOB ?")
-        params.append(subject_glob(query.subject))
-    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY id"
+    params: list[Any] = [after_id]
+    for clause, value in (
+        ("id <= ?", last_id),
+        ("ts_ns >= ?", since_ns),
+        ("ts_ns < ?", until_ns),
+        ("flow_id = ?", flow_id),
+        ("flow_id IN (SELECT flow_id FROM flows WHERE status = ?)", status),
+        ("subject GLOB ?", subject_glob(subject) if subject else None),
+    ):
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    return " AND ".join(clauses), params
+
+
+def iter_events(db: sqlite3.Connection, query: EventQuery) -> Iterator[Event]:
+    where, params = events_where(
+        after_id=query.after_id,
+        since_ns=query.since_ns,
+        until_ns=query.until_ns,
+        flow_id=query.flow_id,
+        subject=query.subject,
+    )
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {where} ORDER BY id"
     remaining = query.limit
     for row in db.execute(sql, params):
         if query.subject and not subject_matches(query.subject, row[2]):
