@@ -329,7 +329,7 @@ async def test_requests_go_to_a_replayer_inbox_and_replies_are_counted(
         await responder.subscribe("svc.ping", cb=answer)
         await responder.flush()
         for i in range(3):
-            await nc.request("svc.ping", str(i).encode(), timeout=2)
+            await nc.request("svc.ping", str(i).encode(), timeout=10)
         await responder.close()
     finally:
         await asyncio.to_thread(rec.__exit__, None, None, None)
