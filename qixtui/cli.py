@@ -5,7 +5,6 @@ Headless verbs never import Textual; bus verbs import the adapter only when they
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import getpass
 import json
@@ -144,7 +143,7 @@ def record(
     """Record every message on the bus into a session file, correlated into flows."""
     from qixtui.core.correlate import factory
     from qixtui_nats.connect import ConnectError
-    from qixtui_nats.recorder import Recorder, RecordOptions, print_progress
+    from qixtui_nats.recorder import Recorder, RecordOptions, print_progress, run_to_end
 
     try:
         rules = pop_rules(conn)
@@ -164,7 +163,7 @@ def record(
     recorder = Recorder(connect, options)
     progress = print_progress if sys.stderr.isatty() and not as_json else None
     try:
-        stats = asyncio.run(recorder.run(progress))
+        stats = run_to_end(recorder.run(progress))
     except store.SessionError as exc:
         fail(str(exc))
     except ConnectError as exc:

@@ -114,6 +114,32 @@ class _Sender:
         self.conn.close()
 
 
+async def bounded(awaitable: Awaitable[Any], seconds: float) -> Any:
+    """Await for at most `seconds`. Unlike wait_for, never wait on a task that ignores its
+    cancellation: nats-py's close can, while it is reconnecting to a bus that is gone, and a
+    stop request must not hang on it."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        return None
+    return task.result()
+
+
+def run_to_end(main: Awaitable[Any]) -> Any:
+    """asyncio.run, without waiting forever at exit for tasks nats-py left behind."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(main)
+    finally:
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers, timeout=2))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+
+
 class RecordingClient(Client):
     """A nats-py client that hands recorded messages over as raw bytes.
 
@@ -220,7 +246,7 @@ class Recorder:
                 await self._stop.wait()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await bounded(asyncio.gather(*tasks, return_exceptions=True), 2)
         finally:
             await self._shutdown()
         return self.stats
@@ -300,10 +326,10 @@ class Recorder:
             # With the bus gone there is nothing left to read; the deadline keeps a stop
             # request from waiting on a server that will not answer.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._drain(), 3)
+                await bounded(self._drain(), 3)
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.nc.close(), 2)
+                await bounded(self.nc.close(), 2)
         self._flush_pending()
         if self._gap_open:
             self._send(["G-", time.time_ns()])
