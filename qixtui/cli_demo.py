@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from qixtui.cli import fail, main
+from qixtui.core import store
 
 READY_TIMEOUT_S = 20.0
 DRAIN_S = 3.0  # how long the shop lets in-flight orders settle once told to stop
@@ -269,12 +270,10 @@ def demo(
     from qixtui.cli_tui import default_session_path
 
     path = Path(output) if output else default_session_path("demo")
-    if path.exists() and path.stat().st_size > 0:
-        fail(f"{path}: already exists; choose another output file")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"{path}: cannot create its folder: {exc.strerror}")
+        store.ensure_new(path)
+    except store.SessionError as exc:
+        fail(str(exc))
     with tempfile.TemporaryDirectory(prefix="qixtui-demo-") as work:
         try:
             if headless:

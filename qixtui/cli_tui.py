@@ -105,9 +105,10 @@ def stop_recorder(proc: subprocess.Popen[bytes]) -> int | None:
 def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
     """Record a live bus into a new session file and watch it in the TUI."""
     path = Path(output) if output else default_session_path()
-    if path.exists() and path.stat().st_size > 0:
-        fail(f"{path}: already exists; choose another output file")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        store.ensure_new(path)  # before starting anything: a clear line, nothing to clean up
+    except store.SessionError as exc:
+        fail(str(exc))
     argv, env = recorder_command(path, conn)
     for subject in subjects:
         argv += ["--subject", subject]
