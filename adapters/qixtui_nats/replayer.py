@@ -123,8 +123,10 @@ async def connect(options: ConnectOptions) -> tuple[ReplayClient, Target]:
     try:
         await nc.connect(
             **options.kwargs(),
-            allow_reconnect=False,
-            max_reconnect_attempts=0,
+            # nats-py never returns from a failed first connect without reconnects allowed;
+            # one attempt fails fast, and reconnecting is switched off once connected.
+            allow_reconnect=True,
+            max_reconnect_attempts=1,
             connect_timeout=3,
             error_cb=on_error,
             disconnected_cb=nc._lost,
@@ -133,6 +135,7 @@ async def connect(options: ConnectOptions) -> tuple[ReplayClient, Target]:
     except Exception as exc:
         cause = errors[0] if errors else exc
         raise ConnectError(describe_connect_error(cause, options.display_servers())) from None
+    nc.options["allow_reconnect"] = False
     info = nc._server_info or {}
     return nc, Target(
         url=options.display_servers(),

@@ -456,3 +456,12 @@ def test_reading_a_replay_holds_no_lock_that_blocks_the_audit_row(tmp_path: Path
     assert sum(1 for _ in it) == 3 * PAGE - 2
     writer.close()
     reader.close()
+
+
+def test_an_unreachable_target_is_one_line_and_quick(tmp_path: Path) -> None:
+    source = tmp_path / "source.qix"
+    store.create_session(source, {"server_id": "N"}).close()
+    proc = replay(source, "-s", "nats://127.0.0.1:1", timeout=30)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("qixtui: cannot connect to nats://127.0.0.1:1")
+    assert proc.stderr.count("\n") == 1
