@@ -34,15 +34,21 @@ def _markers(db: sqlite3.Connection, failure: Sequence[str], compensation: Seque
     )
 
 
-def _saga_steps(path: str, pairs: Sequence[str], map_file: str | None) -> cmp.SagaSteps:
-    """The saga file's step order, mapped to event subjects by --map-file then --map."""
+def _load_toml(path: str) -> dict[str, Any]:
+    """A TOML file, or one line saying why not."""
     try:
         with open(path, "rb") as fh:
-            saga = tomllib.load(fh)
+            return tomllib.load(fh)
     except OSError as exc:
         fail(f"{path}: {exc.strerror or exc}")
     except tomllib.TOMLDecodeError as exc:
         fail(f"{path}: not valid TOML: {exc}")
+    raise AssertionError  # fail() exits
+
+
+def _saga_steps(path: str, pairs: Sequence[str], map_file: str | None) -> cmp.SagaSteps:
+    """The saga file's step order, mapped to event subjects by --map-file then --map."""
+    saga = _load_toml(path)
     steps = saga.get("steps")
     if not isinstance(steps, list) or not all(
         isinstance(s, dict) and isinstance(s.get("name"), str) for s in steps
@@ -68,13 +74,7 @@ def _saga_steps(path: str, pairs: Sequence[str], map_file: str | None) -> cmp.Sa
 
 
 def _map_file_items(path: str) -> list[str]:
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except OSError as exc:
-        fail(f"{path}: {exc.strerror or exc}")
-    except tomllib.TOMLDecodeError as exc:
-        fail(f"{path}: not valid TOML: {exc}")
+    data = _load_toml(path)
     table = data.get("map")
     if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
         fail(f'{path}: expected a [map] table of step = "subject" entries')

@@ -53,7 +53,6 @@ class RecordStats:
     gaps: int = 0
     started: float = field(default_factory=time.monotonic)
     connected: bool = False
-    disconnected_since_ns: int | None = None
 
     def rate(self) -> float:
         elapsed = time.monotonic() - self.started
@@ -431,12 +430,10 @@ class Recorder:
         self._flush_pending()
         self._gap_open = True
         self.stats.gaps += 1
-        self.stats.disconnected_since_ns = self._confirmed_ns
         self._send(["G+", self._confirmed_ns, reason])
 
     async def _on_reconnected(self) -> None:
         self.stats.connected = True
-        self.stats.disconnected_since_ns = None
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.flush(timeout=2)

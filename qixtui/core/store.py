@@ -141,15 +141,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_schema_v1]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 
-@dataclass(frozen=True)
-class FileHeader:
-    page_size: int
-    pages: int
-    user_version: int
-    application_id: int
-
-
-def read_header(path: Path) -> FileHeader:
+def check_header(path: Path) -> None:
     """Check that `path` looks like a qixtui session without opening it through SQLite."""
     try:
         size = path.stat().st_size
@@ -184,7 +176,6 @@ def read_header(path: Path) -> FileHeader:
         raise SessionError(
             f"{path}: truncated session file ({size} of {pages * page_size} bytes present)"
         )
-    return FileHeader(page_size, pages, user_version, application_id)
 
 
 def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
@@ -229,7 +220,7 @@ def create_session(path: Path, meta: dict[str, str] | None = None) -> sqlite3.Co
 def open_session(path: Path | str, *, readonly: bool = True) -> sqlite3.Connection:
     """Open an existing session; viewing paths open it read-only so nothing is changed."""
     path = Path(path)
-    header = read_header(path)
+    check_header(path)
     try:
         db = _connect(path, readonly=readonly)
     except sqlite3.DatabaseError as exc:
@@ -250,7 +241,6 @@ def open_session(path: Path | str, *, readonly: bool = True) -> sqlite3.Connecti
     except SessionError:
         db.close()
         raise
-    del header
     return db
 
 
