@@ -15,7 +15,8 @@ import msgspec
 
 from qixtui.cli import fail, main, open_or_fail
 from qixtui.core import compare as cmp
-from qixtui.core import export, store
+from qixtui.core import export, flowfile, store
+from qixtui.core.saga import SagaDef, SagaError, load_saga_text
 from qixtui.core.text import visible
 
 
@@ -34,6 +35,14 @@ def _markers(db: sqlite3.Connection, failure: Sequence[str], compensation: Seque
     )
 
 
+def _lens(db: sqlite3.Connection) -> cmp.Lens:
+    """Services as the session's own correlation rules name them (the flows' services)."""
+    try:
+        return cmp.Lens.from_rules(flowfile.session_rules(db))
+    except msgspec.MsgspecError:
+        return cmp.Lens()
+
+
 def _load_toml(path: str) -> dict[str, Any]:
     """A TOML file, or one line saying why not."""
     try:
@@ -46,15 +55,23 @@ def _load_toml(path: str) -> dict[str, Any]:
     raise AssertionError  # fail() exits
 
 
-def _saga_steps(path: str, pairs: Sequence[str], map_file: str | None) -> cmp.SagaSteps:
-    """The saga file's step order, mapped to event subjects by --map-file then --map."""
-    saga = _load_toml(path)
-    steps = saga.get("steps")
-    if not isinstance(steps, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("name"), str) for s in steps
-    ):
-        fail(f"{path}: not a saga definition (no [[steps]] with a name)")
-    names = [s["name"] for s in steps]
+def _saga_def(path: str) -> SagaDef:
+    """A saga file through the saga engine's own loader, or one line saying why not."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{path}: cannot read ({exc.__class__.__name__}: {getattr(exc, 'strerror', exc)})")
+    try:
+        return load_saga_text(text, path)
+    except SagaError as exc:
+        fail(str(exc))
+    raise AssertionError  # fail() exits
+
+
+def _saga_steps(
+    saga: SagaDef, path: str, pairs: Sequence[str], map_file: str | None
+) -> cmp.SagaSteps:
+    """The saga's step order, mapped to event subjects by --map-file then --map."""
     items: list[str] = []
     if map_file:
         items.extend(_map_file_items(map_file))
@@ -62,14 +79,14 @@ def _saga_steps(path: str, pairs: Sequence[str], map_file: str | None) -> cmp.Sa
     if not items:
         fail("--saga needs a mapping from steps to events: --map STEP=SUBJECT or --map-file")
     try:
-        mapped = cmp.parse_mapping(items, names)
+        mapped = cmp.parse_mapping(items, [s.name for s in saga.steps])
     except ValueError as exc:
         fail(str(exc))
-    undoable = {s["name"]: s["compensate"] for s in steps if isinstance(s.get("compensate"), dict)}
+    undoable = {s.name: s.compensate for s in saga.steps if s.compensate is not None}
     for step in mapped.compensations:
         if step not in undoable:
             fail(f"--map {step}:compensate: step `{step}` has no compensation in {path}")
-    mapped.requests = [c["request"] for c in undoable.values() if isinstance(c.get("request"), str)]
+    mapped.requests = [c.request for c in undoable.values()]
     return mapped
 
 
@@ -235,16 +252,19 @@ def compare_verb(
         fail("choose one of --json and --markdown")
     if (pairs or map_file) and not saga_path:
         fail("--map and --map-file need --saga")
-    saga = _saga_steps(saga_path, pairs, map_file) if saga_path else None
+    saga_def = _saga_def(saga_path) if saga_path else None
+    saga = _saga_steps(saga_def, str(saga_path), pairs, map_file) if saga_def else None
     if saga is not None:
         compensation = (*compensation, *saga.requests)
     db = open_or_fail(file)
     markers = _markers(db, failure, compensation)
+    lens = _lens(db)
     flows, events, links = cmp.load_scope(db)
     result = cmp.compare(
         flows,
         events,
         links,
+        lens=lens,
         markers=markers,
         orchestrated_subject=orchestrated_subject,
         saga=saga,
@@ -255,7 +275,7 @@ def compare_verb(
         _, orch = cmp.split_styles(flows2, events2, orchestrated_subject)
         markers2 = _markers(db2, failure, compensation)
         result.orchestration = cmp.style_stats(
-            cmp.ORCHESTRATION, orch, events2, links2, cmp.Lens(), markers2
+            cmp.ORCHESTRATION, orch, events2, links2, _lens(db2), markers2
         )
         result.split += f"; choreography from {file}, orchestration from {other}"
     if as_json:
@@ -290,7 +310,8 @@ def export_verb(file: str, flow_id: int, fmt: str) -> None:
             sys.stdout.write(encode(store.event_to_json(event)) + "\n")
         return
     links = cmp.links_within(db, events)
+    lens = _lens(db)
     if fmt == "mermaid":
-        sys.stdout.write(export.to_mermaid(flow, events, links, cmp.Lens()))
+        sys.stdout.write(export.to_mermaid(flow, events, links, lens))
     else:
-        click.echo(json.dumps(export.to_otlp(flow, events, links, cmp.Lens()), ensure_ascii=False))
+        click.echo(json.dumps(export.to_otlp(flow, events, links, lens), ensure_ascii=False))

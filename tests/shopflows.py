@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 from qixtui.core import store
+from qixtui.core.correlate import event_service
 from qixtui.core.model import Event, Flow, Link
+from qixtui.core.rules import Rules
 
 MS = 1_000_000
 T0 = 1_780_000_000_000_000_000
@@ -104,6 +106,14 @@ class Builder:
             self.add(flow_id, start + reply_ms * MS, inbox, {"ok": ok}, echoed, answers=req)
         self.finish(flow_id, status, orchestrated=True)
 
+    def service(self, event: Event) -> str:
+        """As the correlator names it: a reply belongs to its request's service."""
+        request = next((lk.parent_id for lk in self.links if lk.event_id == event.id
+                        and lk.kind == "reply"), None)  # fmt: skip
+        if request is not None:
+            event = self.events[request - 1]
+        return event_service(event, Rules()) or "?"
+
     def finish(self, flow_id: int, status: str, orchestrated: bool) -> None:
         mine = [e for e in self.events if e.flow_id == flow_id]
         self.flows.append(
@@ -113,7 +123,7 @@ class Builder:
                 started_ns=min(e.ts_ns for e in mine),
                 ended_ns=max(e.ts_ns for e in mine),
                 events=len(mine),
-                services=sorted({e.subject.split(".")[1] for e in mine}),
+                services=sorted({self.service(e) for e in mine}),
                 variant=[e.subject for e in mine],
                 orchestrated=orchestrated,
             )

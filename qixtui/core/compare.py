@@ -11,40 +11,38 @@ import math
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 
 import msgspec
 
 from qixtui.core import store
+from qixtui.core.correlate import event_service
 from qixtui.core.model import Event, Flow, Link
+from qixtui.core.rules import Rules
 
 SAGA_RUN_HEADER = "Qixtui-Saga-Run"
 ORCHESTRATOR = "orchestrator"  # the participant that sends a saga run's requests
 CHOREOGRAPHY, ORCHESTRATION = "choreography", "orchestration"
-COMMAND_TOKENS = frozenset({"cmd", "command", "commands"})
 
 
 # --- how events are read -------------------------------------------------------------------
 
 
-def default_service(event: Event) -> str:
-    """The service a subject names: token 2 of `app.service.event`, token 3 of command
-    subjects `app.cmd.service.verb`, the only token of a one- or two-token subject."""
-    tokens = event.subject.split(".")
-    if len(tokens) >= 4 and tokens[1] in COMMAND_TOKENS:
-        return tokens[2]
-    return tokens[1] if len(tokens) >= 3 else tokens[0]
-
-
 class Lens:
-    """How to read events: which service an event belongs to and what step it is."""
+    """How to read events: which service an event belongs to (by default the correlation
+    rules' services rule, the one that filled the flows' services) and what step it is."""
 
     def __init__(
         self,
-        service_of: Callable[[Event], str | None] = default_service,
+        service_of: Callable[[Event], str | None] | None = None,
         label_of: Callable[[str], str] = str,
     ) -> None:
-        self.service_of = service_of
+        self.service_of = service_of or partial(event_service, rules=Rules())
         self.label_of = label_of
+
+    @classmethod
+    def from_rules(cls, rules: Rules) -> Lens:
+        return cls(partial(event_service, rules=rules))
 
 
 class Markers(msgspec.Struct):

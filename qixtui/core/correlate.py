@@ -74,14 +74,21 @@ def reply_type(request_type: str) -> str:
     return f"{request_type} (reply)"
 
 
-def _service_of_tokens(tokens: list[str], rule: tuple[str, str | int]) -> str | None:
+def _service_of_tokens(
+    tokens: list[str], rule: tuple[str, str | int], commands: frozenset[str]
+) -> str | None:
     kind, arg = rule
     if kind == "auto":
-        return tokens[1] if len(tokens) >= 3 else tokens[0]
-    if kind == "subject":
+        at = 1 if len(tokens) >= 3 else 0
+    elif kind == "subject":
         assert isinstance(arg, int)
-        return tokens[arg - 1] if len(tokens) >= arg else tokens[-1]
-    return None
+        at = arg - 1 if len(tokens) >= arg else len(tokens) - 1
+    else:
+        return None
+    # `shop.cmd.payment.authorize`: the command goes to payment, not to a service "cmd"
+    if tokens[at] in commands and at + 1 < len(tokens):
+        at += 1
+    return tokens[at]
 
 
 def event_service(event: Event, rules: Rules) -> str | None:
@@ -89,7 +96,8 @@ def event_service(event: Event, rules: Rules) -> str | None:
     rule = service_rule(rules)
     if rule[0] == "header":
         return event.header(str(rule[1]))
-    return _service_of_tokens(event.subject.split("."), rule)
+    commands = frozenset(rules.services.command_tokens)
+    return _service_of_tokens(event.subject.split("."), rule, commands)
 
 
 class _SubjectInfo(msgspec.Struct, array_like=True, gc=False):
@@ -297,6 +305,7 @@ class Correlator:
             roles[name] = roles[name.lower()] = _MSGID
         roles[SAGA_RUN_HEADER] = roles[SAGA_RUN_HEADER.lower()] = _SAGA
         self._service_rule = service_rule(rules)
+        self._commands = frozenset(rules.services.command_tokens)
         if self._service_rule[0] == "header":
             name = str(self._service_rule[1])
             roles[name] = roles[name.lower()] = _SERVICE
@@ -395,7 +404,10 @@ class Correlator:
             if len(tokens) >= index and subject_matches(pattern, subject)
         ]
         info = _SubjectInfo(
-            event_type(subject), _service_of_tokens(tokens, self._service_rule), status, keys
+            event_type(subject),
+            _service_of_tokens(tokens, self._service_rule, self._commands),
+            status,
+            keys,
         )
         if len(self._subjects) >= SUBJECT_CACHE:
             self._subjects.clear()

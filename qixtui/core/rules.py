@@ -11,6 +11,7 @@ import msgspec
 DEFAULT_HEADERS = ["X-Correlation-ID", "Correlation-Id", "correlation_id", "ce-correlationid"]
 DEFAULT_MESSAGE_ID_HEADERS = ["X-Message-ID", "Nats-Msg-Id", "ce-id"]
 SAGA_RUN_HEADER = "Qixtui-Saga-Run"
+DEFAULT_COMMAND_TOKENS = ["cmd", "command", "commands"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
@@ -78,6 +79,9 @@ class ServiceRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     from_: str = msgspec.field(default="auto", name="from")
     """`subject:N` (token N), `header:NAME`, or `auto`: token 2 of subjects with three or
     more tokens, else token 1."""
+    command_tokens: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_COMMAND_TOKENS))
+    """When the service token is one of these, the subject is a command
+    (`shop.cmd.payment.authorize`) and the token after it names the service (`payment`)."""
 
 
 class RuleFlags(msgspec.Struct, kw_only=True):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import msgspec
 import pytest
 from shopflows import COMPENSATION, FAILURE, HAPPY, MAP, MS, SWAPPED, T0, Builder, build
 
 from qixtui.core import compare as cmp
+from qixtui.core.correlate import event_service
 from qixtui.core.model import Event, Link
+from qixtui.core.rules import Rules
 
 STEPS = ["authorize", "reserve", "ship", "complete"]
 
@@ -180,13 +183,25 @@ def test_mapping_errors_name_the_item() -> None:
     assert conf.conforming_flows == 2
 
 
-def test_default_service_reads_command_subjects() -> None:
-    def service(subject: str) -> str:
-        return cmp.default_service(Event(0, subject, None, None, b""))
-
-    assert service("shop.cmd.payment.authorize") == "payment"
-    assert service("shop.payment.authorized") == "payment"
-    assert service("orders") == "orders"
+@pytest.mark.parametrize(
+    ("services", "subject", "service"),
+    [
+        ({}, "shop.cmd.payment.authorize", "payment"),
+        ({}, "shop.payment.authorized", "payment"),
+        ({}, "orders", "orders"),
+        ({"from": "subject:2"}, "shop.cmd", "cmd"),  # nothing after `cmd` to name
+        ({"from": "subject:2"}, "shop.command.stock.reserve", "stock"),
+        ({"from": "subject:3"}, "eu.shop.cmd.stock.reserve", "stock"),
+        ({"from": "subject:2", "command_tokens": []}, "shop.cmd.stock.reserve", "cmd"),
+    ],
+)
+def test_services_read_command_subjects(
+    services: dict[str, object], subject: str, service: str
+) -> None:
+    rules = msgspec.convert({"services": services}, Rules)
+    event = Event(0, subject, None, None, b"")
+    assert event_service(event, rules) == service
+    assert cmp.Lens.from_rules(rules).service_of(event) == service
 
 
 def test_a_request_from_an_unknown_sender_is_inferred_from_the_sequence() -> None:

@@ -163,7 +163,8 @@ def test_reply_without_headers_joins_its_request_and_names_it() -> None:
         "shop.cmd.payment.authorize",
         "shop.cmd.payment.authorize (reply)",
     ]
-    assert changes.flows[0].services == ["cmd"]
+    # a command subject belongs to the service after `cmd`, and so does its reply
+    assert changes.flows[0].services == ["payment"]
 
 
 def test_a_flowless_request_is_adopted_when_its_reply_has_a_key() -> None:

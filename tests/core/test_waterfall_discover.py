@@ -33,7 +33,7 @@ def test_layout_joins_requests_to_replies_and_finds_the_critical_path() -> None:
         Link(5, "causation", "m2", 2),
     ]
     wf = layout(events, links, Rules())
-    assert wf.lanes == ["order", "cmd", "stock"]
+    assert wf.lanes == ["order", "payment", "stock"]  # a command goes to its service
     by_id = {b.event_id: b for b in wf.bars}
     assert set(by_id) == {1, 2, 4, 5}
     assert (by_id[2].start_ns, by_id[2].end_ns, by_id[2].reply_id) == (5 * MS, 40 * MS, 3)
