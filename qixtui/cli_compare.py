@@ -16,23 +16,18 @@ import msgspec
 from qixtui.cli import fail, main, open_or_fail
 from qixtui.core import compare as cmp
 from qixtui.core import export, flowfile, store
+from qixtui.core.rules import Rules
 from qixtui.core.saga import SagaDef, SagaError, load_saga_text
 from qixtui.core.text import visible
 
 
 def _markers(db: sqlite3.Connection, failure: Sequence[str], compensation: Sequence[str]) -> Any:
     """The session's correlation rules' failure and compensation patterns, plus the flags'."""
-    saved = store.get_meta(db).get("correlation_rules")
-    status: dict[str, Any] = {}
-    if saved:
-        try:
-            status = json.loads(saved).get("status") or {}
-        except (ValueError, AttributeError):
-            status = {}
-    return cmp.Markers(
-        failure=[*status.get("failure", []), *failure],
-        compensation=[*status.get("compensation", []), *compensation],
-    )
+    try:
+        rules = flowfile.session_rules(db)
+    except msgspec.MsgspecError:
+        rules = Rules()
+    return cmp.Markers.from_rules(rules, failure, compensation)
 
 
 def _lens(db: sqlite3.Connection) -> cmp.Lens:
@@ -98,76 +93,6 @@ def _map_file_items(path: str) -> list[str]:
     return [f"{k}={v}" for k, v in table.items()]
 
 
-def _ms(ns: int | float | None) -> str:
-    return "-" if ns is None else f"{ns / 1e6:.1f}ms"
-
-
-def _num(x: int | float | None) -> str:
-    return "-" if x is None else f"{x:.3g}"
-
-
-def _rows(result: cmp.Comparison) -> list[tuple[str, str, str]]:
-    c, o = result.choreography, result.orchestration
-
-    def row(label: str, f: Any) -> tuple[str, str, str]:
-        return (label, f(c), f(o))
-
-    def pct(attr: str, q: str, fmt: Any = _ms) -> Any:
-        return lambda s: fmt(getattr(getattr(s, attr), q))
-
-    def edges(s: cmp.StyleStats) -> str:
-        return ", ".join(f"{e.source}→{e.target} ×{e.count} ({e.via})" for e in s.edges) or "-"
-
-    def critical(s: cmp.StyleStats) -> str:
-        return ", ".join(f"{x.step} {x.share:.0%}" for x in s.critical_path[:3]) or "-"
-
-    return [
-        row("flows", lambda s: str(s.flows)),
-        row("completed", lambda s: str(s.completed)),
-        row("failed", lambda s: str(s.failed)),
-        row("compensated", lambda s: str(s.compensated)),
-        row("stalled", lambda s: str(s.stalled)),
-        row("running", lambda s: str(s.running)),
-        row("latency p50 (completed)", pct("latency_ns", "p50")),
-        row("latency p95 (completed)", pct("latency_ns", "p95")),
-        row("latency p99 (completed)", pct("latency_ns", "p99")),
-        row("messages per flow (mean)", pct("messages_per_flow", "mean", _num)),
-        row("messages per flow (max)", pct("messages_per_flow", "max", _num)),
-        row("services per flow (mean)", pct("services_per_flow", "mean", _num)),
-        row("coupled service pairs", lambda s: str(s.coupling)),
-        row("who talks to whom", edges),
-        row("failure detected p50", pct("detect_failure_ns", "p50")),
-        row("failure detected p95", pct("detect_failure_ns", "p95")),
-        row("compensation done p50", pct("compensate_ns", "p50")),
-        row("compensation done p95", pct("compensate_ns", "p95")),
-        row("critical path (top)", critical),
-    ]
-
-
-def _conformance_lines(conf: cmp.Conformance, markdown: bool) -> list[str]:
-    lines = [
-        f"{conf.conforming_flows} of {conf.flows} choreography flows conform to the saga "
-        f"({len(conf.variants)} variants)."
-    ]
-    if conf.unmapped_steps:
-        lines.append(f"Steps without an event mapping: {', '.join(conf.unmapped_steps)}.")
-    for v in conf.variants:
-        verdict = (
-            ("conforms" if v.conforms else "deviates")
-            if v.count == 1
-            else ("conform" if v.conforms else "deviate")
-        )
-        path = " → ".join(v.mapped) or "(none of the steps: the first one failed)"
-        item = f"{v.count} flow{'' if v.count == 1 else 's'} {verdict}: {path}"
-        lines.append(f"- {item}" if markdown else f"  {item}")
-        for d in v.deviations:
-            text = f"{d.kind.replace('_', ' ')}: {d.detail}"
-            lines.append(f"  - {text}" if markdown else f"      {text}")
-    if conf.unmapped_types:
-        lines.append(f"Event types no step maps to (ignored): {', '.join(conf.unmapped_types)}.")
-    return lines
-
-
 def _md_cell(text: str) -> str:
     return visible(text).replace("|", "\\|")
 
@@ -176,12 +101,14 @@ def render_markdown(result: cmp.Comparison, title: str) -> str:
     out = [f"## Choreography vs orchestration: {_md_cell(title)}", ""]
     out.append("| | choreography | orchestration |")
     out.append("|---|---|---|")
-    out.extend(f"| {_md_cell(a)} | {_md_cell(b)} | {_md_cell(c)} |" for a, b, c in _rows(result))
+    out.extend(
+        f"| {_md_cell(a)} | {_md_cell(b)} | {_md_cell(c)} |" for a, b, c in cmp.figure_rows(result)
+    )
     out += ["", f"Styles: {result.split}. Latency runs from a flow's first event to its last."]
     out += ["", f"Coupling {result.edges_method}."]
     if result.conformance is not None:
         out += ["", "### Conformance of the choreography to the saga", ""]
-        out += [visible(line) for line in _conformance_lines(result.conformance, True)]
+        out += [visible(line) for line in cmp.conformance_lines(result.conformance, True)]
     return "\n".join(out) + "\n"
 
 
@@ -189,7 +116,7 @@ def render_text(result: cmp.Comparison) -> str:
     """The table with short cells; the edge lists, too long for a column, follow it."""
     long_rows = ("who talks to whom", "critical path (top)")
     rows = [("", "choreography", "orchestration")]
-    rows += [r for r in _rows(result) if r[0] not in long_rows]
+    rows += [r for r in cmp.figure_rows(result) if r[0] not in long_rows]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     out = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]
     for stats in (result.choreography, result.orchestration):
@@ -203,7 +130,7 @@ def render_text(result: cmp.Comparison) -> str:
     out.append(f"styles: {result.split}")
     if result.conformance is not None:
         out.append("conformance:")
-        out.extend(_conformance_lines(result.conformance, False))
+        out.extend(cmp.conformance_lines(result.conformance, False))
     return "\n".join(visible(line) for line in out) + "\n"
 
 

@@ -52,6 +52,16 @@ class Markers(msgspec.Struct):
     failure: list[str] = []
     compensation: list[str] = []
 
+    @classmethod
+    def from_rules(
+        cls, rules: Rules, failure: Sequence[str] = (), compensation: Sequence[str] = ()
+    ) -> Markers:
+        """The rules' status patterns plus more (flags, a saga's compensation requests)."""
+        return cls(
+            failure=[*rules.status.failure, *failure],
+            compensation=[*rules.status.compensation, *compensation],
+        )
+
 
 # --- one flow, read -------------------------------------------------------------------------
 
@@ -402,7 +412,7 @@ class Conformance(msgspec.Struct):
     unmapped_steps: list[str]  # saga steps with no event mapping
 
 
-def _lcs_pairs(a: Sequence[str], b: Sequence[str]) -> list[tuple[int, int]]:
+def lcs_pairs(a: Sequence[str], b: Sequence[str]) -> list[tuple[int, int]]:
     """Index pairs of one longest common subsequence of a and b."""
     n, m = len(a), len(b)
     table = [[0] * (m + 1) for _ in range(n + 1)]
@@ -456,7 +466,7 @@ def _map_variant(variant: Sequence[str], saga: SagaSteps) -> tuple[list[str], se
 
 
 def _deviations(mapped: list[str], expected: list[str]) -> list[Deviation]:
-    pairs = _lcs_pairs(mapped, expected)
+    pairs = lcs_pairs(mapped, expected)
     kept_m = {i for i, _ in pairs}
     kept_e = {j for _, j in pairs}
     out: list[Deviation] = []
@@ -495,7 +505,7 @@ def conformance(variants: Iterable[tuple[Sequence[str], int]], saga: SagaSteps) 
         unmapped |= skipped
 
         def score(path: list[str], mapped: list[str] = mapped) -> tuple[int, int]:
-            common = len(_lcs_pairs(mapped, path))
+            common = len(lcs_pairs(mapped, path))
             return (common, -(len(path) + len(mapped) - 2 * common))
 
         expected = max(paths, key=score)
@@ -527,6 +537,20 @@ def variants_of(
         view = FlowView(flow, events.get(flow.flow_id, ()), links.get(flow.flow_id, ()), lens)
         counts[tuple(view.label(e) for e in view.events)] += 1
     return [(list(k), n) for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def traces_of(
+    flows: Sequence[Flow],
+    events: Mapping[int, Sequence[Event]],
+    links: Mapping[int, Sequence[Link]],
+    lens: Lens,
+) -> list[list[tuple[str, int]]]:
+    """Each flow's (step, ts_ns) in time order, as process discovery takes them."""
+    out: list[list[tuple[str, int]]] = []
+    for flow in flows:
+        view = FlowView(flow, events.get(flow.flow_id, ()), links.get(flow.flow_id, ()), lens)
+        out.append([(view.label(e), e.ts_ns) for e in view.events])
+    return out
 
 
 def parse_mapping(pairs: Iterable[str], steps: Sequence[str]) -> SagaSteps:
@@ -585,6 +609,83 @@ def compare(
         edges_method=EDGE_METHOD,
         conformance=conf,
     )
+
+
+# --- as text -------------------------------------------------------------------------------
+
+
+def _ms(ns: int | float | None) -> str:
+    return "-" if ns is None else f"{ns / 1e6:.1f}ms"
+
+
+def _num(x: int | float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def figure_rows(result: Comparison) -> list[tuple[str, str, str]]:
+    """(figure, choreography, orchestration) as short text, for tables on screen and paper."""
+    c, o = result.choreography, result.orchestration
+
+    def row(label: str, f: Callable[[StyleStats], str]) -> tuple[str, str, str]:
+        return (label, f(c), f(o))
+
+    def pct(
+        attr: str, q: str, fmt: Callable[[int | float | None], str] = _ms
+    ) -> Callable[[StyleStats], str]:
+        return lambda s: fmt(getattr(getattr(s, attr), q))
+
+    def edges(s: StyleStats) -> str:
+        return ", ".join(f"{e.source}→{e.target} ×{e.count} ({e.via})" for e in s.edges) or "-"
+
+    def critical(s: StyleStats) -> str:
+        return ", ".join(f"{x.step} {x.share:.0%}" for x in s.critical_path[:3]) or "-"
+
+    return [
+        row("flows", lambda s: str(s.flows)),
+        row("completed", lambda s: str(s.completed)),
+        row("failed", lambda s: str(s.failed)),
+        row("compensated", lambda s: str(s.compensated)),
+        row("stalled", lambda s: str(s.stalled)),
+        row("running", lambda s: str(s.running)),
+        row("latency p50 (completed)", pct("latency_ns", "p50")),
+        row("latency p95 (completed)", pct("latency_ns", "p95")),
+        row("latency p99 (completed)", pct("latency_ns", "p99")),
+        row("messages per flow (mean)", pct("messages_per_flow", "mean", _num)),
+        row("messages per flow (max)", pct("messages_per_flow", "max", _num)),
+        row("services per flow (mean)", pct("services_per_flow", "mean", _num)),
+        row("coupled service pairs", lambda s: str(s.coupling)),
+        row("who talks to whom", edges),
+        row("failure detected p50", pct("detect_failure_ns", "p50")),
+        row("failure detected p95", pct("detect_failure_ns", "p95")),
+        row("compensation done p50", pct("compensate_ns", "p50")),
+        row("compensation done p95", pct("compensate_ns", "p95")),
+        row("critical path (top)", critical),
+    ]
+
+
+def conformance_lines(conf: Conformance, markdown: bool) -> list[str]:
+    """The conformance summary as lines: a Markdown list, or indented text."""
+    lines = [
+        f"{conf.conforming_flows} of {conf.flows} choreography flows conform to the saga "
+        f"({len(conf.variants)} variants)."
+    ]
+    if conf.unmapped_steps:
+        lines.append(f"Steps without an event mapping: {', '.join(conf.unmapped_steps)}.")
+    for v in conf.variants:
+        verdict = (
+            ("conforms" if v.conforms else "deviates")
+            if v.count == 1
+            else ("conform" if v.conforms else "deviate")
+        )
+        path = " → ".join(v.mapped) or "(none of the steps: the first one failed)"
+        item = f"{v.count} flow{'' if v.count == 1 else 's'} {verdict}: {path}"
+        lines.append(f"- {item}" if markdown else f"  {item}")
+        for d in v.deviations:
+            text = f"{d.kind.replace('_', ' ')}: {d.detail}"
+            lines.append(f"  - {text}" if markdown else f"      {text}")
+    if conf.unmapped_types:
+        lines.append(f"Event types no step maps to (ignored): {', '.join(conf.unmapped_types)}.")
+    return lines
 
 
 # --- reading a session -----------------------------------------------------------------------

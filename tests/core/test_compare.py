@@ -214,3 +214,14 @@ def test_a_request_from_an_unknown_sender_is_inferred_from_the_sequence() -> Non
     # the quote's requester is not the service that published its cause, and is unknown:
     # the edge comes from the service seen before it, and the reply goes back to no one
     assert edges == {("order", "pricing", "sequence")}
+
+
+def test_traces_feed_discovery_with_reply_labels() -> None:
+    b = build()
+    events, links = keyed(b)
+    traces = cmp.traces_of([f for f in b.flows if f.flow_id == 11], events, links, cmp.Lens())
+    assert [step for step, _ in traces[0]][:2] == [
+        "shop.cmd.payment.authorize",
+        "shop.cmd.payment.authorize (reply)",
+    ]
+    assert [ts for _, ts in traces[0]] == sorted(ts for _, ts in traces[0])
