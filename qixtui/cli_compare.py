@@ -159,6 +159,11 @@ def render_text(result: cmp.Comparison) -> str:
 @click.option("--compensation", multiple=True, help="Subject pattern of a compensation.")
 @click.option("--json", "as_json", is_flag=True, help="The comparison as one JSON object.")
 @click.option("--markdown", is_flag=True, help="A Markdown table for a design review.")
+@click.option(
+    "--tui",
+    is_flag=True,
+    help="Open the compare screen: figures, process graphs, two flows and their diff.",
+)
 def compare_verb(
     file: str,
     other: str | None,
@@ -170,13 +175,16 @@ def compare_verb(
     compensation: tuple[str, ...],
     as_json: bool,
     markdown: bool,
+    tui: bool,
 ) -> None:
     """Compare choreographed and orchestrated flows of a session side by side.
 
     With OTHER, choreography comes from FILE and orchestration from OTHER.
     """
-    if as_json and markdown:
-        fail("choose one of --json and --markdown")
+    if as_json + markdown + tui > 1:
+        fail("choose one of --json, --markdown and --tui")
+    if tui and (other or orchestrated_subject or failure or compensation):
+        fail("--tui compares the styles of one session, as the saga engine marked them")
     if (pairs or map_file) and not saga_path:
         fail("--map and --map-file need --saga")
     saga_def = _saga_def(saga_path) if saga_path else None
@@ -184,6 +192,12 @@ def compare_verb(
     if saga is not None:
         compensation = (*compensation, *saga.requests)
     db = open_or_fail(file)
+    if tui:
+        db.close()
+        from qixtui.ui.comparescreen import CompareApp
+
+        CompareApp(Path(file), saga_def, saga, str(saga_path or "")).run()
+        return
     markers = _markers(db, failure, compensation)
     lens = _lens(db)
     flows, events, links = cmp.load_scope(db)

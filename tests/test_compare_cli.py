@@ -64,7 +64,7 @@ def test_compare_two_sessions(shop_session: Path, tmp_path: Path) -> None:
         (["--saga", "SAGA"], "needs a mapping"),
         (["--saga", "SAGA", "--map", "ship:compensate=x"], "has no compensation"),
         (["--saga", "missing.toml", "--map", "a=b"], "missing.toml"),
-        (["--json", "--markdown"], "choose one of --json and --markdown"),
+        (["--json", "--markdown"], "choose one of --json, --markdown and --tui"),
     ],
 )
 def test_compare_bad_input_is_one_line(shop_session: Path, args: list[str], message: str) -> None:

@@ -183,10 +183,23 @@ def diff_flows(
             max(0, len(fields) - MAX_FIELDS),
         )
 
+    # the A index of the next anchor at or after each B position
+    next_anchor = [len(sa)] * (len(sb) + 1)
+    for j in range(len(sb) - 1, -1, -1):
+        partner = partner_of_b.get(j)
+        anchored = partner is not None and partner in kept_a
+        next_anchor[j] = partner if anchored and partner is not None else next_anchor[j + 1]
+
     rows: list[DiffRow] = []
     i = 0
     for j, step in enumerate(sb):
         partner = partner_of_b.get(j)
+        if partner is None or partner not in kept_a:
+            # between anchors, A's unmatched steps take their place by time
+            while i < next_anchor[j] and sa[i].offset_ns <= step.offset_ns:
+                if i not in moved_a:
+                    rows.append(DiffRow("missing", sa[i].label, sa[i], None))
+                i += 1
         if partner is not None and partner in kept_a:
             # A's steps before this anchor that B lacks come first
             for k in range(i, partner):

@@ -75,6 +75,7 @@ class MainScreen(Screen[None]):
         Binding("slash", "focus_filter", "Filter", id="main.filter"),
         Binding("escape", "clear_flow", "All flows", id="main.clear_flow"),
         Binding("w", "open_flow", "Waterfall", id="main.open_flow"),
+        Binding("c", "open_compare", "Compare", id="main.compare"),
         Binding("f", "cell_filter", "Filter on cell", id="main.cell_filter"),
         Binding("x", "app.payload_mode", "JSON/text/hex", id="main.payload_mode"),
         Binding("tab", "app.focus_next", "Next pane", show=False, id="main.focus_next"),
@@ -133,6 +134,11 @@ class MainScreen(Screen[None]):
         app = self.app
         assert isinstance(app, QixtuiApp)
         app.action_open_flow()
+
+    def action_open_compare(self) -> None:
+        from qixtui.ui.comparescreen import open_compare
+
+        open_compare(self.app)
 
     def action_cell_filter(self) -> None:
         """Turn the focused cell into a filter term: a header row, an event's subject, a flow."""

@@ -60,8 +60,8 @@ def test_missing_extra_and_slower() -> None:
     assert kinds == [
         ("same", "shop.order.placed"),
         ("same", "shop.payment.authorized"),
+        ("missing", "shop.stock.reserved"),  # at 25 ms, before the extra step at 45 ms
         ("extra", "shop.fraud.checked"),
-        ("missing", "shop.stock.reserved"),
         ("missing", "shop.shipment.created"),
         ("missing", "shop.order.completed"),
     ]
@@ -94,3 +94,15 @@ def test_payload_fields_nested_lists_and_non_json() -> None:
     assert payload_diff(b"\x00\x01", b"{}") == [FieldDiff("", "changed", "2 bytes", "2 bytes")]
     assert payload_diff(b"same", b"same") == []
     assert payload_diff(b'{"a/b": 1}', b'{"a/b": 2}')[0].path == "/a~1b"
+
+
+def test_without_common_steps_rows_follow_time() -> None:
+    a = [("shop.order.placed", 0), ("shop.payment.authorized", 10)]
+    b = [("shop.cmd.x.go", 5), ("shop.cmd.y.go", 20)]
+    result = diff(flows(a, b))
+    assert [(r.kind, r.label) for r in result.rows] == [
+        ("missing", "shop.order.placed"),
+        ("extra", "shop.cmd.x.go"),
+        ("missing", "shop.payment.authorized"),
+        ("extra", "shop.cmd.y.go"),
+    ]
