@@ -357,7 +357,7 @@ class CompareScreen(Screen[None]):
     """| Key | Action |
     |-----|--------|
     | 1 / 2 / 3 | the styles' figures / their process graphs / two flows and their diff |
-    | m | mark the highlighted flow: A, then B (a third mark replaces the older) |
+    | m | mark the highlighted flow: A, then B; once both are marked, a new A |
     | escape | back to the main screen |
     """
 
@@ -370,6 +370,9 @@ class CompareScreen(Screen[None]):
     ]
     DEFAULT_CSS = """
     CompareScreen #compare-head { height: 1; background: $primary-background; padding: 0 1; }
+    CompareScreen TabbedContent { height: 1fr; }
+    CompareScreen ContentSwitcher { height: 1fr; }
+    CompareScreen TabPane { height: 1fr; padding: 0; }
     CompareScreen #graph-row { height: auto; }
     CompareScreen #chor-graph { width: 1fr; padding: 0 1; }
     CompareScreen #saga-graph { width: 1fr; padding: 0 1; border-left: solid $primary; }
@@ -476,10 +479,12 @@ class CompareScreen(Screen[None]):
         flow_id = self.query_one("#compare-flows", RowList).row_id()
         if flow_id is None:
             return
-        if flow_id in self.marks:
-            self.marks.remove(flow_id)
+        if len(self.marks) == 2:
+            self.marks = [flow_id]  # a new pair: this one is A
+        elif self.marks == [flow_id]:
+            self.marks = []
         else:
-            self.marks = [*self.marks[-1:], flow_id]
+            self.marks.append(flow_id)
         self.query_one("#compare-flows", RowList).invalidate()
         self.show_pair()
 
@@ -510,7 +515,6 @@ class CompareScreen(Screen[None]):
         self.diff = diff_flows(a_id, a_events, a_links, b_id, b_events, b_links)
         drawn = self.query_one("#pair-waterfall", Static).content_region.width
         width = drawn if drawn > 0 else self.size.width - 6  # a hidden tab has no size yet
-        self.log(f"pair width {drawn} screen {self.size.width}")
         rules = self.session_rules()
         pair = render_pair(parts, self.diff, rules, width)
         self.query_one("#pair-waterfall", Static).update(pair)

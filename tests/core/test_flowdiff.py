@@ -43,11 +43,13 @@ def test_swapped_steps_are_moved_and_slower_steps_marked() -> None:
         ("same", "shop.order.completed"),
     ]
     moved = result.rows[2]
-    assert moved.a is not None and moved.b is not None
+    assert moved.a is not None
+    assert moved.b is not None
     assert (moved.a.offset_ns, moved.b.offset_ns) == (10 * MS, 20 * MS)
     # reserved: 15 ms after payment in A, 8 ms after the order in B (each waits on its cause)
     reserved = result.rows[1]
-    assert reserved.delta_ns == (8 - 15) * MS and not reserved.slower
+    assert reserved.delta_ns == (8 - 15) * MS
+    assert not reserved.slower
     # shipment: 35 ms in A, 30 ms in B; completion: 10 ms in A, 5 ms in B
     assert [r.delta_ns for r in result.rows[3:]] == [-5 * MS, -5 * MS]
     assert (result.a_span_ns, result.b_span_ns) == (70 * MS, 55 * MS)
@@ -66,7 +68,8 @@ def test_missing_extra_and_slower() -> None:
         ("missing", "shop.order.completed"),
     ]
     authorized = result.rows[1]
-    assert authorized.slower and authorized.delta_ns == 30 * MS
+    assert authorized.slower
+    assert authorized.delta_ns == 30 * MS
     assert (result.count("missing"), result.count("extra"), result.slower) == (3, 1, 1)
 
 

@@ -1,0 +1,120 @@
+"""The compare screen and a two-flow diff on a real session file, driven by Pilot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from shopflows import SAGA_TOML, write_session
+
+from qixtui.core import store
+from qixtui.ui.app import MainScreen, QixtuiApp
+from qixtui.ui.comparescreen import CompareApp, CompareScreen
+from ui.sessions import screen_text
+
+SIZE = (120, 40)
+
+
+def compare_session(path: Path) -> Path:
+    """Five choreographed and three orchestrated shop orders, and the saga run's journal."""
+    write_session(path)
+    db = store.open_session(path, readonly=False)
+    store.insert_saga_run(
+        db,
+        store.SagaRunRecord(
+            run_id="run-11",
+            saga="shop",
+            definition=SAGA_TOML,
+            vars={},
+            correlation_id="c-11",
+            trace_id="0" * 31 + "1",
+            status="completed",
+            started_ns=1,
+        ),
+    )
+    db.close()
+    return path
+
+
+@pytest.fixture
+def shop2(tmp_path: Path) -> Path:
+    return compare_session(tmp_path / "compare.qix")
+
+
+async def loaded(pilot) -> None:  # type: ignore[no-untyped-def]
+    await pilot.pause()
+    await pilot.app.workers.wait_for_complete()
+    await pilot.pause()
+    await pilot.pause(0.05)
+
+
+async def test_compare_screen_from_the_main_screen(shop2: Path) -> None:
+    app = QixtuiApp(shop2)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        await loaded(pilot)
+        assert isinstance(app.screen, CompareScreen)
+        text = screen_text(app)
+        assert "choreography 5 flows  vs  orchestration 3 flows" in text
+        row = next(line for line in text.splitlines() if "latency p50 (completed)" in line)
+        assert row.split()[-2:] == ["70.0ms", "33.0ms"]
+        # the saga's commands belong to their services, not to a service called "cmd"
+        assert "orchestrator → payment ×4 (request)" in text
+        assert "cmd →" not in text
+
+        await pilot.press("2")
+        await pilot.pause(0.05)
+        text = screen_text(app)
+        assert "discovered choreography · 5 flows · 3 variants" in text
+        assert "├─▶ shop.payment.authorized  ×4  p50 10ms" in text
+        assert "saga plan · shop · 4 steps · from run run-11" in text
+        assert "│ ↺ shop.cmd.payment.refund" in text
+        assert "3 ship  ◆ pivot" in text
+
+        await pilot.press("3")
+        await pilot.pause(0.05)
+        text = screen_text(app)
+        # a completed flow of each style, on one axis as long as the longer (70 ms)
+        assert "A #1  ✔ completed  choreographed  70ms" in text
+        assert "B #11  ✔ completed  orchestrated ⚙  33ms" in text
+        assert "+70ms" in text
+        lanes = [x.split()[0] for x in text.splitlines() if "├─" in x and "→reply" not in x]
+        assert lanes == ["payment", "stock", "shipping", "order"]
+        assert "diff A #1 → B #11: 5 missing, 8 extra, 0 out of order" in text
+
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+
+
+async def test_two_flow_diff_marked_in_the_list(shop2: Path) -> None:
+    app = CompareApp(shop2)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        await pilot.press("3", "m")  # the pair was #1 and #11: a new A, #1
+        await pilot.pause()
+        assert screen.marks == [1]
+        assert "A #1 marked: press m on another flow" in screen_text(app)
+        await pilot.press("down", "down", "down", "m")  # #4: stock before payment
+        await pilot.pause(0.05)
+        assert screen.marks == [1, 4]
+        text = screen_text(app)
+        assert "diff A #1 → B #4: 0 missing, 0 extra, 1 out of order, 0 slower" in text
+        moved = next(line for line in text.splitlines() if line.lstrip().startswith("↔"))
+        assert "shop.payment.authorized" in moved
+        assert "+10ms" in moved  # A's payment came at 10 ms,
+        assert "+20ms" in moved  # B's at 20 ms
+        assert '/order_id: "o-1" → "o-4"' in text
+        # the swapped step is marked on B's waterfall
+        b_lanes = text.split("B #4  ✔ completed")[1].split("● event")[0]
+        assert "↔" in b_lanes
+
+        await pilot.press("up", "m", "down", "down", "m")  # a new pair: #3 against #5
+        await pilot.pause(0.05)
+        assert screen.marks == [3, 5]
+        text = screen_text(app)
+        assert "diff A #3 → B #5" in text
+        assert "+ shop.stock.failed" in text
+        assert "− shop.shipment.created" in text
