@@ -446,6 +446,8 @@ class QixtuiApp(App[None]):
         events.set_index(index)
         if index.scanned_to < self.session.max_id():
             self.start_scan(index, self.scan_generation)
+        else:
+            self.refresh_status()  # matched at once: the shown count is final now
 
     def start_scan(self, index: IdIndex, generation: int) -> None:
         self.scanning = True

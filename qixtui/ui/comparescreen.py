@@ -262,7 +262,7 @@ def _lanes(out: Text, fall: Waterfall, marks: dict[int, str], width: int, scale:
 
 
 def _flow_title(tag: str, flow: Flow | None, flow_id: int) -> Text:
-    line = Text(f"{tag} #{flow_id} ", "bold reverse" if tag == "B" else "bold")
+    line = Text(f"{tag} #{flow_id} ", "bold magenta" if tag == "B" else "bold cyan")
     if flow is not None:
         line.append(" ")
         line.append_text(status_text(flow.status))
@@ -433,7 +433,7 @@ class CompareScreen(Screen[None]):
 
     def format_row(self, flow: Flow, width: int) -> Text:
         tag = "A" if self.marks[:1] == [flow.flow_id] else "B" if flow.flow_id in self.marks else ""
-        line = Text(f"{tag:<2}", "bold reverse" if tag == "B" else "bold")
+        line = Text(f"{tag:<2}", "bold magenta" if tag == "B" else "bold cyan")
         line.append_text(format_flow(flow, width - 2))
         return line
 

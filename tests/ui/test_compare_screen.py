@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from shopflows import SAGA_TOML, write_session
+from textual.widgets import Static
 
 from qixtui.core import store
+from qixtui.core.model import Event, Flow
+from qixtui.core.text import visible
 from qixtui.ui.app import MainScreen, QixtuiApp
 from qixtui.ui.comparescreen import CompareApp, CompareScreen
-from ui.sessions import screen_text
+from ui.sessions import CORPUS, MS, T0, screen_text
 
 SIZE = (120, 40)
 
@@ -118,3 +122,46 @@ async def test_two_flow_diff_marked_in_the_list(shop2: Path) -> None:
         assert "diff A #3 → B #5" in text
         assert "+ shop.stock.failed" in text
         assert "− shop.shipment.created" in text
+
+
+def hostile_pair(path: Path) -> Path:
+    """Two flows of hostile subjects whose payloads differ in hostile fields and values."""
+    events = []
+    flows = []
+    for flow_id in (1, 2):
+        mine = []
+        for i, bad in enumerate(CORPUS):
+            body = json.dumps({f"f{bad}": f"{bad}{flow_id}"}).encode()
+            event_id = len(events) + 1
+            mine.append(Event(T0 + (flow_id * 100 + i) * MS, f"evil.{bad}.x", None, None, body,
+                              event_id, flow_id))  # fmt: skip
+            events.append(mine[-1])
+        flows.append(Flow(flow_id, "completed", mine[0].ts_ns, mine[-1].ts_ns, len(mine),
+                          CORPUS, CORPUS))  # fmt: skip
+    db = store.create_session(path, {"stopped_ns": "1"})
+    with store.transaction(db):
+        store.insert_events(db, events)
+        store.upsert_flows(db, flows)
+    db.close()
+    return path
+
+
+async def test_hostile_subjects_and_payloads_are_shown_as_text(tmp_path: Path) -> None:
+    app = CompareApp(hostile_pair(tmp_path / "hostile.qix"))
+    async with app.run_test(size=(160, 60)) as pilot:
+        await loaded(pilot)
+        await pilot.press("2")
+        await pilot.pause(0.05)
+        assert "■ evil.[/oops].x" in screen_text(app)
+        await pilot.press("3")
+        await pilot.pause(0.05)
+        assert "\x1b" not in screen_text(app)
+        # the diff is below the waterfalls' 22 lanes: read all of it
+        text = str(app.screen.query_one("#pair-diff", Static).render())
+        assert "diff A #1 → B #2" in text
+        assert "= evil.[@click=app.quit]x[/].x" in text
+        bad = CORPUS[4]  # an OSC 52 clipboard write: the key escaped, the values as JSON
+        a, b = (json.dumps(f"{bad}{n}", ensure_ascii=False) for n in (1, 2))
+        assert f"/f{visible(bad)}: {a} → {b}" in text
+        assert "\x1b" not in text
+        assert app.is_running
