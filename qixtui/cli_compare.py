@@ -188,7 +188,9 @@ def compare_verb(
     if (pairs or map_file) and not saga_path:
         fail("--map and --map-file need --saga")
     saga_def = _saga_def(saga_path) if saga_path else None
-    saga = _saga_steps(saga_def, str(saga_path), pairs, map_file) if saga_def else None
+    # the screen draws a saga's plan without a mapping; conformance needs one
+    mapped = saga_def is not None and (not tui or bool(pairs or map_file))
+    saga = _saga_steps(saga_def, str(saga_path), pairs, map_file) if saga_def and mapped else None
     if saga is not None:
         compensation = (*compensation, *saga.requests)
     db = open_or_fail(file)

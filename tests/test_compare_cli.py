@@ -65,6 +65,8 @@ def test_compare_two_sessions(shop_session: Path, tmp_path: Path) -> None:
         (["--saga", "SAGA", "--map", "ship:compensate=x"], "has no compensation"),
         (["--saga", "missing.toml", "--map", "a=b"], "missing.toml"),
         (["--json", "--markdown"], "choose one of --json, --markdown and --tui"),
+        (["--tui", "--orchestrated-subject", "x.>"], "--tui compares the styles of one session"),
+        (["--tui", "--saga", "SAGA", "--map", "nope=x"], "the saga has no step `nope`"),
     ],
 )
 def test_compare_bad_input_is_one_line(shop_session: Path, args: list[str], message: str) -> None:

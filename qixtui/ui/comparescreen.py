@@ -303,10 +303,14 @@ def render_pair(
     return out
 
 
+def _ns(ns: int) -> str:
+    return duration(ns) if ns else "0"
+
+
 def _timing(step: Step | None) -> str:
     if step is None:
         return f" {'·':>8} {'':>8}"
-    return f" {'+' + duration(step.offset_ns):>8} {duration(step.took_ns):>8}"
+    return f" {'+' + _ns(step.offset_ns):>8} {_ns(step.took_ns):>8}"
 
 
 def render_diff(diff: FlowDiff) -> Text:
@@ -334,7 +338,7 @@ def _diff_row(out: Text, row: DiffRow) -> None:
     out.append(f"{_timing(row.a)} │{_timing(row.b)} │ ")
     if row.delta_ns is not None:
         sign = "+" if row.delta_ns >= 0 else "−"
-        out.append(f"{sign}{duration(abs(row.delta_ns))}", "bold red" if row.slower else "")
+        out.append(f"{sign}{_ns(abs(row.delta_ns))}", "bold red" if row.slower else "")
         if row.slower:
             out.append(" ▲ slower", "bold red")
     out.append("\n")

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from shopflows import SAGA_TOML, write_session
+from shopflows import MAP, SAGA_TOML, write_session
 from textual.widgets import Static
 
+from qixtui.core import compare as cmp
 from qixtui.core import store
 from qixtui.core.model import Event, Flow
+from qixtui.core.saga import load_saga_text
 from qixtui.core.text import visible
 from qixtui.ui.app import MainScreen, QixtuiApp
 from qixtui.ui.comparescreen import CompareApp, CompareScreen
@@ -165,3 +167,17 @@ async def test_hostile_subjects_and_payloads_are_shown_as_text(tmp_path: Path) -
         assert f"/f{visible(bad)}: {a} → {b}" in text
         assert "\x1b" not in text
         assert app.is_running
+
+
+async def test_saga_from_the_command_line_with_conformance(shop2: Path) -> None:
+    saga = load_saga_text(SAGA_TOML, "saga.toml")
+    steps = cmp.parse_mapping(MAP, [s.name for s in saga.steps])
+    app = CompareApp(shop2, saga, steps, "saga.toml")
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot)
+        text = str(app.screen.query_one("#conformance", Static).render())
+        assert "4 of 5 choreography flows conform to the saga" in text
+        assert "1 flow deviates: reserve → authorize → ship → complete" in text
+        await pilot.press("2")
+        await pilot.pause(0.05)
+        assert "saga plan · shop · 4 steps · from saga.toml" in screen_text(app)
