@@ -19,10 +19,12 @@ from qixtui.core import store
 from qixtui.core.correlate import event_service
 from qixtui.core.model import Event, Flow, Link
 from qixtui.core.rules import Rules
+from qixtui.core.saga import SAGA_OUTCOME_FAILURE, SAGA_OUTCOME_TERMINAL
 
 SAGA_RUN_HEADER = "Qixtui-Saga-Run"
 ORCHESTRATOR = "orchestrator"  # the participant that sends a saga run's requests
 CHOREOGRAPHY, ORCHESTRATION = "choreography", "orchestration"
+SAGA_OUTCOMES = (*SAGA_OUTCOME_TERMINAL, *SAGA_OUTCOME_FAILURE)
 
 
 # --- how events are read -------------------------------------------------------------------
@@ -96,10 +98,15 @@ class FlowView:
             return f"{self.lens.label_of(self.by_id[request].subject)} (reply)"
         return self.lens.label_of(event.subject)
 
+    @staticmethod
+    def announcement(event: Event) -> bool:
+        """The saga runner's note of how a run ended: the orchestrator's, sent to no one."""
+        return event.header(SAGA_RUN_HEADER) is not None and _matches(SAGA_OUTCOMES, event.subject)
+
     def receiver(self, event: Event) -> str | None:
         """The service that handles a request; None for a published event or a reply (which
         may echo its request's headers: nats-py's `respond` copies them)."""
-        if event.id in self.reply_to:
+        if event.id in self.reply_to or self.announcement(event):
             return None
         if event.id in self.replies or event.header(SAGA_RUN_HEADER) is not None:
             return self.lens.service_of(event)
@@ -118,7 +125,10 @@ class FlowView:
         return self.lens.service_of(event)
 
     def participant(self, event: Event) -> str | None:
-        """The service an event is attributed to (a request: the one that answers it)."""
+        """The service an event is attributed to (a request: the one that answers it); none
+        for a run's outcome, which no service takes part in."""
+        if self.announcement(event):
+            return None
         return self.receiver(event) or self.sender(event)
 
     @property
@@ -209,6 +219,8 @@ EDGE_METHOD = (
 def _edges(view: FlowView, into: Counter[tuple[str, str, str]]) -> None:
     previous: str | None = None
     for event in view.events:
+        if view.announcement(event):
+            continue
         sender, receiver = view.sender(event), view.receiver(event)
         request = view.reply_to.get(event.id)
         cause = view.cause.get(event.id)

@@ -33,7 +33,7 @@ from qixtui.ui.data import IdIndex, duration
 from qixtui.ui.rowlist import RowList
 from qixtui.ui.widgets import format_flow, status_text
 
-LANE_LABEL = 14
+LANE_LABEL = 16
 DIFF_LABEL = 40
 ROW_LOOK = {
     "same": ("=", "dim"),
@@ -90,14 +90,15 @@ def load(path: Path, saga: SagaDef | None, steps: cmp.SagaSteps | None, source: 
         except msgspec.MsgspecError:
             rules = Rules()
         lens = cmp.Lens.from_rules(rules)
+        if saga is None:
+            saga, source = saga_from_session(db)
+        # the saga's compensation requests count as compensations, as with compare --saga
         requests = [s.compensate.request for s in saga.steps if s.compensate] if saga else []
         markers = cmp.Markers.from_rules(rules, (), requests)
         flows, events, links = cmp.load_scope(db)
         result = cmp.compare(flows, events, links, lens=lens, markers=markers, saga=steps)
         chor = [f for f in flows if f.flow_id in set(result.choreography.flow_ids)]
         found = discover(cmp.traces_of(chor, events, links, lens))
-        if saga is None:
-            saga, source = saga_from_session(db)
         return Loaded(result, found, saga, source, default_picks(result, flows))
     finally:
         db.close()

@@ -225,3 +225,17 @@ def test_traces_feed_discovery_with_reply_labels() -> None:
         "shop.cmd.payment.authorize (reply)",
     ]
     assert [ts for _, ts in traces[0]] == sorted(ts for _, ts in traces[0])
+
+
+def test_a_runs_outcome_is_no_service_and_no_edge() -> None:
+    b = build()
+    run_header = [("Qixtui-Saga-Run", "run-11")]
+    b.add(11, T0 + 10_040 * MS, "qixtui.saga.shop.completed", {}, headers=run_header)
+    b.flows = [f for f in b.flows if f.flow_id != 11]
+    b.finish(11, "completed", orchestrated=True)
+    orch = run(b).orchestration
+    assert {e.target for e in orch.edges} | {e.source for e in orch.edges} == {
+        "orchestrator", "payment", "stock", "shipping", "order"
+    }  # fmt: skip
+    assert orch.coupling == 4
+    assert orch.services_per_flow.max == 4  # payment, stock, shipping, order
