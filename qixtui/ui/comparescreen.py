@@ -3,10 +3,11 @@ and two flows' waterfalls on a shared time axis with their diff."""
 
 from __future__ import annotations
 
+import sqlite3
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import msgspec
 from rich import box
@@ -21,7 +22,7 @@ from textual.widgets import Footer, Static, TabbedContent, TabPane
 
 from qixtui.core import compare as cmp
 from qixtui.core import flowfile, store
-from qixtui.core.discover import Discovery, discover
+from qixtui.core.discover import Discovery, Edge, discover
 from qixtui.core.flowdiff import DiffRow, FlowDiff, Step, diff_flows
 from qixtui.core.model import Event, Flow, Link
 from qixtui.core.rules import Rules
@@ -55,7 +56,7 @@ class Loaded:
     picks: list[int]  # the flows to hold against each other first
 
 
-def saga_from_session(db: Any) -> tuple[SagaDef | None, str]:
+def saga_from_session(db: sqlite3.Connection) -> tuple[SagaDef | None, str]:
     """The saga the session's orchestrated runs ran (the newest run's definition)."""
     runs = store.saga_runs(db)
     for run in reversed(runs):
@@ -156,7 +157,7 @@ def render_discovered(found: Discovery) -> Text:
         out.append("  └─▶ " if n == len(starts) - 1 else "  ├─▶ ", "green")
         out.append_text(t.literal(name))
         out.append(f"  ×{count}\n", "dim")
-    edges_from: dict[str, list[Any]] = {}
+    edges_from: dict[str, list[Edge]] = {}
     for edge in found.edges:
         edges_from.setdefault(edge.source, []).append(edge)
     for name in _activity_order(found):
