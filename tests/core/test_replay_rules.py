@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -290,3 +291,46 @@ def test_a_plan_stops_at_the_newest_event_when_it_was_made(tmp_path: Path) -> No
     assert [o.event_id for o in run(db, plan)[1]] == [1, 2]
     sql, params = oversize_bound_sql(plan.selection, 0, "s", 0, plan.last_id)
     assert db.execute(sql, params).fetchone()[0] == 2
+
+
+stored_names = st.sampled_from(
+    ["Nats-Msg-Id", "NATS-MSG-ID", "nats-msg-idx", "X-Msg-Id", "ä-name", "T", "Back\\slash"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(stored_names, header_values), max_size=6),
+    keep_msg_id=st.booleans(),
+    ascii_json=st.booleans(),
+    seq=st.integers(0, 10**9),
+)
+def test_headers_from_stored_json_match_the_header_rules(
+    pairs: list[tuple[str, str]], keep_msg_id: bool, ascii_json: bool, seq: int
+) -> None:
+    """The full-speed path builds header blocks from the stored JSON text and only looks at
+    the pairs when the text may name Nats-Msg-Id; whatever JSON spelling a file holds
+    (msgspec's UTF-8 or escaped ASCII), the block is the one the rules describe."""
+    text = json.dumps(pairs, ensure_ascii=ascii_json) if pairs or ascii_json else None
+    row = (1, 5, "orders.x", None, text, b"p", 0)
+    plan = Plan(session="s9", prefix="r.", keep_msg_id=keep_msg_id)
+    out = Replay(plan, last_seq=seq).next(row)
+    assert out is not None
+    lines = "".join(
+        f"{name}: s9:{value}\r\n"
+        if name.lower() == "nats-msg-id" and not keep_msg_id
+        else f"{name}: {value}\r\n"
+        for name, value in pairs
+    )
+    expected = (
+        f"NATS/1.0\r\n{lines}Qixtui-Replay-Session: s9\r\nQixtui-Replay-Seq: {seq + 1}\r\n\r\n"
+    )
+    assert out.headers == expected.encode()
+    assert out.headers == header_block(pairs, "s9", seq + 1, keep_msg_id)
+
+
+def test_a_msg_id_name_spelled_with_json_escapes_is_still_rewritten() -> None:
+    row = (1, 5, "orders.x", None, '[["Nats-\\u004dsg-Id","m-1"]]', b"", 0)
+    out = Replay(Plan(session="s9", prefix="r."), last_seq=0).next(row)
+    assert out is not None
+    assert parse_header_block(out.headers)[0] == ("Nats-Msg-Id", "s9:m-1")
