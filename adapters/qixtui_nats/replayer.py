@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
 
+from qixtui.core import filters, store
 from qixtui.core.replay import (
     REPLIES_REFRESH_SQL,
     REPLIES_TABLE_SQL,
@@ -167,6 +170,7 @@ def pages(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[list[An
     """The selected rows in pages; reply-tos recorded meanwhile (a live file) join the deny
     set before the rows that could use them are read."""
     db.execute(REPLIES_TABLE_SQL)
+    filters.install_functions(db)
     scanned = 0
     while True:
         top = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
@@ -188,6 +192,7 @@ def rows(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[tuple[An
 
 def may_exceed(db: sqlite3.Connection, plan: Plan, after_id: int, max_payload: int) -> bool:
     """False when no selected message can be larger than max_payload (a cheap SQL bound)."""
+    filters.install_functions(db)
     sql, params = oversize_bound_sql(
         plan.selection, after_id, plan.session, max_payload, plan.last_id
     )
@@ -397,3 +402,66 @@ class Replayer:
     async def _on_reply(self, msg: Any) -> None:
         self.progress.replies += 1
         self._replied.set()
+
+
+def open_audit(path: Path) -> sqlite3.Connection:
+    """A writable connection for the audit row, next to the read-only one the events come
+    from; raises store.SessionError or sqlite3.Error."""
+    return store.open_session(path, readonly=False)
+
+
+async def run_audited(
+    nc: ReplayClient,
+    target: Target,
+    db: sqlite3.Connection,
+    audit: sqlite3.Connection,
+    plan: Plan,
+    *,
+    after_id: int = 0,
+    last_seq: int = 0,
+    resumed_from: int | None = None,
+    started: Callable[[Replayer], None] | None = None,
+) -> tuple[int, Progress, Replayer]:
+    """Publish a plan with its audit row: written before the first message, updated with the
+    position while it runs and with the outcome at the end. `started` gets the replayer
+    (to stop it, or to watch its progress) before the first message goes out."""
+    with store.transaction(audit):
+        replay_id = store.add_replay(
+            audit,
+            {
+                "session": plan.session,
+                "started_ns": time.time_ns(),
+                "target": target.url,
+                "target_server_id": target.server_id,
+                "target_server_name": target.server_name,
+                "plan": plan.to_json(),
+                "status": "running",
+                "last_event_id": after_id,
+                "last_seq": last_seq,
+                "confirmed_seq": last_seq,
+                "resumed_from": resumed_from,
+            },
+        )
+
+    def save(progress: Progress) -> None:
+        with store.transaction(audit):
+            store.update_replay(
+                audit,
+                replay_id,
+                {
+                    "status": progress.status,
+                    "last_event_id": progress.last_event_id,
+                    "last_seq": progress.last_seq,
+                    "confirmed_seq": progress.confirmed_seq,
+                    "sent": progress.sent,
+                    "replies": progress.replies,
+                    "skipped": json.dumps(dict(replayer.replay.skipped)),
+                    "error": progress.error,
+                    "ended_ns": None if progress.status == "running" else time.time_ns(),
+                },
+            )
+
+    replayer = Replayer(nc, db, plan, after_id=after_id, last_seq=last_seq, save=save)
+    if started is not None:
+        started(replayer)
+    return replay_id, await replayer.run(), replayer

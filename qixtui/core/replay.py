@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from qixtui.core import filters
 from qixtui.core.model import Headers
 from qixtui.core.store import events_where, subject_matches
 
@@ -56,6 +57,9 @@ class Selection:
     until_ns: int | None = None
     status: str | None = None
     limit: int | None = None
+    # A filter in the TUI's language (`subject:orders.> status:failed flow:7`): what the
+    # event list shows is what gets published. Its SQL calls `filters.install_functions`.
+    filter: str | None = None
 
 
 # Subjects used as a reply-to anywhere in the recording, in a temporary table of the reading
@@ -71,6 +75,21 @@ ROW_COLUMNS = "id, ts_ns, subject, reply, headers, payload, subject IN temp.qixt
 
 
 def _where(selection: Selection, after_id: int, last_id: int | None) -> tuple[str, list[Any]]:
+    where, params = _base_where(selection, after_id, last_id)
+    if selection.filter:
+        built = filters.build(parse_filter(selection.filter))
+        where, params = f"{where} AND ({built.sql})", [*params, *built.params]
+    return where, params
+
+
+def parse_filter(text: str) -> filters.Filter:
+    try:
+        return filters.parse(text)
+    except filters.FilterError as exc:
+        raise ReplayError(f"filter {text!r}: {exc}") from None
+
+
+def _base_where(selection: Selection, after_id: int, last_id: int | None) -> tuple[str, list[Any]]:
     return events_where(
         after_id=after_id,
         last_id=last_id,

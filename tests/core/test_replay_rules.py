@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qixtui.core import store
+from qixtui.core import filters, store
 from qixtui.core.model import Event, Flow, FlowChanges, parse_header_block
 from qixtui.core.replay import (
     BAD_SUBJECT,
@@ -187,6 +187,7 @@ def run(
 ) -> tuple[Replay, list[Outgoing]]:
     replay = Replay(plan, last_seq)
     db.execute(REPLIES_TABLE_SQL)
+    filters.install_functions(db)
     db.execute(REPLIES_REFRESH_SQL, (0,))
     sql, params = selection_sql(plan.selection, after_id, last_id=plan.last_id)
     return replay, [o for row in db.execute(sql, params) if (o := replay.next(row))]
@@ -223,6 +224,11 @@ def test_selection_by_subject_flow_status_time_and_limit(tmp_path: Path) -> None
     assert ids(Selection(status="failed")) == [2]
     assert ids(Selection(since_ns=1010 * MS, until_ns=1060 * MS)) == [2, 6]
     assert ids(Selection(limit=2)) == [1, 2]
+    # The TUI's filter language: what its event list shows is what gets published.
+    assert ids(Selection(filter="subject:orders.* flow:8")) == [6, 7]
+    assert ids(Selection(filter="status:failed")) == [2]
+    assert ids(Selection(filter="header:X-Correlation-ID=o-1")) == [1]
+    assert ids(Selection(filter="text:bb")) == [2]
     # A resume continues after the saved event and counts what was already sent.
     assert ids(Selection(limit=3), after_id=2, last_seq=2) == [6]
     assert ids(Selection(), after_id=2, last_seq=2) == [6, 7]
@@ -334,3 +340,8 @@ def test_a_msg_id_name_spelled_with_json_escapes_is_still_rewritten() -> None:
     out = Replay(Plan(session="s9", prefix="r."), last_seq=0).next(row)
     assert out is not None
     assert parse_header_block(out.headers)[0] == ("Nats-Msg-Id", "s9:m-1")
+
+
+def test_a_bad_filter_is_a_replay_error() -> None:
+    with pytest.raises(ReplayError, match="filter"):
+        selection_sql(Selection(filter="json:nope"))
