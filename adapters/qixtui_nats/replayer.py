@@ -64,8 +64,18 @@ class ReplayClient(Client):
         self._pending_data_size += len(frame)
 
     async def push(self) -> None:
-        """Hand everything queued to the socket now."""
-        await self._flush_pending(force_flush=True)
+        """Hand everything queued to the socket now: return once nats-py's flusher wrote it
+        and the transport drained (TCP flow control), or once the flusher is gone.
+
+        nats-py's own forced flush waits for a future that a flusher cancelled by a lost
+        connection never resolves; this waits for the flusher task as well.
+        """
+        flusher = self._flusher_task
+        if flusher is None or flusher.done() or not self.is_connected or self._flush_queue is None:
+            return
+        written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._flush_queue.put(written)
+        await asyncio.wait((written, flusher), return_when=asyncio.FIRST_COMPLETED)
 
     async def confirm(self) -> None:
         """Return once the server has processed everything queued so far.
