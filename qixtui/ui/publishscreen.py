@@ -100,7 +100,8 @@ class PublishScreen(Screen[None]):
     PublishScreen #summary { height: auto; padding: 1 0 0 0; }
     PublishScreen #subjects { height: 1fr; }
     PublishScreen #notes { height: auto; max-height: 8; color: $warning; }
-    PublishScreen #progress-box { height: auto; }
+    PublishScreen #progress-box { height: auto; display: none; }
+    PublishScreen #progress-box.-shown { display: block; }
     PublishScreen #progress-line { height: 1; }
     """
 
@@ -256,6 +257,7 @@ class PublishScreen(Screen[None]):
         self.total = reviewed.report.messages
         bar = self.query_one("#progress", ProgressBar)
         bar.update(total=reviewed.report.messages, progress=0)
+        self.query_one("#progress-box").add_class("-shown")
         self.refresh_buttons()
         self.publish_worker(reviewed, self.query_one("#confirm", Input).value)
 

@@ -216,3 +216,23 @@ async def test_oversize_messages_are_listed_and_publishing_is_refused(shop: Path
         await asyncio.sleep(0.2)
         await nc.close()
     assert seen == []
+
+
+async def test_the_command_palette_opens_it_in_replay_mode_only(shop: Path) -> None:
+    app = QixtuiApp(shop, replay=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"publish selection")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, PublishScreen)
+        assert "every event" in text_of(app.screen, "#publish-selection")
+    live = QixtuiApp(shop)
+    async with live.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("P")
+        await pilot.pause()
+        assert not isinstance(live.screen, PublishScreen)
