@@ -43,6 +43,8 @@ IDLE_CONFIRM_NS = 2_000_000
 SAVE_EVERY_S = 0.2
 FLUSH_TIMEOUT_S = 5
 PAGE = 4096
+FIRST_PAGE = 16
+PAGE_BYTES = 4 * 1024 * 1024
 CRLF = b"\r\n"
 
 
@@ -178,21 +180,29 @@ async def connect(options: ConnectOptions) -> tuple[ReplayClient, Target]:
 
 def pages(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[list[Any]]:
     """The selected rows in pages; reply-tos recorded meanwhile (a live file) join the deny
-    set before the rows that could use them are read."""
+    set before the rows that could use them are read.
+
+    A page holds up to PAGE rows and, judged by the payloads of the page before (the first
+    is small), about PAGE_BYTES: a page and its frames are in memory at once, and 4096
+    one-megabyte messages would be 4 GB.
+    """
     db.execute(REPLIES_TABLE_SQL)
     filters.install_functions(db)
     scanned = 0
+    limit = FIRST_PAGE
     while True:
         top = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
         if top > scanned:
             db.execute(REPLIES_REFRESH_SQL, (scanned,))
             scanned = top
-        sql, params = selection_sql(plan.selection, after_id, PAGE, plan.last_id)
+        sql, params = selection_sql(plan.selection, after_id, limit, plan.last_id)
         page = db.execute(sql, params).fetchall()
         if not page:
             return
         yield page
         after_id = page[-1][0]
+        payload = sum(len(row[5]) for row in page)
+        limit = max(1, min(PAGE, PAGE_BYTES * len(page) // max(payload, 1)))
 
 
 def rows(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[tuple[Any, ...]]:

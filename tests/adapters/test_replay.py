@@ -490,7 +490,7 @@ async def test_full_speed_stops_when_the_target_dies_and_resume_sends_only_the_r
     killed after the first page must still stop the run within a page or two, the saved
     position must cover everything handed over, and the resume must send exactly the rest."""
     from qixtui_nats.connect import ConnectOptions
-    from qixtui_nats.replayer import Progress, Replayer, connect
+    from qixtui_nats.replayer import FIRST_PAGE, Progress, Replayer, connect
 
     source = tmp_path / "source.qix"
     n = 6 * PAGE
@@ -529,7 +529,7 @@ async def test_full_speed_stops_when_the_target_dies_and_resume_sends_only_the_r
     assert first_page.is_set()
     assert stopped.status == "stopped"
     d = stopped.last_seq
-    assert PAGE <= d < n
+    assert 0 < d <= FIRST_PAGE + 2 * PAGE < n  # stopped within two pages of the kill
     assert stopped.confirmed_seq <= d
     assert saved[-1] == ("stopped", d, stopped.last_event_id)
     assert all(s <= d for s in first_seen)
@@ -548,3 +548,22 @@ async def test_full_speed_stops_when_the_target_dies_and_resume_sends_only_the_r
     assert resumed.status == "done"
     assert (resumed.last_seq, resumed.confirmed_seq) == (n, n)
     assert sorted(rest) == list(range(d + 1, n + 1))
+
+
+def test_pages_of_large_messages_stay_near_the_byte_budget(tmp_path: Path) -> None:
+    from qixtui_nats.replayer import FIRST_PAGE, PAGE_BYTES, pages
+
+    path = tmp_path / "big.qix"
+    size = PAGE_BYTES // 8
+    n = FIRST_PAGE + 20
+    db = store.create_session(path, {"server_id": "N"})
+    with store.transaction(db):
+        store.insert_events(
+            db, [Event(i, "a.b", None, None, bytes([i]) * size, id=i) for i in range(1, n + 1)]
+        )
+    db.close()
+    reader = store.open_session(path)
+    got = list(pages(reader, Plan(session="s", prefix="r."), 0))
+    reader.close()
+    assert [len(p) for p in got] == [FIRST_PAGE, 8, 8, 4]
+    assert [row[0] for page in got for row in page] == list(range(1, n + 1))
