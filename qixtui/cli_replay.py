@@ -40,6 +40,7 @@ from qixtui.core.replay import (
     default_prefix,
     looks_like_source,
     parse_duration,
+    parse_filter,
     parse_speed,
     source_name,
 )
@@ -56,6 +57,8 @@ def _plan_from_options(kw: dict[str, Any]) -> Plan:
         prefix = None
         if not kw["original_subjects"]:
             prefix = check_prefix(kw["prefix"]) if kw["prefix"] else default_prefix(session)
+        if kw["filter"]:
+            parse_filter(kw["filter"])
         return Plan(
             session=session,
             prefix=prefix,
@@ -66,6 +69,7 @@ def _plan_from_options(kw: dict[str, Any]) -> Plan:
                 until_ns=parse_time(kw["until"]),
                 status=kw["status"],
                 limit=kw["limit"],
+                filter=kw["filter"],
             ),
             speed=parse_speed(kw["speed"]),
             max_gap_ns=parse_duration(kw["max_gap"]) if kw["max_gap"] else None,
@@ -78,7 +82,7 @@ def _plan_from_options(kw: dict[str, Any]) -> Plan:
 
 
 PLAN_OPTIONS = (
-    "subject", "flow_id", "since", "until", "status", "limit", "max_gap", "prefix",
+    "subject", "flow_id", "since", "until", "status", "filter", "limit", "max_gap", "prefix",
     "original_subjects", "requests", "keep_msg_id",
 )  # fmt: skip
 
@@ -210,6 +214,9 @@ def _open_audit(path: Path) -> sqlite3.Connection:
 @click.option("--since", help="Only events at or after this time (ISO 8601 or ns).")
 @click.option("--until", help="Only events before this time (ISO 8601 or ns).")
 @click.option("--status", help="Only events of flows with this status (e.g. failed).")
+@click.option(
+    "--filter", help="Only events matching a TUI filter (e.g. 'header:Tenant=blue text:x')."
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Publish at most N messages.")
 @click.option(
     "--speed", default="1", show_default=True, help="1 keeps the recorded gaps, 10 is ten "

@@ -201,6 +201,12 @@ async def test_dry_run_is_the_default_and_sends_nothing(
     )
     nc, seen = await collect(nats_server.url)
     proc = await asyncio.to_thread(replay, source, "-s", nats_server.url, "--speed", "max")
+    # The TUI's filter language selects too: headers of every third message, one subject.
+    narrowed = await asyncio.to_thread(
+        replay_json,
+        source,
+        *("-s", nats_server.url, "--filter", "header:Tag=b subject:dry.orders.0"),
+    )
     await nc.flush()
     await asyncio.sleep(0.3)
     await nc.close()
@@ -208,6 +214,9 @@ async def test_dry_run_is_the_default_and_sends_nothing(
     assert "dry run: nothing sent" in proc.stdout
     assert "dry.orders.0 -> replay." in proc.stdout
     assert "would publish 8 messages" in proc.stdout
+    # i % 3 == 0 and i % 4 == 0 among 0..7: only message 0
+    assert narrowed["messages"] == 1
+    assert [s["subject"] for s in narrowed["subjects"]] == ["dry.orders.0"]
     assert seen == []
     db = store.open_session(source)
     assert store.replays(db) == []  # a dry run leaves the recording untouched

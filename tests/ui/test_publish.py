@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from helpers import run_qixtui
 from textual.widgets import Button, Checkbox, DataTable, Input, Static
 
 from qixtui.core import store
@@ -185,12 +186,20 @@ async def test_escape_stops_a_paced_publish_and_the_audit_row_says_where(
         assert isinstance(app.screen, PublishScreen)  # the first escape only stops
         assert screen.query_one("#publish", Button).disabled  # a new dry run first
     await nc.flush()
-    await nc.close()
     db = store.open_session(shop)
     audit = store.replays(db)
     db.close()
     assert [(r["status"], r["last_seq"]) for r in audit] == [("stopped", 9)]
     assert sorted(int(m.headers["Qixtui-Replay-Seq"]) for m in seen) == list(range(1, 10))
+    # What the screen's notice says continues it: the CLI resumes the stored plan.
+    resumed = await asyncio.to_thread(
+        run_qixtui, "replay", str(shop), "--publish", "-s", nats_server.url, "--resume", "--yes"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    await nc.flush()
+    await asyncio.sleep(0.2)
+    await nc.close()
+    assert sorted(int(m.headers["Qixtui-Replay-Seq"]) for m in seen) == list(range(1, 12))
 
 
 async def test_oversize_messages_are_listed_and_publishing_is_refused(shop: Path) -> None:
