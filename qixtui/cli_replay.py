@@ -17,7 +17,6 @@ import json
 import secrets
 import sqlite3
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from qixtui.core.replay import (
     default_prefix,
     looks_like_source,
     parse_duration,
+    parse_filter,
     parse_speed,
     source_name,
 )
@@ -57,6 +57,8 @@ def _plan_from_options(kw: dict[str, Any]) -> Plan:
         prefix = None
         if not kw["original_subjects"]:
             prefix = check_prefix(kw["prefix"]) if kw["prefix"] else default_prefix(session)
+        if kw["filter"]:
+            parse_filter(kw["filter"])
         return Plan(
             session=session,
             prefix=prefix,
@@ -67,6 +69,7 @@ def _plan_from_options(kw: dict[str, Any]) -> Plan:
                 until_ns=parse_time(kw["until"]),
                 status=kw["status"],
                 limit=kw["limit"],
+                filter=kw["filter"],
             ),
             speed=parse_speed(kw["speed"]),
             max_gap_ns=parse_duration(kw["max_gap"]) if kw["max_gap"] else None,
@@ -79,7 +82,7 @@ def _plan_from_options(kw: dict[str, Any]) -> Plan:
 
 
 PLAN_OPTIONS = (
-    "subject", "flow_id", "since", "until", "status", "limit", "max_gap", "prefix",
+    "subject", "flow_id", "since", "until", "status", "filter", "limit", "max_gap", "prefix",
     "original_subjects", "requests", "keep_msg_id",
 )  # fmt: skip
 
@@ -193,8 +196,10 @@ def _confirm_original(meta: dict[str, str], target: Any, confirm: str | None) ->
 
 
 def _open_audit(path: Path) -> sqlite3.Connection:
+    from qixtui_nats.replayer import open_audit
+
     try:
-        return store.open_session(path, readonly=False)
+        return open_audit(path)
     except (store.SessionError, sqlite3.Error) as exc:
         fail(f"cannot write the replay audit into {path}: {exc}; nothing sent")
     raise AssertionError("unreachable")
@@ -209,6 +214,9 @@ def _open_audit(path: Path) -> sqlite3.Connection:
 @click.option("--since", help="Only events at or after this time (ISO 8601 or ns).")
 @click.option("--until", help="Only events before this time (ISO 8601 or ns).")
 @click.option("--status", help="Only events of flows with this status (e.g. failed).")
+@click.option(
+    "--filter", help="Only events matching a TUI filter (e.g. 'header:Tenant=blue text:x')."
+)
 @click.option("--limit", type=click.IntRange(min=1), help="Publish at most N messages.")
 @click.option(
     "--speed", default="1", show_default=True, help="1 keeps the recorded gaps, 10 is ten "
@@ -284,8 +292,8 @@ async def _run(
     confirm_name: str | None,
     as_json: bool,
 ) -> int:
-    from qixtui_nats.replayer import Progress, Replayer, dry_run, may_exceed
     from qixtui_nats.replayer import connect as connect_target
+    from qixtui_nats.replayer import dry_run, may_exceed, run_audited
 
     after_id = previous["last_event_id"] if previous else 0
     last_seq = previous["last_seq"] if previous else 0
@@ -319,45 +327,16 @@ async def _run(
             _confirm_original(meta, target, confirm_name)
         audit = _open_audit(path)
         try:
-            with store.transaction(audit):
-                replay_id = store.add_replay(
-                    audit,
-                    {
-                        "session": plan.session,
-                        "started_ns": time.time_ns(),
-                        "target": target.url,
-                        "target_server_id": target.server_id,
-                        "target_server_name": target.server_name,
-                        "plan": plan.to_json(),
-                        "status": "running",
-                        "last_event_id": after_id,
-                        "last_seq": last_seq,
-                        "confirmed_seq": last_seq,
-                        "resumed_from": previous["id"] if previous else None,
-                    },
-                )
-            replayer: Replayer
-
-            def save(progress: Progress) -> None:
-                with store.transaction(audit):
-                    store.update_replay(
-                        audit,
-                        replay_id,
-                        {
-                            "status": progress.status,
-                            "last_event_id": progress.last_event_id,
-                            "last_seq": progress.last_seq,
-                            "confirmed_seq": progress.confirmed_seq,
-                            "sent": progress.sent,
-                            "replies": progress.replies,
-                            "skipped": json.dumps(dict(replayer.replay.skipped)),
-                            "error": progress.error,
-                            "ended_ns": None if progress.status == "running" else time.time_ns(),
-                        },
-                    )
-
-            replayer = Replayer(nc, db, plan, after_id=after_id, last_seq=last_seq, save=save)
-            progress = await replayer.run()
+            replay_id, progress, replayer = await run_audited(
+                nc,
+                target,
+                db,
+                audit,
+                plan,
+                after_id=after_id,
+                last_seq=last_seq,
+                resumed_from=previous["id"] if previous else None,
+            )
         finally:
             audit.close()
     finally:

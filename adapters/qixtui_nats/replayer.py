@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
 
+from qixtui.core import filters, store
 from qixtui.core.replay import (
     REPLIES_REFRESH_SQL,
     REPLIES_TABLE_SQL,
     DryRun,
-    Outgoing,
+    OutRow,
     Plan,
     Replay,
     Schedule,
@@ -34,14 +37,15 @@ from qixtui.core.replay import (
 )
 from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
 
-# At full speed a PING/PONG confirms every CONFIRM_EVERY messages; at a paced speed the
-# replayer confirms whenever it is about to idle for longer than IDLE_CONFIRM_NS.
-CONFIRM_EVERY = 4096
-PUSH_BYTES = 256 * 1024
+# At a paced speed the replayer confirms (PING/PONG) whenever it is about to idle for
+# longer than IDLE_CONFIRM_NS; at full speed, after every page.
 IDLE_CONFIRM_NS = 2_000_000
 SAVE_EVERY_S = 0.2
 FLUSH_TIMEOUT_S = 5
 PAGE = 4096
+FIRST_PAGE = 16
+PAGE_BYTES = 4 * 1024 * 1024
+CRLF = b"\r\n"
 
 
 class ReplayClient(Client):
@@ -62,8 +66,18 @@ class ReplayClient(Client):
         self._pending_data_size += len(frame)
 
     async def push(self) -> None:
-        """Hand everything queued to the socket now."""
-        await self._flush_pending(force_flush=True)
+        """Hand everything queued to the socket now: return once nats-py's flusher wrote it
+        and the transport drained (TCP flow control), or once the flusher is gone.
+
+        nats-py's own forced flush waits for a future that a flusher cancelled by a lost
+        connection never resolves; this waits for the flusher task as well.
+        """
+        flusher = self._flusher_task
+        if flusher is None or flusher.done() or not self.is_connected or self._flush_queue is None:
+            return
+        written: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._flush_queue.put(written)
+        await asyncio.wait((written, flusher), return_when=asyncio.FIRST_COMPLETED)
 
     async def confirm(self) -> None:
         """Return once the server has processed everything queued so far.
@@ -74,6 +88,14 @@ class ReplayClient(Client):
         await self.push()
         await self.flush(timeout=FLUSH_TIMEOUT_S)
 
+    async def ping(self) -> asyncio.Future[Any]:
+        """Push everything queued, then a PING without waiting: the future completes when
+        the server's PONG says it processed all of it."""
+        await self.push()
+        pong: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._send_ping(pong)
+        return pong
+
 
 def frame(subject: str, reply: str | None, headers: bytes, payload: bytes) -> bytes:
     total = len(headers) + len(payload)
@@ -82,6 +104,16 @@ def frame(subject: str, reply: str | None, headers: bytes, payload: bytes) -> by
     else:
         head = f"HPUB {subject} {len(headers)} {total}\r\n"
     return b"".join((head.encode(), headers, payload, b"\r\n"))
+
+
+def frames(out: list[OutRow]) -> bytes:
+    """The HPUB frames of a page of messages without reply-to, as one buffer."""
+    parts: list[bytes] = []
+    add = parts.extend
+    for _, _, _, _, subject, _, headers, payload in out:
+        size = len(headers)
+        add((f"HPUB {subject} {size} {size + len(payload)}\r\n".encode(), headers, payload, CRLF))
+    return b"".join(parts)
 
 
 @dataclass
@@ -146,26 +178,41 @@ async def connect(options: ConnectOptions) -> tuple[ReplayClient, Target]:
     )
 
 
-def rows(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[tuple[Any, ...]]:
+def pages(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[list[Any]]:
     """The selected rows in pages; reply-tos recorded meanwhile (a live file) join the deny
-    set before the rows that could use them are read."""
+    set before the rows that could use them are read.
+
+    A page holds up to PAGE rows and, judged by the payloads of the page before (the first
+    is small), about PAGE_BYTES: a page and its frames are in memory at once, and 4096
+    one-megabyte messages would be 4 GB.
+    """
     db.execute(REPLIES_TABLE_SQL)
+    filters.install_functions(db)
     scanned = 0
+    limit = FIRST_PAGE
     while True:
         top = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
         if top > scanned:
             db.execute(REPLIES_REFRESH_SQL, (scanned,))
             scanned = top
-        sql, params = selection_sql(plan.selection, after_id, PAGE, plan.last_id)
+        sql, params = selection_sql(plan.selection, after_id, limit, plan.last_id)
         page = db.execute(sql, params).fetchall()
         if not page:
             return
-        yield from page
+        yield page
         after_id = page[-1][0]
+        payload = sum(len(row[5]) for row in page)
+        limit = max(1, min(PAGE, PAGE_BYTES * len(page) // max(payload, 1)))
+
+
+def rows(db: sqlite3.Connection, plan: Plan, after_id: int) -> Iterator[tuple[Any, ...]]:
+    for page in pages(db, plan, after_id):
+        yield from page
 
 
 def may_exceed(db: sqlite3.Connection, plan: Plan, after_id: int, max_payload: int) -> bool:
     """False when no selected message can be larger than max_payload (a cheap SQL bound)."""
+    filters.install_functions(db)
     sql, params = oversize_bound_sql(
         plan.selection, after_id, plan.session, max_payload, plan.last_id
     )
@@ -249,11 +296,15 @@ class Replayer:
             return False
         return True
 
-    def _reply_to(self, out: Outgoing) -> str | None:
-        if not (self._inbox and out.request):
+    def _reply_to(self, seq: int, request: bool) -> str | None:
+        if not (self._inbox and request):
             return None
         self.progress.requests += 1
-        return f"{self._inbox}.{out.seq}"
+        return f"{self._inbox}.{seq}"
+
+    def _request_frame(self, out: OutRow) -> bytes:
+        seq, _, _, _, subject, request, headers, payload = out
+        return frame(subject, self._reply_to(seq, request), headers, payload)
 
     async def _confirm(self, last_save: float) -> float:
         """Confirm what was handed over and, now and then, save the position."""
@@ -294,7 +345,9 @@ class Replayer:
                 # Stopped while waiting: this message was numbered but never sent.
                 replay.seq -= 1
                 return
-            nc.queue(frame(out.subject, self._reply_to(out), out.headers, out.payload))
+            nc.queue(
+                frame(out.subject, self._reply_to(out.seq, out.request), out.headers, out.payload)
+            )
             progress.last_seq = out.seq
             progress.last_event_id = out.event_id
             unconfirmed = True
@@ -302,35 +355,50 @@ class Replayer:
             progress.lateness_ns.append(time.monotonic_ns() - start_ns - due)
 
     async def _publish_max(self) -> None:
-        """The hot loop: connection state only changes while awaiting, so it is checked
-        after each push rather than per message."""
+        """The hot loop, a page at a time: the core turns a page of rows into messages, they
+        are framed into one buffer and handed to nats-py's flusher, which writes and drains
+        it (TCP flow control holds). A PING goes out after a page and its PONG confirms that
+        page while the next ones are framed: one confirmation in flight, never waited for
+        here. Connection state only changes while awaiting, so it is checked after each push.
+        """
         nc, replay, progress = self.nc, self.replay, self.progress
-        queue, next_out = nc.queue, replay.next
-        limited = self.plan.selection.limit is not None
-        unconfirmed = unpushed = 0
+        inbox = self._inbox
+        pong: asyncio.Future[Any] | None = None
+        pong_seq = progress.confirmed_seq
+
+        def answered() -> bool:
+            if pong is None or not pong.done():
+                return False
+            if not pong.cancelled() and pong.exception() is None:
+                progress.confirmed_seq = pong_seq
+            return True
+
         last_save = time.monotonic()
         if not self._running():
             return
-        for row in rows(self.db, self.plan, self.after_id):
-            if limited and replay.done:
-                return
-            out = next_out(row)
-            if out is None:
-                continue
-            data = frame(out.subject, self._reply_to(out), out.headers, out.payload)
-            queue(data)
-            progress.last_seq = out.seq
-            progress.last_event_id = out.event_id
-            unconfirmed += 1
-            unpushed += len(data)
-            if unpushed >= PUSH_BYTES:
-                await nc.push()
-                unpushed = 0
-                if unconfirmed >= CONFIRM_EVERY:
-                    last_save = await self._confirm(last_save)
-                    unconfirmed = 0
-                if not self._running():
+        try:
+            for page in pages(self.db, self.plan, self.after_id):
+                out = replay.page(page)
+                if out:
+                    if inbox:
+                        nc.queue(b"".join([self._request_frame(o) for o in out]))
+                    else:
+                        nc.queue(frames(out))
+                    last = out[-1]
+                    progress.last_seq, progress.last_event_id = last[0], last[1]
+                    if pong is None or answered():
+                        pong, pong_seq = await nc.ping(), progress.last_seq
+                    else:
+                        await nc.push()
+                    if time.monotonic() - last_save > SAVE_EVERY_S:
+                        self.save(progress)
+                        last_save = time.monotonic()
+                    if not self._running():
+                        return
+                if replay.done:
                     return
+        finally:
+            answered()
 
     async def _idle(self, seconds: float) -> bool:
         """Wait until a message is due; True when the replay was stopped meanwhile."""
@@ -354,3 +422,66 @@ class Replayer:
     async def _on_reply(self, msg: Any) -> None:
         self.progress.replies += 1
         self._replied.set()
+
+
+def open_audit(path: Path) -> sqlite3.Connection:
+    """A writable connection for the audit row, next to the read-only one the events come
+    from; raises store.SessionError or sqlite3.Error."""
+    return store.open_session(path, readonly=False)
+
+
+async def run_audited(
+    nc: ReplayClient,
+    target: Target,
+    db: sqlite3.Connection,
+    audit: sqlite3.Connection,
+    plan: Plan,
+    *,
+    after_id: int = 0,
+    last_seq: int = 0,
+    resumed_from: int | None = None,
+    started: Callable[[Replayer], None] | None = None,
+) -> tuple[int, Progress, Replayer]:
+    """Publish a plan with its audit row: written before the first message, updated with the
+    position while it runs and with the outcome at the end. `started` gets the replayer
+    (to stop it, or to watch its progress) before the first message goes out."""
+    with store.transaction(audit):
+        replay_id = store.add_replay(
+            audit,
+            {
+                "session": plan.session,
+                "started_ns": time.time_ns(),
+                "target": target.url,
+                "target_server_id": target.server_id,
+                "target_server_name": target.server_name,
+                "plan": plan.to_json(),
+                "status": "running",
+                "last_event_id": after_id,
+                "last_seq": last_seq,
+                "confirmed_seq": last_seq,
+                "resumed_from": resumed_from,
+            },
+        )
+
+    def save(progress: Progress) -> None:
+        with store.transaction(audit):
+            store.update_replay(
+                audit,
+                replay_id,
+                {
+                    "status": progress.status,
+                    "last_event_id": progress.last_event_id,
+                    "last_seq": progress.last_seq,
+                    "confirmed_seq": progress.confirmed_seq,
+                    "sent": progress.sent,
+                    "replies": progress.replies,
+                    "skipped": json.dumps(dict(replayer.replay.skipped)),
+                    "error": progress.error,
+                    "ended_ns": None if progress.status == "running" else time.time_ns(),
+                },
+            )
+
+    replayer = Replayer(nc, db, plan, after_id=after_id, last_seq=last_seq, save=save)
+    if started is not None:
+        started(replayer)
+    return replay_id, await replayer.run(), replayer

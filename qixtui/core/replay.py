@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
+from qixtui.core import filters
 from qixtui.core.model import Headers
 from qixtui.core.store import events_where, subject_matches
 
@@ -55,6 +57,9 @@ class Selection:
     until_ns: int | None = None
     status: str | None = None
     limit: int | None = None
+    # A filter in the TUI's language (`subject:orders.> status:failed flow:7`): what the
+    # event list shows is what gets published. Its SQL calls `filters.install_functions`.
+    filter: str | None = None
 
 
 # Subjects used as a reply-to anywhere in the recording, in a temporary table of the reading
@@ -70,6 +75,21 @@ ROW_COLUMNS = "id, ts_ns, subject, reply, headers, payload, subject IN temp.qixt
 
 
 def _where(selection: Selection, after_id: int, last_id: int | None) -> tuple[str, list[Any]]:
+    where, params = _base_where(selection, after_id, last_id)
+    if selection.filter:
+        built = filters.build(parse_filter(selection.filter))
+        where, params = f"{where} AND ({built.sql})", [*params, *built.params]
+    return where, params
+
+
+def parse_filter(text: str) -> filters.Filter:
+    try:
+        return filters.parse(text)
+    except filters.FilterError as exc:
+        raise ReplayError(f"filter {text!r}: {exc}") from None
+
+
+def _base_where(selection: Selection, after_id: int, last_id: int | None) -> tuple[str, list[Any]]:
     return events_where(
         after_id=after_id,
         last_id=last_id,
@@ -217,15 +237,45 @@ def header_block(
     replayed copies as duplicates of the originals, while repeats within the recording stay
     repeats (deduplicated as they were the first time).
     """
-    lines = "".join(
-        f"{name}: {session}:{value}\r\n"
-        if not keep_msg_id and len(name) == 11 and name.lower() == MSG_ID_HEADER
-        else f"{name}: {value}\r\n"
-        for name, value in headers or ()
-    )
-    return (
-        f"NATS/1.0\r\n{lines}{SESSION_HEADER}: {session}\r\n{SEQ_HEADER}: {seq}\r\n\r\n"
-    ).encode()
+    return _HeaderBuilder(session, keep_msg_id).block(headers, seq)
+
+
+class _HeaderBuilder:
+    """Header blocks for one replay session, built with joins that stay in C: at full speed
+    this runs once per message."""
+
+    def __init__(self, session: str, keep_msg_id: bool) -> None:
+        self.session = session
+        self.keep_msg_id = keep_msg_id
+        self._tail = f"{SESSION_HEADER}: {session}\r\n{SEQ_HEADER}: "
+
+    def block(self, headers: Headers | None, seq: int) -> bytes:
+        if not headers:
+            return f"NATS/1.0\r\n{self._tail}{seq}\r\n\r\n".encode()
+        if not self.keep_msg_id:
+            session = self.session
+            headers = [
+                (name, f"{session}:{value}")
+                if len(name) == 11 and name.lower() == MSG_ID_HEADER
+                else (name, value)
+                for name, value in headers
+            ]
+        lines = "\r\n".join(map(": ".join, headers))
+        return f"NATS/1.0\r\n{lines}\r\n{self._tail}{seq}\r\n\r\n".encode()
+
+    def from_json(self, headers_json: str | None, seq: int) -> bytes:
+        """The block for headers as stored (JSON text); the Nats-Msg-Id rewrite only looks at
+        the pairs when the text may hold one."""
+        if not headers_json:
+            return self.block(None, seq)
+        headers = _decode_headers(headers_json)
+        # Could the text name Nats-Msg-Id, in any case or written with escapes? (A lower()
+        # and two finds cost a fifth of a case-insensitive regex search.)
+        if self.keep_msg_id or not ("msg-id" in headers_json.lower() or "\\" in headers_json):
+            lines = "\r\n".join(map(": ".join, headers))
+            if lines:
+                return f"NATS/1.0\r\n{lines}\r\n{self._tail}{seq}\r\n\r\n".encode()
+        return self.block(headers, seq)
 
 
 @dataclass(frozen=True)
@@ -254,9 +304,15 @@ class Plan:
         return msgspec.json.decode(text, type=Plan)
 
 
+# One message to publish, as `Replay.page` returns it:
+# (seq, event id, recorded ts_ns, source subject, target subject, was a request, header
+# block, payload). A plain tuple: at full speed one is built per message.
+OutRow = tuple[int, int, int, str, str, bool, bytes, bytes]
+
+
 @dataclass(slots=True)
 class Outgoing:
-    """One message to publish: `reply` True when the recorded one was a request."""
+    """One message to publish: `request` True when the recorded one was a request."""
 
     seq: int
     event_id: int
@@ -287,6 +343,7 @@ class Replay:
         self.skipped: Counter[str] = Counter()
         # subject -> (why it is denied, or None; the subject it is published on)
         self._subjects: dict[str, tuple[str | None, str]] = {}
+        self._headers = _HeaderBuilder(plan.session, plan.keep_msg_id)
         limit = plan.selection.limit
         self._remaining = None if limit is None else max(0, limit - last_seq)
 
@@ -295,40 +352,55 @@ class Replay:
         return self._remaining is not None and self._remaining <= 0
 
     def next(self, row: tuple[Any, ...]) -> Outgoing | None:
-        event_id, ts_ns, subject, reply, headers_json, payload, recorded_reply = row
+        out = self.page((row,))
+        return Outgoing(*out[0]) if out else None
+
+    def page(self, rows: Iterable[tuple[Any, ...]]) -> list[OutRow]:
+        """The messages for a page of rows, in order; stops early once the limit is reached.
+
+        The one implementation of the rules per row, so the dry run (through `next`) and the
+        full-speed run (a page at a time) cannot disagree.
+        """
+        out: list[OutRow] = []
         pattern = self.plan.selection.subject
-        if pattern and not subject_matches(pattern, subject):
-            return None
-        known = self._subjects.get(subject)
-        if known is None:
-            prefix = self.plan.prefix
-            known = self._subjects[subject] = (
-                deny_reason(subject, recorded_reply=False),
-                subject if prefix is None else prefix + subject,
+        prefix = self.plan.prefix
+        subjects, skipped = self._subjects, self.skipped
+        block = self._headers.from_json
+        remaining, seq = self._remaining, self.seq
+        for event_id, ts_ns, subject, reply, headers_json, payload, recorded_reply in rows:
+            if pattern and not subject_matches(pattern, subject):
+                continue
+            known = subjects.get(subject)
+            if known is None:
+                known = subjects[subject] = (
+                    deny_reason(subject, recorded_reply=False),
+                    subject if prefix is None else prefix + subject,
+                )
+            reason, target = known
+            if reason is None and recorded_reply:
+                reason = RECORDED_REPLY
+            if reason is not None:
+                skipped[reason] += 1
+                continue
+            if remaining is not None:
+                if remaining <= 0:
+                    break
+                remaining -= 1
+            seq += 1
+            out.append(
+                (
+                    seq,
+                    event_id,
+                    ts_ns,
+                    subject,
+                    target,
+                    bool(reply),
+                    block(headers_json, seq),
+                    payload,
+                )
             )
-        reason, target = known
-        if reason is None and recorded_reply:
-            reason = RECORDED_REPLY
-        if reason is not None:
-            self.skipped[reason] += 1
-            return None
-        if self._remaining is not None:
-            if self._remaining <= 0:
-                return None
-            self._remaining -= 1
-        self.seq += 1
-        headers = _decode_headers(headers_json) if headers_json else None
-        plan = self.plan
-        return Outgoing(
-            self.seq,
-            event_id,
-            ts_ns,
-            subject,
-            target,
-            bool(reply),
-            header_block(headers, plan.session, self.seq, plan.keep_msg_id),
-            payload,
-        )
+        self._remaining, self.seq = remaining, seq
+        return out
 
 
 @dataclass

@@ -225,6 +225,11 @@ class QixtuiCommands(Provider):
             out += [
                 ("replay: play/pause", app.action_play, "Start or stop the time cursor"),
                 ("replay: speed", app.action_speed, "Cycle 1x, 10x, max"),
+                (
+                    "recording: publish selection",
+                    app.action_publish,
+                    "Dry run, then publish the shown events onto a bus",
+                ),
             ]
         return out
 
@@ -253,6 +258,7 @@ class QixtuiApp(App[None]):
         Binding("t", "jump", "Jump to time", id="replay.jump"),
         Binding("n", "step(1)", "Next in flow", id="replay.next", show=False),
         Binding("p", "step(-1)", "Prev in flow", id="replay.prev", show=False),
+        Binding("P", "publish", "Publish selection", id="replay.publish", show=False),
     ]
 
     def __init__(
@@ -291,7 +297,7 @@ class QixtuiApp(App[None]):
         self._replay_pick: int | None = None  # the event the replay clock last selected
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        return not (action in ("play", "speed", "jump") and not self.replay)
+        return not (action in ("play", "speed", "jump", "publish") and not self.replay)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -587,6 +593,12 @@ class QixtuiApp(App[None]):
         self.call_from_thread(self.notify, message, title="recording")
 
     # -- replay --------------------------------------------------------------------------
+
+    def action_publish(self) -> None:
+        from qixtui.ui.publishscreen import PublishScreen, selection_filter
+
+        selection = selection_filter(self.typed_filter.source, self.flow_filter)
+        self.push_screen(PublishScreen(self.path, selection, self.session.meta()))
 
     def action_play(self) -> None:
         self.playing = not self.playing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import signal
@@ -200,6 +201,12 @@ async def test_dry_run_is_the_default_and_sends_nothing(
     )
     nc, seen = await collect(nats_server.url)
     proc = await asyncio.to_thread(replay, source, "-s", nats_server.url, "--speed", "max")
+    # The TUI's filter language selects too: headers of every third message, one subject.
+    narrowed = await asyncio.to_thread(
+        replay_json,
+        source,
+        *("-s", nats_server.url, "--filter", "header:Tag=b subject:dry.orders.0"),
+    )
     await nc.flush()
     await asyncio.sleep(0.3)
     await nc.close()
@@ -207,6 +214,9 @@ async def test_dry_run_is_the_default_and_sends_nothing(
     assert "dry run: nothing sent" in proc.stdout
     assert "dry.orders.0 -> replay." in proc.stdout
     assert "would publish 8 messages" in proc.stdout
+    # i % 3 == 0 and i % 4 == 0 among 0..7: only message 0
+    assert narrowed["messages"] == 1
+    assert [s["subject"] for s in narrowed["subjects"]] == ["dry.orders.0"]
     assert seen == []
     db = store.open_session(source)
     assert store.replays(db) == []  # a dry run leaves the recording untouched
@@ -465,3 +475,104 @@ def test_an_unreachable_target_is_one_line_and_quick(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("qixtui: cannot connect to nats://127.0.0.1:1")
     assert proc.stderr.count("\n") == 1
+
+
+async def seq_watcher(url: str, seqs: list[int], want: int = 0) -> tuple[Any, asyncio.Event]:
+    """A subscriber collecting replay seqs on back.>; the event is set once `want` arrived."""
+    nc = await nats.connect(url, allow_reconnect=False)
+    enough = asyncio.Event()
+
+    async def on_msg(msg: Any) -> None:
+        seqs.append(int(msg.headers["Qixtui-Replay-Seq"]))
+        if want and len(seqs) >= want:
+            enough.set()
+
+    await nc.subscribe("back.>", cb=on_msg, pending_msgs_limit=1_000_000)
+    await nc.flush()
+    return nc, enough
+
+
+async def test_full_speed_stops_when_the_target_dies_and_resume_sends_only_the_rest(
+    own_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """At full speed a page is framed while the previous one's PONG is awaited; a target
+    killed after the first page must still stop the run within a page or two, the saved
+    position must cover everything handed over, and the resume must send exactly the rest."""
+    from qixtui_nats.connect import ConnectOptions
+    from qixtui_nats.replayer import FIRST_PAGE, Progress, Replayer, connect
+
+    source = tmp_path / "source.qix"
+    n = 6 * PAGE
+    db = store.create_session(source, {"server_id": "N"})
+    with store.transaction(db):
+        store.insert_events(
+            db, [Event(i, f"fs.{i % 7}", None, None, b"x" * 64, id=i) for i in range(1, n + 1)]
+        )
+    plan = Plan(session="fs", prefix="back.", speed=None)
+    saved: list[tuple[str, int, int]] = []
+
+    def save(progress: Progress) -> None:
+        saved.append((progress.status, progress.last_seq, progress.last_event_id))
+
+    nc, _ = await connect(ConnectOptions(servers=[own_server.url]).resolved())
+    first_seen: list[int] = []
+    watcher, _ = await seq_watcher(own_server.url, first_seen)
+    replayer = Replayer(nc, db, plan, save=save)
+    # The replayer is started by the first send of the first page; the server dies then.
+    first_page = asyncio.Event()
+    original_ping = replayer.nc.ping
+
+    async def ping_then_die() -> Any:
+        pong = await original_ping()
+        if not first_page.is_set():
+            first_page.set()
+            own_server.kill()
+        return pong
+
+    replayer.nc.ping = ping_then_die  # type: ignore[method-assign]
+    stopped = await replayer.run()
+    with contextlib.suppress(Exception):
+        await nc.close()
+    with contextlib.suppress(Exception):
+        await watcher.close()
+    assert first_page.is_set()
+    assert stopped.status == "stopped"
+    d = stopped.last_seq
+    assert 0 < d <= FIRST_PAGE + 2 * PAGE < n  # stopped within two pages of the kill
+    assert stopped.confirmed_seq <= d
+    assert saved[-1] == ("stopped", d, stopped.last_event_id)
+    assert all(s <= d for s in first_seen)
+
+    own_server.start()
+    nc, _ = await connect(ConnectOptions(servers=[own_server.url]).resolved())
+    rest: list[int] = []
+    watcher, arrived = await seq_watcher(own_server.url, rest, want=n - d)
+    resumed = await Replayer(
+        nc, db, plan, after_id=stopped.last_event_id, last_seq=d, save=save
+    ).run()
+    await nc.close()
+    await asyncio.wait_for(arrived.wait(), 10)
+    await watcher.close()
+    db.close()
+    assert resumed.status == "done"
+    assert (resumed.last_seq, resumed.confirmed_seq) == (n, n)
+    assert sorted(rest) == list(range(d + 1, n + 1))
+
+
+def test_pages_of_large_messages_stay_near_the_byte_budget(tmp_path: Path) -> None:
+    from qixtui_nats.replayer import FIRST_PAGE, PAGE_BYTES, pages
+
+    path = tmp_path / "big.qix"
+    size = PAGE_BYTES // 8
+    n = FIRST_PAGE + 20
+    db = store.create_session(path, {"server_id": "N"})
+    with store.transaction(db):
+        store.insert_events(
+            db, [Event(i, "a.b", None, None, bytes([i]) * size, id=i) for i in range(1, n + 1)]
+        )
+    db.close()
+    reader = store.open_session(path)
+    got = list(pages(reader, Plan(session="s", prefix="r."), 0))
+    reader.close()
+    assert [len(p) for p in got] == [FIRST_PAGE, 8, 8, 4]
+    assert [row[0] for page in got for row in page] == list(range(1, n + 1))

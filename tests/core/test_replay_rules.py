@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qixtui.core import store
+from qixtui.core import filters, store
 from qixtui.core.model import Event, Flow, FlowChanges, parse_header_block
 from qixtui.core.replay import (
     BAD_SUBJECT,
@@ -186,6 +187,7 @@ def run(
 ) -> tuple[Replay, list[Outgoing]]:
     replay = Replay(plan, last_seq)
     db.execute(REPLIES_TABLE_SQL)
+    filters.install_functions(db)
     db.execute(REPLIES_REFRESH_SQL, (0,))
     sql, params = selection_sql(plan.selection, after_id, last_id=plan.last_id)
     return replay, [o for row in db.execute(sql, params) if (o := replay.next(row))]
@@ -222,6 +224,11 @@ def test_selection_by_subject_flow_status_time_and_limit(tmp_path: Path) -> None
     assert ids(Selection(status="failed")) == [2]
     assert ids(Selection(since_ns=1010 * MS, until_ns=1060 * MS)) == [2, 6]
     assert ids(Selection(limit=2)) == [1, 2]
+    # The TUI's filter language: what its event list shows is what gets published.
+    assert ids(Selection(filter="subject:orders.* flow:8")) == [6, 7]
+    assert ids(Selection(filter="status:failed")) == [2]
+    assert ids(Selection(filter="header:X-Correlation-ID=o-1")) == [1]
+    assert ids(Selection(filter="text:bb")) == [2]
     # A resume continues after the saved event and counts what was already sent.
     assert ids(Selection(limit=3), after_id=2, last_seq=2) == [6]
     assert ids(Selection(), after_id=2, last_seq=2) == [6, 7]
@@ -290,3 +297,51 @@ def test_a_plan_stops_at_the_newest_event_when_it_was_made(tmp_path: Path) -> No
     assert [o.event_id for o in run(db, plan)[1]] == [1, 2]
     sql, params = oversize_bound_sql(plan.selection, 0, "s", 0, plan.last_id)
     assert db.execute(sql, params).fetchone()[0] == 2
+
+
+stored_names = st.sampled_from(
+    ["Nats-Msg-Id", "NATS-MSG-ID", "nats-msg-idx", "X-Msg-Id", "ä-name", "T", "Back\\slash"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    pairs=st.lists(st.tuples(stored_names, header_values), max_size=6),
+    keep_msg_id=st.booleans(),
+    ascii_json=st.booleans(),
+    seq=st.integers(0, 10**9),
+)
+def test_headers_from_stored_json_match_the_header_rules(
+    pairs: list[tuple[str, str]], keep_msg_id: bool, ascii_json: bool, seq: int
+) -> None:
+    """The full-speed path builds header blocks from the stored JSON text and only looks at
+    the pairs when the text may name Nats-Msg-Id; whatever JSON spelling a file holds
+    (msgspec's UTF-8 or escaped ASCII), the block is the one the rules describe."""
+    text = json.dumps(pairs, ensure_ascii=ascii_json) if pairs or ascii_json else None
+    row = (1, 5, "orders.x", None, text, b"p", 0)
+    plan = Plan(session="s9", prefix="r.", keep_msg_id=keep_msg_id)
+    out = Replay(plan, last_seq=seq).next(row)
+    assert out is not None
+    lines = "".join(
+        f"{name}: s9:{value}\r\n"
+        if name.lower() == "nats-msg-id" and not keep_msg_id
+        else f"{name}: {value}\r\n"
+        for name, value in pairs
+    )
+    expected = (
+        f"NATS/1.0\r\n{lines}Qixtui-Replay-Session: s9\r\nQixtui-Replay-Seq: {seq + 1}\r\n\r\n"
+    )
+    assert out.headers == expected.encode()
+    assert out.headers == header_block(pairs, "s9", seq + 1, keep_msg_id)
+
+
+def test_a_msg_id_name_spelled_with_json_escapes_is_still_rewritten() -> None:
+    row = (1, 5, "orders.x", None, '[["Nats-\\u004dsg-Id","m-1"]]', b"", 0)
+    out = Replay(Plan(session="s9", prefix="r."), last_seq=0).next(row)
+    assert out is not None
+    assert parse_header_block(out.headers)[0] == ("Nats-Msg-Id", "s9:m-1")
+
+
+def test_a_bad_filter_is_a_replay_error() -> None:
+    with pytest.raises(ReplayError, match="filter"):
+        selection_sql(Selection(filter="json:nope"))
