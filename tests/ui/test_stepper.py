@@ -256,3 +256,33 @@ async def test_stepper_snapshot(bench: Bench) -> None:
         check("stepper", app.export_screenshot())
         await pilot.press("q")
         await until(pilot, lambda: screen.report is not None, "the run stopped")
+
+
+async def test_a_step_in_flight_counts_down_its_timeout(bench: Bench) -> None:
+    text = TEXT.replace('request = "shop.cmd.payment.authorize"', 'request = "pilot.silent"', 1)
+    text = text.replace('timeout = "2s"', 'timeout = "1500ms"', 1)
+    await bench.nc.subscribe("pilot.silent")  # a participant that never answers
+    await bench.nc.flush()
+    runner = SagaRunner(bench.nc, bench.db)
+    app = StepperApp(bench.path, runner, load_saga_text(text), text, {"order_id": "pilot-t"})
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        await pilot.press("n")
+        table = app.screen.query_one("#steps", DataTable)
+        await until(pilot, lambda: state(app, "authorize_payment") == "… in flight", "in flight")
+        first = float(table.get_cell("authorize_payment", "time").plain.removesuffix("s left"))
+        await pilot.pause(0.4)
+        later = float(table.get_cell("authorize_payment", "time").plain.removesuffix("s left"))
+        assert 0 <= later < first <= 1.5
+        await until(pilot, lambda: plain(app, "#request-title") == "failed: authorize_payment", "")
+        assert "timeout: no reply within 1.5s" in plain(app, "#request-meta")
+        assert state(app, "authorize_payment") == "✘ failed: r/s/a?"
+        await pilot.press("a")  # nothing before it to undo: the run fails cleanly
+        screen = app.screen
+        assert isinstance(screen, StepperScreen)
+        await until(pilot, lambda: screen.report is not None, "the end of the run")
+        assert state(app, "authorize_payment").startswith("✘ timeout")
+        assert "failed: step `authorize_payment` failed: timeout" in plain(app, "#status")
+        await pilot.press("q")
+    assert app.report is not None
+    assert (app.report.outcome, app.report.clean) == ("failed", True)
