@@ -286,3 +286,32 @@ async def test_a_step_in_flight_counts_down_its_timeout(bench: Bench) -> None:
         await pilot.press("q")
     assert app.report is not None
     assert (app.report.outcome, app.report.clean) == ("failed", True)
+
+
+async def test_hostile_bytes_from_the_bus_are_shown_escaped_never_as_markup(bench: Bench) -> None:
+    hostile = "[/x] [@click=app.quit] \x1b]52;c;aGk=\x07 \u202e"
+    text = TEXT.replace('request = "shop.cmd.payment.authorize"', 'request = "pilot.hostile"', 1)
+
+    async def answer(msg) -> None:  # type: ignore[no-untyped-def]
+        await msg.respond(hostile.encode())  # raw control bytes, and not JSON
+
+    await bench.nc.subscribe("pilot.hostile", cb=answer)
+    await bench.nc.flush()
+    runner = SagaRunner(bench.nc, bench.db)
+    app = StepperApp(bench.path, runner, load_saga_text(text), text, {"order_id": hostile})
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        editor = app.screen.query_one("#payload", TextArea)
+        assert "[/x] [@click=app.quit] \\u001b]52" in editor.text
+        await pilot.press("n")
+        await until(pilot, lambda: plain(app, "#request-title") == "failed: authorize_payment", "")
+        reply = plain(app, "#reply")
+        assert "[/x] [@click=app.quit] \\x1b]52;c;aGk=\\x07" in reply
+        assert "\x1b" not in reply
+        assert "\u202e" not in reply
+        await until(pilot, lambda: "[@click=app.quit]" in events_text(app), "the reply event")
+        assert "\x1b" not in events_text(app)
+        assert app.is_running  # the [@click] did not quit the app, [/x] did not crash it
+        await pilot.press("q")
+    (sent,) = run_events(bench.path, app.stepper.run_id, "pilot.hostile")
+    assert json.loads(sent.payload)["order_id"] == hostile  # sent as rendered, not as shown
