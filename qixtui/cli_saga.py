@@ -334,6 +334,13 @@ async def _session(
                     fail(app.error)
                 if app.report is not None:
                     reports.append(app.report)
+                else:  # closed mid-request (ctrl+q): the journal keeps the run resumable
+                    run_id = app.stepper.run_id
+                    click.echo(
+                        f"run {run_id} interrupted; continue with: "
+                        f"qixtui orchestrate --resume {run_id} {path}",
+                        err=True,
+                    )
             elif resume:
                 try:
                     reports.append(await runner.resume(resume))
