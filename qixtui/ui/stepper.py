@@ -200,6 +200,7 @@ class StepperScreen(Screen[None]):
         self.continuing = False
         self.shown = action
         self.show_request(headers)
+        self.poll()  # the steps table and status agree with the request panel at once
         self.waiting = asyncio.get_running_loop().create_future()
         try:
             return await self.waiting
@@ -207,6 +208,7 @@ class StepperScreen(Screen[None]):
             self.waiting = None
             self.shown = None
             self.show_request()
+            self.poll()
 
     def on_step(self, stage: str, request: Request, result: StepResult | None) -> None:
         if stage == "intent":
@@ -276,6 +278,7 @@ class StepperScreen(Screen[None]):
         if self.report is not None:
             return
         self.inject_armed = not self.inject_armed
+        self.show_steps()
         self.show_status()
 
     def action_edit(self) -> None:
