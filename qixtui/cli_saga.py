@@ -161,7 +161,7 @@ def default_output(saga: str) -> Path:
 @click.option(
     "--auto",
     is_flag=True,
-    help="Run every step without stopping; without it each step waits for Enter.",
+    help="Run every step without stopping; without it the stepper screen opens.",
 )
 @click.option("--runs", type=click.IntRange(min=1), default=1, help="Run N times in a row.")
 @click.option("--var", "var_items", multiple=True, help="Set a variable: NAME=VALUE (repeatable).")
@@ -199,6 +199,7 @@ def orchestrate(
 
     \b
     qixtui orchestrate --check SAGA.toml          validate and print the plan
+    qixtui orchestrate SAGA.toml [--var k=v]      step through a run in the stepper screen
     qixtui orchestrate SAGA.toml --auto [--runs N] [--var k=v] [-o FILE] [--json]
     qixtui orchestrate --resume RUN_ID FILE       continue a crashed run
     qixtui orchestrate --show FILE                the runs in FILE and their journals
@@ -224,6 +225,10 @@ def orchestrate(
         click.echo("\n".join(plan_lines(saga)))
         return
     overrides = parse_vars(var_items)
+    if not auto and runs > 1:
+        fail("--runs needs --auto: the stepper drives one run")
+    if not auto and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        fail("the stepper needs a terminal; use --auto to run without stopping")
     from qixtui.core.saga import resolve_vars
 
     try:
@@ -316,14 +321,27 @@ async def _session(
         except store.SessionError as exc:
             fail(str(exc))
         try:
-            live = step or sys.stderr.isatty()
-            runner = SagaRunner(
-                nc,
-                db,
-                on_step=_live_printer() if live else None,
-                gate=Stepper().gate if step else None,
-            )
-            if resume:
+            # The stepper screen is the runner's gate and live view; headless runs print.
+            live = None if step or not sys.stderr.isatty() else _live_printer()
+            runner = SagaRunner(nc, db, on_step=live)
+            if step:
+                assert saga is not None
+                from qixtui.ui.stepper import StepperApp
+
+                app = StepperApp(path, runner, saga, text, overrides)
+                await app.run_async()
+                if app.error:
+                    fail(app.error)
+                if app.report is not None:
+                    reports.append(app.report)
+                else:  # closed mid-request (ctrl+q): the journal keeps the run resumable
+                    run_id = app.stepper.run_id
+                    click.echo(
+                        f"run {run_id} interrupted; continue with: "
+                        f"qixtui orchestrate --resume {run_id} {path}",
+                        err=True,
+                    )
+            elif resume:
                 try:
                     reports.append(await runner.resume(resume))
                 except (SagaError, store.SessionError) as exc:
@@ -346,31 +364,6 @@ async def _session(
             await asyncio.to_thread(recording.abort)  # only does something after an error
         await nc.close()
     return reports
-
-
-class Stepper:
-    """Step through a run from the terminal (or a script on stdin): each request is shown
-    and waits for a line: empty sends it, `a` sends it and the rest, `q` or end of input
-    stops with the run left resumable."""
-
-    def __init__(self) -> None:
-        self.auto = False
-
-    async def gate(self, request: Any) -> bool:
-        if self.auto:
-            return True
-        what = "undo " if request.kind == "compensate" else ""
-        retry = f" (attempt {request.attempt + 1})" if request.attempt else ""
-        preview = request.payload.decode("utf-8", errors="replace")
-        preview = preview if len(preview) <= 200 else preview[:197] + "..."
-        click.echo(visible(f"next: {what}{request.step}{retry} -> {request.subject}"), err=True)
-        click.echo(visible(f"  payload: {preview}"), err=True)
-        click.echo("  [Enter] send   a: send all the rest   q: stop", err=True)
-        answer = await asyncio.to_thread(sys.stdin.readline)
-        if not answer or answer.strip().lower() == "q":
-            return False
-        self.auto = answer.strip().lower() == "a"
-        return True
 
 
 def _live_printer() -> Any:

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nats
 import nats.errors
@@ -30,6 +30,7 @@ from nats.aio.client import Client
 from qixtui.core import store
 from qixtui.core.saga import (
     Finished,
+    Held,
     JournalEntry,
     Request,
     Response,
@@ -47,6 +48,19 @@ from qixtui.core.saga import (
 from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
 
 READY_SUBJECT = "qixtui.orchestrate.sync"
+INJECTED = "failure injected by the stepper"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the gate decided about the next request (send, skip, abort, inject a failure,
+    stop) or about a held failure (retry, skip, compensate, stop)."""
+
+    verdict: Literal["send", "skip", "abort", "inject", "stop", "retry", "compensate"]
+    payload: bytes | None = None  # an edited payload to send or retry with
+
+
+Gate = Callable[[Request | Held, dict[str, str]], Awaitable[Choice]]
 
 
 @dataclass
@@ -70,10 +84,14 @@ class RunReport:
     correlation_id: str
     steps: list[StepReport] = field(default_factory=list)
     in_doubt: list[StepReport] = field(default_factory=list)  # found when resuming
+    clean_end: bool = True  # the engine's word: nothing left that should have been undone
 
     @property
     def clean(self) -> bool:
-        """Completed, failed and compensated every completed step, or stopped on request."""
+        """Completed, failed and compensated every completed step (or had none to undo), or
+        stopped on request."""
+        if self.outcome == "failed":
+            return self.clean_end
         return self.outcome in ("completed", "compensated", "stopped")
 
     def to_json(self) -> dict[str, Any]:
@@ -85,6 +103,7 @@ class RunReport:
             "correlation_id": self.correlation_id,
             "steps": [s.__dict__ for s in self.steps],
             "in_doubt": [s.__dict__ for s in self.in_doubt],
+            "clean": self.clean,
         }
 
 
@@ -141,12 +160,14 @@ class SagaRunner:
         nc: Client,
         db: sqlite3.Connection,
         on_step: Callable[[str, Request, StepResult | None], None] | None = None,
-        gate: Callable[[Request], Awaitable[bool]] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.nc = nc
         self.db = db
         self.on_step = on_step  # ("intent" | "result", request, result) for live output
-        self.gate = gate  # asked before each request; False stops the run, resumable later
+        # Asked before each request with the headers it will carry, and after a failed step
+        # (which then holds instead of compensating); "stop" leaves the run resumable.
+        self.gate = gate
         self.pid = os.getpid()
 
     async def start(
@@ -170,7 +191,7 @@ class SagaRunner:
             owner_pid=self.pid,
         )
         store.insert_saga_run(self.db, run)
-        engine = SagaEngine(saga, run_id, dict(variables))
+        engine = SagaEngine(saga, run_id, dict(variables), hold=self.gate is not None)
         return await self._drive(engine, run, RunReport(run_id, saga.name, "running", "", ""))
 
     async def resume(self, run_id: str) -> RunReport:
@@ -195,6 +216,7 @@ class SagaRunner:
                 for r in rows
             ]
             engine, doubt = SagaEngine.from_journal(saga, run_id, run.vars, entries)
+            engine.set_hold(self.gate is not None)
         except BaseException:
             store.finish_saga_run(self.db, run_id, run.status, run.reason, run.ended_ns)
             raise
@@ -205,6 +227,7 @@ class SagaRunner:
                     StepReport(r.seq, r.step, r.kind, r.attempt, r.result, r.detail, ms, r.in_doubt)
                 )
         if run.status != "running":  # nothing left to do; say how it ended
+            report.clean_end = engine.finished.clean if engine.finished else True
             store.finish_saga_run(self.db, run_id, run.status, run.reason, run.ended_ns)
             return report
         if doubt is not None:
@@ -232,13 +255,35 @@ class SagaRunner:
                     await asyncio.sleep(max(0.0, (action.until_ns - time.time_ns()) / 1e9))
                 elif isinstance(action, Finished):
                     finished = action
-                elif self.gate is not None and not await self.gate(action):
-                    stopped = True
+                elif isinstance(action, Held):
+                    choice = await self.gate(action, {}) if self.gate else Choice("compensate")
+                    if choice.verdict == "stop":
+                        stopped = True
+                    elif choice.verdict in ("retry", "skip"):
+                        engine.resolve(choice.verdict, choice.payload)
+                    else:
+                        engine.resolve("compensate")
                 else:
-                    report.steps.append(await self._send(engine, run, action))
+                    headers = trace_headers(
+                        run.run_id, action, run.correlation_id, run.trace_id, secrets.token_hex(8)
+                    )
+                    choice = await self.gate(action, headers) if self.gate else Choice("send")
+                    if choice.verdict == "stop":
+                        stopped = True
+                        engine.pending = None  # never sent nor journaled: built again on resume
+                        continue
+                    if choice.payload is not None and choice.payload != action.payload:
+                        action = engine.edit_pending(choice.payload)
+                    unsent = {
+                        "skip": StepResult("skipped", "skipped by the user"),
+                        "abort": StepResult("aborted", "aborted by the user"),
+                        "inject": StepResult("error", INJECTED),
+                    }.get(choice.verdict)
+                    report.steps.append(await self._send(engine, run, action, headers, unsent))
         finally:
             if finished is not None:
                 report.outcome, report.reason = finished.outcome, finished.reason
+                report.clean_end = finished.clean
                 store.finish_saga_run(
                     self.db, run.run_id, finished.outcome, finished.reason, time.time_ns()
                 )
@@ -267,11 +312,15 @@ class SagaRunner:
             await self.nc.flush(timeout=2)
 
     async def _send(
-        self, engine: SagaEngine, run: store.SagaRunRecord, request: Request
+        self,
+        engine: SagaEngine,
+        run: store.SagaRunRecord,
+        request: Request,
+        headers: dict[str, str],
+        unsent: StepResult | None = None,
     ) -> StepReport:
-        headers = trace_headers(
-            run.run_id, request, run.correlation_id, run.trace_id, secrets.token_hex(8)
-        )
+        """Journal the intent, send (unless the stepper settled it: `unsent`), journal the
+        result."""
         started = time.time_ns()
         store.journal_intent(
             self.db,
@@ -291,9 +340,13 @@ class SagaRunner:
         )
         if self.on_step:
             self.on_step("intent", request, None)
-        response = await self._request(request, headers)
-        now = time.time_ns()
-        result = engine.feed(response, now)
+        if unsent is None:
+            response = await self._request(request, headers)
+            now = time.time_ns()
+            result = engine.feed(response, now)
+        else:
+            response, now, result = Response("error"), time.time_ns(), unsent
+            engine.apply(result, now)
         store.journal_result(
             self.db,
             run.run_id,

@@ -1,21 +1,22 @@
 """Orchestrated sagas without a bus: definitions, payload templates and the step engine.
 
 The engine is a pure state machine. `next(now_ns)` says what to do (send a request, sleep
-until a backoff ends, or stop) and `apply(result, now_ns)` feeds back what happened. The
-runner in the NATS adapter does the I/O and writes the journal; replaying a journal through
-`SagaEngine.from_journal` rebuilds the exact state after a crash.
+until a backoff ends, wait for a decision after a failed step, or stop) and `apply(result,
+now_ns)` feeds back what happened. The runner in the NATS adapter does the I/O and writes the
+journal; replaying a journal through `SagaEngine.from_journal` rebuilds the exact state after
+a crash, including what a user decided while stepping.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import msgspec
 
 BUILTIN_VARS = ("run_id", "saga")
-RESULTS = ("ok", "error", "timeout", "no_responders", "in_doubt")
+RESULTS = ("ok", "error", "timeout", "no_responders", "in_doubt", "skipped", "aborted")
 Kind = Literal["action", "compensate"]
 
 
@@ -518,12 +519,24 @@ class Sleep:
 
 
 @dataclass(frozen=True)
-class Finished:
-    outcome: str  # completed | compensated | failed
+class Held:
+    """A step failed and the engine holds (`hold` is on): `resolve` says what comes next."""
+
+    step: str
     reason: str
 
 
-Action = Request | Sleep | Finished
+@dataclass(frozen=True)
+class Finished:
+    outcome: str  # completed | compensated | failed
+    reason: str
+    # False when the run left something it should have undone (a compensation failed or was
+    # skipped) or failed past the pivot; a failure with nothing before it to undo is clean.
+    clean: bool = True
+
+
+Action = Request | Sleep | Held | Finished
+Decision = Literal["retry", "skip", "compensate"]
 
 
 @dataclass(frozen=True)
@@ -542,8 +555,11 @@ class JournalEntry:
     reply: bytes | None = None
 
 
-def idempotency_key(run_id: str, step: str, kind: str) -> str:
-    return f"{run_id}:{step}:{kind}"
+def idempotency_key(run_id: str, step: str, kind: str, retried: int = 0) -> str:
+    """One key per step and kind; a retry the user asked for after a definite answer is a
+    new attempt, so it gets a new key (the participant would replay the old answer)."""
+    key = f"{run_id}:{step}:{kind}"
+    return f"{key}:retry{retried}" if retried else key
 
 
 @dataclass
@@ -551,7 +567,7 @@ class SagaEngine:
     saga: SagaDef
     run_id: str
     vars: dict[str, Any]
-    phase: Literal["forward", "compensating", "done"] = "forward"
+    phase: Literal["forward", "held", "compensating", "done"] = "forward"
     index: int = 0
     attempt: int = 0
     replies: dict[str, Any] = field(default_factory=dict)
@@ -563,6 +579,11 @@ class SagaEngine:
     resend: Request | None = None  # the in-doubt request to send again, unchanged
     failure: str = ""
     finished: Finished | None = None
+    hold: bool = False  # stop after a failed step for a decision (the stepper), not compensate
+    failed: Request | None = None  # the last forward request that failed
+    retried: dict[str, int] = field(default_factory=dict)  # user retries per step
+    retry_payload: bytes | None = None  # the payload a user retry sends
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def pivot(self) -> int | None:
@@ -576,6 +597,8 @@ class SagaEngine:
         while True:
             if self.finished is not None:
                 return self.finished
+            if self.phase == "held":
+                return Held(self.saga.steps[self.index].name, self.failure)
             if self.pending is not None:
                 raise RuntimeError("apply() the result of the pending request first")
             if now_ns < self.retry_at_ns:
@@ -612,12 +635,16 @@ class SagaEngine:
             comp = step.compensate
             subject, template, timeout = comp.request, comp.payload, comp.timeout or step.timeout
             kind = "compensate"
-        try:
-            payload = render(template, scope, self.replies)
-        except KeyError as exc:
-            self._fail_current(StepResult("error", f"payload: {exc.args[0]}"), 0)
-            return None
+        if kind == "action" and self.retry_payload is not None:
+            payload, self.retry_payload = self.retry_payload, None
+        else:
+            try:
+                payload = render(template, scope, self.replies)
+            except KeyError as exc:
+                self._fail_current(StepResult("error", f"payload: {exc.args[0]}"), 0)
+                return None
         self.seq += 1
+        retried = self.retried.get(step.name, 0) if kind == "action" else 0
         return Request(
             self.seq,
             step.name,
@@ -626,8 +653,49 @@ class SagaEngine:
             subject,
             payload,
             parse_duration(timeout),
-            idempotency_key(self.run_id, step.name, kind),
+            idempotency_key(self.run_id, step.name, kind, retried),
         )
+
+    def edit_pending(self, payload: bytes) -> Request:
+        """Send the pending request with another payload (edited in the stepper)."""
+        if self.pending is None:
+            raise RuntimeError("no request is pending")
+        self.pending = replace(self.pending, payload=payload)
+        return self.pending
+
+    def set_hold(self, hold: bool) -> None:
+        """Hold after failures from now on, or not; a run held without it compensates."""
+        self.hold = hold
+        if not hold and self.phase == "held":
+            self.resolve("compensate")
+
+    def resolve(self, decision: Decision, payload: bytes | None = None) -> None:
+        """Go on from a held failure: retry the step (with the failed request's payload, or
+        `payload`), skip it, or compensate as an unheld engine would have."""
+        if self.phase != "held":
+            raise RuntimeError("no failed step is held")
+        step = self.saga.steps[self.index]
+        if decision == "compensate":
+            self._give_up()
+            return
+        self.phase = "forward"
+        self.retry_at_ns = 0
+        if decision == "skip":
+            self._skip_step(step.name)
+            return
+        self.attempt += 1
+        self.retried[step.name] = self.retried.get(step.name, 0) + 1
+        if payload is None and self.failed is not None and self.failed.step == step.name:
+            payload = self.failed.payload
+        self.retry_payload = payload
+
+    def _skip_step(self, name: str) -> None:
+        self.skipped.append(name)
+        self.index += 1
+        self.attempt = 0
+        if self.index == len(self.saga.steps):
+            done = "every step succeeded or was skipped"
+            self._finish("completed", f"{done} (skipped: {', '.join(self.skipped)})")
 
     def rule_for(self, request: Request) -> Success | None:
         step = self._step(request.step)
@@ -651,7 +719,17 @@ class SagaEngine:
         if result.kind == "in_doubt":
             self.resend = request
             return
+        if result.kind == "skipped":
+            if request.kind == "action":
+                self._skip_step(request.step)
+            else:
+                self.skipped.append(f"undo {request.step}")
+                self._compensated_one()
+            return
         if request.kind == "action":
+            if result.kind == "aborted":
+                self._fail_current(result, now_ns)
+                return
             if result.kind == "ok":
                 self.replies[request.step] = result.reply
                 self.completed.append(self.index)
@@ -665,25 +743,36 @@ class SagaEngine:
             if (transient or self.after_pivot(self.index)) and self.attempt < step.retries:
                 self._retry(step.backoff, now_ns)
                 return
+            self.failed = request
             self._fail_current(result, now_ns)
             return
         step = self.saga.steps[self.to_compensate[0]]
         assert step.compensate is not None
         if result.kind == "ok":
             self.replies[f"{request.step}.compensate"] = result.reply
-            self.to_compensate.pop(0)
-            self.attempt = 0
-            if not self.to_compensate:
-                self._finish("compensated", self.failure)
+            self._compensated_one()
             return
-        if self.attempt < step.compensate.retries:
+        if result.kind != "aborted" and self.attempt < step.compensate.retries:
             self._retry(step.compensate.backoff or step.backoff, now_ns)
             return
         self._finish(
             "failed",
             f"{self.failure}; compensating `{step.name}` failed ({result.detail}), "
             "later compensations not attempted",
+            clean=False,
         )
+
+    def _compensated_one(self) -> None:
+        self.to_compensate.pop(0)
+        self.attempt = 0
+        if self.to_compensate:
+            return
+        undo_skipped = [s for s in self.skipped if s.startswith("undo ")]
+        if undo_skipped:
+            reason = f"{self.failure}; skipped by the user: {', '.join(undo_skipped)}"
+            self._finish("failed", reason, clean=False)
+        else:
+            self._finish("compensated", self.failure)
 
     def _retry(self, backoff: str, now_ns: int) -> None:
         self.attempt += 1
@@ -694,22 +783,35 @@ class SagaEngine:
         del now_ns
         if self.phase == "compensating":
             step = self.saga.steps[self.to_compensate[0]]
-            self._finish("failed", f"{self.failure}; compensating `{step.name}`: {result.detail}")
+            reason = f"{self.failure}; compensating `{step.name}`: {result.detail}"
+            self._finish("failed", reason, clean=False)
             return
         step = self.saga.steps[self.index]
+        if result.kind == "aborted":
+            self.failure = f"aborted by the user at step `{step.name}`"
+            self._give_up()
+            return
         self.failure = f"step `{step.name}` failed: {result.kind}: {result.detail}".rstrip(": ")
+        if self.hold:
+            self.phase = "held"
+            return
+        self._give_up()
+
+    def _give_up(self) -> None:
+        """Compensate what was completed before the failed step, newest first."""
         if self.after_pivot(self.index):
-            self._finish("failed", f"{self.failure} (after the pivot, so nothing is compensated)")
+            reason = f"{self.failure} (after the pivot, so nothing is compensated)"
+            self._finish("failed", reason, clean=False)
             return
         self.phase = "compensating"
         self.attempt = 0
         self.to_compensate = [i for i in reversed(self.completed) if self.saga.steps[i].compensate]
-        if not self.to_compensate:
-            self._finish("compensated", self.failure)
+        if not self.to_compensate:  # nothing before it to undo: a clean failure
+            self._finish("failed", self.failure)
 
-    def _finish(self, outcome: str, reason: str) -> None:
+    def _finish(self, outcome: str, reason: str, clean: bool = True) -> None:
         self.phase = "done"
-        self.finished = Finished(outcome, reason)
+        self.finished = Finished(outcome, reason, clean)
 
     def _step(self, name: str) -> StepDef:
         return next(s for s in self.saga.steps if s.name == name)
@@ -720,11 +822,23 @@ class SagaEngine:
     ) -> tuple[SagaEngine, JournalEntry | None]:
         """Rebuild a run by replaying its journal; also returns the entry left in doubt
         (intent journaled, result never), which must be closed as `in_doubt` before the
-        engine resends it."""
-        engine = cls(saga, run_id, variables)
+        engine resends it. The engine comes back holding; `set_hold` says whether to go on so.
+
+        A user's decision after a held failure is read from the entry that follows it: the
+        same step again is a retry, a compensation is giving up, a later step is a skip.
+        """
+        engine = cls(saga, run_id, variables, hold=True)
         in_doubt = None
         for entry in entries:
             action = engine.next(entry.intent_ns)
+            if isinstance(action, Held):
+                decision: Decision = "skip"
+                if entry.kind == "compensate":
+                    decision = "compensate"
+                elif entry.step == action.step:
+                    decision = "retry"
+                engine.resolve(decision)
+                action = engine.next(entry.intent_ns)
             if not isinstance(action, Request) or (
                 action.seq,
                 action.step,
@@ -736,6 +850,8 @@ class SagaEngine:
                     f"journal entry {entry.seq} ({entry.step} {entry.kind}) does not follow from "
                     f"the saga definition; the run cannot be resumed"
                 )
+            if entry.payload != action.payload:
+                engine.edit_pending(entry.payload)
             if entry.result is None:
                 in_doubt = entry
                 engine.apply(StepResult("in_doubt", "no result journaled"), entry.intent_ns)

@@ -39,7 +39,7 @@ def format_event(row: Any, width: int) -> Text:
     line.append_text(t.literal(f"{t.plain(subject)[:room]:<{room}}", "bold"))
     line.append(f" {human_bytes(size):>6} ", "dim")
     line.append("↩ " if reply else "  ", "yellow")
-    line.append_text(t.literal(t.payload_preview(bytes(head), max(0, width - room - 30))))
+    line.append_text(t.literal(t.payload_preview(bytes(head or b""), max(0, width - room - 30))))
     return line
 
 

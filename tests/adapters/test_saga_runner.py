@@ -88,8 +88,12 @@ async def test_happy_run_completes_every_step_with_run_headers(nc, journal) -> N
 
 async def test_declined_payment_compensates_nothing_and_fails_cleanly(nc, journal) -> None:
     shop = Shop(decline=True)
+    outcomes = await nc.subscribe("qixtui.saga.>")
     report = await run_shop(nc, journal, shop)
-    assert report.outcome == "compensated"
+    assert report.outcome == "failed"  # nothing before it to undo, so nothing compensated
+    announced = await outcomes.next_msg(timeout=2)
+    assert announced.subject == "qixtui.saga.shop.failed"
+    assert json.loads(announced.data)["outcome"] == "failed"
     assert report.clean
     assert "declined" in report.reason
     assert shop.subjects_called() == ["shop.cmd.payment.authorize"]
@@ -134,7 +138,7 @@ async def test_silent_participant_times_out_after_the_step_timeout(nc, journal) 
     assert report.steps[0].detail == "no reply within 1.2s"
     assert report.steps[0].ms >= 1200  # the configured timeout, not nats-py's 0.5 s default
     assert elapsed < 5
-    assert report.outcome == "compensated"
+    assert (report.outcome, report.clean) == ("failed", True)
 
 
 async def test_no_responders_is_reported_at_once(nc, journal) -> None:

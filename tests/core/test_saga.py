@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from qixtui.core.saga import (
     Finished,
+    Held,
     JournalEntry,
     Request,
     Response,
@@ -198,6 +199,113 @@ def test_business_error_before_the_pivot_compensates_in_reverse_order() -> None:
     assert eng.finished.outcome == "compensated"
 
 
+def test_a_declined_first_step_fails_cleanly_and_compensates_nothing() -> None:
+    eng = engine()
+    sent = drive(eng, {("authorize", "action"): [StepResult("error", "error: declined")]})
+    assert sent == [("authorize", "action", 0)]
+    assert eng.finished == Finished(
+        "failed", "step `authorize` failed: error: error: declined", clean=True
+    )
+
+
+def test_a_held_failure_waits_for_a_retry_with_a_new_key_and_the_sent_payload() -> None:
+    eng = engine()
+    eng.hold = True
+    first = eng.next(0)
+    assert isinstance(first, Request)
+    edited = eng.edit_pending(b'{"amount": 5000}')
+    assert (edited.seq, edited.idempotency_key) == (first.seq, first.idempotency_key)
+    eng.apply(StepResult("error", "error: declined"), 1)
+    assert eng.next(2) == Held("authorize", "step `authorize` failed: error: error: declined")
+    eng.resolve("retry")
+    again = eng.next(3)
+    assert isinstance(again, Request)
+    assert (again.step, again.attempt, again.payload) == ("authorize", 1, b'{"amount": 5000}')
+    assert again.idempotency_key == "r1:authorize:action:retry1"
+    eng.apply(ok({"ok": True, "payment_id": "p1"}), 4)
+    following = eng.next(5)
+    assert isinstance(following, Request)
+    assert following.step == "reserve"
+
+
+def test_skip_passes_a_step_and_abort_compensates_what_was_done() -> None:
+    eng = engine()
+    eng.next(0)
+    eng.apply(ok({"ok": True, "payment_id": "p1"}), 0)
+    eng.next(1)
+    eng.apply(StepResult("skipped", "skipped by the user"), 1)  # reserve: nothing to undo
+    ship = eng.next(2)
+    assert isinstance(ship, Request)
+    assert ship.step == "ship"
+    eng.apply(StepResult("aborted", "aborted by the user"), 2)
+    undo = eng.next(3)
+    assert isinstance(undo, Request)
+    assert (undo.step, undo.kind) == ("authorize", "compensate")
+    eng.apply(ok(), 3)
+    assert eng.finished == Finished("compensated", "aborted by the user at step `ship`")
+
+
+def test_a_skipped_compensation_is_not_a_clean_end() -> None:
+    eng = engine()
+    eng.hold = True
+    drive_until = [ok({"ok": True, "payment_id": "p1"}), StepResult("error", "out")]
+    for now, result in enumerate(drive_until):
+        eng.next(now)
+        eng.apply(result, now)
+    assert isinstance(eng.next(5), Held)
+    eng.resolve("compensate")
+    eng.next(6)
+    eng.apply(StepResult("skipped", "skipped by the user"), 6)
+    assert eng.finished is not None
+    assert (eng.finished.outcome, eng.finished.clean) == ("failed", False)
+    assert "skipped by the user: undo authorize" in eng.finished.reason
+
+
+def test_from_journal_replays_what_the_user_decided() -> None:
+    eng = engine()
+    eng.hold = True
+    entries = []
+    script = [
+        (b'{"amount": 5000}', StepResult("error", "declined")),
+        (None, ok({"ok": True, "payment_id": "p1"})),  # retried after the hold
+        (None, StepResult("error", "out")),  # reserve fails; held, then skipped
+        (None, ok({"ok": True, "shipment_id": "s1"})),
+    ]
+    decisions = iter([("retry", None), ("skip", None)])
+    now = 0
+    for payload, result in script:
+        now += 1
+        action = eng.next(now)
+        if isinstance(action, Held):
+            eng.resolve(*next(decisions))
+            action = eng.next(now)
+        assert isinstance(action, Request)
+        if payload is not None:
+            action = eng.edit_pending(payload)
+        entries.append(
+            JournalEntry(
+                action.seq,
+                action.step,
+                action.kind,
+                action.attempt,
+                action.idempotency_key,
+                action.payload,
+                now,
+                result.kind,
+                "",
+                json.dumps(result.reply).encode(),
+            )
+        )
+        eng.apply(result, now)
+    rebuilt, doubt = SagaEngine.from_journal(SHOP, "r1", resolve_vars(SHOP, {}, "r1"), entries)
+    assert doubt is None
+    assert (rebuilt.index, rebuilt.skipped, rebuilt.retried) == (3, ["reserve"], {"authorize": 1})
+    rebuilt.set_hold(False)
+    following = rebuilt.next(now + 1)
+    assert isinstance(following, Request)
+    assert following.step == "complete"
+
+
 def test_transient_failures_are_retried_after_a_doubling_backoff() -> None:
     text = broken("retries = 0\nbackoff", "retries = 2\nbackoff")
     saga = load_saga_text(text)
@@ -212,8 +320,7 @@ def test_transient_failures_are_retried_after_a_doubling_backoff() -> None:
     assert eng.next(200_000_000) == Sleep(400_000_000)
     eng.next(400_000_000)
     eng.apply(StepResult("timeout"), 400_000_000)
-    assert eng.finished is not None
-    assert eng.finished.outcome == "compensated"  # nothing done before it to undo
+    assert eng.finished == Finished("failed", "step `authorize` failed: timeout", clean=True)
 
 
 def test_failure_after_the_pivot_is_retried_then_fails_without_compensating() -> None:
@@ -323,7 +430,12 @@ def test_any_answers_end_in_an_outcome_that_undoes_in_reverse(kinds: list[str]) 
     to_undo = [s for s in reversed(done) if s in ("authorize", "reserve")]
     if outcome.outcome == "compensated":
         assert "ship" not in done
+        assert to_undo
         assert undone == to_undo
+    elif outcome.clean:  # failed with nothing before it to undo
+        assert outcome.outcome == "failed"
+        assert not to_undo
+        assert not undone
     elif "ship" in done:  # a step after the pivot ran out of retries
         assert outcome.outcome == "failed"
         assert not undone

@@ -18,6 +18,9 @@ import pytest
 from ui.sessions import shop_session
 
 from qixtui.core import store
+from qixtui_demo import SHOP_SAGA
+from qixtui_demo.plan import DEFAULT_LATENCY, Knobs, Latency
+from qixtui_demo.shop import Shop
 from qixtui_nats.server import EmbeddedServer
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
@@ -210,3 +213,53 @@ def test_demo_shows_flows_and_leaves_nothing_running(tmux: Tmux, tmp_path: Path)
     db = store.open_session(out)
     statuses = {r[0] for r in db.execute("SELECT status FROM flows")}
     assert "completed" in statuses
+
+
+def serve_shop(url: str, ready: threading.Event, stop: threading.Event) -> None:
+    """The demo shop's participants in their own thread and loop, until `stop`."""
+
+    async def main() -> None:
+        fast = {name: Latency(1.0, 0.3) for name in DEFAULT_LATENCY}
+        shop = Shop(url, Knobs(seed=9), latency=fast, heartbeat_s=0)
+        await shop.start()
+        ready.set()
+        await asyncio.to_thread(stop.wait)
+        await shop.close()
+
+    asyncio.run(main())
+
+
+def test_orchestrate_steps_the_shop_saga(
+    tmux: Tmux, tmp_path: Path, nats_server: EmbeddedServer
+) -> None:
+    ready, stop = threading.Event(), threading.Event()
+    participants = threading.Thread(target=serve_shop, args=(nats_server.url, ready, stop))
+    participants.start()
+    try:
+        assert ready.wait(30)
+        out = tmp_path / "orch.qix"
+        command = qixtui("orchestrate", str(SHOP_SAGA), "-s", nats_server.url, "-o", str(out))
+        tmux.start([*command, "; echo", "EXIT=$?; sleep 30"], tmp_path)
+        pane = tmux.wait_for(lambda p: "waiting for you" in p and "▶ next" in p, timeout=30)
+        assert "next request: authorize_payment" in pane
+        assert "subject  shop.cmd.payment.authorize" in pane
+        tmux.keys("n")
+        pane = tmux.wait_for(lambda p: "next request: reserve_stock" in p)
+        assert "✔ ok" in pane
+        assert "payment_id" in pane  # the last reply
+        tmux.keys("n")
+        pane = tmux.wait_for(lambda p: "next request: create_shipment" in p and "_INBOX." in p)
+        assert "reservation_id" in pane
+        tmux.keys("q")
+        pane = tmux.wait_for(lambda p: "EXIT=0" in p)
+        assert "shop: stopped: stopped before the next step" in pane
+        assert "continue with: qixtui orchestrate --resume" in pane
+    finally:
+        stop.set()
+        participants.join()
+    db = store.open_session(out)
+    (run,) = store.saga_runs(db)
+    assert [r.step for r in store.saga_journal(db, run.run_id)] == [
+        "authorize_payment",
+        "reserve_stock",
+    ]

@@ -1,0 +1,321 @@
+"""The stepper screen driven key by key against the demo shop's participants on a real
+nats-server, with a real recorder writing the session file the screen reads."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+from rich.text import Text
+from textual.widgets import DataTable, RichLog, Static, TextArea
+from textual.widgets.text_area import Selection
+
+from qixtui.core import store
+from qixtui.core.saga import load_saga_text
+from qixtui.ui.stepper import StepperApp, StepperScreen
+from qixtui_demo import SHOP_SAGA
+from qixtui_demo.plan import DEFAULT_LATENCY, Knobs, Latency
+from qixtui_demo.shop import PaymentService, Shop, StockService
+from qixtui_nats.saga_runner import Recording, SagaRunner, open_journal
+from qixtui_nats.server import EmbeddedServer
+from ui.test_snapshots import SIZE, check
+
+TEXT = SHOP_SAGA.read_text(encoding="utf-8")
+SAGA = load_saga_text(TEXT, str(SHOP_SAGA))
+FAST = {name: Latency(1.0, 0.3) for name in DEFAULT_LATENCY}
+
+
+@dataclass
+class Bench:
+    url: str
+    path: Path
+    nc: Client
+    shop: Shop
+    db: sqlite3.Connection  # the runner's journal connection
+
+
+@pytest.fixture
+async def bench(nats_server: EmbeddedServer, session_path: Path) -> AsyncIterator[Bench]:
+    """Demo participants, a recorder writing `session_path`, and a connection for the runner."""
+    shop = Shop(nats_server.url, Knobs(seed=7), latency=FAST, heartbeat_s=0)
+    await shop.start()
+    nc = await nats.connect(nats_server.url)
+    recording = Recording(session_path, [], {"NATS_URL": nats_server.url})
+    recording.spawn()
+    try:
+        await recording.sync(nc)
+        db = open_journal(session_path)
+        try:
+            yield Bench(nats_server.url, session_path, nc, shop, db)
+        finally:
+            db.close()
+    finally:
+        recording.abort()
+        await nc.close()
+        await shop.close()
+
+
+def stepper(bench: Bench, order_id: str, run_id: str | None = None) -> StepperApp:
+    runner = SagaRunner(bench.nc, bench.db)
+    return StepperApp(bench.path, runner, SAGA, TEXT, {"order_id": order_id}, run_id)
+
+
+def plain(app: StepperApp, selector: str) -> str:
+    content = app.screen.query_one(selector, Static).content
+    return content.plain if isinstance(content, Text) else str(content)
+
+
+def state(app: StepperApp, step: str) -> str:
+    cell = app.screen.query_one("#steps", DataTable).get_cell(step, "state")
+    return cell.plain if isinstance(cell, Text) else str(cell)
+
+
+def events_text(app: StepperApp) -> str:
+    log = app.screen.query_one("#events", RichLog)
+    return "\n".join(line.text for line in log.lines)
+
+
+async def until(pilot, check: Callable[[], bool], what: str, within: float = 15) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the screen never showed {what}")
+        await pilot.pause(0.05)
+
+
+def next_is(app: StepperApp, label: str) -> Callable[[], bool]:
+    return lambda: plain(app, "#request-title") == f"next request: {label}"
+
+
+def run_events(path: Path, run_id: str, subject: str) -> list[store.Event]:
+    db = store.open_session(path)
+    try:
+        query = store.EventQuery(subject=subject)
+        return [e for e in store.iter_events(db, query) if e.header("Qixtui-Saga-Run") == run_id]
+    finally:
+        db.close()
+
+
+async def test_step_edit_breakpoint_and_continue_to_the_end(bench: Bench) -> None:
+    order_id = f"pilot-{uuid.uuid4().hex[:6]}"
+    app = stepper(bench, order_id)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, StepperScreen)
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        assert state(app, "authorize_payment") == "▶ next"
+        assert state(app, "reserve_stock") == "pending"
+        meta = plain(app, "#request-meta")
+        assert "subject  shop.cmd.payment.authorize" in meta
+        assert f"Idempotency-Key: {screen.run_id}:authorize_payment:action" in meta
+        editor = screen.query_one("#payload", TextArea)
+        assert json.loads(editor.text)["amount"] == 42.0
+
+        # Edit the payment before it is sent: the amount selected, a new one typed over it.
+        await pilot.press("e")
+        assert editor.has_focus
+        at = editor.text.index("42.0")
+        editor.selection = Selection((0, at), (0, at + 4))
+        await pilot.press("9", "9", "full_stop", "5")
+        edited = editor.text
+        assert json.loads(edited)["amount"] == 99.5
+        await pilot.press("escape", "n")
+        await until(pilot, lambda: state(app, "authorize_payment").startswith("✔ ok"), "ok")
+        await until(pilot, next_is(app, "reserve_stock"), "the second request")
+        assert "payment_id" in plain(app, "#reply")
+        payment = bench.shop.services["payment"]
+        assert isinstance(payment, PaymentService)
+        applied = [p for p in payment.payments.values() if p["order_id"] == order_id]
+        assert applied == [{"order_id": order_id, "amount": 99.5, "status": "ok"}]
+        assert payment.last_customer == "c-1"
+        await until(pilot, lambda: "shop.cmd.payment.authorize" in events_text(app), "events")
+        (sent,) = run_events(bench.path, screen.run_id, "shop.cmd.payment.authorize")
+        assert sent.payload == edited.encode()  # the recording holds the edited request
+
+        # A breakpoint on complete_order; continue runs up to it and stops before sending.
+        await pilot.press("down", "down", "down", "b")
+        cell = screen.query_one("#steps", DataTable).get_cell("complete_order", "bp")
+        assert cell.plain == "●"
+        await pilot.press("c")
+        await until(pilot, next_is(app, "complete_order"), "the breakpoint")
+        assert state(app, "reserve_stock").startswith("✔ ok")
+        assert state(app, "create_shipment").startswith("✔ ok")
+        assert state(app, "complete_order") == "▶ next"
+        assert "waiting for you" in plain(app, "#status")
+        assert run_events(bench.path, screen.run_id, "shop.cmd.order.complete") == []
+        await until(pilot, lambda: "shop.cmd.shipping.create" in events_text(app), "events")
+
+        await pilot.press("c")
+        await until(pilot, lambda: screen.report is not None, "the end of the run")
+        assert state(app, "notify").startswith("✔ ok")
+        assert plain(app, "#status").startswith(f"run {screen.run_id} completed")
+        await pilot.press("q")
+    assert app.report is not None
+    assert app.report.outcome == "completed"
+
+
+async def test_abort_compensates_step_by_step_on_screen(bench: Bench) -> None:
+    order_id = f"pilot-{uuid.uuid4().hex[:6]}"
+    app = stepper(bench, order_id)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        await pilot.press("n")
+        await until(pilot, next_is(app, "reserve_stock"), "the second request")
+        await pilot.press("n")
+        await until(pilot, next_is(app, "create_shipment"), "the pivot")
+        await pilot.press("a")
+        await until(pilot, next_is(app, "undo reserve_stock"), "the first compensation")
+        assert state(app, "create_shipment") == "■ aborted"
+        assert state(app, "reserve_stock") == "▶ undo next"
+        assert "shop.cmd.stock.release" in plain(app, "#request-meta")
+        await pilot.press("n")
+        await until(pilot, next_is(app, "undo authorize_payment"), "the second compensation")
+        assert state(app, "reserve_stock").startswith("↺ undone")
+        await pilot.press("n")
+        screen = app.screen
+        assert isinstance(screen, StepperScreen)
+        await until(pilot, lambda: screen.report is not None, "the end of the run")
+        assert state(app, "authorize_payment").startswith("↺ undone")
+        status = plain(app, "#status")
+        assert "compensated: aborted by the user at step `create_shipment`" in status
+        await until(pilot, lambda: "shop.cmd.payment.refund" in events_text(app), "the refund")
+        await pilot.press("q")
+    payment = bench.shop.services["payment"]
+    stock = bench.shop.services["stock"]
+    assert isinstance(payment, PaymentService)
+    assert isinstance(stock, StockService)
+    assert [p["status"] for p in payment.payments.values() if p["order_id"] == order_id] == [
+        "refunded"
+    ]
+    assert run_events(bench.path, screen.run_id, "shop.cmd.shipping.create") == []
+
+
+async def test_injected_failure_holds_the_step_for_a_retry_and_quit_leaves_it_resumable(
+    bench: Bench,
+) -> None:
+    app = stepper(bench, f"pilot-{uuid.uuid4().hex[:6]}")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, StepperScreen)
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        await pilot.press("i")
+        assert "the next step fails (injected)" in plain(app, "#status")
+        assert state(app, "authorize_payment") == "▶ next ⚡"
+        await pilot.press("n")
+        await until(pilot, lambda: plain(app, "#request-title") == "failed: authorize_payment", "")
+        assert "failure injected by the stepper" in plain(app, "#request-meta")
+        assert run_events(bench.path, screen.run_id, "shop.cmd.payment.authorize") == []
+        await pilot.press("r")  # the same payload, a new idempotency key, sent at once
+        await until(pilot, next_is(app, "reserve_stock"), "the next step after the retry")
+        assert state(app, "authorize_payment").startswith("✔ ok (x2)")
+        await pilot.press("q")
+    assert app.report is not None
+    assert app.report.outcome == "stopped"
+    db = store.open_session(bench.path)
+    journal = store.saga_journal(db, screen.run_id)
+    db.close()
+    assert [(r.step, r.result, r.idempotency_key.split(":")[-1]) for r in journal] == [
+        ("authorize_payment", "error", "action"),
+        ("authorize_payment", "ok", "retry1"),
+    ]
+    # The journal holds what was decided on screen: a headless resume goes on from there.
+    resumed = await SagaRunner(bench.nc, bench.db).resume(screen.run_id)
+    assert (resumed.outcome, [s.step for s in resumed.steps][2:]) == (
+        "completed",
+        ["reserve_stock", "create_shipment", "complete_order", "notify"],
+    )
+
+
+async def test_stepper_snapshot(bench: Bench) -> None:
+    app = stepper(bench, "snap-1", run_id="snap01")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.screen
+        assert isinstance(screen, StepperScreen)
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        await pilot.press("down", "down", "b")
+        # The run's correlation and trace ids are random; the picture shows fixed ones.
+        screen.show_request(
+            {
+                "Qixtui-Saga-Run": "snap01",
+                "Qixtui-Saga-Step": "authorize_payment",
+                "Idempotency-Key": "snap01:authorize_payment:action",
+                "X-Correlation-ID": "00000000-0000-4000-8000-000000000000",
+                "traceparent": "00-" + "0" * 31 + "1-" + "0" * 15 + "1-01",
+            }
+        )
+        screen.query_one("#payload", TextArea).cursor_blink = False
+        await pilot.pause(0.1)
+        check("stepper", app.export_screenshot())
+        await pilot.press("q")
+        await until(pilot, lambda: screen.report is not None, "the run stopped")
+
+
+async def test_a_step_in_flight_counts_down_its_timeout(bench: Bench) -> None:
+    text = TEXT.replace('request = "shop.cmd.payment.authorize"', 'request = "pilot.silent"', 1)
+    text = text.replace('timeout = "2s"', 'timeout = "1500ms"', 1)
+    await bench.nc.subscribe("pilot.silent")  # a participant that never answers
+    await bench.nc.flush()
+    runner = SagaRunner(bench.nc, bench.db)
+    app = StepperApp(bench.path, runner, load_saga_text(text), text, {"order_id": "pilot-t"})
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        await pilot.press("n")
+        table = app.screen.query_one("#steps", DataTable)
+        await until(pilot, lambda: state(app, "authorize_payment") == "… in flight", "in flight")
+        left: list[float] = []  # sampled until the timeout ends the flight
+        while state(app, "authorize_payment") == "… in flight":
+            cell = table.get_cell("authorize_payment", "time").plain
+            left.append(float(cell.removesuffix("s left")))
+            await pilot.pause(0.05)
+        assert len(set(left)) >= 2
+        assert left == sorted(left, reverse=True)
+        assert 0 <= left[-1] < left[0] <= 1.5
+        await until(pilot, lambda: plain(app, "#request-title") == "failed: authorize_payment", "")
+        assert "timeout: no reply within 1.5s" in plain(app, "#request-meta")
+        assert state(app, "authorize_payment") == "✘ failed: r/s/a?"
+        await pilot.press("a")  # nothing before it to undo: the run fails cleanly
+        screen = app.screen
+        assert isinstance(screen, StepperScreen)
+        await until(pilot, lambda: screen.report is not None, "the end of the run")
+        assert state(app, "authorize_payment").startswith("✘ timeout")
+        assert "failed: step `authorize_payment` failed: timeout" in plain(app, "#status")
+        await pilot.press("q")
+    assert app.report is not None
+    assert (app.report.outcome, app.report.clean) == ("failed", True)
+
+
+async def test_hostile_bytes_from_the_bus_are_shown_escaped_never_as_markup(bench: Bench) -> None:
+    hostile = "[/x] [@click=app.quit] \x1b]52;c;aGk=\x07 \u202e"
+    text = TEXT.replace('request = "shop.cmd.payment.authorize"', 'request = "pilot.hostile"', 1)
+
+    async def answer(msg) -> None:  # type: ignore[no-untyped-def]
+        await msg.respond(hostile.encode())  # raw control bytes, and not JSON
+
+    await bench.nc.subscribe("pilot.hostile", cb=answer)
+    await bench.nc.flush()
+    runner = SagaRunner(bench.nc, bench.db)
+    app = StepperApp(bench.path, runner, load_saga_text(text), text, {"order_id": hostile})
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        editor = app.screen.query_one("#payload", TextArea)
+        assert "[/x] [@click=app.quit] \\u001b]52" in editor.text
+        await pilot.press("n")
+        await until(pilot, lambda: plain(app, "#request-title") == "failed: authorize_payment", "")
+        reply = plain(app, "#reply")
+        assert "[/x] [@click=app.quit] \\x1b]52;c;aGk=\\x07" in reply
+        assert "\x1b" not in reply
+        assert "\u202e" not in reply
+        await until(pilot, lambda: "[@click=app.quit]" in events_text(app), "the reply event")
+        assert "\x1b" not in events_text(app)
+        assert app.is_running  # the [@click] did not quit the app, [/x] did not crash it
+        await pilot.press("q")
+    (sent,) = run_events(bench.path, app.stepper.run_id, "pilot.hostile")
+    assert json.loads(sent.payload)["order_id"] == hostile  # sent as rendered, not as shown
