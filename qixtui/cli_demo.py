@@ -2,6 +2,8 @@
 
 Everything runs as separate processes stopped by their own pid: the embedded nats-server, the
 shop's participants (`python -m qixtui_demo`) and `qixtui record`, started as a user would.
+While it runs, a supervisor thread watches those pids: a child that ends unasked is reported
+(which, how, when) and restarted, the bus on its own port.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,7 @@ from qixtui.core import store
 
 READY_TIMEOUT_S = 20.0
 DRAIN_S = 3.0  # how long the shop lets in-flight orders settle once told to stop
+SUPERVISE_S = 0.2  # how often the supervisor looks at its children
 
 
 class DemoError(Exception):
@@ -90,6 +96,32 @@ def record_command(url: str, output: Path) -> list[str]:
     ]
 
 
+def ended_how(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with {returncode}"
+
+
+@dataclass(frozen=True)
+class Incident:
+    """A child of the demo that ended without being asked to, and what the demo did about it."""
+
+    number: int
+    what: str
+    pid: int
+    how: str
+    at_ns: int
+    outcome: str = "restarting"
+    resolved: bool = False
+
+    def line(self) -> str:
+        at = time.strftime("%H:%M:%S", time.localtime(self.at_ns / 1e9))
+        return f"{at} {self.what} (pid {self.pid}) {self.how}; {self.outcome}"
+
+
 class DemoStack:
     """The embedded server, `qixtui record` and the shop's participants: started in that order,
     stopped in reverse, each by its own pid. `qixtui demo` drives one, with or without a screen.
@@ -108,6 +140,13 @@ class DemoStack:
         self.saga_args = saga_args
         self.orchestrator: subprocess.Popen[bytes] | None = None
         self.record_out, self.record_log = work / "record.json", work / "record.log"
+        self.incidents: list[Incident] = []
+        self.restarts = {"participants": 0, "orchestrator": 0}
+        self._recorder_reported = False
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._on_incident: Callable[[Incident], None] = lambda incident: None
 
     @property
     def url(self) -> str:
@@ -137,19 +176,7 @@ class DemoStack:
             )
             self.participants = start_participants(self.server.url, self.shop_args)
             if self.saga_args is not None:
-                # the orchestrated half: saga runs journaled into the same session file
-                with self.record_log.with_name("saga.log").open("wb") as saga_log:
-                    self.orchestrator = subprocess.Popen(
-                        [
-                            *[sys.executable, "-m", "qixtui_demo.orchestrated"],
-                            *["--server", self.server.url, "--file", str(self.output)],
-                            *self.saga_args,
-                        ],
-                        stdin=subprocess.DEVNULL,
-                        stdout=subprocess.DEVNULL,
-                        stderr=saga_log,
-                        start_new_session=True,
-                    )
+                self.orchestrator = self._start_orchestrator()
         except DemoError:
             self.close()
             raise
@@ -157,16 +184,142 @@ class DemoStack:
             self.close()
             raise DemoError(str(exc)) from None
 
+    def _start_orchestrator(self) -> subprocess.Popen[bytes]:
+        """The orchestrated half: saga runs journaled into the same session file."""
+        assert self.saga_args is not None
+        incarnation = ["--incarnation", str(self.restarts["orchestrator"])]
+        with self.record_log.with_name("saga.log").open("ab") as saga_log:
+            return subprocess.Popen(
+                [
+                    *[sys.executable, "-m", "qixtui_demo.orchestrated"],
+                    *["--server", self.server.url, "--file", str(self.output)],
+                    *self.saga_args,
+                    *incarnation,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=saga_log,
+                start_new_session=True,
+            )
+
+    # -- supervision ---------------------------------------------------------------------
+
+    def supervise(self, on_incident: Callable[[Incident], None]) -> None:
+        """Watch the children from a thread until `stop`; `on_incident` hears of each incident
+        twice, when it is found and once the child is back (or cannot be)."""
+        self._on_incident = on_incident
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="demo supervisor", daemon=True
+        )
+        self._supervisor.start()
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(SUPERVISE_S):
+            with self._lock:
+                if not self._stopping.is_set():
+                    self.check()
+
+    def _stop_supervising(self) -> None:
+        self._stopping.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join()
+
+    def check(self) -> None:
+        """One look at every child, the bus first: the others need it to come back."""
+        from qixtui_demo.process import discard_participants
+
+        server = self.server.proc
+        if server is not None and server.poll() is not None:
+            self._recover("nats-server", server, self._restart_server)
+        participants = self.participants
+        if participants is not None and participants.proc.poll() is not None:
+            self.participants = None
+            last_words = discard_participants(participants)
+            why = last_words if participants.proc.returncode > 0 else ""  # a kill says nothing
+            self._recover("shop participants", participants.proc, self._restart_shop, why)
+        orchestrator = self.orchestrator
+        if orchestrator is not None and orchestrator.poll() is not None:
+            self.orchestrator = None
+            self._recover("saga driver", orchestrator, self._restart_saga_driver)
+        recorder = self.recorder
+        if recorder is not None and recorder.poll() is not None and not self._recorder_reported:
+            # it created the session file and is its only writer: a new one cannot take over
+            self._recorder_reported = True
+            incident = Incident(
+                len(self.incidents) + 1,
+                "qixtui record",
+                recorder.pid,
+                ended_how(recorder.returncode),
+                time.time_ns(),
+                "not restarted: the shop runs on, nothing more is recorded",
+                resolved=True,
+            )
+            self._report(incident)
+
+    def _restart_server(self) -> int:
+        self.server.start()
+        assert self.server.proc is not None
+        return self.server.proc.pid
+
+    def _restart_shop(self) -> int:
+        """A new incarnation of the shop: its order ids differ from the crashed one's, so the
+        orders it left half done stay their own (stalled) flows."""
+        from qixtui_demo.process import start_participants
+
+        self.restarts["participants"] += 1
+        incarnation = ["--incarnation", str(self.restarts["participants"])]
+        self.participants = start_participants(self.server.url, [*self.shop_args, *incarnation])
+        return self.participants.pid
+
+    def _restart_saga_driver(self) -> int:
+        self.restarts["orchestrator"] += 1
+        self.orchestrator = self._start_orchestrator()
+        return self.orchestrator.pid
+
+    def _recover(
+        self,
+        what: str,
+        proc: subprocess.Popen[bytes],
+        restart: Callable[[], int],
+        detail: str = "",
+    ) -> None:
+        from qixtui_demo.process import ParticipantsError
+        from qixtui_nats.server import ServerError
+
+        how = ended_how(proc.returncode) + (f" ({detail})" if detail else "")
+        incident = Incident(len(self.incidents) + 1, what, proc.pid, how, time.time_ns())
+        self._report(incident)
+        began = time.monotonic()
+        try:
+            new_pid = restart()
+        except (DemoError, ServerError, ParticipantsError, OSError) as exc:
+            incident = replace(incident, outcome=f"not restarted: {exc}", resolved=True)
+        else:
+            took = time.monotonic() - began
+            back = f"back as pid {new_pid} after {took:.1f}s"
+            incident = replace(incident, outcome=back, resolved=True)
+        self._report(incident)
+
+    def _report(self, incident: Incident) -> None:
+        if incident.number > len(self.incidents):
+            self.incidents.append(incident)
+        else:
+            self.incidents[incident.number - 1] = incident
+        self._on_incident(incident)
+
     def stop(self) -> dict[str, Any]:
         """Stop the shop (it lets orders in flight settle), then the recorder, then the server;
-        the counts of both."""
+        the counts of both, and any incidents on the way."""
         from qixtui_demo.process import ParticipantsError, stop_participants
 
+        self._stop_supervising()
         try:
             if self.orchestrator is not None:
                 stop_by_pid(self.orchestrator, timeout=10)
-            shop = stop_participants(self.participants, timeout=DRAIN_S + 10)
-            self.participants = None
+            shop = None
+            if self.participants is not None:  # None only when a restart failed
+                shop = stop_participants(self.participants, timeout=DRAIN_S + 10)
+                self.participants = None
             recorder = self.recorder
             assert recorder is not None
             # the shop has closed its connections, so the server holds all it sent; the
@@ -181,12 +334,19 @@ class DemoStack:
             raise DemoError(str(exc)) from None
         finally:
             self.close()
-        return {"file": recorded["file"], "recorded": recorded, "shop": shop}
+        incidents = [asdict(incident) for incident in self.incidents]
+        return {
+            "file": recorded["file"],
+            "recorded": recorded,
+            "shop": shop,
+            "incidents": incidents,
+        }
 
     def close(self) -> None:
         """Whatever still runs, stopped by pid; safe to call at any point."""
         from qixtui_demo.process import ParticipantsError, stop_participants
 
+        self._stop_supervising()
         try:
             if self.orchestrator is not None:
                 stop_by_pid(self.orchestrator, timeout=10)
@@ -200,8 +360,9 @@ class DemoStack:
             self.server.close()
 
 
-def shop_arguments(seed: int | None, rate: float) -> list[str]:
-    return ["--rate", str(rate)] + (["--seed", str(seed)] if seed is not None else [])
+def shop_arguments(seed: int | None, rate: float, heartbeat: float = 0.0) -> list[str]:
+    args = ["--rate", str(rate)] + (["--seed", str(seed)] if seed is not None else [])
+    return args + (["--heartbeat", str(heartbeat)] if heartbeat else [])
 
 
 def saga_arguments(seed: int | None, rate: float) -> list[str]:
@@ -210,27 +371,32 @@ def saga_arguments(seed: int | None, rate: float) -> list[str]:
     return ["--rate", str(max(rate / 5, 0.2)), "--seed", str(seed)]
 
 
-def run_on_screen(output: Path, seed: int | None, rate: float, work: Path) -> dict[str, Any]:
+def run_on_screen(stack: DemoStack) -> dict[str, Any]:
     """The live session in the TUI until the user quits; then everything stops by pid."""
-    stack = DemoStack(output, work, shop_arguments(seed, rate), saga_arguments(seed, rate))
     stack.start()
     try:
-        from qixtui.ui.app import QixtuiApp
+        from qixtui.ui.supervised import Report, SupervisedApp
+
+        def supervise(report: Report) -> None:
+            stack.supervise(lambda i: report(i.number, i.line(), i.resolved))
 
         assert stack.recorder is not None
-        QixtuiApp(output, recorder_pid=stack.recorder.pid).run()
+        SupervisedApp(stack.output, supervise=supervise, recorder_pid=stack.recorder.pid).run()
     except BaseException:
         stack.close()
         raise
     return stack.stop()
 
 
-def run_headless(
-    output: Path, duration: float, seed: int | None, rate: float, work: Path
-) -> dict[str, Any]:
-    stack = DemoStack(output, work, shop_arguments(seed, rate), saga_arguments(seed, rate))
+def say_incident(incident: Incident) -> None:
+    if incident.resolved:  # one line per incident, once its outcome is known
+        click.echo(f"qixtui demo: {incident.line()}", err=True)
+
+
+def run_headless(stack: DemoStack, duration: float) -> dict[str, Any]:
     stack.start()
     try:
+        stack.supervise(say_incident)
         wait_or_interrupt(duration)
     except BaseException:
         stack.close()
@@ -238,14 +404,45 @@ def run_headless(
     return stack.stop()
 
 
+def run_services(server_url: str | None, seed: int | None, duration: float | None) -> None:
+    """Only the shop's services, answering events and commands, on the given bus or an embedded
+    one; its URL goes to stdout once they are subscribed. No orders, no recorder, no screen."""
+    from qixtui_demo import SHOP_SAGA
+    from qixtui_demo.process import ParticipantsError, start_participants, stop_participants
+    from qixtui_demo.shop import describe
+    from qixtui_nats.server import EmbeddedServer, ServerError
+
+    server = None if server_url else EmbeddedServer(jetstream=False)
+    args = ["--services-only", *(["--seed", str(seed)] if seed is not None else [])]
+    try:
+        if server is not None:
+            server_url = server.start().url
+        assert server_url is not None
+        participants = start_participants(server_url, args)
+        try:
+            click.echo(server_url)
+            click.echo(
+                f"qixtui demo: the shop's services answer on {server_url} until Ctrl-C; step "
+                f"its saga with: qixtui orchestrate {SHOP_SAGA} -s {server_url}",
+                err=True,
+            )
+            wait_or_interrupt(duration if duration is not None else 365 * 86400.0)
+        finally:
+            summary = stop_participants(participants, timeout=DRAIN_S + 10)
+        click.echo(describe(summary), err=True)
+    except (ServerError, ParticipantsError) as exc:
+        fail(str(exc))
+    finally:
+        if server is not None:
+            server.close()
+
+
 @main.command()
 @click.option("--headless", is_flag=True, help="No screen: run, record, print the file's path.")
 @click.option(
     "--duration",
     type=click.FloatRange(min=0.1),
-    default=10.0,
-    show_default=True,
-    help="Seconds of orders (--headless); Ctrl-C ends sooner.",
+    help="Seconds to run (default: 10 with --headless, until Ctrl-C otherwise).",
 )
 @click.option(
     "-o",
@@ -258,28 +455,58 @@ def run_headless(
 @click.option(
     "--rate", type=click.FloatRange(min=0.01), default=5.0, show_default=True, help="Orders/s."
 )
+@click.option(
+    "--heartbeat",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    metavar="S",
+    help="Add liveness noise that belongs to no flow, every S seconds per service.",
+)
+@click.option(
+    "--services-only",
+    is_flag=True,
+    help="Only the shop's services (no orders, recorder or screen), for `qixtui orchestrate`.",
+)
+@click.option(
+    "-s",
+    "--server",
+    metavar="URL",
+    help="With --services-only: the bus to serve on (default: an embedded one).",
+)
 def demo(
     headless: bool,
-    duration: float,
+    duration: float | None,
     output: str | None,
     as_json: bool,
     seed: int | None,
     rate: float,
+    heartbeat: float,
+    services_only: bool,
+    server: str | None,
 ) -> None:
     """The demo shop on an embedded NATS server, recorded into a session file."""
     from qixtui.cli_tui import default_session_path
 
+    if services_only:
+        if output or as_json:
+            fail("--services-only records nothing: drop -o and --json")
+        run_services(server, seed, duration)
+        return
+    if server:
+        fail("-s/--server needs --services-only: the demo runs its own bus")
     path = Path(output) if output else default_session_path("demo")
     try:
         store.ensure_new(path)
     except store.SessionError as exc:
         fail(str(exc))
     with tempfile.TemporaryDirectory(prefix="qixtui-demo-") as work:
+        shop_args = shop_arguments(seed, rate, heartbeat)
+        stack = DemoStack(path, Path(work), shop_args, saga_arguments(seed, rate))
         try:
             if headless:
-                result = run_headless(path, duration, seed, rate, Path(work))
+                result = run_headless(stack, duration if duration is not None else 10.0)
             else:
-                result = run_on_screen(path, seed, rate, Path(work))
+                result = run_on_screen(stack)
         except DemoError as exc:
             fail(str(exc))
     if as_json:
@@ -287,6 +514,10 @@ def demo(
         return
     from qixtui_demo.shop import describe
 
-    click.echo(describe(result["shop"]), err=True)
+    if result["shop"] is not None:
+        click.echo(describe(result["shop"]), err=True)
+    if not headless:  # headless told of each as it came
+        for incident in result["incidents"]:
+            say_incident(Incident(**incident))
     click.echo(f"recorded {result['recorded']['events']:,} events", err=True)
     click.echo(result["file"])

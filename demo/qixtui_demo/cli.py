@@ -81,7 +81,18 @@ def parser() -> argparse.ArgumentParser:
         "--duplicates", type=rate, default=0.0, metavar="P", help="Share of events sent twice."
     )
     p.add_argument(
-        "--heartbeat", type=float, default=1.0, metavar="S", help="Heartbeat period (0: none)."
+        "--heartbeat",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="Send liveness noise that belongs to no flow every S seconds (default: none).",
+    )
+    p.add_argument(
+        "--incarnation",
+        type=int,
+        default=0,
+        metavar="K",
+        help="The K-th restart after a crash: order ids get an rK- part so none repeats.",
     )
     p.add_argument(
         "--drain", type=float, default=5.0, metavar="S", help="Seconds to let orders settle."
@@ -125,12 +136,15 @@ def build(args: argparse.Namespace) -> Shop:
             raise UsageError(str(exc)) from None
     if args.orders is not None and args.orders < 0:
         raise UsageError("--orders must not be negative")
+    if args.incarnation < 0:
+        raise UsageError("--incarnation must not be negative")
     knobs = Knobs(
         seed=args.seed if args.seed is not None else random.randrange(100_000),
         rate=args.rate,
         orders=args.orders,
         decline_rate=args.decline_rate,
         stockout_rate=args.stockout_rate,
+        incarnation=args.incarnation,
     )
     faults = Faults(duplicates=args.duplicates, silent=parse_silent(args.silent))
     return Shop(

@@ -27,14 +27,16 @@ from qixtui_nats.connect import ConnectError, ConnectOptions
 from qixtui_nats.saga_runner import SagaRunner, connect_bus, open_journal
 
 
-def run_variables(seed: int, n: int) -> dict[str, str]:
-    """The variables of run `n`: decided by (seed, n) alone, never by timing."""
+def run_variables(seed: int, n: int, incarnation: int = 0) -> dict[str, str]:
+    """The variables of run `n`: decided by (seed, n) alone, never by timing; a restart after
+    a crash (`incarnation`) only changes the order id, so no run repeats an earlier one's."""
     pick = random.Random(seed * 1_000_003 + n)
     roll = pick.random()
     amount = 5000.0 if roll < 0.1 else round(pick.uniform(10, 400), 2)
     sku = pick.choice(sorted(SOLD_OUT)) if 0.1 <= roll < 0.2 else pick.choice(EVERYDAY)
+    restart = f"r{incarnation}-" if incarnation else ""
     return {
-        "order_id": f"orch-{seed}-{n:05d}",
+        "order_id": f"orch-{seed}-{restart}{n:05d}",
         "customer_id": f"cust-{pick.randrange(1, 40):03d}",
         "amount": str(amount),
         "sku": sku,
@@ -42,7 +44,9 @@ def run_variables(seed: int, n: int) -> dict[str, str]:
     }
 
 
-async def drive(server: str, session: Path, rate: float, seed: int, runs: int | None) -> dict:
+async def drive(
+    server: str, session: Path, rate: float, seed: int, runs: int | None, incarnation: int = 0
+) -> dict:
     text = SHOP_SAGA.read_text(encoding="utf-8")
     saga = load_saga_text(text, str(SHOP_SAGA))
     stop = asyncio.Event()
@@ -57,7 +61,7 @@ async def drive(server: str, session: Path, rate: float, seed: int, runs: int | 
     try:
         while not stop.is_set() and (runs is None or n < runs):
             n += 1
-            report = await runner.start(saga, text, run_variables(seed, n))
+            report = await runner.start(saga, text, run_variables(seed, n, incarnation))
             outcomes[report.outcome] = outcomes.get(report.outcome, 0) + 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1 / rate)
@@ -74,9 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=1.0, help="saga runs per second")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, help="stop after N runs (default: until stopped)")
+    parser.add_argument(
+        "--incarnation", type=int, default=0, help="the K-th restart after a crash (new order ids)"
+    )
     args = parser.parse_args(argv)
     try:
-        result = asyncio.run(drive(args.server, args.file, args.rate, args.seed, args.runs))
+        result = asyncio.run(
+            drive(args.server, args.file, args.rate, args.seed, args.runs, args.incarnation)
+        )
     except (store.SessionError, ConnectError, OSError) as exc:
         sys.exit(f"qixtui_demo.orchestrated: {exc}")
     print(json.dumps(result), flush=True)

@@ -43,6 +43,7 @@ class Knobs:
     decline_rate: float = 0.1
     stockout_rate: float = 0.1
     customers: int = 25
+    incarnation: int = 0  # restarts after a crash: new order ids, so none repeats an earlier one
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class OrderPlan:
     expected: str = "completed"  # the outcome the rules produce when every service answers
 
 
-def order_id(seed: int, n: int) -> str:
-    return f"ord-{seed}-{n:05d}"
+def order_id(seed: int, n: int, incarnation: int = 0) -> str:
+    restart = f"r{incarnation}-" if incarnation else ""
+    return f"ord-{seed}-{restart}{n:05d}"
 
 
 def plan_order(knobs: Knobs, n: int) -> OrderPlan:
@@ -83,7 +85,7 @@ def plan_order(knobs: Knobs, n: int) -> OrderPlan:
     }
     return OrderPlan(
         n=n,
-        order_id=order_id(seed, n),
+        order_id=order_id(seed, n, knobs.incarnation),
         customer_id=f"cust-{int(pick('customer') * knobs.customers) + 1:03d}",
         items=items,
         address=address,

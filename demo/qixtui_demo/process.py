@@ -110,6 +110,13 @@ def stop_participants(participants: Participants, timeout: float = 15.0) -> dict
     return _finish(participants)
 
 
+def discard_participants(participants: Participants) -> str:
+    """Clean up after participants that ended unasked; the last line they logged, if any."""
+    lines = participants.log_tail().splitlines()
+    shutil.rmtree(participants.workdir, ignore_errors=True)
+    return lines[-1] if lines else ""
+
+
 def _finish(participants: Participants) -> dict[str, Any]:
     try:
         summary: dict[str, Any] = json.loads(participants.summary_file.read_text())

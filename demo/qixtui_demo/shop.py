@@ -669,7 +669,7 @@ class Shop:
         *,
         latency: dict[str, Latency] | None = None,
         faults: Faults | None = None,
-        heartbeat_s: float = 1.0,
+        heartbeat_s: float = 0.0,
         drain_s: float = 5.0,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -198,6 +199,13 @@ def test_demo_shows_flows_and_leaves_nothing_running(tmux: Tmux, tmp_path: Path)
     assert any("nats-server" in c for c in started.values()), started
     assert any("qixtui_demo" in c for c in started.values()), started
     assert any(" record " in c for c in started.values()), started
+    # A participant killed by its pid: the screen names it, and the demo restarts it.
+    (shop_pid,) = [p for p, c in started.items() if "-m qixtui_demo --server" in c]
+    os.kill(shop_pid, signal.SIGKILL)
+    pane = tmux.wait_for(lambda p: f"(pid {shop_pid}) killed by SIGKILL; back as pid" in p)
+    assert "1 incident in this demo" in pane
+    started |= {p: command_line(p) for p in descendants(pane_pid)}
+    assert len([c for c in started.values() if "-m qixtui_demo --server" in c]) == 2
     tmux.keys("w")  # the waterfall of the selected event's flow
     pane = tmux.wait_for(lambda p: "causes" in p)
     assert "flow #" in pane

@@ -1,0 +1,86 @@
+"""The app for a session whose processes a supervisor keeps alive (`qixtui demo`): each
+incident (a child that died, and whether it came back) is a notification and stays readable in a
+line above the status bar."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.text import Text
+from textual.message import Message
+from textual.widgets import Static
+
+from qixtui.ui import text as t
+from qixtui.ui.app import QixtuiApp
+
+# The supervisor's callback: (incident number, what happened, resolved), called from any thread.
+Report = Callable[[int, str, bool], None]
+
+
+class IncidentLine(Static):
+    """The newest incident and how many there were; hidden until the first one."""
+
+    DEFAULT_CSS = """
+    IncidentLine { height: 1; padding: 0 1; display: none; background: $warning-muted;
+                   color: $text; }
+    IncidentLine.-shown { display: block; }
+    IncidentLine.-ongoing { background: $error; text-style: bold; }
+    """
+
+
+class SupervisedApp(QixtuiApp):
+    """QixtuiApp plus the incidents of the processes behind the session."""
+
+    class Incident(Message):
+        """One incident, new or updated (posted from the supervisor's thread)."""
+
+        def __init__(self, number: int, text: str, resolved: bool) -> None:
+            super().__init__()
+            self.number = number
+            self.text = text
+            self.resolved = resolved
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        supervise: Callable[[Report], None],
+        recorder_pid: int | None = None,
+    ) -> None:
+        super().__init__(path, recorder_pid=recorder_pid)
+        self.supervise = supervise
+        self.incidents: dict[int, tuple[str, bool]] = {}
+
+    def main_ready(self) -> None:
+        super().main_ready()
+        self.main.mount(IncidentLine(id="incidents"), before="#status")
+        # only now: messages from the supervisor need a running app to land in
+        self.supervise(self.report)
+
+    def report(self, number: int, text: str, resolved: bool) -> None:
+        self.post_message(self.Incident(number, text, resolved))
+
+    def on_supervised_app_incident(self, message: Incident) -> None:
+        self.incidents[message.number] = (message.text, message.resolved)
+        self.notify(
+            t.plain(message.text),
+            markup=False,
+            title=f"demo incident {message.number}",
+            severity="information" if message.resolved else "error",
+            timeout=8,
+        )
+        if self.closing:
+            return
+        line = self.main.query_one("#incidents", IncidentLine)
+        ongoing = [n for n, (_, resolved) in self.incidents.items() if not resolved]
+        newest = max(self.incidents)
+        shown = ongoing[-1] if ongoing else newest
+        text = Text(no_wrap=True)
+        text.append("⚠ " if ongoing else "✔ ")
+        text.append_text(t.literal(self.incidents[shown][0]))
+        count = len(self.incidents)
+        text.append(f"  ({count} incident{'s' if count != 1 else ''} in this demo)", "dim")
+        line.update(text)
+        line.add_class("-shown")
+        line.set_class(bool(ongoing), "-ongoing")
