@@ -414,7 +414,7 @@ class QixtuiApp(App[None]):
         try:
             self.typed_filter = filters.parse(text)
         except FilterError as exc:
-            self.notify(t.literal(str(exc)), severity="error", title="filter")
+            self.notify(t.plain(exc), markup=False, severity="error", title="filter")
             return False
         bar = self.main.query_one("#filter", Input)
         if bar.value != text:
@@ -584,13 +584,15 @@ class QixtuiApp(App[None]):
                     fh.write(json.dumps(event, ensure_ascii=False) + "\n")
                     count += 1
         except OSError as exc:
-            message = t.literal(f"export failed: {exc}")
-            self.call_from_thread(self.notify, message, severity="error", title="recording")
+            message = t.plain(f"export failed: {exc}")
+            self.call_from_thread(
+                self.notify, message, markup=False, severity="error", title="recording"
+            )
             return
         finally:
             db.close()
-        message = t.literal(f"exported {count:,} events to {out}")
-        self.call_from_thread(self.notify, message, title="recording")
+        message = t.plain(f"exported {count:,} events to {out}")
+        self.call_from_thread(self.notify, message, markup=False, title="recording")
 
     # -- replay --------------------------------------------------------------------------
 
@@ -632,7 +634,8 @@ class QixtuiApp(App[None]):
                 when = dt.datetime.combine(day, dt.time.fromisoformat(answer))
                 target = int(when.timestamp() * 1e9)
         except (ValueError, FilterError):
-            self.notify(t.literal(f"not a time: {answer} (use +5s or 12:00:01)"), severity="error")
+            message = t.plain(f"not a time: {answer} (use +5s or 12:00:01)")
+            self.notify(message, markup=False, severity="error")
             return
         self.cursor_ns = min(max(target, start), end)
         self.select_time(self.cursor_ns)
