@@ -296,7 +296,8 @@ class DemoStack:
             incident = replace(incident, outcome=f"not restarted: {exc}", resolved=True)
         else:
             took = time.monotonic() - began
-            back = f"back as pid {new_pid} after {took:.1f}s"
+            after = f"{took * 1000:.0f} ms" if took < 1 else f"{took:.1f} s"
+            back = f"back as pid {new_pid} after {after}"
             incident = replace(incident, outcome=back, resolved=True)
         self._report(incident)
 

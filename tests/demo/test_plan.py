@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from qixtui_demo import catalog
+from qixtui_demo.orchestrated import run_variables
 from qixtui_demo.plan import DEFAULT_LATENCY, Knobs, Latency, parse_latency, plan_order
 
 
@@ -51,3 +52,16 @@ def test_latency_specs():
 def test_bad_latency_specs_say_why(spec):
     with pytest.raises(ValueError, match="latency"):
         parse_latency(spec, DEFAULT_LATENCY)
+
+
+def test_a_restarted_shop_places_the_same_plan_under_new_order_ids():
+    first = [plan_order(Knobs(seed=3), n) for n in range(1, 30)]
+    again = [plan_order(Knobs(seed=3, incarnation=1), n) for n in range(1, 30)]
+    assert again[0].order_id == "ord-3-r1-00001"
+    assert {p.order_id for p in first}.isdisjoint(p.order_id for p in again)
+    assert [(p.items, p.expected) for p in first] == [(p.items, p.expected) for p in again]
+    runs = [run_variables(3, n) for n in range(1, 30)]
+    rerun = [run_variables(3, n, incarnation=1) for n in range(1, 30)]
+    assert rerun[0]["order_id"] == "orch-3-r1-00001"
+    assert {r["order_id"] for r in runs}.isdisjoint(r["order_id"] for r in rerun)
+    assert [r | {"order_id": ""} for r in runs] == [r | {"order_id": ""} for r in rerun]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
+import socket
 import subprocess
 import time
 import tomllib
@@ -11,10 +14,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
-from helpers import run_qixtui
+from helpers import qixtui_command, run_qixtui
 
 from qixtui_demo import RULES_PATH
+from qixtui_demo.plan import Knobs, plan_order
 from qixtui_demo.process import (
     ParticipantsError,
     participants_command,
@@ -77,17 +82,7 @@ def headless_run(tmp_path_factory) -> tuple[Path, dict[str, Any], list[dict[str,
     """One `qixtui demo --headless` recording, as a user makes it, shared by the tests below."""
     path = tmp_path_factory.mktemp("headless") / "demo.qix"
     done = run_qixtui(
-        "demo",
-        "--headless",
-        "--duration",
-        "2",
-        "-o",
-        str(path),
-        "--json",
-        "--seed",
-        "7",
-        "--rate",
-        "25",
+        *["demo", "--headless", "--duration", "10", "-o", str(path), "--json", "--seed", "7"],
         timeout=90,
     )
     assert done.returncode == 0, done.stderr
@@ -112,12 +107,34 @@ def test_headless_demo_records_every_outcome(headless_run):
     reasons = [body["reason"] for body in cancelled]
     assert reasons.count("payment_declined") == shop["failed"]
     assert reasons.count("out_of_stock") == shop["compensated"]
-    assert any(s.startswith("shop.heartbeat.") for s in subjects)
+    assert result["incidents"] == []
+
+
+def test_headless_demo_follows_its_seed(headless_run):
+    """`--seed 7` places the orders the plan derives from seed 7 alone, each with the planned
+    outcome: another run with the seed places the same ones (as many as time allows)."""
+    _, result, events = headless_run
+    placed = [json.loads(e["payload"]) for e in events if e["subject"] == "shop.order.placed"]
+    assert len(placed) == result["shop"]["orders"]["placed"]
+    plans = [plan_order(Knobs(seed=7), n) for n in range(1, len(placed) + 1)]
+    assert sorted(body["order_id"] for body in placed) == [plan.order_id for plan in plans]
+    by_id = {plan.order_id: plan for plan in plans}
+    for body in placed:
+        assert body["items"] == by_id[body["order_id"]].items
+    outcomes = {}
+    for event in events:
+        body = json.loads(event["payload"])
+        if event["subject"] == "shop.order.completed":
+            outcomes[body["order_id"]] = "completed"
+        elif event["subject"] == "shop.order.cancelled":
+            declined = body["reason"] == "payment_declined"
+            outcomes[body["order_id"]] = "failed" if declined else "compensated"
+    assert outcomes == {plan.order_id: plan.expected for plan in plans}
 
 
 def test_headless_demo_records_one_flow_per_order(headless_run):
-    """Recorded under the demo's rules.toml: flows and their statuses match the shop's counts,
-    heartbeats belong to no flow."""
+    """Recorded under the demo's rules.toml, with no flags: flows and their statuses match the
+    shop's counts, and every event belongs to a flow."""
     path, result, events = headless_run
     listed = run_qixtui("flows", str(path), "--json")
     assert listed.returncode == 0, listed.stderr
@@ -138,9 +155,7 @@ def test_headless_demo_records_one_flow_per_order(headless_run):
         e["subject"].rsplit(".", 1)[1] for e in events if e["subject"].startswith("qixtui.saga.")
     )
     assert Counter(flow["status"] for flow in orchestrated) == announced
-    for event in events:
-        beat = event["subject"].startswith("shop.heartbeat.")
-        assert (event["flow_id"] is None) == beat, event["subject"]
+    assert [e["subject"] for e in events if e["flow_id"] is None] == []
 
 
 @pytest.mark.parametrize(
@@ -150,7 +165,7 @@ def test_headless_demo_records_one_flow_per_order(headless_run):
 )
 def test_demo_rules_make_one_flow_per_order(headless_run, overrides):
     """The keys rules.toml names (read as contracts.md defines them) join each order's events,
-    pricing reply and notification included, and nothing else: no customer id, no heartbeat.
+    pricing reply and notification included, and nothing else: no customer id.
     Payload keys alone still do it: order ids bridge to shipment ids."""
     _, result, events = headless_run
     rules = tomllib.loads(RULES_PATH.read_text())["correlation"] | overrides
@@ -163,7 +178,6 @@ def test_demo_rules_make_one_flow_per_order(headless_run, overrides):
         return i
 
     owner: dict[tuple[str, str], int] = {}
-    keyed: set[int] = set()
     for i, event in enumerate(events):
         headers = {k.lower(): v for k, v in event["headers"].items()}
         keys = [("h", headers[h.lower()]) for h in rules["headers"] if h.lower() in headers]
@@ -181,15 +195,11 @@ def test_demo_rules_make_one_flow_per_order(headless_run, overrides):
         for key in keys:
             if key[0] == "reply" and key[1] == event["subject"] and key not in owner:
                 continue  # a subject is a reply key only when a request named it
-            keyed.add(i)
             j = owner.setdefault(key, i)
             parent[find(i)] = find(j)
 
     flows: dict[int, list[dict[str, Any]]] = {}
     for i, event in enumerate(events):
-        if event["subject"].startswith("shop.heartbeat."):
-            assert i not in keyed
-            continue
         if event["subject"].startswith("qixtui.saga."):
             continue  # a run's announced end joins by its headers only; checked above
         flows.setdefault(find(i), []).append(event)
@@ -218,3 +228,53 @@ def test_headless_demo_refuses_an_impossible_path(tmp_path):
     assert done.returncode == 1
     assert done.stderr.startswith("qixtui: ")
     assert done.stderr.count("\n") == 1
+
+
+async def ask(url: str, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+    nc = await nats.connect(url)
+    try:
+        reply = await nc.request(subject, json.dumps(body).encode(), timeout=5)
+    finally:
+        await nc.close()
+    answer: dict[str, Any] = json.loads(reply.data)
+    return answer
+
+
+@pytest.mark.parametrize("given_bus", [True, False], ids=["-s URL", "embedded"])
+def test_services_only_answer_commands_and_place_no_orders(nats_server, given_bus):
+    """`qixtui demo --services-only`: the shop's services on a bus, for `qixtui orchestrate`;
+    its URL on stdout once they answer, no recorder, stopped by SIGTERM to its pid."""
+    args = ["demo", "--services-only", *(["-s", nats_server.url] if given_bus else [])]
+    proc = subprocess.Popen(
+        qixtui_command(*args),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url == nats_server.url if given_bus else url.startswith("nats://127.0.0.1:")
+        body = {"order_id": "o-1", "message": "hi"}
+        answer = asyncio.run(ask(url, "shop.cmd.notify.send", body))
+        assert answer == {"ok": True}
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "0 orders placed" in err
+    assert "commands: notification 1" in err
+    if not given_bus:  # the embedded bus went with it
+        port = int(url.rsplit(":", 1)[1])
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_services_only_refuses_a_session_file(tmp_path):
+    done = run_qixtui("demo", "--services-only", "-o", str(tmp_path / "x.qix"))
+    assert done.returncode == 1
+    assert done.stderr == "qixtui: --services-only records nothing: drop -o and --json\n"
+    done = run_qixtui("demo", "--headless", "-s", "nats://127.0.0.1:4222")
+    assert done.returncode == 1
+    assert "needs --services-only" in done.stderr

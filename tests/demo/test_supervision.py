@@ -10,25 +10,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 from textual.widgets import Static
+from ui.sessions import screen_text
 
 from qixtui.cli_demo import DemoStack, saga_arguments, shop_arguments
 from qixtui.core import store
 from qixtui.ui.app import Banner
 from qixtui.ui.supervised import IncidentLine, Report, SupervisedApp
-from ui.sessions import screen_text
 
 SIZE = (140, 40)
 WAIT_S = 20.0
 
 
-def completed_since(path: Path, since_ns: int, order_prefix: str = "ord-") -> int:
-    """Choreographed orders (ids starting with `order_prefix`) completed after `since_ns`."""
+def completed_since(
+    path: Path, since_ns: int, order_prefix: str = "ord-", subject: str = "shop.order.completed"
+) -> int:
+    """Orders (ids starting with `order_prefix`) completed after `since_ns`: the choreography
+    announces it, a saga run sends the order its `complete` command."""
     db = store.open_session(path)
     try:
         return db.execute(
-            "SELECT count(*) FROM events WHERE subject = 'shop.order.completed' AND ts_ns > ?"
+            "SELECT count(*) FROM events WHERE subject = ? AND ts_ns > ?"
             " AND json_extract(CAST(payload AS TEXT), '$.order_id') LIKE ?",
-            (since_ns, order_prefix + "%"),
+            (subject, since_ns, order_prefix + "%"),
         ).fetchone()[0]
     finally:
         db.close()
@@ -122,10 +125,25 @@ async def test_a_killed_participant_and_a_killed_bus_show_and_the_demo_goes_on(t
             status = str(app.screen.query_one("#status", Static).render())
             assert "● recording" in status
             assert "gaps 1" in status
+
+            # The saga driver dies: restarted with new run ids, saga runs go on.
+            assert stack.orchestrator is not None
+            driver_pid = stack.orchestrator.pid
+            os.kill(driver_pid, signal.SIGKILL)
+            killed_ns = time.time_ns()
+            gone = f"saga driver (pid {driver_pid}) killed by SIGKILL; back as pid"
+            await wait_for(pilot, lambda: gone in line_text(app), "the saga driver back")
+            assert "3 incidents" in line_text(app)
+            await wait_for(
+                pilot,
+                lambda: completed_since(out, killed_ns, "orch-3-r1-", "shop.cmd.order.complete"),
+                "a saga run of the restarted driver completed",
+            )
     finally:
         result = stack.stop()
     assert [(i["what"], i["resolved"]) for i in result["incidents"]] == [
         ("shop participants", True),
         ("nats-server", True),
+        ("saga driver", True),
     ]
     assert result["recorded"]["gaps"] == 1
