@@ -92,8 +92,14 @@ class EmbeddedServer:
         if self.proc and self.proc.poll() is None:
             return self
         log = self.log_path.open("ab")
+        # its own session: a Ctrl-C in the terminal reaches only its owner, which stops it by
+        # pid after the clients that still need it
         self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         log.close()
         self.wait_ready(timeout)
