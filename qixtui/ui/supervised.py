@@ -1,6 +1,6 @@
 """The app for a session whose processes a supervisor keeps alive (`qixtui demo`): each
 incident (a child that died, and whether it came back) is a notification and stays readable in a
-line above the status bar."""
+line at the top of the screen."""
 
 from __future__ import annotations
 
@@ -54,7 +54,8 @@ class SupervisedApp(QixtuiApp):
 
     def main_ready(self) -> None:
         super().main_ready()
-        self.main.mount(IncidentLine(id="incidents"), before="#status")
+        # at the top with the NOT RECORDING banner, where toasts (bottom right) never cover it
+        self.main.mount(IncidentLine(id="incidents"), after="#banner")
         # only now: messages from the supervisor need a running app to land in
         self.supervise(self.report)
 

@@ -201,9 +201,14 @@ def test_demo_shows_flows_and_leaves_nothing_running(tmux: Tmux, tmp_path: Path)
     assert any(" record " in c for c in started.values()), started
     # A participant killed by its pid: the screen names it, and the demo restarts it.
     (shop_pid,) = [p for p, c in started.items() if "-m qixtui_demo --server" in c]
+    killed_at = time.strftime("%H:%M", time.gmtime())  # the pane runs with TZ=UTC
     os.kill(shop_pid, signal.SIGKILL)
-    pane = tmux.wait_for(lambda p: f"(pid {shop_pid}) killed by SIGKILL; back as pid" in p)
-    assert "1 incident in this demo" in pane
+    gone = f"(pid {shop_pid}) killed by SIGKILL; back as pid"
+    pane = tmux.wait_for(lambda p: gone in p and "(1 incident in this demo)" in p)
+    line = next(row for row in pane.splitlines() if "(1 incident in this demo)" in row)
+    minutes = {killed_at, time.strftime("%H:%M", time.gmtime())}  # the kill, and now
+    assert any(f"✔ {minute}:" in line for minute in minutes), line
+    assert gone in line
     started |= {p: command_line(p) for p in descendants(pane_pid)}
     assert len([c for c in started.values() if "-m qixtui_demo --server" in c]) == 2
     tmux.keys("w")  # the waterfall of the selected event's flow
