@@ -143,7 +143,6 @@ class DemoStack:
         self.incidents: list[Incident] = []
         self.restarts = {"participants": 0, "orchestrator": 0}
         self._recorder_reported = False
-        self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._on_incident: Callable[[Incident], None] = lambda incident: None
@@ -215,9 +214,7 @@ class DemoStack:
 
     def _supervise(self) -> None:
         while not self._stopping.wait(SUPERVISE_S):
-            with self._lock:
-                if not self._stopping.is_set():
-                    self.check()
+            self.check()
 
     def _stop_supervising(self) -> None:
         self._stopping.set()
@@ -443,7 +440,7 @@ def run_services(server_url: str | None, seed: int | None, duration: float | Non
 @click.option(
     "--duration",
     type=click.FloatRange(min=0.1),
-    help="Seconds to run (default: 10 with --headless, until Ctrl-C otherwise).",
+    help="Seconds to run with --headless (default 10) or --services-only (default: until Ctrl-C).",
 )
 @click.option(
     "-o",
