@@ -228,7 +228,7 @@ class PublishScreen(Screen[None]):
         try:
             plan = self.plan()
         except ReplayError as exc:
-            self.notify(t.literal(str(exc)), severity="error", title="publish")
+            self.notify(t.plain(exc), markup=False, severity="error", title="publish")
             return
         self.busy = True
         self.reviewed = None
@@ -246,7 +246,8 @@ class PublishScreen(Screen[None]):
             elif not self.confirmed():
                 name = source_name(self.meta)
                 self.notify(
-                    t.literal(f"type the server's name ({name}) to publish on original subjects"),
+                    t.plain(f"type the server's name ({name}) to publish on original subjects"),
+                    markup=False,
                     severity="warning",
                     title="publish",
                 )
@@ -469,10 +470,11 @@ class PublishScreen(Screen[None]):
             self.notify(f"published {progress.sent:,} messages", title="publish")
         else:
             self.notify(
-                t.literal(
+                t.plain(
                     f"stopped after seq {progress.last_seq} ({progress.error}); "
                     f"`qixtui replay {self.path} --publish --resume --yes` continues"
                 ),
+                markup=False,
                 severity="warning",
                 title="publish",
             )
