@@ -17,7 +17,9 @@ Terms are separated by spaces and all must hold (and). Quote a term that holds s
 | `text:a:b`             | the same, for text that would read as another term          |
 
 The SQL runs over the `events` table (headers as JSON text of [name, value] pairs, payload a
-BLOB); exact NATS subject matching needs `install_functions` on the connection.
+BLOB); exact NATS subject matching needs `install_functions` on the connection. `build` gives
+SQL for any file; `plan` asks the file first, so a term that matches few events is answered
+through an index (see `store.build_read_indexes`) and says how few.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from qixtui.core import store
 from qixtui.core.store import subject_glob, subject_matches
 
 
@@ -58,6 +61,11 @@ class Filter:
 class Where:
     sql: str = "1"
     params: list[Any] = field(default_factory=list)
+    rows: int | None = None  # at most this many (<= RARE) match, when an index told `plan`
+
+
+# Matches a filter may read through an index in one query and still answer in ~100 ms.
+RARE = 5_000
 
 
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000}
@@ -189,65 +197,145 @@ def build(flt: Filter) -> Where:
     """The WHERE clause (without the word) for events matching every term."""
     where = Where()
     for term in flt.terms:
-        if term.kind == "subject":
-            _subject_sql(term.value, where)
-        elif term.kind == "text":
-            where.sql += " AND instr(payload, CAST(? AS BLOB)) > 0"
-            where.params.append(term.value)
-        elif term.kind == "header":
-            sql = (
-                " AND headers IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(events.headers) h"
-                " WHERE lower(json_extract(h.value, '$[0]')) = lower(?)"
-            )
-            where.params.append(term.name)
-            if term.op == "=":
-                sql += " AND json_extract(h.value, '$[1]') = ?"
-                where.params.append(term.value)
-                # The headers text holds the value encoded exactly so (the store writes it with
-                # msgspec): a byte test skips json_each on every row that cannot match.
-                sql = " AND instr(headers, ?) > 0" + sql
-                where.params.insert(len(where.params) - 2, _encode(term.value).decode())
-            where.sql += sql + ")"
-        elif term.kind == "json":
-            last_key = re.findall(r'\."([^"]*)"', term.name)
-            if last_key:
-                # Cheap byte test first: only payloads naming the last key get parsed.
-                where.sql += " AND instr(payload, CAST(? AS BLOB)) > 0"
-                where.params.append(f'"{last_key[-1]}"')
-            valid = f"json_valid({_PAYLOAD_TEXT})"
-            if term.op == "exists":
-                where.sql += (
-                    f" AND (CASE WHEN {valid} THEN json_type({_PAYLOAD_TEXT}, ?) END) IS NOT NULL"
-                )
-                where.params.append(term.name)
-            elif isinstance(term.value, bool) or term.value is None:
-                where.sql += f" AND (CASE WHEN {valid} THEN json_type({_PAYLOAD_TEXT}, ?) END) = ?"
-                where.params += [
-                    term.name,
-                    {True: "true", False: "false", None: "null"}[term.value],
-                ]
-            else:
-                where.sql += (
-                    f" AND (CASE WHEN {valid} THEN json_extract({_PAYLOAD_TEXT}, ?) END) = ?"
-                )
-                where.params += [term.name, term.value]
-        elif term.kind == "status":
-            # `+flow_id`: scan by id range; the flow index would visit every matching flow's
-            # events for each range.
-            where.sql += " AND +flow_id IN (SELECT flow_id FROM flows WHERE status = ?)"
-            where.params.append(term.value)
-        elif term.kind == "flow":
-            where.sql += " AND flow_id = ?"
-            where.params.append(term.value)
-        elif term.kind == "duration":
-            where.sql += (
-                " AND +flow_id IN (SELECT flow_id FROM flows"
-                f" WHERE ended_ns - started_ns {_OPS[term.op]} ?)"
-            )
-            where.params.append(term.value)
+        _term_sql(term, where)
+    return _finish(where)
+
+
+def _finish(where: Where) -> Where:
     if where.sql.startswith("1 AND "):
         where.sql = where.sql[len("1 AND ") :]
     return where
+
+
+def _bound(where: Where, rows: int) -> None:
+    if rows <= RARE:
+        where.rows = rows if where.rows is None else min(where.rows, rows)
+
+
+def _search_query(value: Any) -> str | None:
+    """An FTS query whose hits include every event holding `value` as a header value or a JSON
+    string or integer, or None when the index cannot promise that (escapes, floats)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value)
+    if not text or not all(" " <= ch <= "~" for ch in text):
+        return None  # JSON may escape it, and the escaped form tokenizes differently
+    tokens = store.search_tokens(text)
+    return " AND ".join(f'"{tok}"' for tok in tokens) or None
+
+
+def plan(db: sqlite3.Connection, flt: Filter) -> Where:
+    """Like `build`, shaped by what the file holds: rare subjects, flows, statuses, durations
+    and header or JSON values go through an index and bound `rows`; common ones scan."""
+    where = Where()
+    indexed = store.read_indexes_ready(db)
+    for term in flt.terms:
+        if term.kind == "subject" and indexed:
+            pattern = term.value
+            sql = "SELECT subject FROM subjects WHERE subject = ?"
+            params: list[Any] = [pattern]
+            if "*" in pattern or ">" in pattern:
+                sql = (
+                    "SELECT subject FROM subjects "
+                    "WHERE subject GLOB ? AND qx_subject_match(?, subject)"
+                )
+                params = [subject_glob(pattern), pattern]
+            count = db.execute(
+                f"SELECT coalesce(sum(events), 0) FROM subjects WHERE subject IN ({sql})", params
+            ).fetchone()[0]
+            where.sql += f" AND subject IN ({sql})"
+            where.params += params
+            _bound(where, count)
+        elif term.kind in ("flow", "status", "duration"):
+            if term.kind == "flow":
+                cond, value = "flow_id = ?", term.value
+            elif term.kind == "status":
+                cond, value = "status = ?", term.value
+            else:
+                cond, value = f"ended_ns - started_ns {_OPS[term.op]} ?", term.value
+            count = db.execute(
+                f"SELECT coalesce(sum(events), 0) FROM flows WHERE {cond}", (value,)
+            ).fetchone()[0]
+            if term.kind == "flow" or count > RARE:
+                _term_sql(term, where)
+            else:
+                # Few events: the flow index finds them, where `build` scans by id range.
+                where.sql += f" AND flow_id IN (SELECT flow_id FROM flows WHERE {cond})"
+                where.params.append(value)
+            _bound(where, count)
+        elif term.kind in ("header", "json") and term.op == "=" and indexed:
+            query = _search_query(term.value)
+            hits = RARE + 1
+            if query is not None:
+                hits = db.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM search WHERE search MATCH ? LIMIT ?)",
+                    (query, RARE + 1),
+                ).fetchone()[0]
+            if hits <= RARE:
+                where.sql += " AND id IN (SELECT rowid FROM search WHERE search MATCH ?)"
+                where.params.append(query)
+            _bound(where, hits)
+            _term_sql(term, where)
+        else:
+            _term_sql(term, where)
+    return _finish(where)
+
+
+def _term_sql(term: Term, where: Where) -> None:
+    if term.kind == "subject":
+        _subject_sql(term.value, where)
+    elif term.kind == "text":
+        where.sql += " AND instr(payload, CAST(? AS BLOB)) > 0"
+        where.params.append(term.value)
+    elif term.kind == "header":
+        sql = (
+            " AND headers IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(events.headers) h"
+            " WHERE lower(json_extract(h.value, '$[0]')) = lower(?)"
+        )
+        where.params.append(term.name)
+        if term.op == "=":
+            sql += " AND json_extract(h.value, '$[1]') = ?"
+            where.params.append(term.value)
+            # The headers text holds the value encoded exactly so (the store writes it with
+            # msgspec): a byte test skips json_each on every row that cannot match.
+            sql = " AND instr(headers, ?) > 0" + sql
+            where.params.insert(len(where.params) - 2, _encode(term.value).decode())
+        where.sql += sql + ")"
+    elif term.kind == "json":
+        last_key = re.findall(r'\."([^"]*)"', term.name)
+        if last_key:
+            # Cheap byte test first: only payloads naming the last key get parsed.
+            where.sql += " AND instr(payload, CAST(? AS BLOB)) > 0"
+            where.params.append(f'"{last_key[-1]}"')
+        valid = f"json_valid({_PAYLOAD_TEXT})"
+        if term.op == "exists":
+            where.sql += (
+                f" AND (CASE WHEN {valid} THEN json_type({_PAYLOAD_TEXT}, ?) END) IS NOT NULL"
+            )
+            where.params.append(term.name)
+        elif isinstance(term.value, bool) or term.value is None:
+            where.sql += f" AND (CASE WHEN {valid} THEN json_type({_PAYLOAD_TEXT}, ?) END) = ?"
+            where.params += [
+                term.name,
+                {True: "true", False: "false", None: "null"}[term.value],
+            ]
+        else:
+            where.sql += f" AND (CASE WHEN {valid} THEN json_extract({_PAYLOAD_TEXT}, ?) END) = ?"
+            where.params += [term.name, term.value]
+    elif term.kind == "status":
+        # `+flow_id`: scan by id range; the flow index would visit every matching flow's
+        # events for each range.
+        where.sql += " AND +flow_id IN (SELECT flow_id FROM flows WHERE status = ?)"
+        where.params.append(term.value)
+    elif term.kind == "flow":
+        where.sql += " AND flow_id = ?"
+        where.params.append(term.value)
+    elif term.kind == "duration":
+        where.sql += (
+            " AND +flow_id IN (SELECT flow_id FROM flows"
+            f" WHERE ended_ns - started_ns {_OPS[term.op]} ?)"
+        )
+        where.params.append(term.value)
 
 
 def install_functions(db: sqlite3.Connection) -> None:

@@ -82,6 +82,7 @@ def _schema_v1(db: sqlite3.Connection) -> None:
             parent_id INTEGER
         );
         CREATE INDEX links_event ON links(event_id);
+        CREATE TABLE subjects (subject TEXT PRIMARY KEY, events INTEGER NOT NULL);
         CREATE TABLE saga_runs (
             run_id TEXT PRIMARY KEY,
             saga TEXT NOT NULL,
@@ -376,6 +377,60 @@ def add_drops(db: sqlite3.Connection, drops: Sequence[Drop]) -> None:
         "INSERT INTO drops(ts_ns, subject, count) VALUES (?, ?, ?)",
         [(d.ts_ns, d.subject, d.count) for d in drops],
     )
+
+
+# --- indexes for filters, built once when a recording is closed ---------------------------
+
+# Tokens of the search index: runs of letters, digits and these; JSON punctuation, `/` (some
+# encoders write `\/`), backslashes and whitespace separate them. `search_tokens` splits ASCII
+# text the same way.
+SEARCH_TOKEN_CHARS = "!#$%&'()*+-.;<=>?@^_`|~"
+_SEARCH_TOKENIZER = "unicode61 remove_diacritics 0 tokenchars '{}'".format(
+    SEARCH_TOKEN_CHARS.replace("'", "''")
+)
+
+
+def search_tokens(text: str) -> list[str]:
+    """The search index's tokens of printable ASCII text."""
+    token: list[str] = []
+    out: list[str] = []
+    for ch in text:
+        if ch.isascii() and (ch.isalnum() or ch in SEARCH_TOKEN_CHARS):
+            token.append(ch)
+        elif token:
+            out.append("".join(token))
+            token = []
+    if token:
+        out.append("".join(token))
+    return out
+
+
+def build_read_indexes(db: sqlite3.Connection) -> None:
+    """Indexes that let a closed recording's filters find rare events without a scan: subject,
+    flow status, the subjects dictionary and a word index of headers and payloads. Built once,
+    after the last event: while recording, every index on events slows each insert."""
+    with transaction(db):
+        db.execute("CREATE INDEX IF NOT EXISTS events_subject ON events(subject)")
+        db.execute("CREATE INDEX IF NOT EXISTS flows_status ON flows(status)")
+        db.execute("DELETE FROM subjects")
+        db.execute(
+            "INSERT INTO subjects(subject, events) SELECT subject, count(*) FROM events "
+            "GROUP BY subject"
+        )
+        # External content: the index holds tokens only, the text stays in events.
+        db.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(headers, payload, "
+            "content='events', content_rowid='id', detail='none', columnsize=0, "
+            f'tokenize="{_SEARCH_TOKENIZER}")'
+        )
+        db.execute("INSERT INTO search(search) VALUES ('rebuild')")
+        set_meta(db, {"indexed_to": str(next_event_id(db) - 1)})
+
+
+def read_indexes_ready(db: sqlite3.Connection) -> bool:
+    """The file's read indexes cover every event in it."""
+    row = db.execute("SELECT value FROM meta WHERE key = 'indexed_to'").fetchone()
+    return row is not None and int(row[0]) == next_event_id(db) - 1
 
 
 # --- replays: the audit trail and resume position of `qixtui replay --publish` -------------

@@ -133,6 +133,7 @@ def run_writer(path: str, conn: Connection, correlator_factory: Any | None = Non
     if writer.correlator is not None:
         with store.transaction(db):
             store.apply_flow_changes(db, writer.correlator.finish(time.time_ns()))
+    store.build_read_indexes(db)
     # A finished session is one self-contained file that opens read-only anywhere; while a
     # viewer still has it open that needs a lock we cannot have, and WAL mode stays.
     try:

@@ -442,11 +442,16 @@ class QixtuiApp(App[None]):
             self.refresh_status()
             return
         index = IdIndex.empty_array()
-        # The first few thousand ids are matched here, at once: a common filter fills the
-        # screen without waiting for a thread; the worker takes the rest.
-        where = filters.build(flt)
+        where = filters.plan(self.session.db, flt)
         after = self.session.full_index().lo - 1
-        ids, index.scanned_to = scan(self.session.db, where, after, after + SCAN_NOW, SCAN_NOW)
+        if where.rows is not None:
+            # An index bounds the matches: read them all now, through it.
+            upto, limit = self.session.max_id(), where.rows + 1
+        else:
+            # The first few thousand ids are matched here, at once: a common filter fills
+            # the screen without waiting for a thread; the worker takes the rest.
+            upto, limit = after + SCAN_NOW, SCAN_NOW
+        ids, index.scanned_to = scan(self.session.db, where, after, upto, limit)
         assert index.ids is not None
         index.ids.extend(ids)
         events.set_index(index)

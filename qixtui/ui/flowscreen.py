@@ -13,6 +13,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Input, Static, Tree
 
+from qixtui.core import flowfile
 from qixtui.core.model import Event
 from qixtui.ui import text as t
 from qixtui.ui.data import IdIndex, Session, clock, duration
@@ -115,6 +116,7 @@ class FlowScreen(Screen[None]):
         flow = session.flow(self.flow_id)
         self.events = session.flow_events(self.flow_id)
         self.links = session.flow_links(self.flow_id)
+        self.rules = flowfile.session_rules(session.db)
         head = Text(f"flow #{self.flow_id}  ")
         if flow is not None:
             head.append_text(status_text(flow.status))
@@ -134,7 +136,14 @@ class FlowScreen(Screen[None]):
 
     def draw(self) -> None:
         width = max(20, self.size.width - LANE_LABEL - 3)
-        lay = layout(self.events, self.links, self.session.gaps(), width, fold_idle=self.fold)
+        lay = layout(
+            self.events,
+            self.links,
+            self.session.gaps(),
+            width,
+            fold_idle=self.fold,
+            rules=self.rules,
+        )
         self.query_one("#waterfall", Static).update(render_waterfall(lay))
 
     def build_tree(self) -> None:

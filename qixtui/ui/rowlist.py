@@ -19,6 +19,7 @@ from textual.strip import Strip
 from qixtui.ui.data import IdIndex
 
 PAGE = 128
+NEAR = 16  # ids this close share one read: a few rows too many beat another query
 
 # Reads the rows whose ids fall in [first, last]; returns them by id.
 Fetch = Callable[[int, int], dict[int, Any]]
@@ -126,10 +127,23 @@ class RowList(ScrollView, can_focus=True):
         rows = self._pages.get(page)
         if rows is None:
             first = page * PAGE
-            last = min(len(self.index), first + PAGE) - 1
-            rows = self.fetch(self.index[first], self.index[last])
+            rows = self._read(first, min(len(self.index), first + PAGE) - 1)
             self._pages[page] = rows
         return rows.get(self.index[pos])
+
+    def _read(self, first: int, last: int) -> dict[int, Any]:
+        """Rows at positions first..last, one read per run of nearby ids: a rare filter's page
+        spans most of the file and must not read the rows between its matches."""
+        rows: dict[int, Any] = {}
+        start = prev = self.index[first]
+        for pos in range(first + 1, last + 1):
+            row_id = self.index[pos]
+            if row_id - prev > NEAR:
+                rows.update(self.fetch(start, prev))
+                start = row_id
+            prev = row_id
+        rows.update(self.fetch(start, prev))
+        return rows
 
     # -- drawing -------------------------------------------------------------------------
 

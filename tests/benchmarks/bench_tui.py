@@ -1,25 +1,38 @@
-"""The TUI on a 1,000,000-event session: time to a usable screen, page-down, filters, memory.
+"""The TUI on a 1,000,000-event session: time to a usable screen, page-down, filters, memory;
+and the TUI tailing a recorder that records a bus at 20,000 events/s.
 
 Run: pytest -m benchmark -s tests/benchmarks/bench_tui.py
-Targets: open < 1 s, page-down and a filter's first screen < 100 ms (median), RSS < 300 MB.
-Each figure is printed with its ratio to the bare SQLite query doing the same reading.
+Targets: open < 1 s, page-down and a filter's first screen < 100 ms (median), RSS < 300 MB;
+while tapping 20,000 ev/s a key press shows on screen in < 100 ms (median), nothing lost.
+Each figure is printed with its ratio to a baseline measured in the same run.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import resource
+import signal
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
+from bench_record import PUBLISHER, count, publish, wait_recorder_ready
+from helpers import qixtui_command
+from textual import events as keys
 
 from qixtui.core import filters, store
 from qixtui.core.model import Flow
 from qixtui.ui.app import QixtuiApp
 from qixtui.ui.rowlist import RowList
+from qixtui_nats.server import EmbeddedServer
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(900)]
 
@@ -35,13 +48,18 @@ SUBJECTS = [
 ]
 
 
+RARE_EVERY = 100_000  # one event in this many is a refund: a rare subject and payload text
+
+
 def rows() -> Iterator[tuple[object, ...]]:
     encode = msgspec.json.encode
     for i in range(1, EVENTS + 1):
         flow = (i - 1) // PER_FLOW + 1
         headers = encode([["X-Correlation-ID", f"ord-{flow}"], ["X-Message-ID", f"m-{i}"]])
-        payload = encode({"order_id": flow, "seq": i, "note": "x" * 40})
-        subject = SUBJECTS[i % len(SUBJECTS)]
+        rare = i % RARE_EVERY == RARE_EVERY // 3
+        note = "refund requested" if rare else "x" * 40
+        payload = encode({"order_id": flow, "seq": i, "note": note})
+        subject = "shop.refund.issued" if rare else SUBJECTS[i % len(SUBJECTS)]
         yield (i, T0 + i * 1_000_000, subject, None, headers.decode(), payload, len(payload), flow)
 
 
@@ -55,7 +73,7 @@ def big_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
         flows = [
             Flow(
                 f,
-                "completed" if f % 7 else "failed",
+                "compensated" if f % 10_000 == 0 else "completed" if f % 7 else "failed",
                 T0,
                 T0 + PER_FLOW * 1_000_000,
                 PER_FLOW,
@@ -65,11 +83,17 @@ def big_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for f in range(1, EVENTS // PER_FLOW + 1)
         ]
         store.upsert_flows(db, flows)
+    built = time.perf_counter() - started
+    size = path.stat().st_size
+    # What the session writer does when the recording closes.
+    started = time.perf_counter()
+    store.build_read_indexes(db)
+    indexing = time.perf_counter() - started
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
     print(
-        f"\nbuilt {EVENTS:,} events in {time.perf_counter() - started:.1f}s, "
-        f"{path.stat().st_size / 1e6:.0f} MB"
+        f"\nbuilt {EVENTS:,} events in {built:.1f}s, {size / 1e6:.0f} MB; read indexes built "
+        f"at close in {indexing:.1f}s, file now {path.stat().st_size / 1e6:.0f} MB"
     )
     return path
 
@@ -143,8 +167,13 @@ async def test_tui_on_a_million_events(big_session: Path) -> None:
         print(f"paged: {median_ms(page_times):.1f} ms", flush=True)
         # Filters: time to the first screen of matches, and to the end of the scan.
         cases = [
-            "header:X-Correlation-ID=ord-99999",  # 10 matches near the end: a full scan
+            "subject:shop.refund.issued",  # rare: 10 events, through the subjects dictionary
+            "shop.refund.*",  # the same through a wildcard
+            "flow:50000",  # 10 events in the middle
+            "status:compensated",  # 10 flows, 100 events
+            "header:X-Correlation-ID=ord-99999",  # 10 matches near the end
             "json:/order_id=50000",  # 10 matches in the middle
+            "refund",  # payload text in 10 events: no index answers a substring
             "shop.order.*",  # 40% of events
             "status:failed",  # one flow in seven, through the flows table
             "note",  # payload text in every event
@@ -194,3 +223,111 @@ async def test_tui_on_a_million_events(big_session: Path) -> None:
         f"RSS: {rss_now:.0f} MB now, {rss_peak:.0f} MB peak "
         f"({rss_before:.0f} MB before the app; target < 300 MB)"
     )
+
+
+TAP_RATE = 20_000
+WARM = 2_000  # events on screen before the clock starts, so keys have rows to move over
+TAP_SECONDS = float(os.environ.get("QIXTUI_BENCH_TAP_S", "15"))
+KEY_EVERY_S = 0.1
+
+
+def p95_ms(samples: list[float]) -> float:
+    return statistics.quantiles(samples, n=20)[18] * 1000
+
+
+async def key_latencies(
+    app: QixtuiApp, rows: RowList, keep_going: Callable[[], bool]
+) -> list[float]:
+    """Press down and up in turn, every KEY_EVERY_S, while keep_going(); each sample is the time
+    from the key reaching the app's driver (as a terminal's key would) to the first frame the
+    app draws with the cursor moved."""
+    loop = asyncio.get_running_loop()
+    waiting: dict[str, Any] = {}
+    draw = app._display
+
+    def display(screen: Any, renderable: Any) -> None:
+        draw(screen, renderable)
+        if renderable is not None and waiting and rows.cursor == waiting["cursor"]:
+            waiting.pop("frame").set_result(time.perf_counter())
+            waiting.clear()
+
+    app._display = display  # type: ignore[method-assign]
+    samples = []
+    key = "down"
+    try:
+        while keep_going():
+            frame: asyncio.Future[float] = loop.create_future()
+            waiting.update(cursor=rows.cursor + (1 if key == "down" else -1), frame=frame)
+            assert app._driver is not None
+            pressed = time.perf_counter()
+            app._driver.send_message(keys.Key(key, None))
+            samples.append(await asyncio.wait_for(frame, 10) - pressed)
+            key = "up" if key == "down" else "down"
+            await asyncio.sleep(KEY_EVERY_S)
+    finally:
+        del app._display
+    return samples
+
+
+def start(argv: list[str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_recorded(path: Path, total: int) -> int:
+    """Recorded means committed to the file: poll until all are there or the count stops."""
+    last, still_since = -1, time.monotonic()
+    while (recorded := count(path)) < total and time.monotonic() - still_since < 10:
+        if recorded != last:
+            last, still_since = recorded, time.monotonic()
+        time.sleep(0.05)
+    return recorded
+
+
+async def test_tui_while_tapping_20k_events_per_second(tmp_path: Path) -> None:
+    out = tmp_path / "tap.qix"
+    total = int(TAP_RATE * TAP_SECONDS)
+    with EmbeddedServer(jetstream=False) as server:
+        recorder = start(
+            qixtui_command("record", "-s", server.url, "-o", str(out), "-S", "bench.>", "--json")
+        )
+        try:
+            wait_recorder_ready(out)
+            publish(server.port, WARM)
+            assert wait_recorded(out, WARM) == WARM
+            app = QixtuiApp(out, recorder_pid=recorder.pid)
+            async with app.run_test(size=(160, 50)) as pilot:
+                rows = app.screen.query_one("#events", RowList)
+                await pilot.press("up")  # stop following, so each key moves the cursor by one
+                quiet_until = time.monotonic() + 3
+                idle = await key_latencies(app, rows, lambda: time.monotonic() < quiet_until)
+                publisher = start(
+                    [sys.executable, "-c", PUBLISHER, str(server.port), str(total), str(TAP_RATE)]
+                )
+                # The publisher builds its frames first; measure once events flow.
+                await wait_until(pilot, lambda: app.session.max_id() > WARM)
+                busy = await key_latencies(app, rows, lambda: publisher.poll() is None)
+                pub = json.loads(publisher.communicate(timeout=60)[0])
+                shown = len(rows.index)
+            recorded = wait_recorded(out, WARM + total) - WARM
+        finally:
+            recorder.send_signal(signal.SIGINT)
+            stdout, _ = recorder.communicate(timeout=120)
+    summary = json.loads(stdout)
+    recorded = count(out) - WARM  # after the recorder flushed and closed the file
+    print(f"\nrecorder summary: {summary}")
+    offered = total / pub["seconds"]
+    print(
+        f"\n[tap] {total:,} events offered at {offered:,.0f}/s "
+        f"(target {TAP_RATE:,}/s) to `qixtui record`, its file tailed by the TUI\n"
+        f"  recorded {recorded:,} of {total:,} published, dropped {summary['dropped']:,}, "
+        f"gaps {summary['gaps']}; the event list had {shown:,} rows when publishing ended\n"
+        f"  key press to frame, idle bus : median {median_ms(idle):.1f} ms, "
+        f"p95 {p95_ms(idle):.1f} ms ({len(idle)} keys)\n"
+        f"  key press to frame, tapping  : median {median_ms(busy):.1f} ms, "
+        f"p95 {p95_ms(busy):.1f} ms ({len(busy)} keys; target median < 100 ms)\n"
+        f"  ratio tapping/idle           : median {median_ms(busy) / median_ms(idle):.2f}x, "
+        f"p95 {p95_ms(busy) / p95_ms(idle):.2f}x"
+    )
+    assert recorded == total
+    assert summary["dropped"] == 0
+    assert summary["gaps"] == 0

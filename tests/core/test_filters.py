@@ -117,3 +117,83 @@ def test_pointer_escapes() -> None:
 def test_durations() -> None:
     assert filters.parse_duration_ns("1.5m") == 90_000_000_000
     assert filters.parse_duration_ns("150ms") == 150_000_000
+
+
+CASES = [
+    "",
+    "orders.*.created",
+    "orders.>",
+    "*.2.>",
+    "subject:shop.x",
+    "subject:no.such",
+    "header:x-trace=a",
+    "header:Dup=2",
+    "header:Route=a/b",
+    'header:Quote=say "hi"',
+    "json:/order_id=2",
+    "json:/path=a/b",
+    "json:/name=café",
+    "json:/data/items/0/sku=A-1",
+    "json:/ok=true",
+    "hello",
+    "status:failed",
+    "flow:1",
+    "flow:99",
+    "duration>2s",
+    "orders.> status:failed hello",
+]
+
+
+@pytest.fixture
+def escapes(db: sqlite3.Connection) -> sqlite3.Connection:
+    """Values the way other encoders write them: `\\/`, `\\u00e9`, an escaped quote."""
+    more = [
+        _event(6, "route.a", rb'{"path": "a\/b", "name": "caf\u00e9"}', [("Route", "a/b")], 3),
+        _event(7, "route.b", b'{"path": "a-b"}', [("Quote", 'say "hi"')], None),
+    ]
+    with store.transaction(db):
+        store.insert_events(db, more)
+    return db
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+@pytest.mark.parametrize("text", CASES)
+def test_plan_selects_what_build_selects(
+    escapes: sqlite3.Connection, text: str, indexed: bool
+) -> None:
+    if indexed:
+        store.build_read_indexes(escapes)
+    where = filters.plan(escapes, filters.parse(text))
+    got = [r[0] for r in escapes.execute(f"SELECT id FROM events WHERE {where.sql}", where.params)]
+    assert sorted(got) == ids(escapes, text)
+    if where.rows is not None:
+        assert len(got) <= where.rows
+
+
+def test_plan_bounds_rare_terms_through_indexes(db: sqlite3.Connection) -> None:
+    assert filters.plan(db, filters.parse("subject:shop.x")).rows is None  # no indexes yet
+    assert filters.plan(db, filters.parse("status:failed")).rows == 2  # the flows table knows
+    store.build_read_indexes(db)
+    assert store.read_indexes_ready(db)
+    assert filters.plan(db, filters.parse("orders.*.created")).rows == 2
+    assert filters.plan(db, filters.parse("header:x-trace=a")).rows == 1
+    assert filters.plan(db, filters.parse("json:/amount=10")).rows == 1
+    assert filters.plan(db, filters.parse("json:/order_id=2")).rows == 2  # and header Dup=2
+    assert filters.plan(db, filters.parse("json:/order_id=2 flow:3")).rows == 1
+    assert filters.plan(db, filters.parse("hello")).rows is None  # payload text scans
+    with store.transaction(db):
+        store.insert_events(db, [_event(6, "late.one", b"{}")])
+    assert not store.read_indexes_ready(db)  # an event the indexes have not seen
+    assert filters.plan(db, filters.parse("subject:late.one")).rows is None
+
+
+def test_search_tokens_split_like_the_index() -> None:
+    assert store.search_tokens('ord-42 a/b "x"\\y,z:{1}') == [
+        "ord-42",
+        "a",
+        "b",
+        "x",
+        "y",
+        "z",
+        "1",
+    ]
