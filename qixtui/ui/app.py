@@ -283,6 +283,7 @@ class QixtuiApp(App[None]):
         self.payload_mode = "json"
         self.flow_index = IdIndex.empty_array()
         self.scan_generation = 0
+        self.scan_where = filters.Where()  # the current filter as planned for this file
         self.scanning = False
         self.rates: deque[tuple[float, int]] = deque(maxlen=20)
         self.ticks = 0
@@ -360,14 +361,16 @@ class QixtuiApp(App[None]):
             self.advance_replay()
 
     def poll_flows(self) -> None:
+        # Statuses and counts change while flows run, and correlation moves events between
+        # flows: redraw both lists once a second (growth alone redraws only new rows).
+        self.flows_list.invalidate()
+        self.events_list.invalidate()
         new = self.session.flow_ids(self.flow_index.hi)
         if new:
             assert self.flow_index.ids is not None
             self.flow_index.ids.extend(new)
             self.flow_index.hi = new[-1]
             self.flows_list.grew()
-        else:
-            self.flows_list.invalidate()  # statuses and counts change while flows run
 
     def connection_state(self, stats: Stats) -> str:
         if self.recorder_pid is not None:
@@ -442,7 +445,7 @@ class QixtuiApp(App[None]):
             self.refresh_status()
             return
         index = IdIndex.empty_array()
-        where = filters.plan(self.session.db, flt)
+        where = self.scan_where = filters.plan(self.session.db, flt)
         after = self.session.full_index().lo - 1
         if where.rows is not None:
             # An index bounds the matches: read them all now, through it.
@@ -462,9 +465,7 @@ class QixtuiApp(App[None]):
 
     def start_scan(self, index: IdIndex, generation: int) -> None:
         self.scanning = True
-        self.scan_worker(
-            index, generation, filters.build(self.current_filter()), self.session.max_id()
-        )
+        self.scan_worker(index, generation, self.scan_where, self.session.max_id())
 
     class ScanBatch(Message):
         """Ids a filter scan matched in one id range (one message per batch, never per row)."""

@@ -80,6 +80,7 @@ class RowList(ScrollView, can_focus=True):
         self.index = IdIndex()
         self._pages: LRUCache[int, dict[int, Any]] = LRUCache(64)
         self._strips: LRUCache[tuple[int, int, bool, int], Strip] = LRUCache(512)
+        self._cached_len = 0  # how many rows the index had when the caches were filled
 
     # -- data --------------------------------------------------------------------------
 
@@ -99,9 +100,12 @@ class RowList(ScrollView, can_focus=True):
             self.cursor = -1
 
     def grew(self) -> None:
-        """The index gained rows at the end; keep the tail in view when following."""
-        self._pages.clear()  # the last page may have been partial
-        self._strips.clear()
+        """The index gained rows at the end; keep the tail in view when following. Rows already
+        drawn stay cached (a tailed list grows ten times a second): only the page that was
+        partial is read again."""
+        if self._cached_len:
+            self._pages.discard((self._cached_len - 1) // PAGE)
+        self._cached_len = len(self.index)
         self._resize()
         if self.follow:
             self._to_end()
@@ -111,8 +115,10 @@ class RowList(ScrollView, can_focus=True):
             self.refresh()
 
     def invalidate(self) -> None:
+        """Read and draw every row again: rows changed (a flow's status, an event's flow)."""
         self._pages.clear()
         self._strips.clear()
+        self._cached_len = len(self.index)
         self.refresh()
 
     def _resize(self) -> None:

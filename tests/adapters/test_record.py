@@ -18,7 +18,7 @@ import nats
 import pytest
 from helpers import eventually, qixtui_command, run_qixtui
 
-from qixtui.core import store
+from qixtui.core import filters, store
 from qixtui_nats.server import EmbeddedServer
 
 _started: list[subprocess.Popen[str]] = []
@@ -159,6 +159,14 @@ def test_records_every_message_byte_exact_in_order(nats_server: EmbeddedServer, 
         assert got["headers"] == (headers or {})
         assert got["flow_id"] is None
     assert [g["id"] for g in lines] == sorted(g["id"] for g in lines)
+
+    db = store.open_session(out)
+    filters.install_functions(db)
+    assert store.read_indexes_ready(db)  # the writer indexed the file when it closed it
+    where = filters.plan(db, filters.parse("shop.>"))
+    found = db.execute(f"SELECT count(*) FROM events WHERE {where.sql}", where.params)
+    assert where.rows == found.fetchone()[0] == sum(1 for m in msgs if m[0].startswith("shop."))
+    db.close()
 
 
 def test_server_killed_and_restarted_resumes_with_a_gap(own_server: EmbeddedServer, tmp_path):

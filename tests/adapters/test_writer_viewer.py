@@ -35,7 +35,9 @@ def test_recorder_stops_cleanly_with_a_reader_attached(nats_server, tmp_path: Pa
         assert json.loads(stdout)["gaps"] == 0
         viewer.execute("COMMIT")
         viewer.close()
-        assert store.open_session(out).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        closed = store.open_session(out)
+        assert closed.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert store.read_indexes_ready(closed)
     finally:
         if proc.poll() is None:
             proc.kill()
