@@ -28,7 +28,7 @@ LINKS = [
 
 def test_bars_sit_on_columns_by_time_and_a_request_spans_to_its_reply() -> None:
     lay = layout(EVENTS, LINKS, [], 101)
-    assert lay.lanes == ["order", "cmd"]
+    assert lay.lanes == ["order", "payment"]  # a command belongs to the service it names
     bars = {b.event_id: b for b in lay.bars}
     assert set(bars) == {1, 2, 4}  # the reply is the end of its request's bar
     assert (bars[1].lane, bars[1].start, bars[1].end) == (0, 0, 0)
