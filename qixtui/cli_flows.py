@@ -129,7 +129,7 @@ def flow(file: str, flow_id: int, as_json: bool) -> None:
         fail(f"{file}: no flow {flow_id} (see `qixtui flows {file}`)")
         return
     events = flowfile.flow_events(db, flow_id)
-    links = flowfile.flow_links(db, flow_id)
+    links = flowfile.why_linked(db, events)
     layout = waterfall.layout(events, links, flowfile.session_rules(db))
     tree = waterfall.causal_tree(events, links)
     if as_json:

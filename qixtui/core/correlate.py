@@ -61,6 +61,7 @@ MIN_RETAIN_NS = 600_000_000_000
 TERMINAL, FAILURE, COMPENSATION = 1, 2, 4
 _CORR, _TRACE, _CAUSE, _MSGID, _SAGA, _SERVICE = 1, 2, 3, 4, 5, 6
 
+_NO_TRACE = "0" * 32
 _JSON_START = re.compile(rb"[ \t\r\n]*\{")
 _ID_TOKEN = re.compile(r"^(?:\d+|(?=.*\d)[0-9A-Za-z_-]{8,})$")
 
@@ -414,14 +415,11 @@ class Correlator:
         self._subjects[subject] = info
         return info
 
-    def _one(
-        self,
-        event: Event,
-        links: list[Link],
-        merges: list[tuple[int, int]],
-        assign: list[tuple[int, int]],
-    ) -> int | None:
-        info = self._subjects.get(event.subject) or self._subject_info(event.subject)
+    def _keys(
+        self, event: Event, info: _SubjectInfo
+    ) -> tuple[list[tuple[str, str]], str | None, str | None, bool, str | None]:
+        """An event's own keys (kind, key), and its causation id, message id, whether a saga
+        runner sent it, and its service: everything that depends on the event alone."""
         found: list[tuple[str, str]] = []
         cause = msgid = None
         saga = False
@@ -437,11 +435,11 @@ class Correlator:
                 if not role or not value:
                     continue
                 if role == _CORR:
-                    found.append(("header", f"correlation={value}"))
+                    found.append(("header", "correlation=" + value))
                 elif role == _TRACE:
                     parts = value.split("-")
-                    if len(parts) >= 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
-                        found.append(("trace", f"trace={parts[1].lower()}"))
+                    if len(parts) >= 4 and len(parts[1]) == 32 and parts[1] != _NO_TRACE:
+                        found.append(("trace", "trace=" + parts[1].lower()))
                 elif role == _CAUSE:
                     cause = value
                 elif role == _MSGID:
@@ -454,6 +452,23 @@ class Correlator:
             self._fields.keys(event.payload, found)
         if info.keys:
             found.extend(("subject", key) for key in info.keys)
+        return found, cause, msgid, saga, service
+
+    def key_links(self, event: Event) -> list[Link]:
+        """Why an event belongs where it is: its keys. They follow from the event and the
+        rules alone, so they are derived when someone asks instead of stored per event."""
+        info = self._subjects.get(event.subject) or self._subject_info(event.subject)
+        return [Link(event.id, kind, key, None) for kind, key in self._keys(event, info)[0]]
+
+    def _one(
+        self,
+        event: Event,
+        links: list[Link],
+        merges: list[tuple[int, int]],
+        assign: list[tuple[int, int]],
+    ) -> int | None:
+        info = self._subjects.get(event.subject) or self._subject_info(event.subject)
+        found, cause, msgid, saga, service = self._keys(event, info)
 
         index = self._index
         fid: int | None = None
@@ -502,8 +517,7 @@ class Correlator:
             self._flows[fid] = _FlowState(fid, event.ts_ns)
         flow = self._flows[fid]
 
-        for kind, key in found:
-            links.append(Link(eid, kind, key, None))
+        for _kind, key in found:
             if key not in index:
                 index[key] = fid
                 flow.keys.append(key)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from qixtui.core import store
 from qixtui.core.correlate import Correlator, event_type, reply_type
@@ -66,12 +66,31 @@ def flow_events(db: sqlite3.Connection, flow_id: int) -> list[Event]:
 
 
 def flow_links(db: sqlite3.Connection, flow_id: int) -> list[Link]:
+    """The stored links (replies, causes) of a flow's events."""
     rows = db.execute(
         "SELECT l.event_id, l.kind, l.key, l.parent_id FROM links l "
         "JOIN events e ON e.id = l.event_id WHERE e.flow_id = ? ORDER BY l.rowid",
         (flow_id,),
     )
     return [Link(event_id=r[0], kind=r[1], key=r[2], parent_id=r[3]) for r in rows]
+
+
+def why_linked(db: sqlite3.Connection, events: Sequence[Event]) -> list[Link]:
+    """Every link of these events: the keys each carries under the session's rules (derived,
+    not stored), then the stored reply and causation links."""
+    correlator = Correlator(session_rules(db))
+    derived = [link for event in events for link in correlator.key_links(event)]
+    ids = [event.id for event in events]
+    stored: list[Link] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows = db.execute(
+            "SELECT event_id, kind, key, parent_id FROM links "
+            f"WHERE event_id IN ({','.join('?' * len(chunk))}) ORDER BY rowid",
+            chunk,
+        )
+        stored.extend(Link(event_id=r[0], kind=r[1], key=r[2], parent_id=r[3]) for r in rows)
+    return derived + stored
 
 
 def traces(db: sqlite3.Connection) -> Iterator[list[tuple[str, int]]]:

@@ -74,6 +74,10 @@ class Flow(msgspec.Struct):
 class FlowChanges(msgspec.Struct):
     """What correlating a batch changed: new links, flows merged away, flow summaries to save.
 
+    `links` are the structural ones (a reply to its request, an event to its cause, a flowless
+    event adopted); the keys an event carries follow from it and the rules, and are derived
+    on demand (`Correlator.key_links`) rather than stored (a sixth of the writer's work).
+
     `merges` holds (absorbed, into) pairs, applied before `flows` are saved. `assign` holds
     (event_id, flow_id) for events stored flowless that turned out to belong to a flow (a
     request or a cause seen before anything tied it to one).

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from qixtui.core import filters, store
+from qixtui.core import filters, flowfile, store
 from qixtui.core.model import Event, Flow, Gap
 
 _decode_headers = msgspec.json.Decoder(list[tuple[str, str]]).decode
@@ -152,12 +152,10 @@ class Session:
         return store.row_to_event(row) if row else None
 
     def links(self, event_id: int) -> list[tuple[str, str, int | None]]:
-        return list(
-            self.db.execute(
-                "SELECT kind, key, parent_id FROM links WHERE event_id = ? ORDER BY rowid",
-                (event_id,),
-            )
-        )
+        event = self.event(event_id)
+        if event is None:
+            return []
+        return [(lk.kind, lk.key, lk.parent_id) for lk in flowfile.why_linked(self.db, [event])]
 
     def flow_ids(self, after: int = 0) -> list[int]:
         return [

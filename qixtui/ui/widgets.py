@@ -91,7 +91,7 @@ class DetailPane(Vertical):
         headers.add_column("name", width=20)
         headers.add_column("value", width=32)
         links = self.query_one("#links", DataTable)
-        links.add_column("kind", width=8)
+        links.add_column("kind", width=9)
         links.add_column("key", width=36)
         links.add_column("parent", width=7)
 

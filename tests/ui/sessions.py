@@ -23,8 +23,7 @@ def shop_session(path: Path, *, stopped: bool = True) -> Path:
         headers = [("X-Correlation-ID", cid), *extra]
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         events.append(Event(T0 + ts_ms * MS, subject, reply, headers, payload, event_id, flow))
-        links.append(Link(event_id, "header", f"X-Correlation-ID={cid}"))
-        if parent is not None:  # the correlator links a cause named by X-Causation-ID so
+        if parent is not None:  # its keys (the correlation id) are derived, not stored
             links.append(Link(event_id, "causation", f"msg-{parent}", parent))
         return event_id
 
@@ -129,9 +128,7 @@ def hostile_session(path: Path) -> Path:
                 1,
             )
         )
-        links.append(Link(i, "header", f"X-Correlation-ID={bad}"))
-        if i > 1:
-            links.append(Link(i, "causation", bad, i - 1))
+        links.append(Link(i, "causation", bad, i - 1 or None))
     flows = [Flow(1, "fail[/x]", T0, T0 + 20 * MS, len(CORPUS), CORPUS, CORPUS, CORPUS)]
     db = store.create_session(path, {"server": "[@click=app.quit]x[/]", "stopped_ns": "1"})
     with store.transaction(db):

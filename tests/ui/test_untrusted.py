@@ -41,7 +41,7 @@ async def test_every_view_shows_the_corpus_as_text(hostile: Path) -> None:
             assert f"evil.{shown}.x" in text  # subject, in the list and the detail pane
             assert f"H{shown}"[:18] in text  # header name (the column is 20 cells wide)
             assert f"v{shown}"[:30] in text  # header value
-            assert f"X-Correlation-ID={shown}"[:34] in text  # link key (36 cells)
+            assert f"correlation={shown}"[:34] in text  # derived key link (36 cells)
             for mode in ("text", "hex", "json"):
                 await pilot.press("x")
                 await settle(pilot)
