@@ -19,9 +19,12 @@ Union-find is union by size with relabelling: when two flows meet, every key of 
 one is pointed at the larger, so a key lookup is one dict access and a flow id never changes
 except by being absorbed (reported in `FlowChanges.merges`).
 
-Memory stays bounded on long recordings. A flow quiet for `stall` leaves the live set; once
-quiet for ten times that (at least ten minutes), or when more than MAX_QUIET flows are quiet,
-its state and keys are forgotten: a later event with one of its keys starts a new flow.
+Memory stays bounded on long recordings and busy buses. A flow quiet for `stall` leaves the
+live set; once quiet for ten times that (at least ten minutes), its state and keys are
+forgotten: a later event with one of its keys starts a new flow. No more than MAX_FLOWS are
+remembered at all (about 1 kB each): past that the least recently touched go first, quiet
+ones before live ones. A forgotten flow keeps its last summary in the file, so one forgotten
+while running is stalled there by `stall_quiet_flows` when the recording ends.
 Message ids and reply subjects of flowless events are kept in two generations that rotate
 every LOOSE_LIMIT entries or `retain` nanoseconds.
 """
@@ -53,7 +56,7 @@ from qixtui.core.store import subject_matches
 
 MAX_STEPS = 200  # variant length kept per flow; the event count keeps counting
 MAX_KEYS_SHOWN = 20
-MAX_QUIET = 100_000
+MAX_FLOWS = 50_000
 LOOSE_LIMIT = 200_000
 SUBJECT_CACHE = 50_000
 MIN_RETAIN_NS = 600_000_000_000
@@ -381,6 +384,10 @@ class Correlator:
         return FlowChanges(flows=[f.summary() for f in changed.values()])
 
     @property
+    def stall_ns(self) -> int:
+        return self._stall_ns
+
+    @property
     def remembered_flows(self) -> int:
         return len(self._flows)
 
@@ -667,9 +674,13 @@ class Correlator:
         forget_before = now_ns - self._retain_ns
         while quiet:
             fid = next(iter(quiet))
-            if flows[fid].ended_ns >= forget_before and len(quiet) <= MAX_QUIET:
+            if flows[fid].ended_ns >= forget_before and len(flows) <= MAX_FLOWS:
                 break
             del quiet[fid]
+            self._forget(flows.pop(fid))
+        while len(flows) > MAX_FLOWS:
+            fid = next(iter(live))
+            del live[fid]
             self._forget(flows.pop(fid))
         if self._loose_rotated_ns is None:
             self._loose_rotated_ns = now_ns

@@ -44,6 +44,7 @@ def recorrelate(db: sqlite3.Connection, rules: Rules) -> int:
         stopped = meta.get("stopped_ns", "")
         end_ns = int(stopped) if stopped.isdigit() else last_ts
         store.apply_flow_changes(db, correlator.finish(max(end_ns, last_ts)))
+        store.stall_quiet_flows(db, max(end_ns, last_ts), correlator.stall_ns)
         store.set_meta(db, {"correlation_rules": rules.to_json()})
         return int(db.execute("SELECT count(*) FROM flows").fetchone()[0])
 

@@ -361,6 +361,15 @@ def apply_flow_changes(db: sqlite3.Connection, changes: FlowChanges) -> None:
         upsert_flows(db, changes.flows)
 
 
+def stall_quiet_flows(db: sqlite3.Connection, now_ns: int, stall_ns: int) -> None:
+    """At the end of a recording, every flow still running but quiet for `stall` is stalled,
+    including those correlation no longer remembered."""
+    db.execute(
+        "UPDATE flows SET status = 'stalled' WHERE status = 'running' AND ended_ns < ?",
+        (now_ns - stall_ns,),
+    )
+
+
 def open_gap(db: sqlite3.Connection, start_ns: int, reason: str) -> int:
     cur = db.execute(
         "INSERT INTO gaps(start_ns, end_ns, reason) VALUES (?, NULL, ?)", (start_ns, reason)

@@ -28,6 +28,7 @@ from qixtui.core import store
 from qixtui.core.model import Drop, Event, parse_header_block
 
 IDLE_TICK_S = 1.0
+TRANSACTION_EVENTS = 8_000
 _decode_record = msgspec.msgpack.Decoder().decode
 encode_record = msgspec.msgpack.Encoder().encode
 
@@ -127,9 +128,13 @@ def run_writer(path: str, conn: Connection, correlator_factory: Any | None = Non
                 writer.tick()
                 continue
             batch.append(_decode_record(conn.recv_bytes()))
-            # Everything already waiting joins the same transaction.
-            while len(batch) < 64 and conn.poll(0):
+            # What is already waiting joins the same transaction, up to a size that keeps
+            # the memory a transaction needs small (a writer behind the bus finds a lot).
+            events = len(batch[0][1]) if batch[0][0] == "E" else 0
+            while events < TRANSACTION_EVENTS and len(batch) < 64 and conn.poll(0):
                 batch.append(_decode_record(conn.recv_bytes()))
+                if batch[-1][0] == "E":
+                    events += len(batch[-1][1])
         except (EOFError, OSError):
             stopping = True
         if batch and batch[-1][0] == "X":
@@ -137,8 +142,10 @@ def run_writer(path: str, conn: Connection, correlator_factory: Any | None = Non
         if batch:
             writer.apply(batch)
     if writer.correlator is not None:
+        end_ns = time.time_ns()
         with store.transaction(db):
-            store.apply_flow_changes(db, writer.correlator.finish(time.time_ns()))
+            store.apply_flow_changes(db, writer.correlator.finish(end_ns))
+            store.stall_quiet_flows(db, end_ns, writer.correlator.stall_ns)
     store.build_read_indexes(db)
     # A finished session is one self-contained file that opens read-only anywhere; while a
     # viewer still has it open that needs a lock we cannot have, and WAL mode stays.

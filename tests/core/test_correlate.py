@@ -294,3 +294,29 @@ def test_event_types_hide_ids() -> None:
     assert event_type("orders.12345.created") == "orders.*.created"
     assert event_type("shop.v2.order.placed") == "shop.v2.order.placed"
     assert event_type("t.3f2a9c1e-77b0.x") == "t.*.x"
+
+
+def test_a_busy_bus_of_one_message_flows_keeps_a_bounded_number(tmp_path) -> None:
+    """Unique keys at a high rate (every message its own flow) must not grow memory until
+    `stall` passes: the least recently touched flows are forgotten past MAX_FLOWS, and the
+    end of the recording still marks them stalled in the file."""
+    from qixtui.core import store
+    from qixtui.core.correlate import MAX_FLOWS
+
+    c = Correlator(RULES)
+    db = store.create_session(tmp_path / "busy.qix", {})
+    total = MAX_FLOWS + 5_000
+    with store.transaction(db):
+        for start in range(1, total + 1, 1_000):
+            batch = [
+                ev(i, "bench.x", headers=[("X-Correlation-ID", f"u{i}")], ts=i * 25_000)
+                for i in range(start, start + 1_000)
+            ]
+            store.insert_events(db, batch)
+            store.apply_flow_changes(db, c.add_batch(batch, batch[-1].ts_ns))
+        assert c.remembered_flows == MAX_FLOWS
+        end = total * 25_000 + 31 * SECOND
+        store.apply_flow_changes(db, c.finish(end))
+        store.stall_quiet_flows(db, end, c.stall_ns)
+    statuses = dict(db.execute("SELECT status, count(*) FROM flows GROUP BY status").fetchall())
+    assert statuses == {"stalled": total}
