@@ -131,9 +131,13 @@ async def test_resume_after_sigkill_resends_the_step_in_doubt_with_the_same_key(
 ) -> None:
     shop = Shop(hold={"shop.cmd.stock.reserve"})
     await shop.serve(nc)
+    # Long timeouts: on a loaded machine the held step must not time out (and the run end
+    # cleanly) before the Ctrl-C arrives.
+    patient = session_path.with_name("patient.toml")
+    patient.write_text(SHOP_TEXT.replace('timeout = "2s"', 'timeout = "60s"'))
     proc = await asyncio.create_subprocess_exec(
         *qixtui_command(
-            "orchestrate", SHOP, "--auto", "-s", nats_server.url, "-o", str(session_path)
+            "orchestrate", str(patient), "--auto", "-s", nats_server.url, "-o", str(session_path)
         ),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
@@ -232,9 +236,13 @@ async def test_ctrl_c_stops_with_one_line_and_leaves_the_run_resumable(
 ) -> None:
     shop = Shop(hold={"shop.cmd.stock.reserve"})
     await shop.serve(nc)
+    # Long timeouts: on a loaded machine the held step must not time out (and the run end
+    # cleanly) before the Ctrl-C arrives.
+    patient = session_path.with_name("patient.toml")
+    patient.write_text(SHOP_TEXT.replace('timeout = "2s"', 'timeout = "60s"'))
     proc = await asyncio.create_subprocess_exec(
         *qixtui_command(
-            "orchestrate", SHOP, "--auto", "-s", nats_server.url, "-o", str(session_path)
+            "orchestrate", str(patient), "--auto", "-s", nats_server.url, "-o", str(session_path)
         ),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
