@@ -13,7 +13,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from helpers import qixtui_command, run_qixtui
+from helpers import eventually, qixtui_command, run_qixtui
 from nats.aio.client import Client
 from shop_participants import Shop
 
@@ -231,6 +231,14 @@ def test_the_stepper_needs_a_terminal(tmp_path: Path) -> None:
     assert not (tmp_path / "x.qix").exists()
 
 
+def in_flight_step(db: sqlite3.Connection) -> str | None:
+    for run in store.saga_runs(db):
+        for row in store.saga_journal(db, run.run_id):
+            if row.result is None:
+                return row.step
+    return None
+
+
 async def test_ctrl_c_stops_with_one_line_and_leaves_the_run_resumable(
     nc: Client, nats_server: EmbeddedServer, session_path: Path
 ) -> None:
@@ -249,7 +257,11 @@ async def test_ctrl_c_stops_with_one_line_and_leaves_the_run_resumable(
     )
     try:
         await asyncio.wait_for(shop.held.wait(), 30)
-        recorder_pid = int(store.get_meta(store.open_session(session_path))["recorder_pid"])
+        db = store.open_session(session_path)
+        # Interrupt only this run's held request, journaled as sent and unanswered.
+        await eventually(lambda: in_flight_step(db) == "reserve", 30, "the held step")
+        recorder_pid = int(store.get_meta(db)["recorder_pid"])
+        db.close()
         proc.send_signal(signal.SIGINT)
         os.kill(recorder_pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
         _, err = await asyncio.wait_for(proc.communicate(), 30)
