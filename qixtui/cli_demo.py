@@ -75,9 +75,9 @@ def stop_by_pid(proc: subprocess.Popen[bytes], timeout: float) -> None:
 
 
 def wait_or_interrupt(seconds: float) -> None:
-    """Sleep, ending early on Ctrl-C or SIGTERM, so an interrupted demo still stops its
-    processes in order and leaves a complete file."""
-    stops = {signal.SIGINT, signal.SIGTERM}
+    """Sleep, ending early on Ctrl-C, SIGTERM or a closed terminal, so an interrupted demo
+    still stops its processes in order and leaves a complete file."""
+    stops = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
         signal.sigtimedwait(stops, seconds)
@@ -369,9 +369,21 @@ def saga_arguments(seed: int | None, rate: float) -> list[str]:
     return ["--rate", str(max(rate / 5, 0.2)), "--seed", str(seed)]
 
 
+def hang_up_stops(cleanup: Callable[[], object]) -> None:
+    """A closed terminal (SIGHUP) stops what this command started, by pid, and exits; the
+    screen is gone, so the UI is not shut down politely."""
+
+    def hang_up(signum: int, _frame: object) -> None:
+        cleanup()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGHUP, hang_up)
+
+
 def run_on_screen(stack: DemoStack) -> dict[str, Any]:
     """The live session in the TUI until the user quits; then everything stops by pid."""
     stack.start()
+    hang_up_stops(stack.close)
     try:
         from qixtui.ui.supervised import Report, SupervisedApp
 

@@ -126,8 +126,10 @@ def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
         )
     try:
         wait_for_session(proc, path, log)
+        from qixtui.cli_demo import hang_up_stops
         from qixtui.ui.app import QixtuiApp
 
+        hang_up_stops(lambda: stop_recorder(proc))
         QixtuiApp(path, recorder_pid=proc.pid).run()
     finally:
         code = stop_recorder(proc)

@@ -225,7 +225,8 @@ class Recorder:
 
     async def run(self, on_progress: Callable[[RecordStats], None] | None = None) -> RecordStats:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # A closed terminal (SIGHUP) flushes and ends the file like Ctrl-C.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
         if not self.options.append:

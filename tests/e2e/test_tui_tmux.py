@@ -276,3 +276,23 @@ def test_orchestrate_steps_the_shop_saga(
         "authorize_payment",
         "reserve_stock",
     ]
+
+
+def test_closing_the_terminal_stops_everything_the_demo_started(tmux: Tmux, tmp_path: Path) -> None:
+    """The window closes (SIGHUP, no `q`): the demo still stops what it started, by pid."""
+    out = tmp_path / "hangup.qix"
+    tmux.start(qixtui("demo", "-o", str(out), "--seed", "7"), tmp_path)
+    tmux.wait_for(lambda p: "✔ completed" in p and "● recording" in p, timeout=60)
+    pane_pid = int(tmux.run("display", "-p", "-t", "qx", "#{pane_pid}").strip())
+    started = {p: command_line(p) for p in descendants(pane_pid)}
+    assert any("nats-server" in c for c in started.values()), started
+    assert any(" record " in c for c in started.values()), started
+    tmux.close()
+    deadline = time.monotonic() + 40
+    running = started
+    while running and time.monotonic() < deadline:
+        time.sleep(0.2)
+        running = {p: c for p, c in started.items() if command_line(p)}
+    assert running == {}
+    db = store.open_session(out)
+    assert db.execute("SELECT count(*) FROM flows WHERE status = 'completed'").fetchone()[0] > 0
