@@ -155,10 +155,13 @@ class PeakSampler(threading.Thread):
             time.sleep(0.1)
 
 
-def count(path: Path) -> int:
+def count(path: Path, exact: bool = False) -> int:
+    # While polling, the last id (ids count up from 1 in arrival order) is read from the end
+    # of the index; count(*) scans the table and took CPU the recorder needs.
+    sql = "SELECT count(*) FROM events" if exact else "SELECT coalesce(max(id), 0) FROM events"
     db = store.open_session(path)
     try:
-        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(db.execute(sql).fetchone()[0])
     finally:
         db.close()
 
@@ -207,7 +210,7 @@ def run_recorder(server: EmbeddedServer, out: Path, total: int, rate: float) -> 
     proc.send_signal(signal.SIGINT)
     stdout, _ = proc.communicate(timeout=60)
     summary = json.loads(stdout)
-    recorded = count(out)
+    recorded = count(out, exact=True)
     return {
         "recorded": recorded,
         "dropped": summary["dropped"],
