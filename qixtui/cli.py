@@ -123,9 +123,10 @@ def main() -> None:
 @click.option(
     "--pending-limit",
     type=click.IntRange(min=1),
-    default=1_000_000,
+    default=300_000,
     show_default=True,
-    help="Events held for the writer before the recorder drops (and counts) new ones.",
+    help="Events held for the writer before the recorder drops (and counts) new ones "
+    "(about 330 bytes each).",
 )
 @rule_options
 @click.option("--no-correlate", is_flag=True, help="Record events only; no flows.")

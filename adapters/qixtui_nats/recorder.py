@@ -66,8 +66,10 @@ class RecordOptions:
     count: int | None = None
     duration: float | None = None
     # Events received but not yet handed to the writer; past this the recorder is a slow
-    # consumer and drops (counted per subject) rather than grow without bound.
-    pending_limit: int = 1_000_000
+    # consumer and drops (counted per subject) rather than grow without bound. About 100 MB
+    # of backlog, so recorder and writer stay near 300 MB together behind a bus they cannot
+    # keep up with (a million held 520 MB).
+    pending_limit: int = 300_000
     correlator_factory: Callable[[], Any] | None = None
     extra_meta: dict[str, str] = field(default_factory=dict)
     append: bool = False  # add to an existing session (e.g. while a saga run resumes)
