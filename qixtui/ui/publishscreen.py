@@ -467,7 +467,7 @@ class PublishScreen(Screen[None]):
         )
         self.refresh_buttons()
         if progress.status == "done":
-            self.notify(f"published {progress.sent:,} messages", title="publish")
+            self.notify(f"published {progress.sent:,} messages", title="publish", markup=False)
         else:
             self.notify(
                 t.plain(

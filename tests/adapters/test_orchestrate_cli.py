@@ -126,15 +126,20 @@ async def test_exit_code_says_whether_a_run_failed_cleanly(
     assert "failed: step `notify` failed: timeout" in out
 
 
+def patient_saga(session_path: Path) -> Path:
+    """The shop saga with 60 s timeouts: on a loaded machine a held step must not time out
+    (and the run end on its own) before the test's signal arrives."""
+    patient = session_path.with_name("patient.toml")
+    patient.write_text(SHOP_TEXT.replace('timeout = "2s"', 'timeout = "60s"'))
+    return patient
+
+
 async def test_resume_after_sigkill_resends_the_step_in_doubt_with_the_same_key(
     nc: Client, nats_server: EmbeddedServer, session_path: Path
 ) -> None:
     shop = Shop(hold={"shop.cmd.stock.reserve"})
     await shop.serve(nc)
-    # Long timeouts: on a loaded machine the held step must not time out (and the run end
-    # cleanly) before the Ctrl-C arrives.
-    patient = session_path.with_name("patient.toml")
-    patient.write_text(SHOP_TEXT.replace('timeout = "2s"', 'timeout = "60s"'))
+    patient = patient_saga(session_path)
     proc = await asyncio.create_subprocess_exec(
         *qixtui_command(
             "orchestrate", str(patient), "--auto", "-s", nats_server.url, "-o", str(session_path)
@@ -244,10 +249,7 @@ async def test_ctrl_c_stops_with_one_line_and_leaves_the_run_resumable(
 ) -> None:
     shop = Shop(hold={"shop.cmd.stock.reserve"})
     await shop.serve(nc)
-    # Long timeouts: on a loaded machine the held step must not time out (and the run end
-    # cleanly) before the Ctrl-C arrives.
-    patient = session_path.with_name("patient.toml")
-    patient.write_text(SHOP_TEXT.replace('timeout = "2s"', 'timeout = "60s"'))
+    patient = patient_saga(session_path)
     proc = await asyncio.create_subprocess_exec(
         *qixtui_command(
             "orchestrate", str(patient), "--auto", "-s", nats_server.url, "-o", str(session_path)
