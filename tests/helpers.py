@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 
 def qixtui_command(*args: str) -> list[str]:
@@ -35,3 +36,18 @@ async def eventually(condition: Callable[[], bool], within: float = 10, what: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or condition}")
         await asyncio.sleep(0.05)
+
+
+async def collect(url: str, subject: str = ">") -> tuple[Any, list[Any]]:
+    """A connection subscribed to `subject`, and the list its messages land in."""
+    import nats
+
+    nc = await nats.connect(url)
+    seen: list[Any] = []
+
+    async def on_msg(msg: Any) -> None:
+        seen.append(msg)
+
+    await nc.subscribe(subject, cb=on_msg)
+    await nc.flush()
+    return nc, seen

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from helpers import qixtui_command
+from helpers import collect, qixtui_command
 
 from qixtui.core import store
 from qixtui.core.model import Event
@@ -178,18 +178,6 @@ def test_round_trip_keeps_subjects_bytes_headers_order_and_gaps(
     ]
     print(f"1x gap error: median {statistics.median(errors):.3f} ms, max {max(errors):.3f} ms")
     assert statistics.median(errors) < 2.0
-
-
-async def collect(url: str, subject: str = ">") -> tuple[Any, list[Any]]:
-    nc = await nats.connect(url)
-    seen: list[Any] = []
-
-    async def on_msg(msg: Any) -> None:
-        seen.append(msg)
-
-    await nc.subscribe(subject, cb=on_msg)
-    await nc.flush()
-    return nc, seen
 
 
 async def test_dry_run_is_the_default_and_sends_nothing(

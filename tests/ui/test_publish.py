@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from helpers import run_qixtui
+from helpers import collect, run_qixtui
 from textual.widgets import Button, Checkbox, DataTable, Input, Static
 
 from qixtui.core import store
@@ -17,18 +17,6 @@ from qixtui_nats.server import EmbeddedServer
 from ui.sessions import settle
 
 SIZE = (140, 40)
-
-
-async def collect(url: str, subject: str) -> tuple[Any, list[Any]]:
-    nc = await nats.connect(url)
-    seen: list[Any] = []
-
-    async def on_msg(msg: Any) -> None:
-        seen.append(msg)
-
-    await nc.subscribe(subject, cb=on_msg)
-    await nc.flush()
-    return nc, seen
 
 
 async def done(pilot: Any) -> None:
