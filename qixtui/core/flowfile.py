@@ -76,10 +76,13 @@ def flow_links(db: sqlite3.Connection, flow_id: int) -> list[Link]:
     return [Link(event_id=r[0], kind=r[1], key=r[2], parent_id=r[3]) for r in rows]
 
 
-def why_linked(db: sqlite3.Connection, events: Sequence[Event]) -> list[Link]:
+def why_linked(
+    db: sqlite3.Connection, events: Sequence[Event], correlator: Correlator | None = None
+) -> list[Link]:
     """Every link of these events: the keys each carries under the session's rules (derived,
-    not stored), then the stored reply and causation links."""
-    correlator = Correlator(session_rules(db))
+    not stored; pass a correlator built from them to reuse it), then the stored reply and
+    causation links."""
+    correlator = correlator or Correlator(session_rules(db))
     derived = [link for event in events for link in correlator.key_links(event)]
     ids = [event.id for event in events]
     stored: list[Link] = []

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from qixtui.core import filters, flowfile, store
+from qixtui.core.correlate import Correlator
 from qixtui.core.model import Event, Flow, Gap
 
 _decode_headers = msgspec.json.Decoder(list[tuple[str, str]]).decode
@@ -91,6 +92,7 @@ class Session:
         self.path = path
         self.db = store.open_session(path, readonly=True)
         filters.install_functions(self.db)
+        self._key_correlator: Correlator | None = None  # derives "why in this flow"
 
     def connect_again(self) -> sqlite3.Connection:
         """A second read-only connection, for a scan running in a thread."""
@@ -155,7 +157,10 @@ class Session:
         event = self.event(event_id)
         if event is None:
             return []
-        return [(lk.kind, lk.key, lk.parent_id) for lk in flowfile.why_linked(self.db, [event])]
+        if self._key_correlator is None:  # built once: the rules do not change while viewing
+            self._key_correlator = Correlator(flowfile.session_rules(self.db))
+        links = flowfile.why_linked(self.db, [event], self._key_correlator)
+        return [(lk.kind, lk.key, lk.parent_id) for lk in links]
 
     def flow_ids(self, after: int = 0) -> list[int]:
         return [
