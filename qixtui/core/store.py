@@ -280,22 +280,25 @@ def get_meta(db: sqlite3.Connection) -> dict[str, str]:
 
 
 def event_row(event: Event) -> tuple[Any, ...]:
-    headers = _json_encode(event.headers).decode() if event.headers else None
+    """An events row for INSERT_EVENT. It binds neither None nor bytes: for both, Python's
+    sqlite3 runs an adapter lookup that cost a fifth of each insert. "" and 0 stand for NULL
+    (no reply, no headers, no flow; flow ids start at 1), and a bytearray is the same blob."""
+    headers = _json_encode(event.headers).decode() if event.headers else ""
     return (
         event.id,
         event.ts_ns,
         event.subject,
-        event.reply,
+        event.reply or "",
         headers,
-        event.payload,
+        bytearray(event.payload),
         len(event.payload),
-        event.flow_id,
+        event.flow_id or 0,
     )
 
 
 INSERT_EVENT = (
     "INSERT INTO events(id, ts_ns, subject, reply, headers, payload, size, flow_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "VALUES (?, ?, ?, NULLIF(?, ''), NULLIF(?, ''), ?, ?, NULLIF(?, 0))"
 )
 
 

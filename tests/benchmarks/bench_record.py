@@ -16,6 +16,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import qixtui_command
@@ -111,14 +112,28 @@ def publish(port: int, total: int, rate: float = 0) -> dict[str, float]:
     return result
 
 
+def tree_pids(pid: int) -> list[int]:
+    """A process and its children (the recorder and its writer)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [pid, *(int(p) for p in children.read_text().split())]
+    except FileNotFoundError:
+        return [pid]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_kb(pid: int) -> int:
     """Resident memory of a process and its children, from /proc."""
     total = 0
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
+    for p in tree_pids(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -129,19 +144,28 @@ def tree_rss_kb(pid: int) -> int:
 
 
 class PeakSampler(threading.Thread):
-    """Samples the recorder's RSS and the server's pending bytes for its connection."""
+    """Samples the recorder's RSS, the server's pending bytes for its connection, and the CPU
+    time the recorder, its writer and the server have used (last sample before they exit)."""
 
-    def __init__(self, pid: int, monitor_url: str | None) -> None:
+    def __init__(self, pid: int, monitor_url: str | None, server_pid: int) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.monitor_url = monitor_url
         self.peak_rss_kb = 0
         self.peak_pending = 0
+        self.cpu: dict[str, float] = {}
+        self.server_pid = server_pid
+        self.server_cpu_start = cpu_seconds(server_pid)
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.peak_rss_kb = max(self.peak_rss_kb, tree_rss_kb(self.pid))
+            pids = tree_pids(self.pid)
+            self.cpu["recorder"] = cpu_seconds(pids[0])
+            if len(pids) > 1:  # the writer process (and multiprocessing's idle helper)
+                self.cpu["writer"] = sum(map(cpu_seconds, pids[1:]))
+            self.cpu["server"] = cpu_seconds(self.server_pid) - self.server_cpu_start
             if self.monitor_url:
                 try:
                     with urllib.request.urlopen(f"{self.monitor_url}/connz", timeout=1) as r:
@@ -190,7 +214,8 @@ def run_recorder(server: EmbeddedServer, out: Path, total: int, rate: float) -> 
         text=True,
     )
     wait_recorder_ready(out)
-    sampler = PeakSampler(proc.pid, server.monitor_url)
+    assert server.proc is not None
+    sampler = PeakSampler(proc.pid, server.monitor_url, server.proc.pid)
     sampler.start()
     pub = publish(server.port, total, rate)
     # Recorded means committed to the file: poll until the count stops moving.
@@ -221,6 +246,7 @@ def run_recorder(server: EmbeddedServer, out: Path, total: int, rate: float) -> 
         "rate": recorded / (done - pub["wall_start"]),
         "peak_rss_mb": sampler.peak_rss_kb / 1024,
         "peak_pending_bytes": sampler.peak_pending,
+        "cpu_us_per_event": {k: v / max(recorded, 1) * 1e6 for k, v in sampler.cpu.items()},
     }
 
 
@@ -243,6 +269,10 @@ def run_bare(server: EmbeddedServer, total: int) -> dict[str, float]:
     }
 
 
+def cpu_line(rec: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {us:.1f} µs" for name, us in rec["cpu_us_per_event"].items())
+
+
 def test_drain_rate_against_a_bare_subscriber(tmp_path: Path):
     with EmbeddedServer(jetstream=False) as server:
         bare = run_bare(server, TOTAL)
@@ -256,7 +286,8 @@ def test_drain_rate_against_a_bare_subscriber(tmp_path: Path):
         f"{rec['lost']:,} lost)\n"
         f"  ratio recorder/bare     : {ratio:.2f}\n"
         f"  peak RSS (recorder+writer): {rec['peak_rss_mb']:.0f} MB; "
-        f"peak server pending: {rec['peak_pending_bytes']:,} B"
+        f"peak server pending: {rec['peak_pending_bytes']:,} B\n"
+        f"  CPU per event: {cpu_line(rec)}"
     )
     assert rec["recorded"] + rec["dropped"] <= TOTAL
 
@@ -276,7 +307,7 @@ def test_sustained_rate_with_zero_loss(tmp_path: Path):
             f"recorded {rec['recorded']:,}/{total:,} lost {rec['lost']:,} "
             f"dropped {rec['dropped']:,} gaps {rec['gaps']} "
             f"peak server pending {rec['peak_pending_bytes']:,} B "
-            f"peak RSS {rec['peak_rss_mb']:.0f} MB"
+            f"peak RSS {rec['peak_rss_mb']:.0f} MB; CPU per event: {cpu_line(rec)}"
         )
         if not lossless:
             break
