@@ -1,7 +1,8 @@
 """Recorder throughput against a bare nats-py subscriber, measured in the same run.
 
 Run: pytest -m benchmark -s tests/benchmarks/bench_record.py
-(QIXTUI_BENCH_SUSTAIN_S sets the sustained-rate duration; 60 s by default.)
+(QIXTUI_BENCH_SUSTAIN_S sets the sustained-rate duration, 60 s by default; QIXTUI_BENCH_RATES
+the offered rates, e.g. 40000,50000.)
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(1800)]
 
 TOTAL = 150_000
 SUSTAIN_S = float(os.environ.get("QIXTUI_BENCH_SUSTAIN_S", "60"))
+# Offered rates, lowest first; the run stops at the first one that loses anything.
+RATES = [int(r) for r in os.environ.get("QIXTUI_BENCH_RATES", "20000,40000,50000,60000").split(",")]
 
 # A separate process that writes pre-built HPUB frames to a raw socket, so the publisher is
 # never the bottleneck. rate=0 means as fast as possible; otherwise paced in 10 ms slices.
@@ -273,29 +276,42 @@ def cpu_line(rec: dict[str, Any]) -> str:
     return ", ".join(f"{name} {us:.1f} µs" for name, us in rec["cpu_us_per_event"].items())
 
 
+def rates(runs: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{r['rate']:,.0f}" for r in runs)
+
+
 def test_drain_rate_against_a_bare_subscriber(tmp_path: Path):
+    # Each side runs twice, alternating, and the better run of each counts: a run lasts a few
+    # seconds, and another process waking on this shared machine can halve one of them.
+    bares, recs = [], []
     with EmbeddedServer(jetstream=False) as server:
-        bare = run_bare(server, TOTAL)
-        rec = run_recorder(server, tmp_path / "drain.qix", TOTAL, rate=0)
+        for attempt in range(2):
+            bares.append(run_bare(server, TOTAL))
+            recs.append(run_recorder(server, tmp_path / f"drain-{attempt}.qix", TOTAL, rate=0))
+    bare = max(bares, key=lambda r: r["rate"])
+    rec = max(recs, key=lambda r: r["rate"])
     ratio = rec["rate"] / bare["rate"]
     print(
-        f"\n[drain] {TOTAL:,} msgs (~200 B JSON, 2 headers) from a separate raw publisher\n"
-        f"  bare nats-py subscriber : {bare['rate']:>9,.0f} msg/s ({bare['received']:,} received)\n"
+        f"\n[drain] {TOTAL:,} msgs (~200 B JSON, 2 headers) from a separate raw publisher, "
+        "each side run twice, the better run shown\n"
+        f"  bare nats-py subscriber : {bare['rate']:>9,.0f} msg/s ({bare['received']:,} received; "
+        f"runs {rates(bares)})\n"
         f"  qixtui record           : {rec['rate']:>9,.0f} ev/s committed "
         f"({rec['recorded']:,} recorded, {rec['dropped']:,} dropped, {rec['gaps']} gaps, "
-        f"{rec['lost']:,} lost)\n"
+        f"{rec['lost']:,} lost; runs {rates(recs)})\n"
         f"  ratio recorder/bare     : {ratio:.2f}\n"
-        f"  peak RSS (recorder+writer): {rec['peak_rss_mb']:.0f} MB; "
-        f"peak server pending: {rec['peak_pending_bytes']:,} B\n"
+        f"  peak RSS (recorder+writer): {max(r['peak_rss_mb'] for r in recs):.0f} MB; "
+        f"peak server pending: {max(r['peak_pending_bytes'] for r in recs):,} B\n"
         f"  CPU per event: {cpu_line(rec)}"
     )
-    assert rec["recorded"] + rec["dropped"] <= TOTAL
+    for r in recs:
+        assert r["recorded"] + r["dropped"] <= TOTAL
 
 
 def test_sustained_rate_with_zero_loss(tmp_path: Path):
     rows = []
     held = 0
-    for rate in (20_000, 40_000, 50_000, 60_000):
+    for rate in RATES:
         total = int(rate * SUSTAIN_S)
         with EmbeddedServer(jetstream=False) as server:
             rec = run_recorder(server, tmp_path / f"sustain-{rate}.qix", total, rate)
