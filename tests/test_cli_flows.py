@@ -16,7 +16,7 @@ from helpers import run_qixtui
 from qixtui.core import store
 from qixtui.core.correlate import Correlator
 from qixtui.core.rules import RuleFlags, Rules
-from qixtui.core.writer import SessionWriter
+from qixtui.core.writer import write_records
 
 
 def header_block(headers: list[tuple[str, str]]) -> bytes | None:
@@ -32,12 +32,11 @@ def write_session(path: Path, messages: list[Message], rules: Rules | None) -> N
     db = store.create_session(path, {"stopped_ns": str(10**18)})
     if rules is not None:
         store.set_meta(db, {"correlation_rules": rules.to_json()})
-    writer = SessionWriter(db, Correlator(rules) if rules else None)
     rows = [
         [1_000_000 * (i + 1), m.subject, reply, header_block(m.headers), m.payload]
         for i, (m, reply) in enumerate(expand_replies(messages))
     ]
-    writer.apply([["E", rows]])
+    write_records(db, [["E", rows]], Correlator(rules) if rules else None)
     db.close()
 
 

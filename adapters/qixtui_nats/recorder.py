@@ -1,7 +1,7 @@
-"""The recorder: subscribe to a NATS bus and hand every message to the session writer process.
+"""The recorder: subscribe to a NATS bus and hand every message to the session writer processes.
 
 The subscription callback only appends to a list. A flush task encodes the list and a sender
-thread pushes it down a pipe to the writer process (see qixtui.core.writer), so neither SQLite
+thread pushes it down a pipe to the writer processes (see qixtui.core.writer), so neither SQLite
 nor correlation ever runs on the read loop's core. Loss is written down, never silent:
 disconnects become gap rows, client-side slow-consumer drops are counted per subject.
 """
@@ -30,7 +30,7 @@ from nats.aio.subscription import Subscription
 
 import qixtui
 from qixtui.core import store
-from qixtui.core.writer import encode_record, run_writer
+from qixtui.core.writer import encode_record, run_prepare, run_writer
 from qixtui_nats.connect import (
     ConnectError,
     ConnectOptions,
@@ -192,7 +192,7 @@ class Recorder:
         self.nc: RecordingClient | None = None
         self._subscriptions: list[Subscription] = []
         self._sender: _Sender | None = None
-        self._writer: multiprocessing.process.BaseProcess | None = None
+        self._stages: list[multiprocessing.process.BaseProcess] = []
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -212,18 +212,32 @@ class Recorder:
                 store.set_meta(db, meta)
         else:
             db = store.create_session(self.options.output, meta)
+        next_id = store.next_event_id(db)
         db.close()
         ctx = multiprocessing.get_context("spawn")
-        parent_end, child_end = ctx.Pipe(duplex=False)
-        self._writer = ctx.Process(
-            target=run_writer,
-            args=(str(self.options.output), parent_end, self.options.correlator_factory),
-            name="qixtui-writer",
-            daemon=True,
-        )
-        self._writer.start()
-        parent_end.close()
-        self._sender = _Sender(child_end)
+        prepare_in, to_prepare = ctx.Pipe(duplex=False)
+        writer_in, to_writer = ctx.Pipe(duplex=False)
+        self._stages = [
+            ctx.Process(
+                target=run_prepare,
+                args=(prepare_in, to_writer, next_id, self.options.correlator_factory),
+                name="qixtui-prepare",
+                daemon=True,
+            ),
+            ctx.Process(
+                target=run_writer,
+                args=(str(self.options.output), writer_in),
+                name="qixtui-writer",
+                daemon=True,
+            ),
+        ]
+        for stage in self._stages:
+            stage.start()
+        # Only the stages hold these ends now, so each sees the end of its pipe when the
+        # stage before it exits, however it exits.
+        for end in (prepare_in, writer_in, to_writer):
+            end.close()
+        self._sender = _Sender(to_prepare)
 
     async def run(self, on_progress: Callable[[RecordStats], None] | None = None) -> RecordStats:
         loop = asyncio.get_running_loop()
@@ -339,10 +353,10 @@ class Recorder:
         if self._sender is not None:
             self._sender.send(["X"])
             self._sender.close()
-        if self._writer is not None:
-            await asyncio.to_thread(self._writer.join)
-            if self._writer.exitcode not in (0, None):
-                raise RuntimeError(f"session writer exited with {self._writer.exitcode}")
+        for stage in self._stages:
+            await asyncio.to_thread(stage.join)
+            if stage.exitcode not in (0, None):
+                raise RuntimeError(f"session {stage.name} exited with {stage.exitcode}")
 
     # -- hot path -------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -314,57 +314,75 @@ def insert_events(db: sqlite3.Connection, events: Iterable[Event]) -> None:
     db.executemany(INSERT_EVENT, [event_row(e) for e in events])
 
 
-def insert_links(db: sqlite3.Connection, links: Sequence[Link]) -> None:
-    db.executemany(
-        "INSERT INTO links(event_id, kind, key, parent_id) VALUES (?, ?, ?, ?)",
-        [(lk.event_id, lk.kind, lk.key, lk.parent_id) for lk in links],
+UPSERT_FLOW = (
+    "INSERT INTO flows(flow_id, status, started_ns, ended_ns, events, services, variant, "
+    "keys, orchestrated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT(flow_id) DO UPDATE SET status = excluded.status, "
+    "started_ns = excluded.started_ns, ended_ns = excluded.ended_ns, "
+    "events = excluded.events, services = excluded.services, variant = excluded.variant, "
+    "keys = excluded.keys, orchestrated = excluded.orchestrated"
+)
+
+
+def flow_row(flow: Flow) -> tuple[Any, ...]:
+    return (
+        flow.flow_id,
+        flow.status,
+        flow.started_ns,
+        flow.ended_ns,
+        flow.events,
+        _json_encode(flow.services).decode(),
+        _json_encode(flow.variant).decode(),
+        _json_encode(flow.keys).decode(),
+        int(flow.orchestrated),
     )
+
+
+class FlowRows(NamedTuple):
+    """What correlation changed, as rows ready for executemany (they can cross a pipe)."""
+
+    links: list[tuple[int, str, str, int | None]]
+    merges: list[tuple[int, int]]  # (absorbed, into)
+    assign: list[tuple[int, int]]  # (flow_id, event_id)
+    flows: list[tuple[Any, ...]]
+
+
+INSERT_LINK = "INSERT INTO links(event_id, kind, key, parent_id) VALUES (?, ?, ?, ?)"
+
+
+def insert_links(db: sqlite3.Connection, links: Sequence[Link]) -> None:
+    db.executemany(INSERT_LINK, [(lk.event_id, lk.kind, lk.key, lk.parent_id) for lk in links])
 
 
 def upsert_flows(db: sqlite3.Connection, flows: Sequence[Flow]) -> None:
-    db.executemany(
-        "INSERT INTO flows(flow_id, status, started_ns, ended_ns, events, services, variant, "
-        "keys, orchestrated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT(flow_id) DO UPDATE SET status = excluded.status, "
-        "started_ns = excluded.started_ns, ended_ns = excluded.ended_ns, "
-        "events = excluded.events, services = excluded.services, variant = excluded.variant, "
-        "keys = excluded.keys, orchestrated = excluded.orchestrated",
-        [
-            (
-                f.flow_id,
-                f.status,
-                f.started_ns,
-                f.ended_ns,
-                f.events,
-                _json_encode(f.services).decode(),
-                _json_encode(f.variant).decode(),
-                _json_encode(f.keys).decode(),
-                int(f.orchestrated),
-            )
-            for f in flows
-        ],
+    db.executemany(UPSERT_FLOW, [flow_row(f) for f in flows])
+
+
+def flow_rows(changes: FlowChanges) -> FlowRows:
+    return FlowRows(
+        [(lk.event_id, lk.kind, lk.key, lk.parent_id) for lk in changes.links],
+        changes.merges,
+        [(f, e) for e, f in changes.assign],
+        [flow_row(f) for f in changes.flows],
     )
 
 
-def merge_flows(db: sqlite3.Connection, merges: Sequence[tuple[int, int]]) -> None:
-    """Move every event of flow `a` into flow `b`, for each (a, b), and drop flow `a`."""
-    for absorbed, into in merges:
+def apply_flow_rows(db: sqlite3.Connection, rows: FlowRows) -> None:
+    """Save what correlation changed; the caller holds the transaction."""
+    if rows.links:
+        db.executemany(INSERT_LINK, rows.links)
+    # Merges move every event of the absorbed flow, before the flows' new summaries land.
+    for absorbed, into in rows.merges:
         db.execute("UPDATE events SET flow_id = ? WHERE flow_id = ?", (into, absorbed))
         db.execute("DELETE FROM flows WHERE flow_id = ?", (absorbed,))
+    if rows.assign:
+        db.executemany("UPDATE events SET flow_id = ? WHERE id = ?", rows.assign)
+    if rows.flows:
+        db.executemany(UPSERT_FLOW, rows.flows)
 
 
 def apply_flow_changes(db: sqlite3.Connection, changes: FlowChanges) -> None:
-    """Save what correlation changed; the caller holds the transaction."""
-    if changes.links:
-        insert_links(db, changes.links)
-    if changes.merges:
-        merge_flows(db, changes.merges)
-    if changes.assign:
-        db.executemany(
-            "UPDATE events SET flow_id = ? WHERE id = ?", [(f, e) for e, f in changes.assign]
-        )
-    if changes.flows:
-        upsert_flows(db, changes.flows)
+    apply_flow_rows(db, flow_rows(changes))
 
 
 def stall_quiet_flows(db: sqlite3.Connection, now_ns: int, stall_ns: int) -> None:

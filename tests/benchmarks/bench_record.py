@@ -133,6 +133,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def is_resource_tracker(pid: int) -> bool:
+    """multiprocessing's helper process, started before the recorder's two stages."""
+    try:
+        return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
+
+
 def tree_rss_kb(pid: int) -> int:
     """Resident memory of a process and its children, from /proc."""
     total = 0
@@ -148,7 +156,8 @@ def tree_rss_kb(pid: int) -> int:
 
 class PeakSampler(threading.Thread):
     """Samples the recorder's RSS, the server's pending bytes for its connection, and the CPU
-    time the recorder, its writer and the server have used (last sample before they exit)."""
+    time the recorder, its prepare and write stages and the server have used (the last
+    sample before they exit)."""
 
     def __init__(self, pid: int, monitor_url: str | None, server_pid: int) -> None:
         super().__init__(daemon=True)
@@ -166,8 +175,9 @@ class PeakSampler(threading.Thread):
             self.peak_rss_kb = max(self.peak_rss_kb, tree_rss_kb(self.pid))
             pids = tree_pids(self.pid)
             self.cpu["recorder"] = cpu_seconds(pids[0])
-            if len(pids) > 1:  # the writer process (and multiprocessing's idle helper)
-                self.cpu["writer"] = sum(map(cpu_seconds, pids[1:]))
+            stages = sorted(p for p in pids[1:] if not is_resource_tracker(p))
+            for name, pid in zip(("prepare", "writer"), stages, strict=False):
+                self.cpu[name] = cpu_seconds(pid)
             self.cpu["server"] = cpu_seconds(self.server_pid) - self.server_cpu_start
             if self.monitor_url:
                 try:
@@ -300,7 +310,7 @@ def test_drain_rate_against_a_bare_subscriber(tmp_path: Path):
         f"({rec['recorded']:,} recorded, {rec['dropped']:,} dropped, {rec['gaps']} gaps, "
         f"{rec['lost']:,} lost; runs {rates(recs)})\n"
         f"  ratio recorder/bare     : {ratio:.2f}\n"
-        f"  peak RSS (recorder+writer): {max(r['peak_rss_mb'] for r in recs):.0f} MB; "
+        f"  peak RSS (recorder and its stages): {max(r['peak_rss_mb'] for r in recs):.0f} MB; "
         f"peak server pending: {max(r['peak_pending_bytes'] for r in recs):,} B\n"
         f"  CPU per event: {cpu_line(rec)}"
     )

@@ -14,7 +14,7 @@ import sqlite_utils
 
 from qixtui.core import store
 from qixtui.core.model import Event
-from qixtui.core.writer import SessionWriter, encode_record
+from qixtui.core.writer import encode_record, write_records
 
 pytestmark = pytest.mark.benchmark
 
@@ -95,9 +95,8 @@ def test_insert_paths(tmp_path: Path):
             for i in range(0, N, BATCH)
         ]
         db = store.create_session(path)
-        writer = SessionWriter(db)
         for blob in raw:
-            writer.apply([_decode_record(blob)])
+            write_records(db, [_decode_record(blob)])
         db.close()
 
     base = timed(lambda: executemany(tmp_path / "a.qix", drop_index=False))
