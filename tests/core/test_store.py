@@ -174,6 +174,10 @@ def test_create_refuses_to_overwrite(tmp_path: Path):
 def test_header_block_parsing():
     raw = b"NATS/1.0\r\nA: 1\r\nB: two words\r\nA: 2\r\nBad: \xff\r\n\r\n"
     assert parse_header_block(raw) == [("A", "1"), ("B", "two words"), ("A", "2"), ("Bad", "\\xff")]
+    # UTF-8 kept, bad bytes escaped wherever they are, only ASCII whitespace stripped.
+    raw = "NATS/1.0\r\nCity: Zürich \r\nN\xe9:\xa0x\xa0\r\nno colon\r\n: empty\r\n\r\n".encode()
+    raw = raw.replace("N\xe9".encode(), b"N\xe9")
+    assert parse_header_block(raw) == [("City", "Zürich"), ("N\\xe9", "\xa0x\xa0")]
     assert parse_header_block(b"NATS/1.0 503\r\n\r\n") == [("Status", "503")]
     assert parse_header_block(b"NATS/1.0 404 No Messages\r\n\r\n") == [
         ("Status", "404"),
