@@ -224,9 +224,16 @@ def _search_query(value: Any) -> str | None:
     return " AND ".join(f'"{tok}"' for tok in tokens) or None
 
 
+def _hits(db: sqlite3.Connection, table: str, query: str) -> int:
+    """How many rows of an FTS index match, counted up to RARE + 1."""
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {table} MATCH ? LIMIT ?)"
+    return int(db.execute(sql, (query, RARE + 1)).fetchone()[0])
+
+
 def plan(db: sqlite3.Connection, flt: Filter) -> Where:
-    """Like `build`, shaped by what the file holds: rare subjects, flows, statuses, durations
-    and header or JSON values go through an index and bound `rows`; common ones scan."""
+    """Like `build`, shaped by what the file holds: rare subjects, flows, statuses, durations,
+    header or JSON values and payload text go through an index and bound `rows`; common ones
+    scan."""
     where = Where()
     indexed = store.read_indexes_ready(db)
     for term in flt.terms:
@@ -263,14 +270,17 @@ def plan(db: sqlite3.Connection, flt: Filter) -> Where:
                 where.sql += f" AND flow_id IN (SELECT flow_id FROM flows WHERE {cond})"
                 where.params.append(value)
             _bound(where, count)
+        elif term.kind == "text" and indexed:
+            query = store.text_search_query(term.value)
+            hits = RARE + 1 if query is None else _hits(db, "search_text", query)
+            if hits <= RARE:
+                where.sql += " AND id IN (SELECT rowid FROM search_text WHERE search_text MATCH ?)"
+                where.params.append(query)
+            _bound(where, hits)
+            _term_sql(term, where)
         elif term.kind in ("header", "json") and term.op == "=" and indexed:
             query = _search_query(term.value)
-            hits = RARE + 1
-            if query is not None:
-                hits = db.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM search WHERE search MATCH ? LIMIT ?)",
-                    (query, RARE + 1),
-                ).fetchone()[0]
+            hits = RARE + 1 if query is None else _hits(db, "search", query)
             if hits <= RARE:
                 where.sql += " AND id IN (SELECT rowid FROM search WHERE search MATCH ?)"
                 where.params.append(query)

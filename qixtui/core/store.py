@@ -438,10 +438,25 @@ def search_tokens(text: str) -> list[str]:
     return out
 
 
+def text_search_query(text: str) -> str | None:
+    """A query of the payload trigram index whose hits include every payload holding `text`
+    (printable, 3 characters or more), or None: shorter text has no trigram to look up."""
+    if len(text) < 3 or not text.isprintable():
+        return None
+    grams = dict.fromkeys(text[i : i + 3] for i in range(len(text) - 2))
+    # Each trigram alone: the index keeps no positions (detail=none), so no phrase queries.
+    return " AND ".join('"{}"'.format(gram.replace('"', '""')) for gram in grams)
+
+
+def _no_nul(payload: bytes) -> bytes:
+    return payload.replace(b"\x00", b" ")
+
+
 def build_read_indexes(db: sqlite3.Connection) -> None:
     """Indexes that let a closed recording's filters find rare events without a scan: subject,
-    flow status, the subjects dictionary and a word index of headers and payloads. Built once,
-    after the last event: while recording, every index on events slows each insert."""
+    flow status, the subjects dictionary, a word index of headers and payloads and a trigram
+    index of payloads (any substring). Built once, after the last event: while recording,
+    every index on events slows each insert."""
     with transaction(db):
         db.execute("CREATE INDEX IF NOT EXISTS events_subject ON events(subject)")
         db.execute("CREATE INDEX IF NOT EXISTS flows_status ON flows(status)")
@@ -457,6 +472,19 @@ def build_read_indexes(db: sqlite3.Connection) -> None:
             f'tokenize="{_SEARCH_TOKENIZER}")'
         )
         db.execute("INSERT INTO search(search) VALUES ('rebuild')")
+        # Case-sensitive like the text filter. The bytes of a payload are read as UTF-8 (an
+        # ASCII byte is always one character there), but the tokenizer stops at a NUL: the
+        # index gets each payload with NULs as spaces, so it holds no text (content='').
+        db.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS search_text USING fts5(payload, content='', "
+            "detail='none', columnsize=0, tokenize='trigram case_sensitive 1')"
+        )
+        db.execute("INSERT INTO search_text(search_text) VALUES ('delete-all')")
+        db.create_function("qx_no_nul", 1, _no_nul, deterministic=True)
+        db.execute(
+            "INSERT INTO search_text(rowid, payload) SELECT id, CASE WHEN instr(payload, x'00') "
+            "THEN qx_no_nul(payload) ELSE payload END FROM events"
+        )
         set_meta(db, {"indexed_to": str(next_event_id(db) - 1)})
 
 

@@ -284,7 +284,11 @@ class QixtuiApp(App[None]):
         self.flow_index = IdIndex.empty_array()
         self.scan_generation = 0
         self.scan_where = filters.Where()  # the current filter as planned for this file
-        self.scanning = False
+        self.scanning = False  # a scan worker runs for the current filter
+        self.searching = False  # ... and it is the filter's first pass over the file
+        self.events_title = Text("events")
+        self.scan_from = 0  # the running scan looks at ids in (scan_from, scan_upto]
+        self.scan_upto = 0
         self.rates: deque[tuple[float, int]] = deque(maxlen=20)
         self.ticks = 0
         self.playing = False
@@ -431,6 +435,8 @@ class QixtuiApp(App[None]):
 
     def refilter(self) -> None:
         self.scan_generation += 1
+        # A scan still running belongs to the old filter: its batches are dropped.
+        self.scanning = self.searching = False
         flt = self.current_filter()
         title = Text("events")
         if self.flow_filter is not None:
@@ -438,10 +444,11 @@ class QixtuiApp(App[None]):
         if self.typed_filter:
             title.append("  · ")
             title.append_text(t.literal(self.typed_filter.source, "yellow"))
-        self.main.query_one("#events-title", Static).update(title)
+        self.events_title = title
         events = self.events_list
         if not flt:
             events.set_index(self.session.full_index())
+            self.show_matches()
             self.refresh_status()
             return
         index = IdIndex.empty_array()
@@ -458,14 +465,34 @@ class QixtuiApp(App[None]):
         assert index.ids is not None
         index.ids.extend(ids)
         events.set_index(index)
+        self.scan_from = after
         if index.scanned_to < self.session.max_id():
+            self.searching = True
             self.start_scan(index, self.scan_generation)
         else:
             self.refresh_status()  # matched at once: the shown count is final now
+        self.show_matches()
 
     def start_scan(self, index: IdIndex, generation: int) -> None:
         self.scanning = True
-        self.scan_worker(index, generation, self.scan_where, self.session.max_id())
+        self.scan_upto = self.session.max_id()
+        self.scan_worker(index, generation, self.scan_where, self.scan_upto)
+
+    def show_matches(self) -> None:
+        """The events title says what the filter found, and how far its scan has come."""
+        if self.closing:
+            return
+        title = self.events_title.copy()
+        found = len(self.events_list.index)
+        if self.searching:
+            index = self.events_list.index
+            span = max(1, self.scan_upto - self.scan_from)
+            done = min(99, max(0, (index.scanned_to - self.scan_from) * 100 // span))
+            title.append(f"  · searching… {done}%, {found:,} found", "bold yellow")
+            title.append(" (a new filter stops it)", "dim")
+        elif self.current_filter():
+            title.append(f"  · {found:,} match{'' if found == 1 else 'es'}", "green")
+        self.main.query_one("#events-title", Static).update(title)
 
     class ScanBatch(Message):
         """Ids a filter scan matched in one id range (one message per batch, never per row)."""
@@ -500,14 +527,16 @@ class QixtuiApp(App[None]):
         if batch.generation != self.scan_generation or self.closing:
             return
         if batch.done_to < 0:
-            self.scanning = False
+            self.scanning = self.searching = False
             self.refresh_status()
+            self.show_matches()
             return
         assert batch.index.ids is not None
         batch.index.ids.extend(batch.ids)
         batch.index.scanned_to = batch.done_to
         if batch.ids:
             self.events_list.grew()
+        self.show_matches()
 
     # -- the selected event ----------------------------------------------------------------
 

@@ -141,6 +141,13 @@ CASES = [
     "flow:99",
     "duration>2s",
     "orders.> status:failed hello",
+    "ell",  # inside a word
+    "lo wo",
+    'text:\'"path": "a-b"\'',  # quotes inside the trigram query
+    "refund",  # after bytes that are not UTF-8
+    "fund\x80",
+    "no such text",
+    "hi",  # too short for a trigram: scans
 ]
 
 
@@ -150,6 +157,7 @@ def escapes(db: sqlite3.Connection) -> sqlite3.Connection:
     more = [
         _event(6, "route.a", rb'{"path": "a\/b", "name": "caf\u00e9"}', [("Route", "a/b")], 3),
         _event(7, "route.b", b'{"path": "a-b"}', [("Quote", 'say "hi"')], None),
+        _event(8, "bin.x", b"\x00\xff\xc3refund\x80\xe2\x82 hi", None, None),
     ]
     with store.transaction(db):
         store.insert_events(db, more)
@@ -180,7 +188,8 @@ def test_plan_bounds_rare_terms_through_indexes(db: sqlite3.Connection) -> None:
     assert filters.plan(db, filters.parse("json:/amount=10")).rows == 1
     assert filters.plan(db, filters.parse("json:/order_id=2")).rows == 2  # and header Dup=2
     assert filters.plan(db, filters.parse("json:/order_id=2 flow:3")).rows == 1
-    assert filters.plan(db, filters.parse("hello")).rows is None  # payload text scans
+    assert filters.plan(db, filters.parse("hello")).rows == 1  # through the trigram index
+    assert filters.plan(db, filters.parse("lo")).rows is None  # no trigram in it: scans
     with store.transaction(db):
         store.insert_events(db, [_event(6, "late.one", b"{}")])
     assert not store.read_indexes_ready(db)  # an event the indexes have not seen
