@@ -5,11 +5,14 @@ Textual is imported inside the commands, so headless verbs stay light.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from qixtui.cli import connection_options, fail, main
 from qixtui.core import store
 
 RECORDER_START_S = 10.0
-RECORDER_STOP_S = 15.0
+QUIET_STOP_S = 1.0  # a recorder that closes its file faster than this stops without a word
 
 
 def default_session_path(kind: str = "tap") -> Path:
@@ -82,16 +85,42 @@ def wait_for_session(proc: subprocess.Popen[bytes], path: Path, log: Path) -> No
     fail(f"the recorder did not create {path} within {RECORDER_START_S:.0f}s")
 
 
-def stop_recorder(proc: subprocess.Popen[bytes]) -> int | None:
-    """SIGINT, so the recorder flushes and closes the file; SIGKILL only if it hangs."""
+def stop_recorder(proc: subprocess.Popen[bytes], path: Path) -> int | None:
+    """SIGINT, so the recorder flushes and closes the file, then wait as long as closing takes:
+    the last flows and the read indexes filters use take a while on millions of events, and
+    the terminal says so. Ctrl-C while waiting kills the recorder and its writer at once:
+    every committed event stays, only the indexes are left for `qixtui index`."""
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGINT)
+    try:
+        try:
+            proc.wait(QUIET_STOP_S)
+        except subprocess.TimeoutExpired:
+            click.echo(
+                f"qixtui: finishing {path}: closing the last flows and building the indexes "
+                "filters use (about 15 s a million events); Ctrl-C stops at once, keeping "
+                "every event",
+                err=True,
+            )
+            proc.wait()
+    except KeyboardInterrupt:
+        # The recorder leads its own process group, its writer process included.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        click.echo(
+            f"qixtui: stopped before {path} was finished: every recorded event is in it; "
+            f"filters will scan until `qixtui index {path}` builds its indexes",
+            err=True,
+        )
+    return proc.returncode
+
+
+def detach_recorder(proc: subprocess.Popen[bytes]) -> None:
+    """The terminal is gone: ask the recorder to stop and let it finish the file on its own
+    (it runs in its own session and writes to its log, so the hang-up does not reach it)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(RECORDER_STOP_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 @main.command()
@@ -129,10 +158,15 @@ def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
         from qixtui.cli_demo import hang_up_stops
         from qixtui.ui.app import QixtuiApp
 
-        hang_up_stops(lambda: stop_recorder(proc))
-        QixtuiApp(path, recorder_pid=proc.pid).run()
+        hang_up_stops(lambda: detach_recorder(proc))
+        app = QixtuiApp(path, recorder_pid=proc.pid)
+        try:
+            app.run()
+        finally:
+            # An open reader would keep the recorder from making the file self-contained.
+            app.session.close()
     finally:
-        code = stop_recorder(proc)
+        code = stop_recorder(proc, path)
     summary = log.read_text(errors="replace").strip().splitlines()
     click.echo(summary[-1] if summary else f"recorder exited ({code}); session: {path}", err=True)
 
@@ -147,3 +181,62 @@ def open_replay(file: str) -> None:
     from qixtui.ui.app import QixtuiApp
 
     QixtuiApp(path, replay=True).run()
+
+
+@main.command("index")
+@click.argument("file", type=click.Path())
+def index_command(file: str) -> None:
+    """Build the indexes filters use in a finished recording that has none.
+
+    The recorder builds them when it stops; a recording stopped before that (a second Ctrl-C,
+    a kill) still holds every event, and its filters scan until this has run.
+    """
+    path = Path(file)
+    try:
+        db = store.open_session(path, readonly=False)
+    except store.SessionError as exc:
+        fail(str(exc))
+    try:
+        meta = store.get_meta(db)
+        pid = meta.get("recorder_pid", "")
+        recording = pid.isdigit() and int(pid) > 0 and store.pid_alive(int(pid))
+        if "stopped_ns" not in meta and recording:
+            fail(f"{path}: still being recorded; its recorder builds the indexes when it stops")
+        if store.read_indexes_ready(db):
+            click.echo(f"{path}: already indexed", err=True)
+            return
+        click.echo(f"qixtui: indexing {path} (about 15 s a million events)...", err=True)
+        build_indexes(db)
+        click.echo(f"qixtui: indexed {path}; filters on it read the indexes now", err=True)
+    finally:
+        db.close()
+
+
+def build_indexes(db: sqlite3.Connection) -> None:
+    """Build the read indexes in a thread, so Ctrl-C can interrupt SQLite: the build is one
+    transaction, rolled back whole, and the file is as it was."""
+    failed: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            store.build_read_indexes(db)
+        except sqlite3.Error as exc:
+            failed.append(exc)
+            return
+        # One self-contained file, as the recorder leaves it; a viewer that has it open
+        # holds a lock this needs, and then WAL mode stays (the indexes are in either way).
+        with contextlib.suppress(sqlite3.OperationalError):
+            db.execute("PRAGMA busy_timeout = 1000")
+            db.execute("PRAGMA journal_mode = DELETE")
+
+    worker = threading.Thread(target=build, name="build read indexes")
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        db.interrupt()
+        worker.join()
+        fail("interrupted: no indexes built, the recording is unchanged")
+    if failed:
+        fail(f"cannot index: {failed[0]}")

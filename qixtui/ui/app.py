@@ -323,6 +323,25 @@ class QixtuiApp(App[None]):
             self.events_list.move_to(0)
         self.refresh_status()
         self.poll_timer = self.set_interval(POLL_S, self.poll, name="poll session file")
+        self.say_if_unindexed()
+
+    def say_if_unindexed(self) -> None:
+        """A recording stopped before its recorder built the read indexes works, but every
+        filter scans it: say so, and what builds them."""
+        stats = self.session.stats()
+        if self.connection_state(stats) not in ("finished", "incomplete"):
+            return  # still being recorded: the recorder builds them when it stops
+        if stats.total and not store.read_indexes_ready(self.session.db):
+            self.notify(
+                t.plain(
+                    f"{self.path.name} has no indexes for filters yet, so each filter scans "
+                    f"every event; `qixtui index {self.path}` builds them"
+                ),
+                markup=False,
+                severity="warning",
+                title="recording",
+                timeout=20,
+            )
 
     @property
     def main(self) -> MainScreen:

@@ -100,6 +100,9 @@ class Session:
         filters.install_functions(db)
         return db
 
+    def close(self) -> None:
+        self.db.close()
+
     def meta(self) -> dict[str, str]:
         return store.get_meta(self.db)
 

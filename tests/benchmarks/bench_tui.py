@@ -264,6 +264,38 @@ async def test_tui_on_a_million_events(big_session: Path) -> None:
     )
 
 
+async def test_filters_on_a_live_million_events(million: tuple[Path, Path]) -> None:
+    """A recording still being written has no read indexes: every filter scans, in a worker,
+    while the screen keeps answering keys."""
+    live = million[1]
+    app = QixtuiApp(live)
+    async with app.run_test(size=(160, 50)) as pilot:
+        events = app.screen.query_one("#events", RowList)
+        await wait_until(pilot, lambda: len(events.index) > 0)
+        raw = store.open_session(live)
+        assert not store.read_indexes_ready(raw)
+        filtered = await time_filters(app, pilot, raw, repeat=1)
+        # Keys on the flow list while the slow scans run (rare values: the whole file).
+        flows = app.screen.query_one("#flows", RowList)
+        flows.focus()
+        until = time.monotonic() + 2
+        idle = await key_latencies(app, flows, lambda: time.monotonic() < until)
+        scanning: list[float] = []
+        scans = 0
+        while len(scanning) < 30 and scans < 10:
+            app.apply_filter("refund" if scans % 2 else "json:/order_id=50000")
+            scanning += await key_latencies(app, flows, lambda: app.scanning)
+            scans += 1
+        app.apply_filter("")
+        await pilot.pause()
+    print_filters("live recording, no read indexes yet", filtered)
+    print(
+        f"  key press to frame while a filter scans: median {median_ms(scanning):.1f} ms, "
+        f"p95 {p95_ms(scanning):.1f} ms ({len(scanning)} keys over {scans} scans); "
+        f"idle {median_ms(idle):.1f} ms (ratio {median_ms(scanning) / median_ms(idle):.2f}x)"
+    )
+
+
 TAP_RATE = 20_000
 WARM = 2_000  # events on screen before the clock starts, so keys have rows to move over
 TAP_SECONDS = float(os.environ.get("QIXTUI_BENCH_TAP_S", "10"))

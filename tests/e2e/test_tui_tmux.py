@@ -161,6 +161,71 @@ def test_tap_records_and_shows_a_live_bus(tmux: Tmux, tmp_path: Path) -> None:
     pid = int(meta["recorder_pid"])
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+    # It waited for the recorder to finish the file: indexed, one self-contained file.
+    assert store.read_indexes_ready(db)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def running_in_group(pgid: int) -> list[int]:
+    """Processes of a process group that still run (a reaped-late zombie does not count)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def publish_many(url: str, count: int) -> None:
+    async def main() -> None:
+        nc = await nats.connect(url)
+        for n in range(count):
+            body = b'{"order_id": %d, "note": "%s"}' % (n, b"y" * 80)
+            await nc.publish(f"bulk.{n % 8}", body, headers={"X-Correlation-ID": f"o-{n}"})
+            if n % 1000 == 0:
+                await nc.flush()
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(main())
+
+
+def test_quitting_tap_says_it_is_finishing_and_ctrl_c_stops_at_once(
+    tmux: Tmux, tmp_path: Path
+) -> None:
+    out = tmp_path / "big.qix"
+    with EmbeddedServer(jetstream=False) as server:
+        tap = qixtui("tap", "-s", server.url, "-o", str(out))
+        tmux.start([*tap, ";", "echo", "tap-exited", "$?", ";", "sleep", "60"], tmp_path)
+        tmux.wait_for(lambda p: "recording" in p, timeout=30)
+        # Enough that closing the recording (the last batches, flows, indexes) takes seconds.
+        publish_many(server.url, 200_000)
+        tmux.keys("q")
+        pane = tmux.wait_for(lambda p: "qixtui: finishing" in p, timeout=60)
+        assert "Ctrl-C stops at once" in pane
+        tmux.keys("C-c")
+        pane = tmux.wait_for(lambda p: "tap-exited" in p, timeout=30)
+    assert "stopped before" in pane
+    assert f"qixtui index {out}" in " ".join(pane.split())  # the pane may wrap the line
+    db = store.open_session(out)
+    meta = store.get_meta(db)
+    # The recorder and its writer were killed together, mid-finish: nothing of theirs runs.
+    assert running_in_group(int(meta["recorder_pid"])) == []
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    recorded = db.execute("SELECT count(*) FROM events").fetchone()[0]
+    assert recorded > 0
+    assert not store.read_indexes_ready(db)
+    db.close()
+    # The indexes can be built later; filters then read them.
+    done = subprocess.run(qixtui("index", str(out)), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "indexed" in done.stderr
+    db = store.open_session(out)
+    assert store.read_indexes_ready(db)
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] == recorded
 
 
 def descendants(pid: int) -> set[int]:

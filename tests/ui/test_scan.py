@@ -4,19 +4,21 @@ filter stops the old scan."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
+from helpers import run_qixtui
 from textual.widgets import Input
 
 from qixtui.core import filters, store
 from qixtui.ui import app as app_module
 from qixtui.ui.app import QixtuiApp
 from qixtui.ui.rowlist import RowList
-from ui.sessions import MS, T0, screen_text, settle
+from ui.sessions import MS, T0, screen_text, settle, shop_session
 
 EVENTS = 20_000
 CHUNK = 2_000
@@ -160,3 +162,55 @@ async def test_a_scan_lists_matches_as_it_finds_them(tmp_path: Path, gate: Gate)
     assert seen[0] == 1
     assert 2 in seen
     assert seen[-1] == 3
+
+
+def notices(app: QixtuiApp) -> list[str]:
+    return [str(n.message) for n in app._notifications]
+
+
+async def test_a_finished_recording_without_indexes_says_how_to_build_them(
+    tmp_path: Path,
+) -> None:
+    path = shop_session(tmp_path / "shop.qix")  # stopped, never indexed
+    app = QixtuiApp(path, replay=True)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await settle(pilot)
+        (notice,) = [n for n in notices(app) if "indexes" in n]
+        assert f"`qixtui index {path}` builds them" in notice
+    app.session.close()  # a reader left open keeps the file in WAL mode
+    done = run_qixtui("index", str(path))
+    assert done.returncode == 0, done.stderr
+    assert f"qixtui: indexed {path}" in done.stderr
+    db = store.open_session(path)
+    assert store.read_indexes_ready(db)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    db.close()
+    app = QixtuiApp(path, replay=True)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await settle(pilot)
+        assert not [n for n in notices(app) if "indexes" in n]
+    again = run_qixtui("index", str(path))
+    assert again.returncode == 0
+    assert "already indexed" in again.stderr
+
+
+async def test_a_recording_still_being_written_is_neither_flagged_nor_indexed(
+    tmp_path: Path,
+) -> None:
+    path = live_session(tmp_path / "live.qix")
+    db = store.open_session(path, readonly=False)
+    store.set_meta(db, {"recorder_pid": str(os.getpid())})  # a recorder that is alive
+    db.close()
+    app = QixtuiApp(path)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await settle(pilot)
+        assert not [n for n in notices(app) if "indexes" in n]
+    refused = run_qixtui("index", str(path))
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"qixtui: {path}: still being recorded; its recorder builds the indexes when it stops"
+    )
+    bad = run_qixtui("index", str(tmp_path / "nope.qix"))
+    assert bad.returncode == 1
+    assert "no such file" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
