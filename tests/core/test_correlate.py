@@ -136,6 +136,17 @@ def test_a_late_bridge_merges_the_smaller_flow_into_the_larger() -> None:
     assert later.flow_id == 1
 
 
+def test_a_batch_sets_every_events_flow_id_across_a_merge_inside_it() -> None:
+    order = ev(1, "a.b", b'{"order_id": 1}')
+    shipment = ev(2, "s.x", b'{"shipment_id": "s"}')
+    heartbeat = ev(3, "shop.heartbeat.payment", b"{}")
+    heartbeat.flow_id = 2  # left over from correlating these events before
+    bridge = ev(4, "s.y", b'{"order_id": 1, "shipment_id": "s"}')
+    changes = Correlator(RULES).add_batch([order, shipment, heartbeat, bridge], 4000)
+    assert changes.merges == [(2, 1)]
+    assert [e.flow_id for e in (order, shipment, heartbeat, bridge)] == [1, 1, None, 1]
+
+
 def test_a_shared_customer_id_never_merges_orders() -> None:
     events = [
         ev(i, "shop.order.placed", msgspec.json.encode({"customer_id": "c", "order_id": i}))
