@@ -48,7 +48,7 @@ Record = list[Any]
 
 
 # -- what the write process reads: typed, so payloads arrive as bytearrays, which sqlite3
-# binds without its adapter lookup (see store.event_row) --------------------------------------
+# binds without the adapter lookup it runs for bytes (see store.event_row) --------------------
 
 
 class _Rows(msgspec.Struct, array_like=True, tag="R"):
