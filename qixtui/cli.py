@@ -144,7 +144,13 @@ def record(
     """Record every message on the bus into a session file, correlated into flows."""
     from qixtui.core.correlate import factory
     from qixtui_nats.connect import ConnectError
-    from qixtui_nats.recorder import Recorder, RecordOptions, print_progress, run_to_end
+    from qixtui_nats.recorder import (
+        Recorder,
+        RecordOptions,
+        WriterFailed,
+        print_progress,
+        run_to_end,
+    )
 
     try:
         rules = pop_rules(conn)
@@ -165,9 +171,7 @@ def record(
     progress = print_progress if sys.stderr.isatty() and not as_json else None
     try:
         stats = run_to_end(recorder.run(progress))
-    except store.SessionError as exc:
-        fail(str(exc))
-    except ConnectError as exc:
+    except (store.SessionError, ConnectError, WriterFailed) as exc:
         fail(str(exc))
     if progress:
         click.echo("", err=True)

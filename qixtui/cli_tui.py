@@ -88,8 +88,8 @@ def wait_for_session(proc: subprocess.Popen[bytes], path: Path, log: Path) -> No
 def stop_recorder(proc: subprocess.Popen[bytes], path: Path) -> int | None:
     """SIGINT, so the recorder flushes and closes the file, then wait as long as closing takes:
     the last flows and the read indexes filters use take a while on millions of events, and
-    the terminal says so. Ctrl-C while waiting kills the recorder and its writer at once:
-    every committed event stays, only the indexes are left for `qixtui index`."""
+    the terminal says so. Ctrl-C while waiting kills the recorder and its writers at once:
+    every committed event stays, the indexes are left for `qixtui index`."""
     if proc.poll() is not None:
         return proc.returncode
     proc.send_signal(signal.SIGINT)
@@ -100,7 +100,7 @@ def stop_recorder(proc: subprocess.Popen[bytes], path: Path) -> int | None:
             click.echo(
                 f"qixtui: finishing {path}: closing the last flows and building the indexes "
                 "filters use (about 15 s a million events); Ctrl-C stops at once, keeping "
-                "every event",
+                "every event already committed",
                 err=True,
             )
             proc.wait()
@@ -109,8 +109,9 @@ def stop_recorder(proc: subprocess.Popen[bytes], path: Path) -> int | None:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         click.echo(
-            f"qixtui: stopped before {path} was finished: every recorded event is in it; "
-            f"filters will scan until `qixtui index {path}` builds its indexes",
+            f"qixtui: stopped before {path} was finished: it holds every event committed by "
+            "then (any still on their way to the file are not in it); filters will scan until "
+            f"`qixtui index {path}` builds its indexes",
             err=True,
         )
     return proc.returncode
@@ -200,7 +201,7 @@ def index_command(file: str) -> None:
         meta = store.get_meta(db)
         pid = meta.get("recorder_pid", "")
         recording = pid.isdigit() and int(pid) > 0 and store.pid_alive(int(pid))
-        if "stopped_ns" not in meta and recording:
+        if recording and not store.recording_stopped(meta):
             fail(f"{path}: still being recorded; its recorder builds the indexes when it stops")
         if store.read_indexes_ready(db):
             click.echo(f"{path}: already indexed", err=True)

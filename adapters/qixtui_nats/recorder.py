@@ -46,6 +46,10 @@ FLUSH_AT = 4000
 HEARTBEAT_S = 0.1
 
 
+class WriterFailed(Exception):
+    """A writer stage died; the message is one line meant for the user."""
+
+
 @dataclass
 class RecordStats:
     events: int = 0
@@ -346,17 +350,27 @@ class Recorder:
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await bounded(self.nc.close(), 2)
-        self._flush_pending()
-        if self._gap_open:
-            self._send(["G-", time.time_ns()])
-        self._send(["M", {"stopped_ns": str(time.time_ns())}])
-        if self._sender is not None:
-            self._sender.send(["X"])
-            self._sender.close()
-        for stage in self._stages:
-            await asyncio.to_thread(stage.join)
-            if stage.exitcode not in (0, None):
-                raise RuntimeError(f"session {stage.name} exited with {stage.exitcode}")
+        try:
+            self._flush_pending()
+            if self._gap_open:
+                self._send(["G-", time.time_ns()])
+            self._send(["M", {"stopped_ns": str(time.time_ns())}])
+            if self._sender is not None:
+                self._sender.send(["X"])
+        finally:
+            if self._sender is not None:
+                self._sender.close()
+            # Every stage finishes before any failure is told: one left running would be
+            # terminated at exit with its batch, and the first to fail names the culprit.
+            for stage in self._stages:
+                await asyncio.to_thread(stage.join)
+        failed = [s for s in self._stages if s.exitcode not in (0, None)]
+        if failed:
+            culprit = failed[-1]  # a dead writer breaks the prepare stage's pipe too
+            raise WriterFailed(
+                f"{self.options.output}: the recorder's {culprit.name} process exited with "
+                f"{culprit.exitcode}; the file holds what was committed before"
+            )
 
     # -- hot path -------------------------------------------------------------------------
 
@@ -398,7 +412,7 @@ class Recorder:
         if self._sender is None:
             return
         if self._sender.error is not None:
-            raise RuntimeError(f"session writer is gone: {self._sender.error}")
+            raise WriterFailed(f"session writer is gone: {self._sender.error}")
         self._sender.send(record, events)
 
     async def _flush_loop(self) -> None:

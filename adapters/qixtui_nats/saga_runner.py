@@ -399,8 +399,7 @@ def recorder_alive(db: sqlite3.Connection) -> bool:
     pid = meta.get("recorder_pid", "")
     if not pid.isdigit() or not store.pid_alive(int(pid)):
         return False
-    stopped = meta.get("stopped_ns", "")
-    return not stopped or int(stopped) < int(meta.get("started_ns", "0") or 0)
+    return not store.recording_stopped(meta)
 
 
 class Recording:

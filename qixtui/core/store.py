@@ -185,10 +185,6 @@ def _connect(path: Path, readonly: bool) -> sqlite3.Connection:
         db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
     else:
         db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        # Per connection, not stored in the file. In WAL mode NORMAL loses nothing committed
-        # when a process dies (only a power cut can take the last commits back), and spares
-        # the writer an fsync per transaction.
-        db.execute("PRAGMA synchronous = NORMAL")
     db.execute("PRAGMA busy_timeout = 5000")
     return db
 
@@ -441,8 +437,9 @@ def search_tokens(text: str) -> list[str]:
 
 def text_search_query(text: str) -> str | None:
     """A query of the payload trigram index whose hits include every payload holding `text`
-    (printable, 3 characters or more), or None: shorter text has no trigram to look up."""
-    if len(text) < 3 or not text.isprintable():
+    (printable ASCII, 3 characters or more), or None: shorter text has no trigram to look up,
+    and the tokenizer folds a stray byte after a non-ASCII character into that character."""
+    if len(text) < 3 or not text.isprintable() or not text.isascii():
         return None
     grams = dict.fromkeys(text[i : i + 3] for i in range(len(text) - 2))
     # Each trigram alone: the index keeps no positions (detail=none), so no phrase queries.
@@ -490,9 +487,13 @@ def build_read_indexes(db: sqlite3.Connection) -> None:
 
 
 def read_indexes_ready(db: sqlite3.Connection) -> bool:
-    """The file's read indexes cover every event in it."""
+    """The file's read indexes cover every event in it (a file indexed by an earlier qixtui
+    lacks the payload trigram index: not ready, so `qixtui index` completes it)."""
     row = db.execute("SELECT value FROM meta WHERE key = 'indexed_to'").fetchone()
-    return row is not None and int(row[0]) == next_event_id(db) - 1
+    trigrams = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'search_text'"
+    ).fetchone()
+    return row is not None and trigrams is not None and int(row[0]) == next_event_id(db) - 1
 
 
 # --- replays: the audit trail and resume position of `qixtui replay --publish` -------------
@@ -761,6 +762,13 @@ JOURNAL_COLUMNS = (
     "run_id, seq, step, kind, attempt, idempotency_key, subject, payload, headers, in_doubt, "
     "intent_ns, result, detail, reply, result_ns"
 )
+
+
+def recording_stopped(meta: dict[str, str]) -> bool:
+    """The recorder that wrote this file last has stopped. A recorder appending to a finished
+    session writes a new started_ns after the old stopped_ns."""
+    stopped = meta.get("stopped_ns", "")
+    return stopped.isdigit() and int(stopped) >= int(meta.get("started_ns", "0") or 0)
 
 
 def pid_alive(pid: int) -> bool:

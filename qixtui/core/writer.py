@@ -100,14 +100,19 @@ class RowMaker:
         self.correlator = correlator
 
     def prepare(self, records: list[Record]) -> list[Record]:
-        # All events of a batch are correlated together: a flow touched by several records
-        # is summarised once, so a writer that falls behind catches up faster.
+        # The events of a batch are correlated together (a flow touched by several records is
+        # summarised once, so a writer behind catches up faster), but never moved past a gap,
+        # drop or metadata record: a "stopped" mark must not land before the last events.
         out: list[Record] = []
         rows: list[list[Any]] = []
         for record in records:
             if record[0] == "E":
                 rows.extend(record[1])
-            elif record[0] != "X":
+                continue
+            if rows:
+                out.append(self._rows(rows))
+                rows = []
+            if record[0] != "X":
                 out.append(record)
         if rows:
             out.append(self._rows(rows))
@@ -233,8 +238,13 @@ def run_prepare(
     tune_gc()
 
     def send(records: list[Record]) -> None:
-        for record in records:
-            sink.send_bytes(encode_record(record))
+        try:
+            for record in records:
+                sink.send_bytes(encode_record(record))
+        except OSError:
+            # The write stage is gone and nothing can reach the file: stop, and let the
+            # recorder name the stage that died (exit status 1, no traceback).
+            raise SystemExit(1) from None
 
     stopping = False
     while not stopping:
@@ -259,6 +269,10 @@ def run_writer(path: str, source: Connection) -> None:
     then index and close the file."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     db = store.open_session(Path(path), readonly=False)
+    # Per connection, not stored in the file. In WAL mode NORMAL loses nothing committed when
+    # a process dies (only a power cut can take the last commits back) and spares an fsync
+    # per transaction; the saga journal's own connections keep FULL.
+    db.execute("PRAGMA synchronous = NORMAL")
     writer = SessionWriter(db)
     tune_gc()
     stopping = False

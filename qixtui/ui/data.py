@@ -130,7 +130,7 @@ class Session:
             gaps=gap_count,
             open_gap_since_ns=open_since,
             file_bytes=store.file_size(self.path),
-            stopped="stopped_ns" in meta,
+            stopped=store.recording_stopped(meta),
             recorder_pid=int(pid) if pid and pid.isdigit() else None,
         )
 

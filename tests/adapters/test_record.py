@@ -420,3 +420,45 @@ async def test_a_late_pong_after_a_flush_timeout_leaves_the_reader_alive(nats_se
     await other.close()
     await eventually(lambda: got == [b"still reading"], 10, "the message after the late PONG")
     await nc.close()
+
+
+def recorder_stages(pid: int) -> list[int]:
+    """The recorder's prepare and writer processes, in that order (started in that order;
+    multiprocessing's resource tracker is not one of them)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return sorted(
+        int(c)
+        for c in children
+        if b"resource_tracker" not in Path(f"/proc/{c}/cmdline").read_bytes()
+    )
+
+
+def test_a_dead_writer_stage_is_named_and_nothing_is_left_running(
+    nats_server: EmbeddedServer, tmp_path: Path
+):
+    out = tmp_path / "stage.qix"
+    proc = start_recorder(nats_server.url, out, "-S", "stage.>")
+
+    async def publish(n: int) -> None:
+        nc = await nats.connect(nats_server.url)
+        for i in range(n):
+            await nc.publish("stage.x", str(i).encode())
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(publish(100))
+    wait_for_events(out, 100)
+    prepare, writer = recorder_stages(proc.pid)
+    os.kill(writer, signal.SIGKILL)
+    asyncio.run(publish(100))  # the prepare stage finds its pipe broken
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr  # one line, no traceback
+    assert "qixtui-writer process exited with -9" in lines[0]
+    assert not store.pid_alive(prepare)  # waited for, not left behind
+    db = sqlite3.connect(out)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT count(*) FROM events").fetchone()[0] >= 100
+    db.close()

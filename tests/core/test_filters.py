@@ -148,6 +148,7 @@ CASES = [
     "fund\x80",
     "no such text",
     "hi",  # too short for a trigram: scans
+    "café",  # not ASCII: scans, the trigram index would miss event 9
 ]
 
 
@@ -158,6 +159,8 @@ def escapes(db: sqlite3.Connection) -> sqlite3.Connection:
         _event(6, "route.a", rb'{"path": "a\/b", "name": "caf\u00e9"}', [("Route", "a/b")], 3),
         _event(7, "route.b", b'{"path": "a-b"}', [("Quote", 'say "hi"')], None),
         _event(8, "bin.x", b"\x00\xff\xc3refund\x80\xe2\x82 hi", None, None),
+        # The trigram tokenizer folds the stray \x80 into the é before it.
+        _event(9, "bin.y", b"caf\xc3\xa9\x80", None, None),
     ]
     with store.transaction(db):
         store.insert_events(db, more)
@@ -206,3 +209,14 @@ def test_search_tokens_split_like_the_index() -> None:
         "z",
         "1",
     ]
+
+
+def test_a_file_indexed_without_the_trigram_index_is_not_ready(db: sqlite3.Connection) -> None:
+    """Files indexed by an earlier qixtui have no payload trigram index: filters scan, and
+    `qixtui index` completes them instead of calling them indexed."""
+    store.build_read_indexes(db)
+    db.execute("DROP TABLE search_text")
+    assert not store.read_indexes_ready(db)
+    assert filters.plan(db, filters.parse("hello")).rows is None
+    store.build_read_indexes(db)
+    assert store.read_indexes_ready(db)
