@@ -230,6 +230,16 @@ def _hits(db: sqlite3.Connection, table: str, query: str) -> int:
     return int(db.execute(sql, (query, RARE + 1)).fetchone()[0])
 
 
+def _through_index(db: sqlite3.Connection, where: Where, table: str, query: str | None) -> None:
+    """Narrow `where` to an FTS index's hits when they are few; the term's own SQL still
+    decides (the index only promises that every match is among its hits)."""
+    hits = RARE + 1 if query is None else _hits(db, table, query)
+    if hits <= RARE:
+        where.sql += f" AND id IN (SELECT rowid FROM {table} WHERE {table} MATCH ?)"
+        where.params.append(query)
+    _bound(where, hits)
+
+
 def plan(db: sqlite3.Connection, flt: Filter) -> Where:
     """Like `build`, shaped by what the file holds: rare subjects, flows, statuses, durations,
     header or JSON values and payload text go through an index and bound `rows`; common ones
@@ -271,20 +281,10 @@ def plan(db: sqlite3.Connection, flt: Filter) -> Where:
                 where.params.append(value)
             _bound(where, count)
         elif term.kind == "text" and indexed:
-            query = store.text_search_query(term.value)
-            hits = RARE + 1 if query is None else _hits(db, "search_text", query)
-            if hits <= RARE:
-                where.sql += " AND id IN (SELECT rowid FROM search_text WHERE search_text MATCH ?)"
-                where.params.append(query)
-            _bound(where, hits)
+            _through_index(db, where, "search_text", store.text_search_query(term.value))
             _term_sql(term, where)
         elif term.kind in ("header", "json") and term.op == "=" and indexed:
-            query = _search_query(term.value)
-            hits = RARE + 1 if query is None else _hits(db, "search", query)
-            if hits <= RARE:
-                where.sql += " AND id IN (SELECT rowid FROM search WHERE search MATCH ?)"
-                where.params.append(query)
-            _bound(where, hits)
+            _through_index(db, where, "search", _search_query(term.value))
             _term_sql(term, where)
         else:
             _term_sql(term, where)
