@@ -282,20 +282,7 @@ def test_from_journal_replays_what_the_user_decided() -> None:
         assert isinstance(action, Request)
         if payload is not None:
             action = eng.edit_pending(payload)
-        entries.append(
-            JournalEntry(
-                action.seq,
-                action.step,
-                action.kind,
-                action.attempt,
-                action.idempotency_key,
-                action.payload,
-                now,
-                result.kind,
-                "",
-                json.dumps(result.reply).encode(),
-            )
-        )
+        entries.append(journal_entry(action, now, result))
         eng.apply(result, now)
     rebuilt, doubt = SagaEngine.from_journal(SHOP, "r1", resolve_vars(SHOP, {}, "r1"), entries)
     assert doubt is None
@@ -344,26 +331,29 @@ def test_a_compensation_that_keeps_failing_fails_the_run() -> None:
     assert eng.finished.outcome == "failed"
 
 
+def journal_entry(action: Request, now: int, result: StepResult | None) -> JournalEntry:
+    """The journal row of `action` sent at `now` and answered by `result` (None: not yet)."""
+    return JournalEntry(
+        action.seq,
+        action.step,
+        action.kind,
+        action.attempt,
+        action.idempotency_key,
+        action.payload,
+        now,
+        None if result is None else result.kind,
+        "",
+        None if result is None else json.dumps(result.reply).encode(),
+    )
+
+
 def journal_of(eng: SagaEngine, answers: list[StepResult], stop_before_result: bool) -> list:
     entries = []
     for now, result in enumerate([*answers, None]):
         action = eng.next(now)
         assert isinstance(action, Request)
         last = now == len(answers)
-        entries.append(
-            JournalEntry(
-                action.seq,
-                action.step,
-                action.kind,
-                action.attempt,
-                action.idempotency_key,
-                action.payload,
-                now,
-                None if last else result.kind,
-                "",
-                None if last else json.dumps(result.reply).encode(),
-            )
-        )
+        entries.append(journal_entry(action, now, None if last else result))
         if last:
             return entries if stop_before_result else entries[:-1]
         eng.apply(result, now)
