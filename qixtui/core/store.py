@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import sqlite3
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -562,6 +563,22 @@ def subject_matches(pattern: str, subject: str) -> bool:
         if ptok != "*" and ptok != stoks[i]:
             return False
     return len(stoks) == len(ptoks)
+
+
+def subject_regex(patterns: list[str]) -> re.Pattern[str] | None:
+    """One regex that fully matches what any of `patterns` matches (as `subject_matches`):
+    the correlator tests every new subject against the status patterns, and a reply's inbox
+    subject is new every time."""
+    if not patterns:
+        return None
+    alternatives = []
+    for pattern in patterns:
+        ptoks = pattern.split(".")
+        parts = ["[^.]*" if tok == "*" else re.escape(tok) for tok in ptoks]
+        if ptoks[-1] == ">":
+            parts[-1] = ".*"
+        alternatives.append(r"\.".join(parts))
+    return re.compile("|".join(f"(?:{alt})" for alt in alternatives), re.DOTALL)
 
 
 @dataclass

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from helpers import run_qixtui
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qixtui.core import store
 from qixtui.core.model import Event, parse_header_block
@@ -82,6 +84,26 @@ def test_subject_patterns(tmp_path: Path, pattern: str, subject: str, matches: b
         )
     found = list(store.iter_events(db, store.EventQuery(subject=pattern)))
     assert bool(found) is matches
+
+
+_TOKENS = st.sampled_from(["a", "b", "", "*", ">", "x.y", "a+", "(", "é"])
+
+
+@given(st.lists(st.lists(_TOKENS, min_size=1, max_size=4), min_size=1, max_size=3), _TOKENS)
+def test_one_regex_matches_what_the_patterns_match(pattern_tokens, subject_tail):
+    """The correlator's compiled status patterns agree with `subject_matches`."""
+    patterns = [".".join(tokens) for tokens in pattern_tokens]
+    regex = store.subject_regex(patterns)
+    assert regex is not None
+    for tokens in pattern_tokens:
+        for subject in (
+            ".".join(tokens),
+            ".".join(t if t not in ("*", ">") else subject_tail for t in tokens),
+            ".".join([*tokens, subject_tail]),
+            ".".join(tokens[:-1]),
+        ):
+            expected = any(store.subject_matches(p, subject) for p in patterns)
+            assert bool(regex.fullmatch(subject)) is expected, (patterns, subject)
 
 
 def test_viewing_opens_read_only_and_changes_nothing(tmp_path: Path):
