@@ -100,12 +100,31 @@ def parse_time(value: str | None) -> int | None:
     return int(parsed.timestamp() * 1e9)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    from qixtui.core.correlate import COMPILED
+
+    build = "compiled" if COMPILED else "pure Python"
+    click.echo(f"qixtui {version('qixtui')} (correlator: {build})")
+    ctx.exit()
+
+
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Start with `qixtui demo`. Verbs: demo, tap, replay, orchestrate, record, events, "
     "info, server.",
 )
-@click.version_option(package_name="qixtui")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version, and whether correlation runs compiled.",
+)
 def main() -> None:
     """qixtui: see choreography and orchestration on a real NATS bus."""
 

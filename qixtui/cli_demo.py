@@ -14,7 +14,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 import click
 
+from qixtui import child_command
 from qixtui.cli import fail, main
 from qixtui.core import store
 
@@ -91,7 +91,7 @@ def record_command(url: str, output: Path) -> list[str]:
     from qixtui_demo import RULES_PATH
 
     return [
-        *[sys.executable, "-m", "qixtui", "record", "-s", url, "-o", str(output), "--json"],
+        *child_command("qixtui", "record", "-s", url, "-o", str(output), "--json"),
         *["--config", str(RULES_PATH)],
     ]
 
@@ -190,7 +190,7 @@ class DemoStack:
         with self.record_log.with_name("saga.log").open("ab") as saga_log:
             return subprocess.Popen(
                 [
-                    *[sys.executable, "-m", "qixtui_demo.orchestrated"],
+                    *child_command("qixtui_demo.orchestrated"),
                     *["--server", self.server.url, "--file", str(self.output)],
                     *self.saga_args,
                     *incarnation,

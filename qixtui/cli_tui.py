@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from qixtui import child_command
 from qixtui.cli import connection_options, fail, main
 from qixtui.core import store
 
@@ -42,7 +43,7 @@ def default_session_path(kind: str = "tap") -> Path:
 
 def recorder_command(output: Path, conn: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
     """argv and environment for `qixtui record`; secrets travel in the environment, never argv."""
-    argv = [sys.executable, "-m", "qixtui", "record", "-o", str(output)]
+    argv = child_command("qixtui", "record", "-o", str(output))
     for flag, key in (
         ("--server", "servers"),
         ("--context", "context"),

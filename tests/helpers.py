@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from qixtui import child_command
+
 
 def qixtui_command(*args: str) -> list[str]:
     """The installed qixtui entry point, run the way a user runs it."""
-    return [sys.executable, "-m", "qixtui", *args]
+    return child_command("qixtui", *args)
 
 
 def run_qixtui(

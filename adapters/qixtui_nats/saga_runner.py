@@ -15,7 +15,6 @@ import secrets
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
+from qixtui import child_command
 from qixtui.core import store
 from qixtui.core.saga import (
     Finished,
@@ -427,7 +427,7 @@ class Recording:
     def spawn(self) -> None:
         """Start a recorder unless one already writes the file; then `sync` before sending."""
         if not self.attached():
-            cmd = [sys.executable, "-m", "qixtui", "record", "-o", str(self.path)]
+            cmd = child_command("qixtui", "record", "-o", str(self.path))
             if self.path.exists():
                 cmd.append("--append")
             self.proc = subprocess.Popen(

@@ -11,13 +11,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from qixtui import child_command
 
 
 class ParticipantsError(Exception):
@@ -53,7 +54,7 @@ class Participants:
 
 
 def participants_command(server_url: str, args: Sequence[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "qixtui_demo", "--server", server_url, *args]
+    return child_command("qixtui_demo", "--server", server_url, *args)
 
 
 def start_participants(

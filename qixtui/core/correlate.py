@@ -65,6 +65,9 @@ MIN_RETAIN_NS = 600_000_000_000
 TERMINAL, FAILURE, COMPENSATION = 1, 2, 4
 _CORR, _TRACE, _CAUSE, _MSGID, _SAGA, _SERVICE = 1, 2, 3, 4, 5, 6
 
+# Built wheels carry this module compiled by mypyc (hatch_build.py); editable installs do not.
+COMPILED = not __file__.endswith(".py")
+
 _NO_TRACE = "0" * 32
 _JSON_START = re.compile(rb"[ \t\r\n]*\{")
 _ID_TOKEN = re.compile(r"^(?:\d+|(?=.*\d)[0-9A-Za-z_-]{8,})$")

@@ -23,6 +23,7 @@ import pytest
 from helpers import qixtui_command
 
 from qixtui.core import store
+from qixtui.core.correlate import COMPILED
 from qixtui_nats.server import EmbeddedServer
 
 pytestmark = [pytest.mark.benchmark, pytest.mark.timeout(1800)]
@@ -303,7 +304,8 @@ def test_drain_rate_against_a_bare_subscriber(tmp_path: Path):
     ratio = rec["rate"] / bare["rate"]
     print(
         f"\n[drain] {TOTAL:,} msgs (~200 B JSON, 2 headers) from a separate raw publisher, "
-        "each side run three times, the best run shown\n"
+        "each side run three times, the best run shown; correlator "
+        f"{'compiled' if COMPILED else 'pure Python'}\n"
         f"  bare nats-py subscriber : {bare['rate']:>9,.0f} msg/s ({bare['received']:,} received; "
         f"runs {rates(bares)})\n"
         f"  qixtui record           : {rec['rate']:>9,.0f} ev/s committed "

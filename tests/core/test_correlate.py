@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import msgspec
+import pytest
 from flowgen import (
     CONVENTIONS,
     FIELD_KEYS,
@@ -18,6 +20,7 @@ from flowgen import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qixtui.core import correlate
 from qixtui.core.correlate import Correlator, correlate_all, event_type
 from qixtui.core.model import Event
 from qixtui.core.rules import RuleFlags, Rules
@@ -331,3 +334,11 @@ def test_a_busy_bus_of_one_message_flows_keeps_a_bounded_number(tmp_path) -> Non
         store.stall_quiet_flows(db, end, c.stall_ns)
     statuses = dict(db.execute("SELECT status, count(*) FROM flows GROUP BY status").fetchall())
     assert statuses == {"stalled": total}
+
+
+@pytest.mark.skipif(
+    "QIXTUI_EXPECT_COMPILED" not in os.environ,
+    reason="set by .ci/run where it runs these tests against a built wheel",
+)
+def test_a_built_wheel_runs_the_compiled_correlator():
+    assert correlate.COMPILED, correlate.__file__

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -18,6 +17,7 @@ import nats
 import pytest
 from ui.sessions import shop_session
 
+from qixtui import child_command
 from qixtui.core import store
 from qixtui_demo import SHOP_SAGA
 from qixtui_demo.plan import DEFAULT_LATENCY, Knobs, Latency
@@ -79,7 +79,7 @@ def tmux() -> Iterator[Tmux]:
 
 
 def qixtui(*args: str) -> list[str]:
-    return [sys.executable, "-m", "qixtui", *args]
+    return child_command("qixtui", *args)
 
 
 def test_replay_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:
