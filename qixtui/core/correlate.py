@@ -36,7 +36,7 @@ import operator
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -55,20 +55,28 @@ from qixtui.core.saga import (
 )
 from qixtui.core.store import subject_regex
 
-MAX_STEPS = 200  # variant length kept per flow; the event count keeps counting
-MAX_KEYS_SHOWN = 20
-MAX_FLOWS = 50_000
-LOOSE_LIMIT = 200_000
-SUBJECT_CACHE = 50_000
-MIN_RETAIN_NS = 600_000_000_000
+# Final: compiled, these are constants in the code instead of a module lookup at each use.
+MAX_STEPS: Final = 200  # variant length kept per flow; the event count keeps counting
+MAX_KEYS_SHOWN: Final = 20
+MAX_FLOWS: Final = 50_000
+LOOSE_LIMIT: Final = 200_000
+SUBJECT_CACHE: Final = 50_000
+MIN_RETAIN_NS: Final = 600_000_000_000
 
-TERMINAL, FAILURE, COMPENSATION = 1, 2, 4
-_CORR, _TRACE, _CAUSE, _MSGID, _SAGA, _SERVICE = 1, 2, 3, 4, 5, 6
+TERMINAL: Final = 1
+FAILURE: Final = 2
+COMPENSATION: Final = 4
+_CORR: Final = 1
+_TRACE: Final = 2
+_CAUSE: Final = 3
+_MSGID: Final = 4
+_SAGA: Final = 5
+_SERVICE: Final = 6
 
 # Built wheels carry this module compiled by mypyc (hatch_build.py); editable installs do not.
 COMPILED = not __file__.endswith(".py")
 
-_NO_TRACE = "0" * 32
+_NO_TRACE: Final = "0" * 32
 _JSON_START = re.compile(rb"[ \t\r\n]*\{")
 _ID_TOKEN = re.compile(r"^(?:\d+|(?=.*\d)[0-9A-Za-z_-]{8,})$")
 
@@ -152,7 +160,7 @@ class _FlowState:
         self.started_ns = ts_ns
         self.ended_ns = ts_ns
         self.events = 0
-        self.services: dict[str, None] = {}
+        self.services: list[str] = []  # a few: a list is cheaper to copy than a dict
         self.steps: list[tuple[int, int, str]] = []
         self.variant: list[str] = []  # the steps' event types, kept for summaries
         self.keys: list[str] = []
@@ -185,7 +193,7 @@ class _FlowState:
             self.started_ns,
             self.ended_ns,
             self.events,
-            list(self.services),
+            self.services[:],
             self.variant[:],
             self.keys[:MAX_KEYS_SHOWN],
             self.orchestrated,
@@ -484,7 +492,7 @@ class Correlator:
             elif ts < flow.started_ns:
                 flow.started_ns = ts
             if service is not None and service not in flow.services:
-                flow.services[service] = None
+                flow.services.append(service)
             steps = flow.steps
             if len(steps) < MAX_STEPS:
                 steps.append((ts, eid, etype))
@@ -636,8 +644,8 @@ class Correlator:
         flow.set_steps(
             sorted([*flow.steps, (loose.ts_ns, loose.event_id, loose.etype)])[:MAX_STEPS]
         )
-        if loose.service is not None:
-            flow.services.setdefault(loose.service, None)
+        if loose.service is not None and loose.service not in flow.services:
+            flow.services.append(loose.service)
 
     # -- union-find ---------------------------------------------------------------------------
 
@@ -675,7 +683,8 @@ class Correlator:
         into.started_ns = min(into.started_ns, gone.started_ns)
         into.ended_ns = max(into.ended_ns, gone.ended_ns)
         for service in gone.services:
-            into.services.setdefault(service, None)
+            if service not in into.services:
+                into.services.append(service)
         into.set_steps(sorted(into.steps + gone.steps)[:MAX_STEPS])
         into.terminal |= gone.terminal
         into.failure |= gone.failure
