@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -33,7 +34,7 @@ from qixtui.core.correlate import COMPILED, MAX_FLOWS, Correlator
 from qixtui.core.discover import discover, to_dot, to_mermaid
 from qixtui.core.model import Event
 from qixtui.core.rules import RuleFlags, Rules
-from qixtui.core.writer import tune_gc
+from qixtui.core.writer import CycleCollector
 from qixtui_nats.server import EmbeddedServer
 
 pytestmark = pytest.mark.benchmark
@@ -98,11 +99,19 @@ def one_message_flows(count: int) -> list[Event]:
     return events
 
 
-def test_correlation_alone() -> None:
+@pytest.fixture
+def writer_gc() -> Iterator[None]:
+    """Garbage collection as the writer stages run it, restored afterwards."""
+    gc.collect()
+    CycleCollector()
+    yield
+    gc.unfreeze()
+    gc.enable()
+
+
+def test_correlation_alone(writer_gc: None) -> None:
     events = realistic_events(20_000)
     many = one_message_flows(3 * MAX_FLOWS)
-    gc.collect()
-    tune_gc()  # as in the writer process
     start = time.perf_counter()
     for event in events:  # baseline: touching each event once
         event.flow_id = event.id

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 from qixtui.core import store
-from qixtui.core.writer import RowMaker, write_records
+from qixtui.core.writer import CycleCollector, RowMaker, write_records
 
 
 def test_events_are_never_moved_past_a_gap_or_a_stop_mark() -> None:
@@ -52,3 +54,26 @@ def test_an_appending_recorder_is_not_stopped() -> None:
     assert not store.recording_stopped({"started_ns": "5"})
     # Appending to a finished session: the old stop mark predates the new start.
     assert not store.recording_stopped({"started_ns": "10", "stopped_ns": "9"})
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def test_the_writer_stages_free_reference_cycles_once_a_minute():
+    collector = CycleCollector()
+    try:
+        assert not gc.isenabled()
+        first, second = _Node(), _Node()
+        first.other, second.other = second, first
+        freed = weakref.ref(first)
+        del first, second
+        collector.now_and_then()
+        assert freed() is not None  # not a minute yet: the cycle is still there
+        collector.next_at = 0  # a minute later
+        collector.now_and_then()
+        assert freed() is None
+    finally:
+        gc.unfreeze()
+        gc.enable()
