@@ -30,7 +30,7 @@ from nats.aio.subscription import Subscription
 
 import qixtui
 from qixtui.core import store
-from qixtui.core.writer import encode_record, run_prepare, run_writer
+from qixtui.core.writer import CycleCollector, encode_record, run_prepare, run_writer
 from qixtui_nats.connect import (
     ConnectError,
     ConnectOptions,
@@ -196,6 +196,7 @@ class Recorder:
         self.nc: RecordingClient | None = None
         self._subscriptions: list[Subscription] = []
         self._sender: _Sender | None = None
+        self._collector: CycleCollector | None = None
         self._stages: list[multiprocessing.process.BaseProcess] = []
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -251,6 +252,7 @@ class Recorder:
                 loop.add_signal_handler(sig, self._stop.set)
         if not self.options.append:
             store.ensure_new(self.options.output)
+        self._collector = collector = CycleCollector()
         try:
             await self._connect()
             tasks = [
@@ -269,6 +271,7 @@ class Recorder:
             await bounded(asyncio.gather(*tasks, return_exceptions=True), 2)
         finally:
             await self._shutdown()
+            collector.close()
         return self.stats
 
     async def _connect(self) -> None:
@@ -419,6 +422,8 @@ class Recorder:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             self._flush_pending()
+            if self._collector is not None:
+                self._collector.now_and_then()
             if self.drops:
                 now = time.time_ns()
                 for subject, n in self.drops.items():

@@ -199,10 +199,10 @@ COLLECT_EVERY_S = 60.0
 
 
 class CycleCollector:
-    """The writer stages allocate a dozen containers per event and keep correlation state for
-    up to 50,000 flows; the collector's automatic passes over them cost an eighth of the
-    prepare stage's time. Their own objects form no cycles (the rare one, such as an
-    exception's traceback, waits for the pass made once a minute)."""
+    """The recorder's processes allocate a few containers per event, and the writer stages
+    keep correlation state for up to 50,000 flows: the collector's automatic passes over them
+    cost an eighth of the prepare stage's time. What they allocate per event forms no cycles
+    (the rare cycle, such as an exception's traceback, waits for the pass once a minute)."""
 
     def __init__(self) -> None:
         gc.disable()
@@ -214,6 +214,11 @@ class CycleCollector:
         if now >= self.next_at:
             gc.collect()
             self.next_at = now + COLLECT_EVERY_S
+
+    def close(self) -> None:
+        """Back to automatic collection (for a recorder run inside a longer-lived process)."""
+        gc.unfreeze()
+        gc.enable()
 
 
 def _gather(conn: Connection, decode: Any, size: Any) -> tuple[list[Any], bool]:
