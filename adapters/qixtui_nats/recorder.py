@@ -27,6 +27,7 @@ from typing import Any
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
+from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
 import qixtui
 from qixtui.core import store
@@ -145,6 +146,71 @@ def run_to_end(main: Awaitable[Any]) -> Any:
         loop.run_until_complete(loop.shutdown_asyncgens())
 
 
+class RecordingParser(Parser):
+    """nats-py's protocol parser with a fast path for recorded messages.
+
+    nats-py matches a regular expression and awaits a coroutine for every message. Here a run of
+    MSG/HMSG frames for recorded subscriptions is split by hand and handed over synchronously,
+    a read's worth at a time; anything else (PING, INFO, -ERR, other subscriptions, a line that
+    does not parse) goes to nats-py's parser from that point on, which also raises its errors.
+    """
+
+    def __init__(self, nc: RecordingClient) -> None:
+        super().__init__(nc)
+        self.client = nc
+
+    async def parse(self, data: bytes = b"") -> None:
+        buf = self.buf
+        buf.extend(data)
+        if self.state != AWAITING_CONTROL_LINE:
+            await super().parse()
+            return
+        client = self.client
+        recorded, on_message, stats = client.recorded_sids, client.on_message, client.stats
+        pos, size = 0, len(buf)
+        partial = False  # a recorded message that has not fully arrived yet
+        while True:
+            if buf.startswith(b"HMSG ", pos):
+                skip = 5
+            elif buf.startswith(b"MSG ", pos):
+                skip = 4
+            else:
+                break
+            end = buf.find(b"\r\n", pos)
+            if end < 0:
+                partial = True
+                break
+            # HMSG subject sid [reply] header-size total-size; MSG has no header size
+            args = buf[pos + skip : end].split()
+            if skip == 4:
+                args.insert(len(args) - 1, b"0")
+            if len(args) == 4:
+                subject, sid, header_size, total_size = args
+                reply = b""
+            elif len(args) == 5:
+                subject, sid, reply, header_size, total_size = args
+            else:
+                break
+            if not (sid.isdigit() and header_size.isdigit() and total_size.isdigit()):
+                break
+            start, header_len, total = end + 2, int(header_size), int(total_size)
+            if header_len > total or int(sid) not in recorded:
+                break
+            if start + total + 2 > size:
+                partial = True
+                break
+            headers = bytes(buf[start : start + header_len]) if header_len else None
+            payload = bytes(buf[start + header_len : start + total])
+            pos = start + total + 2
+            stats["in_msgs"] += 1
+            stats["in_bytes"] += len(payload)
+            on_message(bytes(subject), bytes(reply), payload, headers)
+        if pos:
+            del buf[:pos]
+        if buf and not partial:
+            await super().parse()
+
+
 class RecordingClient(Client):
     """A nats-py client that hands recorded messages over as raw bytes.
 
@@ -157,6 +223,7 @@ class RecordingClient(Client):
         super().__init__()
         self.on_message = on_message
         self.recorded_sids: set[int] = set()
+        self._ps = RecordingParser(self)
 
     async def _process_msg(
         self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
