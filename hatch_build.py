@@ -9,6 +9,7 @@ plain typed Python, so the same source runs either way:
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,13 +22,14 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 COMPILED = ["qixtui/core/correlate.py"]
 
 SETUP = """\
+import json
 import sys
 from setuptools import setup
 from mypyc.build import mypycify
 
 setup(
     name="qixtui_compiled",
-    ext_modules=mypycify(sys.argv.pop(1).split(","), target_dir=sys.argv.pop(1)),
+    ext_modules=mypycify(json.loads(sys.argv.pop(1)), target_dir=sys.argv.pop(1)),
 )
 """
 
@@ -52,7 +54,7 @@ class CompileHook(BuildHookInterface):
             [
                 sys.executable,
                 "setup.py",
-                ",".join(mypy_args + paths),
+                json.dumps(mypy_args + paths),
                 str(work / "c"),
                 "build_ext",
                 f"--build-lib={work / 'lib'}",

@@ -605,7 +605,7 @@ class Correlator:
                     start = value.find("-") + 1
                     trace = value[start : start + 32]
                     ok = start and value[start + 32 : start + 33] == "-" and "-" not in trace
-                    if ok and trace != _NO_TRACE:
+                    if ok and value.find("-", start + 33) > 0 and trace != _NO_TRACE:
                         found.append(("trace", "trace=" + trace.lower()))
                 elif role == _CAUSE:
                     cause = value

@@ -212,7 +212,13 @@ def test_trace_and_correlation_headers_are_keys_in_any_case() -> None:
     c = ev(3, "a.d", headers=[("correlation-id", "x")])
     d = ev(4, "a.e", headers=[("ce-correlationid", "x")])
     zero = ev(5, "a.f", headers=[("traceparent", f"00-{'0' * 32}-00f067aa0ba902b7-01")])
-    assert sorted(correlate_all([a, b, c, d, zero], RULES).values()) == [[1, 2], [3, 4]]
+    # not version-traceid-parentid-flags: no trace key, so neither joins a flow
+    short = ev(6, "a.g", headers=[("traceparent", f"00-{trace}-01")])
+    dashed = ev(7, "a.h", headers=[("traceparent", f"00-{trace[:31]}--00f067aa0ba902b7-01")])
+    assert sorted(correlate_all([a, b, c, d, zero, short, dashed], RULES).values()) == [
+        [1, 2],
+        [3, 4],
+    ]
 
 
 def test_cloudevents_structured_and_plain_payloads_share_the_field_key() -> None:
