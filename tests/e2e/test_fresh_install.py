@@ -41,6 +41,10 @@ def test_pip_install_then_headless_demo(tmp_path: Path) -> None:
             timeout=timeout,
         )
 
+    # This machine has a C compiler: the wheel carries the correlator compiled (hatch_build.py).
+    version = qixtui("--version")
+    assert "(correlator: compiled)" in version.stdout, version.stdout + version.stderr
+
     session = tmp_path / "demo.qix"
     demo = qixtui("demo", "--headless", "--duration", "10", "-o", str(session), "--json")
     assert demo.returncode == 0, demo.stderr
