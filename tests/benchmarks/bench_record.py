@@ -247,7 +247,8 @@ def run_recorder(server: EmbeddedServer, out: Path, total: int, rate: float) -> 
     sampler.stop.set()
     sampler.join()
     proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=60)
+    # Closing builds the read indexes, ~10 s a million events on a quiet machine.
+    stdout, _ = proc.communicate(timeout=600)
     summary = json.loads(stdout)
     recorded = count(out, exact=True)
     return {
