@@ -48,6 +48,8 @@ class CompileHook(BuildHookInterface):
         work = Path(self._work.name)
         (work / "setup.py").write_text(SETUP)
         paths = [str(root / p) for p in COMPILED]
+        # mypyc type-checks what the module imports: msgspec comes from the build requirements
+        # (pyproject.toml), the standard library is all the rest.
         mypy_args = ["--ignore-missing-imports", f"--cache-dir={work / 'cache'}"]
         # Run where no pyproject.toml is: setuptools would read this project's as its own.
         result = subprocess.run(
