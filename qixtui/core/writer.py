@@ -201,8 +201,9 @@ COLLECT_EVERY_S = 60.0
 class CycleCollector:
     """The recorder's processes allocate a few containers per event, and the writer stages
     keep correlation state for up to 50,000 flows: the collector's automatic passes over them
-    cost an eighth of the prepare stage's time. What they allocate per event forms no cycles
-    (the rare cycle, such as an exception's traceback, waits for the pass once a minute)."""
+    cost about 6% of the prepare stage's instructions and 4.6% of the bus client's CPU. What
+    they allocate per event forms no cycles (the rare cycle, such as an exception's
+    traceback, waits for the pass once a minute)."""
 
     def __init__(self) -> None:
         gc.disable()
