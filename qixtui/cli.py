@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
+import qixtui
 from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import store
 from qixtui.core.text import visible
@@ -103,12 +104,10 @@ def parse_time(value: str | None) -> int | None:
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from importlib.metadata import version
-
     from qixtui.core.correlate import COMPILED
 
     build = "compiled" if COMPILED else "pure Python"
-    click.echo(f"qixtui {version('qixtui')} (correlator: {build})")
+    click.echo(f"qixtui {qixtui.__version__} (correlator: {build})")
     ctx.exit()
 
 

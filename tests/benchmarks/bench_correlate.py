@@ -103,10 +103,9 @@ def one_message_flows(count: int) -> list[Event]:
 def writer_gc() -> Iterator[None]:
     """Garbage collection as the writer stages run it, restored afterwards."""
     gc.collect()
-    CycleCollector()
+    collector = CycleCollector()
     yield
-    gc.unfreeze()
-    gc.enable()
+    collector.close()
 
 
 def test_correlation_alone(writer_gc: None) -> None:

@@ -75,5 +75,4 @@ def test_the_writer_stages_free_reference_cycles_once_a_minute():
         collector.now_and_then()
         assert freed() is None
     finally:
-        gc.unfreeze()
-        gc.enable()
+        collector.close()
