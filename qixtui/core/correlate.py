@@ -32,7 +32,6 @@ every LOOSE_LIMIT entries or `retain` nanoseconds.
 from __future__ import annotations
 
 import functools
-import operator
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -72,13 +71,16 @@ _CAUSE: Final = 3
 _MSGID: Final = 4
 _SAGA: Final = 5
 _SERVICE: Final = 6
+_NOWHERE: Final = 0  # where a flow is kept: new or forgotten, live, quiet
+_LIVE: Final = 1
+_QUIET: Final = 2
 
 # Built wheels carry this module compiled by mypyc (hatch_build.py); editable installs do not.
 COMPILED = not __file__.endswith(".py")
 
 _NO_TRACE: Final = "0" * 32
-_JSON_START = re.compile(rb"[ \t\r\n]*\{")
-_ID_TOKEN = re.compile(r"^(?:\d+|(?=.*\d)[0-9A-Za-z_-]{8,})$")
+_JSON_START: Final = re.compile(rb"[ \t\r\n]*\{")
+_ID_TOKEN: Final = re.compile(r"^(?:\d+|(?=.*\d)[0-9A-Za-z_-]{8,})$")
 
 
 def event_type(subject: str) -> str:
@@ -138,15 +140,18 @@ class _Loose:
 
 class _FlowState:
     __slots__ = (
+        "batch",
         "compensation",
         "ended_ns",
         "events",
         "failure",
         "flow_id",
         "inboxes",
+        "into",
         "keys",
         "msgs",
         "orchestrated",
+        "place",
         "services",
         "stalled",
         "started_ns",
@@ -171,6 +176,9 @@ class _FlowState:
         self.compensation = False
         self.orchestrated = False
         self.stalled = False
+        self.place = _NOWHERE
+        self.batch = 0  # the last batch that touched it: its summary is in that batch's changes
+        self.into: _FlowState | None = None  # the flow that absorbed this one
 
     def status(self) -> str:
         if self.failure:
@@ -205,16 +213,16 @@ _Leaf = str | int | float | bool | None
 
 class _Fields:
     """Payload fields by JSON pointer. A msgspec decoder built for just the pointed-at fields
-    skips everything else without making Python objects, and one attrgetter reads them all;
-    payloads it cannot type (a pointed-at spot holding an object, a null parent) are walked
-    generically. Overlapping pointers (/data and /data/id) always take the generic walk."""
+    skips everything else without making Python objects; each pointer is then a path of field
+    positions, read from `astuple` (one C call a struct, where attribute lookups are generic).
+    Payloads it cannot type (a pointed-at spot holding an object) are walked generically.
+    Overlapping pointers (/data and /data/id) always take the generic walk."""
 
     def __init__(self, pointers: list[str]) -> None:
         self.paths = [parse_pointer(p) for p in pointers]
         self.prefixes = [f"{segs[-1]}=" for segs in self.paths]
         self.decode: Callable[[bytes], Any] | None = None
-        self.none: tuple[None, ...] = ()
-        self.getter: Callable[[Any], Any] = operator.attrgetter("__class__")
+        self.positions: list[list[int]] = []
         tree: dict[str, Any] = {}
         for segs in self.paths:
             node = tree
@@ -226,39 +234,30 @@ class _Fields:
                 return
             node[segs[-1]] = True
         root, root_mapping = self._build(tree)
-        dotted = []
         for segs in self.paths:
-            attrs = []
+            at: list[int] = []
             mapping: Any = root_mapping
             for seg in segs:
-                attr, mapping = mapping[seg]
-                attrs.append(attr)
-            dotted.append(".".join(attrs))
+                position, mapping = mapping[seg]
+                at.append(position)
+            self.positions.append(at)
         self.decode = msgspec.json.Decoder(root).decode
-        self.getter = operator.attrgetter(*dotted) if len(dotted) > 1 else self._one(dotted[0])
-        self.none = (None,) * len(dotted)  # what most payloads hold: one compare skips it
 
     @staticmethod
-    def _one(path: str) -> Callable[[Any], Any]:
-        get = operator.attrgetter(path)
-        return lambda obj: (get(obj),)
-
-    @staticmethod
-    def _build(tree: dict[str, Any]) -> tuple[Any, dict[str, tuple[str, Any]]]:
-        def build(node: dict[str, Any]) -> tuple[Any, dict[str, tuple[str, Any]]]:
-            mapping: dict[str, tuple[str, Any]] = {}
+    def _build(tree: dict[str, Any]) -> tuple[Any, dict[str, tuple[int, Any]]]:
+        def build(node: dict[str, Any]) -> tuple[Any, dict[str, tuple[int, Any]]]:
+            mapping: dict[str, tuple[int, Any]] = {}
             specs: list[tuple[str, Any, Any]] = []
             for seg, child in node.items():
                 attr = f"f{len(mapping)}"
                 if child is True:
                     specs.append((attr, _Leaf, None))
-                    mapping[seg] = (attr, None)
+                    mapping[seg] = (len(specs) - 1, None)
                 else:
                     sub, sub_mapping = build(child)
-                    # an empty instance as default: a missing parent reads as missing leaves
-                    specs.append((attr, sub | None, sub()))
-                    mapping[seg] = (attr, sub_mapping)
-            rename = {attr: seg for seg, (attr, _) in mapping.items()}
+                    specs.append((attr, sub | None, None))  # missing or null: leaves missing
+                    mapping[seg] = (len(specs) - 1, sub_mapping)
+            rename = {spec[0]: seg for seg, spec in zip(node, specs, strict=True)}
             struct = msgspec.defstruct(
                 "Payload", specs, rename=rename, frozen=True, gc=False, cache_hash=False
             )
@@ -266,24 +265,29 @@ class _Fields:
 
         return build(tree)
 
-    def keys(self, payload: bytes, found: list[tuple[str, str]]) -> None:
+    def keys(self, payload: bytes, found: list[str]) -> None:
         if payload[:1] != b"{" and not _JSON_START.match(payload):
             return
         if self.decode is not None:
             try:
-                values = self.getter(self.decode(payload))
-            except (msgspec.ValidationError, AttributeError):
-                values = None  # another type where a pointer leads: walk it generically
+                top: tuple[Any, ...] | None = _astuple(self.decode(payload))
+            except msgspec.ValidationError:
+                top = None  # another type where a pointer leads: walk it generically
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 return
-            if values == self.none:
-                return
-            if values is not None:
-                for i, value in enumerate(values):  # zip(strict=True) costs a kwargs parse
+            if top is not None:
+                positions = self.positions
+                for i in range(len(positions)):
+                    at = positions[i]
+                    value = top[at[0]]
+                    for k in range(1, len(at)):
+                        if value is None:
+                            break
+                        value = _astuple(value)[at[k]]
                     if value is not None:
                         text = value if type(value) is str else _plain_value(value)
                         if text:
-                            found.append(("field", self.prefixes[i] + text))
+                            found.append(self.prefixes[i] + text)
                 return
         try:
             generic = _decode_any(payload)
@@ -292,10 +296,11 @@ class _Fields:
         for prefix, segs in zip(self.prefixes, self.paths, strict=True):
             text = _plain_value(_walk(generic, segs))
             if text:
-                found.append(("field", prefix + text))
+                found.append(prefix + text)
 
 
-_decode_any = msgspec.json.decode
+_astuple: Final = msgspec.structs.astuple
+_decode_any: Final = msgspec.json.decode
 
 
 def _plain_value(value: Any) -> str | None:
@@ -357,21 +362,23 @@ class Correlator:
         self._stall_ns = rules.stall_ns
         self._retain_ns = retain_ns or max(10 * self._stall_ns, MIN_RETAIN_NS)
 
-        self._index: dict[str, int] = {}  # key -> flow id
-        self._inboxes: dict[str, tuple[int, int, str, str | None]] = {}
-        self._msgs: dict[str, tuple[int, int]] = {}  # message id -> (flow id, event id or 0)
+        # Tables point at flow states themselves: no flow-id lookup, no boxing of ids.
+        self._index: dict[str, _FlowState] = {}
+        self._inboxes: dict[str, tuple[_FlowState, int, str, str | None]] = {}
+        self._msgs: dict[str, tuple[_FlowState, int]] = {}  # message id -> (flow, event id or 0)
         # Flowless requests (by reply subject) and messages (by message id), two generations.
         self._loose_inboxes: list[dict[str, _Loose]] = [{}, {}]
         self._loose_msgs: list[dict[str, _Loose]] = [{}, {}]
         self._loose_rotated_ns: int | None = None
-        self._flows: dict[int, _FlowState] = {}
-        # Touched within `stall`, oldest first. Ordered dicts, because flows leave from the
-        # front: a plain dict keeps the holes, and finding its first key then walks past every
-        # flow ever forgotten (a third of the writer's time once 50,000 flows are remembered).
-        self._live: OrderedDict[int, None] = OrderedDict()
-        self._quiet: OrderedDict[int, None] = OrderedDict()
+        # Every remembered flow is in one of these: touched within `stall` (live) or not
+        # (quiet), oldest first. Ordered dicts, because flows leave from the front: a plain
+        # dict keeps the holes, and finding its first key then walks past every flow ever
+        # forgotten (a third of the writer's time once 50,000 flows are remembered).
+        self._live: OrderedDict[_FlowState, None] = OrderedDict()
+        self._quiet: OrderedDict[_FlowState, None] = OrderedDict()
         self._subjects: dict[str, _SubjectInfo] = {}
-        self._moved: dict[int, int] = {}
+        self._moved: dict[int, int] = {}  # absorbed flow id -> the id it went into, per batch
+        self._batch = 0
 
     # -- public -----------------------------------------------------------------------------
 
@@ -380,39 +387,44 @@ class Correlator:
         links: list[Link] = []
         merges: list[tuple[int, int]] = []
         assign: list[tuple[int, int]] = []
-        touched: set[int] = set()
+        touched: list[_FlowState] = []
+        batch_no = self._batch = self._batch + 1
         batch = events if isinstance(events, list) else list(events)
         # The hot path is this one loop, with the tables it uses bound to locals. Methods are
         # called as methods: compiled, that is a direct C call; a bound method in a local is not.
         subjects = self._subjects
-        index, flows, msgs, replies = self._index, self._flows, self._msgs, self._replies
+        index, msgs, replies = self._index, self._msgs, self._replies
         inboxes, loose_inboxes, loose_msgs = self._inboxes, self._loose_inboxes, self._loose_msgs
         for event in batch:
             subject = event.subject
-            info = subjects.get(subject) or self._subject_info(subject)
-            found, cause, msgid, saga, service = self._keys(event, info)
+            info = subjects.get(subject)
+            if info is None:
+                info = self._subject_info(subject, replies and subject in inboxes)
+            found, cause, msgid, saga, service = self._keys(event, info, None)
 
-            fid: int | None = None
+            flow: _FlowState | None = None
             unknown = False
-            for _kind, key in found:
+            for key in found:
                 other = index.get(key)
                 if other is None:
                     unknown = True
-                elif other != fid:
-                    fid = other if fid is None else self._union(fid, other, merges)
+                elif other is not flow:
+                    flow = other if flow is None else self._union(flow, other, merges)
             etype = info.etype
             eid = event.id
-            request: tuple[int, int, str, str | None] | None = None
+            request: tuple[_FlowState, int, str, str | None] | None = None
             loose_request: _Loose | None = None
             if replies:
-                if subject in inboxes:
-                    request = inboxes[subject]
-                    fid = request[0] if fid is None else self._union(fid, request[0], merges)
+                request = inboxes.get(subject)
+                if request is not None:
+                    pointed_flow = request[0]
+                    flow = pointed_flow if flow is None else self._union(flow, pointed_flow, merges)
                     etype, service = reply_type(request[2]), request[3]
                 else:
-                    recent, older = loose_inboxes
-                    if subject in recent or subject in older:
-                        loose_request = recent.get(subject) or older[subject]
+                    loose_request = loose_inboxes[0].get(subject)
+                    if loose_request is None:
+                        loose_request = loose_inboxes[1].get(subject)
+                    if loose_request is not None:
                         etype, service = reply_type(loose_request.etype), loose_request.service
             cause_id = 0
             loose_cause: _Loose | None = None
@@ -420,34 +432,32 @@ class Correlator:
                 pointed = msgs.get(cause)
                 if pointed is not None:
                     cause_id = pointed[1]
-                    fid = pointed[0] if fid is None else self._union(fid, pointed[0], merges)
+                    flow = pointed[0] if flow is None else self._union(flow, pointed[0], merges)
                 else:
                     loose_cause = self._loose_get(loose_msgs, cause)
             if msgid is not None:
                 pointed = msgs.get(msgid)
                 if pointed is not None:
-                    fid = pointed[0] if fid is None else self._union(fid, pointed[0], merges)
+                    flow = pointed[0] if flow is None else self._union(flow, pointed[0], merges)
 
             reply = event.reply if replies else None
-            if fid is None:
+            ts = event.ts_ns
+            if flow is None:
                 if not found and cause is None:
                     if msgid is not None or reply:
-                        loose = _Loose(eid, event.ts_ns, etype, service)
+                        loose = _Loose(eid, ts, etype, service)
                         if msgid is not None:
                             self._loose_put(loose_msgs, msgid, loose)
                         if reply:
                             self._loose_put(loose_inboxes, reply, loose)
                     event.flow_id = None
                     continue
-                fid = eid
-                flow = flows[fid] = _FlowState(fid, event.ts_ns)
-            else:
-                flow = flows[fid]
+                flow = _FlowState(eid, ts)
 
             if unknown:
-                for _kind, key in found:
+                for key in found:
                     if key not in index:
-                        index[key] = fid
+                        index[key] = flow
                         flow.keys.append(key)
             if request is not None:
                 links.append(Link(eid, "reply", subject, request[1]))
@@ -457,7 +467,7 @@ class Correlator:
                 for gen in loose_inboxes:
                     gen.pop(subject, None)
                 inboxes[subject] = (
-                    fid,
+                    flow,
                     loose_request.event_id,
                     loose_request.etype,
                     loose_request.service,
@@ -469,24 +479,24 @@ class Correlator:
                     self._adopt(flow, loose_cause, "causation", cause, links, assign)
                     for gen in loose_msgs:
                         gen.pop(cause, None)
-                    msgs[cause] = (fid, cause_id)
+                    msgs[cause] = (flow, cause_id)
                     flow.msgs.append(cause)
                 elif cause not in msgs:
-                    msgs[cause] = (fid, 0)  # the cause may still arrive
+                    msgs[cause] = (flow, 0)  # the cause may still arrive
                     flow.msgs.append(cause)
                 links.append(Link(eid, "causation", cause, cause_id or None))
             if msgid is not None:
-                if msgid not in msgs:
+                own = msgs.get(msgid)
+                if own is None:
                     flow.msgs.append(msgid)
-                elif msgs[msgid][1] == 0:
+                elif own[1] == 0:
                     links.append(Link(eid, "causation", msgid, None))
-                msgs[msgid] = (fid, eid)
+                msgs[msgid] = (flow, eid)
             if reply:
-                inboxes[reply] = (fid, eid, etype, service)
+                inboxes[reply] = (flow, eid, etype, service)
                 flow.inboxes.append(reply)
 
             flow.events += 1
-            ts = event.ts_ns
             if ts > flow.ended_ns:
                 flow.ended_ns = ts
             elif ts < flow.started_ns:
@@ -507,8 +517,10 @@ class Correlator:
                     flow.compensation = True
             if saga:
                 flow.orchestrated = True
-            event.flow_id = fid
-            touched.add(fid)
+            event.flow_id = flow.flow_id
+            if flow.batch != batch_no:
+                flow.batch = batch_no
+                touched.append(flow)
 
         if merges:
             find, moved = self._find, self._moved
@@ -516,31 +528,32 @@ class Correlator:
                 if event.flow_id in moved:
                     event.flow_id = find(event.flow_id)
             assign = [(eid, find(fid)) for eid, fid in assign]
-            touched = {find(fid) for fid in touched}
+            touched = self._absorbed(touched, batch_no)
         self._moved.clear()
         live, quiet = self._live, self._quiet
-        for fid in touched:
-            if fid in live:
-                live.move_to_end(fid)
+        for flow in touched:
+            if flow.place == _LIVE:
+                live.move_to_end(flow)
                 continue
-            if fid in quiet:
-                del quiet[fid]
-                flows[fid].stalled = False
-            live[fid] = None
-        changed = {fid: flows[fid] for fid in touched}
-        self._tick(now_ns, changed)
+            if flow.place == _QUIET:
+                del quiet[flow]
+                flow.stalled = False
+            live[flow] = None
+            flow.place = _LIVE
+        self._tick(now_ns, touched, batch_no)
         return FlowChanges(
             links=links,
             merges=merges,
-            flows=[f.summary() for f in changed.values()],
+            flows=[f.summary() for f in touched],
             assign=assign,
         )
 
     def finish(self, now_ns: int) -> FlowChanges:
         """The recording ended at `now_ns`: running flows quiet for `stall` are stalled."""
-        changed: dict[int, _FlowState] = {}
-        self._tick(now_ns, changed)
-        return FlowChanges(flows=[f.summary() for f in changed.values()])
+        changed: list[_FlowState] = []
+        self._batch += 1
+        self._tick(now_ns, changed, self._batch)
+        return FlowChanges(flows=[f.summary() for f in changed])
 
     @property
     def stall_ns(self) -> int:
@@ -548,7 +561,7 @@ class Correlator:
 
     @property
     def remembered_flows(self) -> int:
-        return len(self._flows)
+        return len(self._live) + len(self._quiet)
 
     @property
     def remembered_keys(self) -> int:
@@ -557,7 +570,9 @@ class Correlator:
 
     # -- the hot path -----------------------------------------------------------------------
 
-    def _subject_info(self, subject: str) -> _SubjectInfo:
+    def _subject_info(self, subject: str, inbox: bool) -> _SubjectInfo:
+        """What a subject says by itself: cached, except a reply inbox's (each is used once;
+        its event type and service come from the request)."""
         tokens = subject.split(".")
         status = 0
         for bit, regex in self._status_patterns:
@@ -568,6 +583,8 @@ class Correlator:
             for regex, index in self._subject_keys
             if len(tokens) >= index and regex is not None and regex.fullmatch(subject)
         ]
+        if inbox:
+            return _SubjectInfo("", None, status, keys)
         info = _SubjectInfo(
             event_type(subject),
             _service_of_tokens(tokens, self._service_rule, self._commands),
@@ -580,17 +597,19 @@ class Correlator:
         return info
 
     def _keys(
-        self, event: Event, info: _SubjectInfo
-    ) -> tuple[list[tuple[str, str]], str | None, str | None, bool, str | None]:
-        """An event's own keys (kind, key), and its causation id, message id, whether a saga
-        runner sent it, and its service: everything that depends on the event alone."""
-        found: list[tuple[str, str]] = []
+        self, event: Event, info: _SubjectInfo, kinds: list[str] | None
+    ) -> tuple[list[str], str | None, str | None, bool, str | None]:
+        """An event's own keys, and its causation id, message id, whether a saga runner sent
+        it, and its service: everything that depends on the event alone. `kinds`, when given,
+        gets each key's kind."""
+        found: list[str] = []
         cause = msgid = None
         saga = False
         service = info.service
-        if event.headers:
+        headers = event.headers
+        if headers:
             roles = self._roles
-            for name, value in event.headers:
+            for name, value in headers:
                 role = roles.get(name)
                 if role is None:
                     role = roles.get(name.lower(), 0)
@@ -599,14 +618,18 @@ class Correlator:
                 if not role or not value:
                     continue
                 if role == _CORR:
-                    found.append(("header", "correlation=" + value))
+                    found.append("correlation=" + value)
+                    if kinds is not None:
+                        kinds.append("header")
                 elif role == _TRACE:
                     # version-traceid-parentid-flags; slicing makes one string, split five
                     start = value.find("-") + 1
                     trace = value[start : start + 32]
                     ok = start and value[start + 32 : start + 33] == "-" and "-" not in trace
                     if ok and value.find("-", start + 33) > 0 and trace != _NO_TRACE:
-                        found.append(("trace", "trace=" + trace.lower()))
+                        found.append("trace=" + trace.lower())
+                        if kinds is not None:
+                            kinds.append("trace")
                 elif role == _CAUSE:
                     cause = value
                 elif role == _MSGID:
@@ -617,15 +640,21 @@ class Correlator:
                     service = value
         if self._fields is not None:
             self._fields.keys(event.payload, found)
+            if kinds is not None:
+                kinds.extend(["field"] * (len(found) - len(kinds)))
         if info.keys:
-            found.extend(("subject", key) for key in info.keys)
+            found.extend(info.keys)
+            if kinds is not None:
+                kinds.extend(["subject"] * len(info.keys))
         return found, cause, msgid, saga, service
 
     def key_links(self, event: Event) -> list[Link]:
         """Why an event belongs where it is: its keys. They follow from the event and the
         rules alone, so they are derived when someone asks instead of stored per event."""
-        info = self._subjects.get(event.subject) or self._subject_info(event.subject)
-        return [Link(event.id, kind, key, None) for kind, key in self._keys(event, info)[0]]
+        info = self._subjects.get(event.subject) or self._subject_info(event.subject, False)
+        kinds: list[str] = []
+        found = self._keys(event, info, kinds)[0]
+        return [Link(event.id, kind, key, None) for kind, key in zip(kinds, found, strict=True)]
 
     def _adopt(
         self,
@@ -655,29 +684,41 @@ class Correlator:
             fid = moved[fid]
         return fid
 
-    def _union(self, a: int, b: int, merges: list[tuple[int, int]]) -> int:
-        if a == b:
-            return a
-        fa, fb = self._flows[a], self._flows[b]
+    @staticmethod
+    def _absorbed(touched: list[_FlowState], batch_no: int) -> list[_FlowState]:
+        """The touched flows with absorbed ones replaced by the flows they went into."""
+        out: list[_FlowState] = []
+        for flow in touched:
+            while flow.into is not None:
+                flow = flow.into
+            if flow.batch != -batch_no:
+                flow.batch = -batch_no  # a stamp no other batch uses: seen here
+                out.append(flow)
+        for flow in out:
+            flow.batch = batch_no
+        return out
+
+    def _union(self, fa: _FlowState, fb: _FlowState, merges: list[tuple[int, int]]) -> _FlowState:
+        if fa is fb:
+            return fa
         if (fa.events, -fa.flow_id) < (fb.events, -fb.flow_id):
             fa, fb = fb, fa
         into, gone = fa, fb
-        iid = into.flow_id
         index = self._index
         for key in gone.keys:
-            index[key] = iid
+            index[key] = into
         into.keys.extend(gone.keys)
         inboxes = self._inboxes
         for inbox in gone.inboxes:
             entry = inboxes.get(inbox)
-            if entry is not None and entry[0] == gone.flow_id:
-                inboxes[inbox] = (iid, entry[1], entry[2], entry[3])
+            if entry is not None and entry[0] is gone:
+                inboxes[inbox] = (into, entry[1], entry[2], entry[3])
         into.inboxes.extend(gone.inboxes)
         msgs = self._msgs
         for msgid in gone.msgs:
             entry2 = msgs.get(msgid)
-            if entry2 is not None and entry2[0] == gone.flow_id:
-                msgs[msgid] = (iid, entry2[1])
+            if entry2 is not None and entry2[0] is gone:
+                msgs[msgid] = (into, entry2[1])
         into.msgs.extend(gone.msgs)
         into.events += gone.events
         into.started_ns = min(into.started_ns, gone.started_ns)
@@ -690,39 +731,42 @@ class Correlator:
         into.failure |= gone.failure
         into.compensation |= gone.compensation
         into.orchestrated |= gone.orchestrated
-        del self._flows[gone.flow_id]
-        self._live.pop(gone.flow_id, None)
-        self._quiet.pop(gone.flow_id, None)
-        self._moved[gone.flow_id] = iid
-        merges.append((gone.flow_id, iid))
-        return iid
+        self._live.pop(gone, None)
+        self._quiet.pop(gone, None)
+        gone.place = _NOWHERE
+        gone.into = into
+        self._moved[gone.flow_id] = into.flow_id
+        merges.append((gone.flow_id, into.flow_id))
+        return into
 
     # -- time -------------------------------------------------------------------------------
 
-    def _tick(self, now_ns: int, changed: dict[int, _FlowState]) -> None:
-        flows, live, quiet = self._flows, self._live, self._quiet
+    def _tick(self, now_ns: int, changed: list[_FlowState], batch_no: int) -> None:
+        live, quiet = self._live, self._quiet
         quiet_before = now_ns - self._stall_ns
         while live:
-            fid = next(iter(live))
-            flow = flows[fid]
+            flow = next(iter(live))
             if flow.ended_ns >= quiet_before:
                 break
-            del live[fid]
-            quiet[fid] = None
+            del live[flow]
+            quiet[flow] = None
+            flow.place = _QUIET
             if not flow.finished():
                 flow.stalled = True
-                changed[fid] = flow
+                if flow.batch != batch_no:
+                    flow.batch = batch_no
+                    changed.append(flow)
         forget_before = now_ns - self._retain_ns
         while quiet:
-            fid = next(iter(quiet))
-            if flows[fid].ended_ns >= forget_before and len(flows) <= MAX_FLOWS:
+            flow = next(iter(quiet))
+            if flow.ended_ns >= forget_before and len(live) + len(quiet) <= MAX_FLOWS:
                 break
-            del quiet[fid]
-            self._forget(flows.pop(fid))
-        while len(flows) > MAX_FLOWS:
-            fid = next(iter(live))
-            del live[fid]
-            self._forget(flows.pop(fid))
+            del quiet[flow]
+            self._forget(flow)
+        while len(live) + len(quiet) > MAX_FLOWS:  # quiet is empty by now
+            flow = next(iter(live))
+            del live[flow]
+            self._forget(flow)
         if self._loose_rotated_ns is None:
             self._loose_rotated_ns = now_ns
         elif now_ns - self._loose_rotated_ns > self._retain_ns:
@@ -730,16 +774,20 @@ class Correlator:
             self._loose_rotated_ns = now_ns
 
     def _forget(self, flow: _FlowState) -> None:
-        fid = flow.flow_id
+        flow.place = _NOWHERE
         index = self._index
         for key in flow.keys:
-            if index.get(key) == fid:
+            if index.get(key) is flow:
                 del index[key]
-        for table, keys in ((self._inboxes, flow.inboxes), (self._msgs, flow.msgs)):
-            for key in keys:
-                entry = table.get(key)
-                if entry is not None and entry[0] == fid:
-                    del table[key]
+        inboxes, msgs = self._inboxes, self._msgs
+        for inbox in flow.inboxes:
+            entry = inboxes.get(inbox)
+            if entry is not None and entry[0] is flow:
+                del inboxes[inbox]
+        for msgid in flow.msgs:
+            entry2 = msgs.get(msgid)
+            if entry2 is not None and entry2[0] is flow:
+                del msgs[msgid]
 
     def _rotate_loose(self) -> None:
         for gens in (self._loose_inboxes, self._loose_msgs):
