@@ -128,14 +128,29 @@ class _SubjectInfo:
         self.keys = keys
 
 
-class _Loose:
-    __slots__ = ("etype", "event_id", "service", "ts_ns")
+class _Sent:
+    """A message others may answer (by its reply subject) or cite (by its message id), and
+    the flow it is in: None while flowless, then the flow that adopts it."""
 
-    def __init__(self, event_id: int, ts_ns: int, etype: str, service: str | None) -> None:
-        self.event_id = event_id
+    __slots__ = ("etype", "event_id", "flow", "msgid", "reply", "service", "ts_ns")
+
+    def __init__(
+        self,
+        flow: _FlowState | None,
+        event_id: int,
+        ts_ns: int,
+        etype: str,
+        service: str | None,
+        reply: str | None,
+        msgid: str | None,
+    ) -> None:
+        self.flow = flow
+        self.event_id = event_id  # 0: only cited so far
         self.ts_ns = ts_ns
         self.etype = etype
         self.service = service
+        self.reply = reply
+        self.msgid = msgid
 
 
 class _FlowState:
@@ -364,11 +379,12 @@ class Correlator:
 
         # Tables point at flow states themselves: no flow-id lookup, no boxing of ids.
         self._index: dict[str, _FlowState] = {}
-        self._inboxes: dict[str, tuple[_FlowState, int, str, str | None]] = {}
-        self._msgs: dict[str, tuple[_FlowState, int]] = {}  # message id -> (flow, event id or 0)
-        # Flowless requests (by reply subject) and messages (by message id), two generations.
-        self._loose_inboxes: list[dict[str, _Loose]] = [{}, {}]
-        self._loose_msgs: list[dict[str, _Loose]] = [{}, {}]
+        self._inboxes: dict[str, _Sent] = {}  # reply subject -> the request
+        self._msgs: dict[str, _Sent] = {}  # message id -> the message
+        # Flowless entries of those two also sit in two generations here; a flow forgets its
+        # own, these go when their generation does (every LOOSE_LIMIT entries or `retain`).
+        self._loose_inboxes: list[dict[str, _Sent]] = [{}, {}]
+        self._loose_msgs: list[dict[str, _Sent]] = [{}, {}]
         self._loose_rotated_ns: int | None = None
         # Every remembered flow is in one of these: touched within `stall` (live) or not
         # (quiet), oldest first. Ordered dicts, because flows leave from the front: a plain
@@ -394,7 +410,7 @@ class Correlator:
         # called as methods: compiled, that is a direct C call; a bound method in a local is not.
         subjects = self._subjects
         index, msgs, replies = self._index, self._msgs, self._replies
-        inboxes, loose_inboxes, loose_msgs = self._inboxes, self._loose_inboxes, self._loose_msgs
+        inboxes = self._inboxes
         for event in batch:
             subject = event.subject
             info = subjects.get(subject)
@@ -412,44 +428,38 @@ class Correlator:
                     flow = other if flow is None else self._union(flow, other, merges)
             etype = info.etype
             eid = event.id
-            request: tuple[_FlowState, int, str, str | None] | None = None
-            loose_request: _Loose | None = None
+            request: _Sent | None = None
             if replies:
                 request = inboxes.get(subject)
                 if request is not None:
-                    pointed_flow = request[0]
-                    flow = pointed_flow if flow is None else self._union(flow, pointed_flow, merges)
-                    etype, service = reply_type(request[2]), request[3]
-                else:
-                    loose_request = loose_inboxes[0].get(subject)
-                    if loose_request is None:
-                        loose_request = loose_inboxes[1].get(subject)
-                    if loose_request is not None:
-                        etype, service = reply_type(loose_request.etype), loose_request.service
-            cause_id = 0
-            loose_cause: _Loose | None = None
+                    etype, service = reply_type(request.etype), request.service
+                    pointed = request.flow
+                    if pointed is not None:
+                        flow = pointed if flow is None else self._union(flow, pointed, merges)
+            cited: _Sent | None = None
             if cause is not None:
-                pointed = msgs.get(cause)
-                if pointed is not None:
-                    cause_id = pointed[1]
-                    flow = pointed[0] if flow is None else self._union(flow, pointed[0], merges)
-                else:
-                    loose_cause = self._loose_get(loose_msgs, cause)
+                cited = msgs.get(cause)
+                if cited is not None:
+                    pointed = cited.flow
+                    if pointed is not None:
+                        flow = pointed if flow is None else self._union(flow, pointed, merges)
             if msgid is not None:
-                pointed = msgs.get(msgid)
-                if pointed is not None:
-                    flow = pointed[0] if flow is None else self._union(flow, pointed[0], merges)
+                same = msgs.get(msgid)
+                if same is not None:
+                    pointed = same.flow
+                    if pointed is not None:
+                        flow = pointed if flow is None else self._union(flow, pointed, merges)
 
             reply = event.reply if replies else None
             ts = event.ts_ns
             if flow is None:
                 if not found and cause is None:
                     if msgid is not None or reply:
-                        loose = _Loose(eid, ts, etype, service)
+                        loose = _Sent(None, eid, ts, etype, service, reply, msgid)
                         if msgid is not None:
-                            self._loose_put(loose_msgs, msgid, loose)
+                            self._loose_put(msgs, self._loose_msgs, msgid, loose)
                         if reply:
-                            self._loose_put(loose_inboxes, reply, loose)
+                            self._loose_put(inboxes, self._loose_inboxes, reply, loose)
                     event.flow_id = None
                     continue
                 flow = _FlowState(eid, ts)
@@ -460,41 +470,27 @@ class Correlator:
                         index[key] = flow
                         flow.keys.append(key)
             if request is not None:
-                links.append(Link(eid, "reply", subject, request[1]))
-            elif loose_request is not None:
-                links.append(Link(eid, "reply", subject, loose_request.event_id))
-                self._adopt(flow, loose_request, "reply", subject, links, assign)
-                for gen in loose_inboxes:
-                    gen.pop(subject, None)
-                inboxes[subject] = (
-                    flow,
-                    loose_request.event_id,
-                    loose_request.etype,
-                    loose_request.service,
-                )
-                flow.inboxes.append(subject)
+                links.append(Link(eid, "reply", subject, request.event_id))
+                if request.flow is None:
+                    self._adopt(flow, request, "reply", subject, links, assign)
             if cause is not None:
-                if loose_cause is not None:
-                    cause_id = loose_cause.event_id
-                    self._adopt(flow, loose_cause, "causation", cause, links, assign)
-                    for gen in loose_msgs:
-                        gen.pop(cause, None)
-                    msgs[cause] = (flow, cause_id)
-                    flow.msgs.append(cause)
-                elif cause not in msgs:
-                    msgs[cause] = (flow, 0)  # the cause may still arrive
-                    flow.msgs.append(cause)
-                links.append(Link(eid, "causation", cause, cause_id or None))
-            if msgid is not None:
-                own = msgs.get(msgid)
-                if own is None:
+                if cited is None:
+                    cited = msgs[cause] = _Sent(flow, 0, 0, "", None, None, cause)
+                    flow.msgs.append(cause)  # the cause may still arrive
+                elif cited.flow is None:
+                    self._adopt(flow, cited, "causation", cause, links, assign)
+                links.append(Link(eid, "causation", cause, cited.event_id or None))
+            if msgid is not None or reply:
+                sent = _Sent(flow, eid, ts, etype, service, reply, msgid)
+                if msgid is not None:
+                    same = msgs.get(msgid)
+                    if same is not None and same.event_id == 0:
+                        links.append(Link(eid, "causation", msgid, None))
+                    msgs[msgid] = sent
                     flow.msgs.append(msgid)
-                elif own[1] == 0:
-                    links.append(Link(eid, "causation", msgid, None))
-                msgs[msgid] = (flow, eid)
-            if reply:
-                inboxes[reply] = (flow, eid, etype, service)
-                flow.inboxes.append(reply)
+                if reply:
+                    inboxes[reply] = sent
+                    flow.inboxes.append(reply)
 
             flow.events += 1
             if ts > flow.ended_ns:
@@ -565,8 +561,7 @@ class Correlator:
 
     @property
     def remembered_keys(self) -> int:
-        loose = sum(map(len, self._loose_inboxes)) + sum(map(len, self._loose_msgs))
-        return len(self._index) + len(self._inboxes) + len(self._msgs) + loose
+        return len(self._index) + len(self._inboxes) + len(self._msgs)
 
     # -- the hot path -----------------------------------------------------------------------
 
@@ -659,13 +654,18 @@ class Correlator:
     def _adopt(
         self,
         flow: _FlowState,
-        loose: _Loose,
+        loose: _Sent,
         kind: str,
         key: str,
         links: list[Link],
         assign: list[tuple[int, int]],
     ) -> None:
         """Move a flowless event (a request or cause seen before its flow existed) into it."""
+        loose.flow = flow
+        if loose.reply is not None:
+            flow.inboxes.append(loose.reply)
+        if loose.msgid is not None:
+            flow.msgs.append(loose.msgid)
         links.append(Link(loose.event_id, kind, key, None))
         assign.append((loose.event_id, flow.flow_id))
         flow.events += 1
@@ -710,15 +710,15 @@ class Correlator:
         into.keys.extend(gone.keys)
         inboxes = self._inboxes
         for inbox in gone.inboxes:
-            entry = inboxes.get(inbox)
-            if entry is not None and entry[0] is gone:
-                inboxes[inbox] = (into, entry[1], entry[2], entry[3])
+            sent = inboxes.get(inbox)
+            if sent is not None and sent.flow is gone:
+                sent.flow = into
         into.inboxes.extend(gone.inboxes)
         msgs = self._msgs
         for msgid in gone.msgs:
-            entry2 = msgs.get(msgid)
-            if entry2 is not None and entry2[0] is gone:
-                msgs[msgid] = (into, entry2[1])
+            sent = msgs.get(msgid)
+            if sent is not None and sent.flow is gone:
+                sent.flow = into
         into.msgs.extend(gone.msgs)
         into.events += gone.events
         into.started_ns = min(into.started_ns, gone.started_ns)
@@ -779,32 +779,32 @@ class Correlator:
         for key in flow.keys:
             if index.get(key) is flow:
                 del index[key]
-        inboxes, msgs = self._inboxes, self._msgs
-        for inbox in flow.inboxes:
-            entry = inboxes.get(inbox)
-            if entry is not None and entry[0] is flow:
-                del inboxes[inbox]
-        for msgid in flow.msgs:
-            entry2 = msgs.get(msgid)
-            if entry2 is not None and entry2[0] is flow:
-                del msgs[msgid]
+        for table, keys in ((self._inboxes, flow.inboxes), (self._msgs, flow.msgs)):
+            for key in keys:
+                sent = table.get(key)
+                if sent is not None and sent.flow is flow:
+                    del table[key]
 
     def _rotate_loose(self) -> None:
-        for gens in (self._loose_inboxes, self._loose_msgs):
-            gens[1] = gens[0]
-            gens[0] = {}
+        self._drop_older(self._inboxes, self._loose_inboxes)
+        self._drop_older(self._msgs, self._loose_msgs)
 
     @staticmethod
-    def _loose_get(gens: list[dict[str, _Loose]], key: str) -> _Loose | None:
-        found = gens[0].get(key)
-        return found if found is not None else gens[1].get(key)
+    def _drop_older(table: dict[str, _Sent], gens: list[dict[str, _Sent]]) -> None:
+        """Forget the older generation's entries that are still flowless."""
+        for key, sent in gens[1].items():
+            if sent.flow is None and table.get(key) is sent:
+                del table[key]
+        gens[1] = gens[0]
+        gens[0] = {}
 
-    @staticmethod
-    def _loose_put(gens: list[dict[str, _Loose]], key: str, value: _Loose) -> None:
+    def _loose_put(
+        self, table: dict[str, _Sent], gens: list[dict[str, _Sent]], key: str, sent: _Sent
+    ) -> None:
         if len(gens[0]) >= LOOSE_LIMIT:
-            gens[1] = gens[0]
-            gens[0] = {}
-        gens[0][key] = value
+            self._drop_older(table, gens)
+        gens[0][key] = sent
+        table[key] = sent
 
 
 def correlate_all(

@@ -192,6 +192,33 @@ def test_a_flowless_request_is_adopted_when_its_reply_has_a_key() -> None:
     assert changes.flows[0].events == 2
 
 
+def test_a_flowless_message_is_adopted_once_by_its_reply_or_by_a_citing_event() -> None:
+    """A flowless request with a message id can be found two ways; adopted through one, the
+    other must lead to the same flow instead of adopting it a second time."""
+    c = Correlator(RULES)
+    request = ev(1, "shop.pricing.quote", b"", [("X-Message-ID", "m1")], reply="_I.3")
+    c.add_batch([request], 1000)
+    reply = ev(2, "_I.3", b'{"order_id": 9}')
+    citing = ev(3, "shop.order.priced", b"", [("X-Causation-ID", "m1")])
+    changes = c.add_batch([reply, citing], 3000)
+    assert changes.assign == [(1, 2)]
+    assert reply.flow_id == citing.flow_id == 2
+    assert [(f.flow_id, f.events) for f in changes.flows] == [(2, 3)]
+
+
+def test_flowless_message_ids_and_inboxes_are_forgotten_after_retain() -> None:
+    c = Correlator(RULES, retain_ns=10 * SECOND)
+    for i in range(1, 2_001):
+        ts = i * SECOND // 10
+        flowless = ev(i, "x.y", headers=[("X-Message-ID", f"m{i}")], reply=f"_I.{i}", ts=ts)
+        c.add_batch([flowless], ts)
+    # two generations of ten seconds at ten a second, each entry in two tables
+    assert c.remembered_keys <= 2 * 2 * 101
+    late_reply = ev(3_000, "_I.1", b'{"order_id": 1}', ts=201 * SECOND)
+    changes = c.add_batch([late_reply], 201 * SECOND)
+    assert changes.assign == []  # its request was forgotten: nothing to adopt
+
+
 def test_causation_chains_form_a_flow_with_parent_links() -> None:
     c = Correlator(RULES)
     cause = ev(1, "a.x", b"", [("X-Message-ID", "m1")])
