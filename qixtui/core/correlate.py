@@ -39,7 +39,7 @@ from typing import Any, Final
 
 import msgspec
 
-from qixtui.core.model import Event, Flow, FlowChanges, Link
+from qixtui.core.model import Event, Flow, FlowChanges, Headers, Link
 from qixtui.core.rules import (
     SAGA_RUN_HEADER,
     Rules,
@@ -280,7 +280,7 @@ class _Fields:
 
         return build(tree)
 
-    def keys(self, payload: bytes, found: list[str]) -> None:
+    def keys(self, payload: Any, found: list[str]) -> None:  # bytes, or bytearray
         if payload[:1] != b"{" and not _JSON_START.match(payload):
             return
         if self.decode is not None:
@@ -315,6 +315,11 @@ class _Fields:
 
 
 _astuple: Final = msgspec.structs.astuple
+
+# add_batch unpacks an event by position: astuple is one C call, where reading seven fields
+# of a msgspec Struct from compiled code is seven generic attribute lookups.
+if Event.__struct_fields__ != ("ts_ns", "subject", "reply", "headers", "payload", "id", "flow_id"):
+    raise ImportError("Event's fields changed: update Correlator.add_batch")
 _decode_any: Final = msgspec.json.decode
 
 
@@ -411,12 +416,16 @@ class Correlator:
         subjects = self._subjects
         index, msgs, replies = self._index, self._msgs, self._replies
         inboxes = self._inboxes
+        subject: str
+        reply: str | None
+        ts: int
+        eid: int
         for event in batch:
-            subject = event.subject
+            ts, subject, reply, headers, payload, eid, _ = _astuple(event)
             info = subjects.get(subject)
             if info is None:
                 info = self._subject_info(subject, replies and subject in inboxes)
-            found, cause, msgid, saga, service = self._keys(event, info, None)
+            found, cause, msgid, saga, service = self._keys(headers, payload, info, None)
 
             flow: _FlowState | None = None
             unknown = False
@@ -427,7 +436,6 @@ class Correlator:
                 elif other is not flow:
                     flow = other if flow is None else self._union(flow, other, merges)
             etype = info.etype
-            eid = event.id
             request: _Sent | None = None
             if replies:
                 request = inboxes.get(subject)
@@ -450,8 +458,8 @@ class Correlator:
                     if pointed is not None:
                         flow = pointed if flow is None else self._union(flow, pointed, merges)
 
-            reply = event.reply if replies else None
-            ts = event.ts_ns
+            if not replies:
+                reply = None
             if flow is None:
                 if not found and cause is None:
                     if msgid is not None or reply:
@@ -592,7 +600,7 @@ class Correlator:
         return info
 
     def _keys(
-        self, event: Event, info: _SubjectInfo, kinds: list[str] | None
+        self, headers: Headers | None, payload: Any, info: _SubjectInfo, kinds: list[str] | None
     ) -> tuple[list[str], str | None, str | None, bool, str | None]:
         """An event's own keys, and its causation id, message id, whether a saga runner sent
         it, and its service: everything that depends on the event alone. `kinds`, when given,
@@ -601,7 +609,6 @@ class Correlator:
         cause = msgid = None
         saga = False
         service = info.service
-        headers = event.headers
         if headers:
             roles = self._roles
             for name, value in headers:
@@ -634,7 +641,7 @@ class Correlator:
                 else:
                     service = value
         if self._fields is not None:
-            self._fields.keys(event.payload, found)
+            self._fields.keys(payload, found)
             if kinds is not None:
                 kinds.extend(["field"] * (len(found) - len(kinds)))
         if info.keys:
@@ -648,7 +655,7 @@ class Correlator:
         rules alone, so they are derived when someone asks instead of stored per event."""
         info = self._subjects.get(event.subject) or self._subject_info(event.subject, False)
         kinds: list[str] = []
-        found = self._keys(event, info, kinds)[0]
+        found = self._keys(event.headers, event.payload, info, kinds)[0]
         return [Link(event.id, kind, key, None) for kind, key in zip(kinds, found, strict=True)]
 
     def _adopt(
