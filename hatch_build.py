@@ -1,7 +1,7 @@
-"""Build hook: compile the correlator with mypyc when building a wheel.
+"""Build hook: compile the per-event modules with mypyc when building a wheel.
 
-Correlation runs for every recorded event; compiled, it is about 1.5x faster. The module stays
-plain typed Python, so the same source runs either way:
+Correlation and row building run for every recorded event; compiled, the writer's prepare
+stage runs about 40% fewer instructions an event. The modules stay plain typed Python, so the same source runs either way:
 - an editable install (`pip install -e .`) is never compiled, so edits take effect at once;
 - `QIXTUI_PURE_PYTHON=1` builds a pure-Python wheel;
 - without a C compiler or Python headers the build warns in one line and stays pure.
@@ -19,7 +19,7 @@ from typing import Any
 
 from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
-COMPILED = ["qixtui/core/correlate.py"]
+COMPILED = ["qixtui/core/correlate.py", "qixtui/core/rows.py"]
 
 SETUP = """\
 import json
@@ -29,7 +29,9 @@ from mypyc.build import mypycify
 
 setup(
     name="qixtui_compiled",
-    ext_modules=mypycify(json.loads(sys.argv.pop(1)), target_dir=sys.argv.pop(1)),
+    # separate: each module's library sits beside it (qixtui/core/correlate__mypyc...), not
+    # one shared library with a hashed name at the top of site-packages
+    ext_modules=mypycify(json.loads(sys.argv.pop(1)), target_dir=sys.argv.pop(1), separate=True),
 )
 """
 
@@ -70,8 +72,8 @@ class CompileHook(BuildHookInterface):
         if result.returncode != 0 or not built:
             last = (result.stderr or result.stdout).strip().splitlines()[-1:]
             print(
-                "qixtui: could not compile the correlator, installing it as pure Python "
-                f"(about 1.5x slower): {last[0] if last else 'no output'}",
+                "qixtui: could not compile correlation and row building, installing them as "
+                f"pure Python (slower): {last[0] if last else 'no output'}",
                 file=sys.stderr,
             )
             return

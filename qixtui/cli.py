@@ -104,10 +104,10 @@ def parse_time(value: str | None) -> int | None:
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from qixtui.core.correlate import COMPILED
+    from qixtui.core import correlate, rows
 
-    build = "compiled" if COMPILED else "pure Python"
-    click.echo(f"qixtui {qixtui.__version__} (correlator: {build})")
+    build = "compiled" if correlate.COMPILED and rows.COMPILED else "pure Python"
+    click.echo(f"qixtui {qixtui.__version__} (correlation and rows: {build})")
     ctx.exit()
 
 
@@ -122,7 +122,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     expose_value=False,
     is_eager=True,
     callback=_print_version,
-    help="Show the version, and whether correlation runs compiled.",
+    help="Show the version, and whether correlation and row building run compiled.",
 )
 def main() -> None:
     """qixtui: see choreography and orchestration on a real NATS bus."""

@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
 from qixtui.core.model import Drop, Event, Flow, FlowChanges, Gap, Headers, Link
+from qixtui.core.rows import FlowRows, event_row, flow_row, flow_rows
 
 APPLICATION_ID = 0x51495854  # "QIXT"
 SCHEMA_VERSION = 1
@@ -279,24 +280,6 @@ def get_meta(db: sqlite3.Connection) -> dict[str, str]:
 # --- writing -------------------------------------------------------------------------------
 
 
-def event_row(event: Event) -> tuple[Any, ...]:
-    """An events row for INSERT_EVENT. "" and 0 stand for NULL (no reply, no headers, no flow;
-    flow ids start at 1): Python's sqlite3 runs an adapter lookup for every None it binds, a
-    fifth of an insert's cost. The writer receives payloads as bytearrays for the same reason
-    (see qixtui.core.writer)."""
-    headers = _json_encode(event.headers).decode() if event.headers else ""
-    return (
-        event.id,
-        event.ts_ns,
-        event.subject,
-        event.reply or "",
-        headers,
-        event.payload,
-        len(event.payload),
-        event.flow_id or 0,
-    )
-
-
 INSERT_EVENT = (
     "INSERT INTO events(id, ts_ns, subject, reply, headers, payload, size, flow_id) "
     "VALUES (?, ?, ?, NULLIF(?, ''), NULLIF(?, ''), ?, ?, NULLIF(?, 0))"
@@ -322,29 +305,6 @@ UPSERT_FLOW = (
 )
 
 
-def flow_row(flow: Flow) -> tuple[Any, ...]:
-    return (
-        flow.flow_id,
-        flow.status,
-        flow.started_ns,
-        flow.ended_ns,
-        flow.events,
-        _json_encode(flow.services).decode(),
-        _json_encode(flow.variant).decode(),
-        _json_encode(flow.keys).decode(),
-        int(flow.orchestrated),
-    )
-
-
-class FlowRows(NamedTuple):
-    """What correlation changed, as rows ready for executemany (they can cross a pipe)."""
-
-    links: list[tuple[int, str, str, int | None]]
-    merges: list[tuple[int, int]]  # (absorbed, into)
-    assign: list[tuple[int, int]]  # (flow_id, event_id)
-    flows: list[tuple[Any, ...]]
-
-
 INSERT_LINK = "INSERT INTO links(event_id, kind, key, parent_id) VALUES (?, ?, ?, ?)"
 
 
@@ -354,15 +314,6 @@ def insert_links(db: sqlite3.Connection, links: Sequence[Link]) -> None:
 
 def upsert_flows(db: sqlite3.Connection, flows: Sequence[Flow]) -> None:
     db.executemany(UPSERT_FLOW, [flow_row(f) for f in flows])
-
-
-def flow_rows(changes: FlowChanges) -> FlowRows:
-    return FlowRows(
-        [(lk.event_id, lk.kind, lk.key, lk.parent_id) for lk in changes.links],
-        changes.merges,
-        [(f, e) for e, f in changes.assign],
-        [flow_row(f) for f in changes.flows],
-    )
 
 
 def apply_flow_rows(db: sqlite3.Connection, rows: FlowRows) -> None:

@@ -36,8 +36,8 @@ from typing import Any
 
 import msgspec
 
-from qixtui.core import store
-from qixtui.core.model import Drop, Event, parse_header_block
+from qixtui.core import rows, store
+from qixtui.core.model import Drop
 
 IDLE_TICK_S = 1.0
 TRANSACTION_EVENTS = 8_000
@@ -48,7 +48,7 @@ Record = list[Any]
 
 
 # -- what the write process reads: typed, so payloads arrive as bytearrays, which sqlite3
-# binds without the adapter lookup it runs for bytes (see store.event_row) --------------------
+# binds without the adapter lookup it runs for bytes (see rows.event_row) --------------------
 
 
 class _Rows(msgspec.Struct, array_like=True, tag="R"):
@@ -104,52 +104,39 @@ class RowMaker:
         # summarised once, so a writer behind catches up faster), but never moved past a gap,
         # drop or metadata record: a "stopped" mark must not land before the last events.
         out: list[Record] = []
-        rows: list[list[Any]] = []
+        frames: list[list[Any]] = []
         for record in records:
             if record[0] == "E":
-                rows.extend(record[1])
+                frames.extend(record[1])
                 continue
-            if rows:
-                out.append(self._rows(rows))
-                rows = []
+            if frames:
+                out.append(self._rows(frames))
+                frames = []
             if record[0] != "X":
                 out.append(record)
-        if rows:
-            out.append(self._rows(rows))
+        if frames:
+            out.append(self._rows(frames))
         return out
 
-    def _rows(self, rows: list[list[Any]]) -> Record:
-        events = []
-        next_id = self.next_id
-        for ts_ns, subject, reply, headers, payload in rows:
-            events.append(
-                Event(
-                    ts_ns=ts_ns,
-                    subject=subject,
-                    reply=reply or None,
-                    headers=parse_header_block(headers) if headers else None,
-                    payload=payload,
-                    id=next_id,
-                )
-            )
-            next_id += 1
-        self.next_id = next_id
-        changes = store.FlowRows([], [], [], [])
+    def _rows(self, frames: list[list[Any]]) -> Record:
+        events = rows.received_events(frames, self.next_id)
+        self.next_id += len(events)
+        changes = rows.FlowRows([], [], [], [])
         if self.correlator is not None:
-            changes = store.flow_rows(self.correlator.add_batch(events, time.time_ns()))
-        return ["R", [store.event_row(e) for e in events], *changes]
+            changes = rows.flow_rows(self.correlator.add_batch(events, time.time_ns()))
+        return ["R", rows.event_rows(events), *changes]
 
     def tick(self, now_ns: int) -> list[Record]:
         """No events for a while: flows that stalled meanwhile."""
         if self.correlator is None:
             return []
         changes = self.correlator.add_batch([], now_ns)
-        return [["R", [], *store.flow_rows(changes)]] if changes.flows else []
+        return [["R", [], *rows.flow_rows(changes)]] if changes.flows else []
 
     def finish(self, now_ns: int) -> list[Record]:
         if self.correlator is None:
             return []
-        changes = store.flow_rows(self.correlator.finish(now_ns))
+        changes = rows.flow_rows(self.correlator.finish(now_ns))
         return [["R", [], *changes], ["S", now_ns, self.correlator.stall_ns]]
 
 
@@ -168,7 +155,7 @@ class SessionWriter:
                     if record.events:
                         db.executemany(store.INSERT_EVENT, record.events)
                     store.apply_flow_rows(
-                        db, store.FlowRows(record.links, record.merges, record.assign, record.flows)
+                        db, rows.FlowRows(record.links, record.merges, record.assign, record.flows)
                     )
                 elif isinstance(record, _GapOpen):
                     if self.open_gap_id is None:

@@ -20,7 +20,7 @@ from flowgen import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qixtui.core import correlate
+from qixtui.core import correlate, rows
 from qixtui.core.correlate import Correlator, correlate_all, event_type
 from qixtui.core.model import Event
 from qixtui.core.rules import RuleFlags, Rules
@@ -373,5 +373,6 @@ def test_a_busy_bus_of_one_message_flows_keeps_a_bounded_number(tmp_path) -> Non
     "QIXTUI_EXPECT_COMPILED" not in os.environ,
     reason="set by .ci/run where it runs these tests against a built wheel",
 )
-def test_a_built_wheel_runs_the_compiled_correlator():
+def test_a_built_wheel_runs_compiled_correlation_and_rows():
     assert correlate.COMPILED, correlate.__file__
+    assert rows.COMPILED, rows.__file__

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qixtui.core import filters, store
-from qixtui.core.model import Event, Flow, FlowChanges, parse_header_block
+from qixtui.core.model import Event, Flow, FlowChanges
 from qixtui.core.replay import (
     BAD_SUBJECT,
     RECORDED_REPLY,
@@ -34,6 +34,7 @@ from qixtui.core.replay import (
     selection_sql,
     source_name,
 )
+from qixtui.core.rows import parse_header_block
 
 MS = 1_000_000
 

@@ -12,7 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qixtui.core import store
-from qixtui.core.model import Event, parse_header_block
+from qixtui.core.model import Event
+from qixtui.core.rows import parse_header_block
 
 
 def make_session(path: Path, n: int = 3) -> None:
