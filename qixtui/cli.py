@@ -105,9 +105,12 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     if not value or ctx.resilient_parsing:
         return
     from qixtui.core import correlate, rows
+    from qixtui_nats import frames
 
-    build = "compiled" if correlate.COMPILED and rows.COMPILED else "pure Python"
-    click.echo(f"qixtui {qixtui.__version__} (correlation and rows: {build})")
+    compiled = correlate.COMPILED and rows.COMPILED and frames.COMPILED
+    click.echo(
+        f"qixtui {qixtui.__version__} (per-event code: {'compiled' if compiled else 'pure Python'})"
+    )
     ctx.exit()
 
 
@@ -122,7 +125,7 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     expose_value=False,
     is_eager=True,
     callback=_print_version,
-    help="Show the version, and whether correlation and row building run compiled.",
+    help="Show the version, and whether the per-event code (hatch_build.py) runs compiled.",
 )
 def main() -> None:
     """qixtui: see choreography and orchestration on a real NATS bus."""

@@ -38,9 +38,9 @@ from qixtui_nats.connect import (
     describe_connect_error,
     is_auth_error,
 )
+from qixtui_nats.frames import take_messages
 
 FLUSH_INTERVAL_S = 0.02
-FLUSH_AT = 4000
 # How often a PING round-trip confirms that nothing sent before it was missed. A gap starts at
 # the last confirmation, not at the last message seen: a message published just before the
 # last one arrived may still be on its way when the connection breaks.
@@ -166,45 +166,15 @@ class RecordingParser(Parser):
             await super().parse()
             return
         client = self.client
-        recorded, on_message, stats = client.recorded_sids, client.on_message, client.stats
-        pos, size = 0, len(buf)
-        partial = False  # a recorded message that has not fully arrived yet
-        while True:
-            if buf.startswith(b"HMSG ", pos):
-                skip = 5
-            elif buf.startswith(b"MSG ", pos):
-                skip = 4
-            else:
-                break
-            end = buf.find(b"\r\n", pos)
-            if end < 0:
-                partial = True
-                break
-            # HMSG subject sid [reply] header-size total-size; MSG has no header size
-            args = buf[pos + skip : end].split()
-            if skip == 4:
-                args.insert(len(args) - 1, b"0")
-            if len(args) == 4:
-                subject, sid, header_size, total_size = args
-                reply = b""
-            elif len(args) == 5:
-                subject, sid, reply, header_size, total_size = args
-            else:
-                break
-            if not (sid.isdigit() and header_size.isdigit() and total_size.isdigit()):
-                break
-            start, header_len, total = end + 2, int(header_size), int(total_size)
-            if header_len > total or int(sid) not in recorded:
-                break
-            if start + total + 2 > size:
-                partial = True
-                break
-            headers = bytes(buf[start : start + header_len]) if header_len else None
-            payload = bytes(buf[start + header_len : start + total])
-            pos = start + total + 2
-            stats["in_msgs"] += 1
-            stats["in_bytes"] += len(payload)
-            on_message(bytes(subject), bytes(reply), payload, headers)
+        # One receive time for a read's worth: the kernel had all of it before the read.
+        frames: list[list[Any]] = []
+        pos, partial, payload_bytes = take_messages(
+            buf, client.recorded_sids, time.time_ns(), frames
+        )
+        if frames:
+            client.stats["in_msgs"] += len(frames)
+            client.stats["in_bytes"] += payload_bytes
+            client.on_messages(frames)
         if pos:
             del buf[:pos]
         if buf and not partial:
@@ -212,16 +182,17 @@ class RecordingParser(Parser):
 
 
 class RecordingClient(Client):
-    """A nats-py client that hands recorded messages over as raw bytes.
+    """A nats-py client that hands recorded messages over as recorder frames (see
+    qixtui_nats.frames.take_messages), a read's worth at a time.
 
     Skipping nats-py's Msg objects and per-subscription queues keeps the receive order across
     several subscriptions, keeps every header (repeats included) and costs less per message; a
     subject that is not UTF-8 is recorded (its bad bytes escaped) instead of killing the reader.
     """
 
-    def __init__(self, on_message: Callable[[bytes, bytes, bytes, bytes | None], None]) -> None:
+    def __init__(self, on_messages: Callable[[list[list[Any]]], None]) -> None:
         super().__init__()
-        self.on_message = on_message
+        self.on_messages = on_messages
         self.recorded_sids: set[int] = set()
         self._ps = RecordingParser(self)
 
@@ -233,7 +204,14 @@ class RecordingClient(Client):
             return
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
-        self.on_message(subject, reply, data, headers)
+        frame = [
+            time.time_ns(),
+            subject.decode("utf-8", "backslashreplace"),
+            reply.decode("utf-8", "backslashreplace") if reply else None,
+            headers or None,
+            data,
+        ]
+        self.on_messages([frame])
 
     async def _process_pong(self) -> None:
         # nats-py sets a result on the future of a flush that timed out (cancelled), which
@@ -343,7 +321,7 @@ class Recorder:
 
     async def _connect(self) -> None:
         kwargs = self.connect.kwargs()
-        self.nc = RecordingClient(self._on_raw_msg)
+        self.nc = RecordingClient(self._on_messages)
         # nats-py can stall after a failed TLS handshake, so the first connect has a deadline.
         deadline = 5 + 8 * len(self.connect.servers)
         try:
@@ -444,28 +422,19 @@ class Recorder:
 
     # -- hot path -------------------------------------------------------------------------
 
-    def _on_raw_msg(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-        now = time.time_ns()
-        subject_text = subject.decode("utf-8", "backslashreplace")
+    def _on_messages(self, frames: list[list[Any]]) -> None:
+        pending = self._pending
         sender = self._sender
-        if (
-            sender is not None
-            and len(self._pending) + sender.in_flight >= self.options.pending_limit
-        ):
-            self.drops[subject_text] += 1
-            self.stats.dropped += 1
-            return
-        self._pending.append(
-            [
-                now,
-                subject_text,
-                reply.decode("utf-8", "backslashreplace") if reply else None,
-                headers,  # parsed by the writer, off this core
-                data,
-            ]
-        )
+        if sender is not None:
+            room = max(self.options.pending_limit - len(pending) - sender.in_flight, 0)
+            if room < len(frames):
+                for frame in frames[room:]:
+                    self.drops[frame[1]] += 1
+                self.stats.dropped += len(frames) - room
+                frames = frames[:room]
+        pending.extend(frames)
         count = self.options.count
-        if count is not None and self.stats.events + len(self._pending) >= count:
+        if count is not None and self.stats.events + len(pending) >= count:
             self._stop.set()
 
     def _flush_pending(self) -> None:

@@ -405,7 +405,7 @@ async def test_a_late_pong_after_a_flush_timeout_leaves_the_reader_alive(nats_se
     from qixtui_nats.recorder import RecordingClient
 
     got: list[bytes] = []
-    nc = RecordingClient(lambda subject, reply, data, headers: got.append(data))
+    nc = RecordingClient(lambda frames: got.extend(frame[4] for frame in frames))
     await nc.connect(nats_server.url)
     sub = await nc.subscribe("late.pong")
     nc.recorded_sids.add(sub._id)

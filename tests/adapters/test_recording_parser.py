@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -9,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.protocol.parser import Parser
 
+from qixtui_nats import frames
 from qixtui_nats.recorder import RecordingClient, RecordingParser
 
 RECORDED_SID, OTHER_SID = 1, 7
@@ -19,7 +21,7 @@ class _Client(RecordingClient):
 
     def __init__(self) -> None:
         self.seen: list[tuple[object, ...]] = []
-        super().__init__(lambda *msg: self.seen.append(("msg", *msg)))
+        super().__init__(lambda frames: self.seen.extend(("msg", *f[1:]) for f in frames))
         self.recorded_sids.add(RECORDED_SID)
         self.slow_path = 0  # recorded messages that went through nats-py's parser
 
@@ -105,3 +107,11 @@ async def test_recorded_messages_take_the_fast_path():
     await RecordingParser(client).parse(b"".join(frames * 50))
     assert len(client.seen) == 100
     assert client.slow_path == 0
+
+
+@pytest.mark.skipif(
+    "QIXTUI_EXPECT_COMPILED" not in os.environ,
+    reason="set by .ci/run where it runs these tests against a built wheel",
+)
+def test_a_built_wheel_splits_frames_compiled():
+    assert frames.COMPILED, frames.__file__

@@ -44,7 +44,7 @@ def test_pip_install_then_headless_demo(tmp_path: Path) -> None:
     # This machine has a C compiler: the wheel carries the per-event modules compiled
     # (hatch_build.py).
     version = qixtui("--version")
-    assert "(correlation and rows: compiled)" in version.stdout, version.stdout + version.stderr
+    assert "(per-event code: compiled)" in version.stdout, version.stdout + version.stderr
 
     session = tmp_path / "demo.qix"
     # Seed 7 plans a declined order second and a compensated one third, so each outcome is
