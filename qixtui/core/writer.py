@@ -152,8 +152,7 @@ class SessionWriter:
         with store.transaction(db):
             for record in records:
                 if isinstance(record, _Rows):
-                    if record.events:
-                        db.executemany(store.INSERT_EVENT, record.events)
+                    store.execute_rows(db, store.INSERT_EVENT, record.events)
                     store.apply_flow_rows(
                         db, rows.FlowRows(record.links, record.merges, record.assign, record.flows)
                     )

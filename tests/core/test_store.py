@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qixtui.core import store
-from qixtui.core.model import Event
+from qixtui.core.model import Event, Flow
 from qixtui.core.rows import parse_header_block
 
 
@@ -62,6 +62,25 @@ def test_round_trip_keeps_bytes_headers_and_order(tmp_path: Path):
     assert store.event_to_json(got[1])["headers"] == {"A": ["1", "2"]}
     assert store.event_to_json(got[1])["payload_encoding"] == "base64"
     assert "payload_encoding" not in store.event_to_json(got[2])
+
+
+def test_rows_go_in_many_a_statement_with_the_rest_in_a_shorter_one(tmp_path: Path):
+    db = store.create_session(tmp_path / "s.qix")
+    count = 2 * store.ROWS_PER_STATEMENT + 5
+    events = [
+        Event(i, f"s.{i}", "r" if i % 2 else None, [("K", str(i))] if i % 3 else None, b"p", i + 1)
+        for i in range(count)
+    ]
+    flows = [Flow(i + 1, "running", i, i, 1, ["svc"], ["s"], [f"k={i}"]) for i in range(count)]
+    with store.transaction(db):
+        store.insert_events(db, events)
+        store.upsert_flows(db, flows)
+        # the same flow twice in one statement: the later row wins, as one row at a time would
+        store.upsert_flows(db, [Flow(1, "failed", 0, 5, 2), Flow(1, "completed", 0, 9, 3)])
+    assert list(store.iter_events(db, store.EventQuery())) == events
+    stored = store.flows(db)
+    assert stored[1:] == flows[1:]
+    assert stored[0] == Flow(1, "completed", 0, 9, 3)
 
 
 @pytest.mark.parametrize(
