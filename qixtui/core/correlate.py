@@ -161,18 +161,16 @@ class _FlowState:
         "events",
         "failure",
         "flow_id",
-        "inboxes",
         "into",
         "keys",
-        "msgs",
         "orchestrated",
         "place",
+        "sent",
         "services",
         "stalled",
         "started_ns",
         "steps",
         "terminal",
-        "variant",
     )
 
     def __init__(self, flow_id: int, ts_ns: int) -> None:
@@ -182,10 +180,10 @@ class _FlowState:
         self.events = 0
         self.services: list[str] = []  # a few: a list is cheaper to copy than a dict
         self.steps: list[tuple[int, int, str]] = []
-        self.variant: list[str] = []  # the steps' event types, kept for summaries
         self.keys: list[str] = []
-        self.inboxes: list[str] = []
-        self.msgs: list[str] = []
+        # its reply subjects and message ids: keys of the inbox and message tables, in one
+        # list because a flow rarely has either (each list is 72 bytes of 50,000 flows')
+        self.sent: list[str] = []
         self.terminal = False
         self.failure = False
         self.compensation = False
@@ -205,10 +203,6 @@ class _FlowState:
     def finished(self) -> bool:
         return self.terminal or self.failure
 
-    def set_steps(self, steps: list[tuple[int, int, str]]) -> None:
-        self.steps = steps
-        self.variant = [step[2] for step in steps]
-
     def summary(self) -> Flow:
         return Flow(
             self.flow_id,
@@ -217,7 +211,7 @@ class _FlowState:
             self.ended_ns,
             self.events,
             self.services[:],
-            self.variant[:],
+            [step[2] for step in self.steps],
             self.keys[:MAX_KEYS_SHOWN],
             self.orchestrated,
         )
@@ -484,7 +478,7 @@ class Correlator:
             if cause is not None:
                 if cited is None:
                     cited = msgs[cause] = _Sent(flow, 0, 0, "", None, None, cause)
-                    flow.msgs.append(cause)  # the cause may still arrive
+                    flow.sent.append(cause)  # the cause may still arrive
                 elif cited.flow is None:
                     self._adopt(flow, cited, "causation", cause, links, assign)
                 links.append(Link(eid, "causation", cause, cited.event_id or None))
@@ -495,10 +489,10 @@ class Correlator:
                     if same is not None and same.event_id == 0:
                         links.append(Link(eid, "causation", msgid, None))
                     msgs[msgid] = sent
-                    flow.msgs.append(msgid)
+                    flow.sent.append(msgid)
                 if reply:
                     inboxes[reply] = sent
-                    flow.inboxes.append(reply)
+                    flow.sent.append(reply)
 
             flow.events += 1
             if ts > flow.ended_ns:
@@ -510,7 +504,6 @@ class Correlator:
             steps = flow.steps
             if len(steps) < MAX_STEPS:
                 steps.append((ts, eid, etype))
-                flow.variant.append(etype)
             status = info.status
             if status:
                 if status & TERMINAL:
@@ -670,16 +663,14 @@ class Correlator:
         """Move a flowless event (a request or cause seen before its flow existed) into it."""
         loose.flow = flow
         if loose.reply is not None:
-            flow.inboxes.append(loose.reply)
+            flow.sent.append(loose.reply)
         if loose.msgid is not None:
-            flow.msgs.append(loose.msgid)
+            flow.sent.append(loose.msgid)
         links.append(Link(loose.event_id, kind, key, None))
         assign.append((loose.event_id, flow.flow_id))
         flow.events += 1
         flow.started_ns = min(flow.started_ns, loose.ts_ns)
-        flow.set_steps(
-            sorted([*flow.steps, (loose.ts_ns, loose.event_id, loose.etype)])[:MAX_STEPS]
-        )
+        flow.steps = sorted([*flow.steps, (loose.ts_ns, loose.event_id, loose.etype)])[:MAX_STEPS]
         if loose.service is not None and loose.service not in flow.services:
             flow.services.append(loose.service)
 
@@ -715,25 +706,19 @@ class Correlator:
         for key in gone.keys:
             index[key] = into
         into.keys.extend(gone.keys)
-        inboxes = self._inboxes
-        for inbox in gone.inboxes:
-            sent = inboxes.get(inbox)
-            if sent is not None and sent.flow is gone:
-                sent.flow = into
-        into.inboxes.extend(gone.inboxes)
-        msgs = self._msgs
-        for msgid in gone.msgs:
-            sent = msgs.get(msgid)
-            if sent is not None and sent.flow is gone:
-                sent.flow = into
-        into.msgs.extend(gone.msgs)
+        for table in (self._inboxes, self._msgs):
+            for key in gone.sent:
+                sent = table.get(key)
+                if sent is not None and sent.flow is gone:
+                    sent.flow = into
+        into.sent.extend(gone.sent)
         into.events += gone.events
         into.started_ns = min(into.started_ns, gone.started_ns)
         into.ended_ns = max(into.ended_ns, gone.ended_ns)
         for service in gone.services:
             if service not in into.services:
                 into.services.append(service)
-        into.set_steps(sorted(into.steps + gone.steps)[:MAX_STEPS])
+        into.steps = sorted(into.steps + gone.steps)[:MAX_STEPS]
         into.terminal |= gone.terminal
         into.failure |= gone.failure
         into.compensation |= gone.compensation
@@ -771,9 +756,7 @@ class Correlator:
             del quiet[flow]
             self._forget(flow)
         while len(live) + len(quiet) > MAX_FLOWS:  # quiet is empty by now
-            flow = next(iter(live))
-            del live[flow]
-            self._forget(flow)
+            self._forget(live.popitem(last=False)[0])
         if self._loose_rotated_ns is None:
             self._loose_rotated_ns = now_ns
         elif now_ns - self._loose_rotated_ns > self._retain_ns:
@@ -786,8 +769,8 @@ class Correlator:
         for key in flow.keys:
             if index.get(key) is flow:
                 del index[key]
-        for table, keys in ((self._inboxes, flow.inboxes), (self._msgs, flow.msgs)):
-            for key in keys:
+        for table in (self._inboxes, self._msgs):
+            for key in flow.sent:
                 sent = table.get(key)
                 if sent is not None and sent.flow is flow:
                     del table[key]
