@@ -81,6 +81,23 @@ def event_rows(events: list[Event]) -> list[tuple[Any, ...]]:
     return [event_row(event) for event in events]
 
 
+# JSON of one-item lists by their item: most flows have one service, and a new flow one step,
+# from a few names, so most services and variant columns are a lookup instead of an encoding.
+_one_item_json: Final[dict[str, str]] = {}
+
+
+def _strings_json(items: list[str]) -> str:
+    if len(items) != 1:
+        return _json_encode(items).decode()
+    item = items[0]
+    text = _one_item_json.get(item)
+    if text is None:
+        if len(_one_item_json) >= 10_000:
+            _one_item_json.clear()
+        text = _one_item_json[item] = _json_encode(items).decode()
+    return text
+
+
 def flow_row(flow: Flow) -> tuple[Any, ...]:
     """A flows row for store.UPSERT_FLOW."""
     flow_id, status, started_ns, ended_ns, events, services, variant, keys, orchestrated = _astuple(
@@ -92,8 +109,8 @@ def flow_row(flow: Flow) -> tuple[Any, ...]:
         started_ns,
         ended_ns,
         events,
-        _json_encode(services).decode(),
-        _json_encode(variant).decode(),
+        _strings_json(services),
+        _strings_json(variant),
         _json_encode(keys).decode(),
         int(orchestrated),
     )
