@@ -48,7 +48,7 @@ def parse_header_block(raw: bytes) -> Headers:
 
 def received_events(frames: list[Any], next_id: int) -> list[Event]:
     """Events from the recorder's frames, `[ts_ns, subject, reply, header_block, payload]`
-    ("" for no reply, b"" for no headers), numbered from `next_id`."""
+    (None or empty for no reply and for no headers), numbered from `next_id`."""
     events: list[Event] = []
     for frame in frames:
         ts_ns, subject, reply, block, payload = frame
