@@ -159,17 +159,25 @@ class RecordingParser(Parser):
         super().__init__(nc)
         self.client = nc
 
+    def reset(self) -> None:
+        super().reset()
+        # The buffer length at which the recorded frame at its front will be complete: a
+        # large payload arrives over many reads, and each would otherwise scan it again.
+        self.frame_end = 0
+
     async def parse(self, data: bytes = b"") -> None:
         buf = self.buf
         buf.extend(data)
         if self.state != AWAITING_CONTROL_LINE:
             await super().parse()
             return
+        if len(buf) < self.frame_end:
+            return
         client = self.client
         # One receive time for a read's worth: the kernel had all of it before the read.
         frames: list[list[Any]] = []
-        pos, partial, payload_bytes = take_messages(
-            buf, client.recorded_sids, time.time_ns(), frames
+        pos, frame_end, payload_bytes = take_messages(
+            bytes(buf), client.recorded_sids, time.time_ns(), frames
         )
         if frames:
             client.stats["in_msgs"] += len(frames)
@@ -177,7 +185,8 @@ class RecordingParser(Parser):
             client.on_messages(frames)
         if pos:
             del buf[:pos]
-        if buf and not partial:
+        self.frame_end = frame_end - pos if frame_end else 0
+        if buf and not frame_end:
             await super().parse()
 
 
