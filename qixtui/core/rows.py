@@ -28,21 +28,38 @@ def parse_header_block(raw: bytes) -> Headers:
     Repeated names are kept, in order. An inline status becomes `Status` and `Description`
     pairs, as nats-py names them. Bytes that are not UTF-8 are kept visible as `\\xNN`.
     """
-    # One decode for the whole block: the separators are ASCII, so splitting afterwards
-    # gives what decoding each part would, at a third less of the writer's parsing time.
-    lines = raw.decode("utf-8", "backslashreplace").split("\r\n")
+    # One decode for the whole block: the separators are ASCII, so cutting afterwards gives
+    # what decoding each part would. Cut by position (str.find is a direct C call compiled):
+    # only names and values become strings, where split and partition made four a line.
+    text = raw.decode("utf-8", "backslashreplace")
+    size = len(text)
     pairs: Headers = []
-    first = lines[0]
-    if first.startswith("NATS/1.0 "):
-        status, _, description = first[9:].strip(_BYTES_WHITESPACE).partition(" ")
+    end = text.find("\r\n")
+    if end < 0:
+        end = size
+    if text.startswith("NATS/1.0 "):
+        status, _, description = text[9:end].strip(_BYTES_WHITESPACE).partition(" ")
         if status:
             pairs.append(("Status", status))
         if description:
             pairs.append(("Description", description))
-    for i in range(1, len(lines)):
-        name, sep, value = lines[i].partition(":")
-        if sep and name:
-            pairs.append((name.strip(_BYTES_WHITESPACE), value.strip(_BYTES_WHITESPACE)))
+    pos = end + 2
+    while pos < size:
+        end = text.find("\r\n", pos)
+        if end < 0:
+            end = size
+        colon = text.find(":", pos, end)
+        if colon > pos:
+            value = colon + 1
+            if value < end and text[value] == " ":  # the usual one space: no strip copy
+                value += 1
+            pairs.append(
+                (
+                    text[pos:colon].strip(_BYTES_WHITESPACE),
+                    text[value:end].strip(_BYTES_WHITESPACE),
+                )
+            )
+        pos = end + 2
     return pairs
 
 

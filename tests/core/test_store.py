@@ -213,6 +213,32 @@ def test_create_refuses_to_overwrite(tmp_path: Path):
         store.create_session(path)
 
 
+def split_header_block(raw: bytes) -> list[tuple[str, str]]:
+    """The plain reading of a header block the parser must agree with: decode, split lines,
+    cut each at its first colon, strip ASCII whitespace."""
+    lines = raw.decode("utf-8", "backslashreplace").split("\r\n")
+    pairs = []
+    if lines[0].startswith("NATS/1.0 "):
+        status, _, description = lines[0][9:].strip(" \t\n\r\x0b\x0c").partition(" ")
+        pairs += [("Status", status)] if status else []
+        pairs += [("Description", description)] if description else []
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep and name:
+            pairs.append((name.strip(" \t\n\r\x0b\x0c"), value.strip(" \t\n\r\x0b\x0c")))
+    return pairs
+
+
+PIECES = [b"NATS/1.0", b" 503", b" ", b"\t", b"\r", b"\n", b"\r\n", b":", b"A", b"\xff"]
+PIECES.append("é".encode())
+
+
+@given(st.lists(st.sampled_from(PIECES), max_size=40))
+def test_header_blocks_read_as_their_plain_reading(pieces):
+    raw = b"".join(pieces)
+    assert parse_header_block(raw) == split_header_block(raw)
+
+
 def test_header_block_parsing():
     raw = b"NATS/1.0\r\nA: 1\r\nB: two words\r\nA: 2\r\nBad: \xff\r\n\r\n"
     assert parse_header_block(raw) == [("A", "1"), ("B", "two words"), ("A", "2"), ("Bad", "\\xff")]
