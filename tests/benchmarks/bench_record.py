@@ -2,7 +2,7 @@
 
 Run: pytest -m benchmark -s tests/benchmarks/bench_record.py
 (QIXTUI_BENCH_SUSTAIN_S sets the sustained-rate duration, 60 s by default; QIXTUI_BENCH_RATES
-the offered rates, e.g. 40000,50000.)
+the offered rates, e.g. 40000,50000; `-k flow-per-message` picks one traffic.)
 """
 
 from __future__ import annotations
@@ -35,18 +35,21 @@ RATES = [int(r) for r in os.environ.get("QIXTUI_BENCH_RATES", "20000,40000,50000
 
 # A separate process that writes pre-built HPUB frames to a raw socket, so the publisher is
 # never the bottleneck. rate=0 means as fast as possible; otherwise paced in 10 ms slices.
+# Every `group` consecutive messages share an order id and a trace id: one flow each.
 PUBLISHER = textwrap.dedent(
     """
     import json, socket, sys, time
-    port, total, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+    port, total, group = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4])
+    rate = float(sys.argv[3])
     sock = socket.create_connection(("127.0.0.1", port))
     sock.recv(4096)
     sock.sendall(b'CONNECT {"verbose":false,"headers":true}\\r\\n')
     def frame(i):
-        body = json.dumps({"order_id": f"o-{i}", "customer_id": "c-42", "amount": 123.45,
+        k = i // group
+        body = json.dumps({"order_id": f"o-{k}", "customer_id": "c-42", "amount": 123.45,
                            "items": [{"sku": "sku-1", "qty": 2}], "note": "x" * 60}).encode()
         hdr = (b"NATS/1.0\\r\\nX-Correlation-ID: o-%d\\r\\n"
-               b"traceparent: 00-%032x-%016x-01\\r\\n\\r\\n" % (i, i, i))
+               b"traceparent: 00-%032x-%016x-01\\r\\n\\r\\n" % (k, k, i))
         return b"HPUB bench.orders.%d %d %d\\r\\n%s%s\\r\\n" % (
             i % 16, len(hdr), len(hdr) + len(body), hdr, body)
     frames = [frame(i) for i in range(total)]
@@ -102,11 +105,11 @@ BARE = textwrap.dedent(
 )
 
 
-def publish(port: int, total: int, rate: float = 0) -> dict[str, float]:
-    """Publish from a separate process; returns its wall-clock start (taken after it built
-    its frames) and how long sending took."""
+def publish(port: int, total: int, rate: float = 0, group: int = 1) -> dict[str, float]:
+    """Publish from a separate process, `group` messages to a flow; returns its wall-clock
+    start (taken after it built its frames) and how long sending took."""
     out = subprocess.run(
-        [sys.executable, "-c", PUBLISHER, str(port), str(total), str(rate)],
+        [sys.executable, "-c", PUBLISHER, str(port), str(total), str(rate), str(group)],
         capture_output=True,
         text=True,
         check=True,
@@ -220,9 +223,18 @@ def wait_recorder_ready(path: Path) -> None:
     raise AssertionError("recorder did not start")
 
 
-def run_recorder(server: EmbeddedServer, out: Path, total: int, rate: float) -> dict[str, float]:
+def run_recorder(
+    server: EmbeddedServer,
+    out: Path,
+    total: int,
+    rate: float,
+    group: int = 1,
+    options: tuple[str, ...] = (),
+) -> dict[str, float]:
     proc = subprocess.Popen(
-        qixtui_command("record", "-s", server.url, "-o", str(out), "-S", "bench.>", "--json"),
+        qixtui_command(
+            "record", "-s", server.url, "-o", str(out), "-S", "bench.>", "--json", *options
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -231,7 +243,7 @@ def run_recorder(server: EmbeddedServer, out: Path, total: int, rate: float) -> 
     assert server.proc is not None
     sampler = PeakSampler(proc.pid, server.monitor_url, server.proc.pid)
     sampler.start()
-    pub = publish(server.port, total, rate)
+    pub = publish(server.port, total, rate, group)
     # Recorded means committed to the file: poll until the count stops moving.
     last, still_since = -1, time.monotonic()
     while True:
@@ -321,25 +333,40 @@ def test_drain_rate_against_a_bare_subscriber(tmp_path: Path):
         assert r["recorded"] + r["dropped"] <= TOTAL
 
 
-def test_sustained_rate_with_zero_loss(tmp_path: Path):
+# What the recorder does with the traffic: store it only; correlate it where an order's six
+# messages make one flow; correlate it where every message starts a flow of its own (the
+# correlator's worst case: a new flow state, two keys and a flows row for every event, and
+# 50,000 flows remembered).
+SUSTAINED = {
+    "events-only": (1, ("--no-correlate",)),
+    "flows-of-6": (6, ()),
+    "flow-per-message": (1, ()),
+}
+
+
+@pytest.mark.parametrize("traffic", list(SUSTAINED))
+def test_sustained_rate_with_zero_loss(tmp_path: Path, traffic: str):
+    group, options = SUSTAINED[traffic]
     rows = []
     held = 0
     for rate in RATES:
         total = int(rate * SUSTAIN_S)
         with EmbeddedServer(jetstream=False) as server:
-            rec = run_recorder(server, tmp_path / f"sustain-{rate}.qix", total, rate)
+            rec = run_recorder(
+                server, tmp_path / f"sustain-{rate}.qix", total, rate, group, options
+            )
         offered = total / rec["publish_seconds"]
         lossless = rec["lost"] == 0 and rec["dropped"] == 0 and rec["gaps"] == 0
         rows.append((rate, offered, rec, lossless))
         print(
-            f"\n[sustained {SUSTAIN_S:.0f}s] target {rate:,}/s offered {offered:,.0f}/s: "
-            f"recorded {rec['recorded']:,}/{total:,} lost {rec['lost']:,} "
-            f"dropped {rec['dropped']:,} gaps {rec['gaps']} "
+            f"\n[sustained {SUSTAIN_S:.0f}s, {traffic}] target {rate:,}/s "
+            f"offered {offered:,.0f}/s: recorded {rec['recorded']:,}/{total:,} "
+            f"lost {rec['lost']:,} dropped {rec['dropped']:,} gaps {rec['gaps']} "
             f"peak server pending {rec['peak_pending_bytes']:,} B "
             f"peak RSS {rec['peak_rss_mb']:.0f} MB; CPU per event: {cpu_line(rec)}"
         )
         if not lossless:
             break
         held = rate
-    print(f"\n[sustained] highest rate held with zero loss: {held:,}/s")
+    print(f"\n[sustained, {traffic}] highest rate held with zero loss: {held:,}/s")
     assert rows
