@@ -320,9 +320,14 @@ class Recorder:
                     await asyncio.wait_for(self._stop.wait(), self.options.duration)
             else:
                 await self._stop.wait()
+            self._stop.set()  # a --duration ran out: the loops watch this flag too
             for task in tasks:
                 task.cancel()
-            await bounded(asyncio.gather(*tasks, return_exceptions=True), 2)
+            # What has arrived goes to the writer now, not after the connection is closed.
+            self._flush_pending()
+            # asyncio.wait, not gather: a task still running at the deadline is cancelled
+            # again at exit, with no "exception was never retrieved" on stderr.
+            await asyncio.wait(tasks, timeout=2)
         finally:
             await self._shutdown()
             collector.close()
@@ -480,8 +485,10 @@ class Recorder:
     async def _watch_loop(self) -> None:
         """Heartbeat round-trips mark the last moment we know nothing was missed, and catch a
         read loop that died while the connection still looks up (nats-py drops it silently
-        when a message has a non-UTF-8 subject)."""
-        while True:
+        when a message has a non-UTF-8 subject). Checks the stop flag too: asyncio.wait_for
+        in Python 3.11 swallows a cancellation that arrives as the PONG does, so a flush
+        during a busy stop would keep this loop going."""
+        while not self._stop.is_set():
             await asyncio.sleep(HEARTBEAT_S)
             nc = self.nc
             if nc is None or not nc.is_connected:

@@ -337,6 +337,27 @@ async def test_a_dead_read_loop_is_noticed_and_left_as_a_gap(nats_server, tmp_pa
     assert gaps[0].end_ns is not None
 
 
+async def test_the_heartbeat_loop_ends_on_stop_even_if_its_cancel_is_lost(nats_server, tmp_path):
+    """asyncio.wait_for in Python 3.11 swallows a cancellation that arrives with the PONG, so
+    cancelling is not enough: a busy stop waited 2 s for the heartbeat loop (the last events
+    with it) and printed "exception was never retrieved". The loop also watches the stop flag."""
+    from qixtui_nats.connect import ConnectOptions
+    from qixtui_nats.recorder import Recorder, RecordOptions
+
+    recorder = Recorder(
+        ConnectOptions(servers=[nats_server.url]),
+        RecordOptions(output=tmp_path / "watch.qix", subjects=["watch.>"]),
+    )
+    run = asyncio.create_task(recorder.run())
+    await eventually(lambda: recorder.nc is not None and recorder.nc.is_connected)
+    uncancelled = asyncio.create_task(recorder._watch_loop())  # as if its cancel were lost
+    await asyncio.sleep(0.3)
+    assert not uncancelled.done()  # heartbeats go on while recording
+    recorder._stop.set()
+    await asyncio.wait_for(uncancelled, 2)
+    await run
+
+
 def test_count_and_duration_stop_the_recording(nats_server: EmbeddedServer, tmp_path: Path):
     out = tmp_path / "count.qix"
     proc = subprocess.Popen(
@@ -368,6 +389,7 @@ def test_count_and_duration_stop_the_recording(nats_server: EmbeddedServer, tmp_
     asyncio.run(publish())
     stdout, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
     assert json.loads(stdout)["events"] == 25
     assert count_events(out) == 25
 
