@@ -275,11 +275,13 @@ class _Fields:
         return build(tree)
 
     def keys(self, payload: Any, found: list[str]) -> None:  # bytes, or bytearray
-        if payload[:1] != b"{" and not _JSON_START.match(payload):
+        # typed bytes, the first byte is a C array read; a slice to compare was two calls
+        data: bytes = payload if type(payload) is bytes else bytes(payload)
+        if not data or (data[0] != 123 and not _JSON_START.match(data)):  # 123: {
             return
         if self.decode is not None:
             try:
-                top: tuple[Any, ...] | None = _astuple(self.decode(payload))
+                top: tuple[Any, ...] | None = _astuple(self.decode(data))
             except msgspec.ValidationError:
                 top = None  # another type where a pointer leads: walk it generically
             except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
@@ -299,7 +301,7 @@ class _Fields:
                             found.append(self.prefixes[i] + text)
                 return
         try:
-            generic = _decode_any(payload)
+            generic = _decode_any(data)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
             return
         for prefix, segs in zip(self.prefixes, self.paths, strict=True):
