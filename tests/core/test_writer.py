@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 from qixtui.core import store
+from qixtui.core.correlate import Correlator, correlate_all
+from qixtui.core.model import Event
+from qixtui.core.rules import RuleFlags, Rules
 from qixtui.core.writer import CycleCollector, RowMaker, write_records
 
 
@@ -47,6 +52,56 @@ def test_written_rows_read_back_exactly(tmp_path: Path) -> None:
         (12, 13, "disconnected")
     ]
     assert db.execute("SELECT subject, count FROM drops").fetchall() == [("a.b", 3)]
+
+
+def test_merges_and_adoptions_inside_a_batch_land_in_its_rows(tmp_path: Path) -> None:
+    """Rows of a batch are written after correlating it, so a flow born and absorbed in the
+    batch, or a flowless event adopted in it, is set in the event rows themselves; across
+    batches the file is updated. Either way the file ends as correlation saw it."""
+    rules = Rules().merged_with(RuleFlags(keys=["/order_id", "/shipment_id"]))
+
+    now = time.time_ns()  # the prepare stage's clock: older events would be long forgotten
+
+    def frame(eid: int, subject: str, payload: bytes, reply: str | None = None) -> list[Any]:
+        return [now + eid, subject, reply, None, payload]
+
+    batches = [
+        [
+            frame(1, "shop.order.placed", b'{"order_id": "o1"}'),
+            frame(2, "shop.q.ask", b"{}", "_I.1"),
+        ],
+        [
+            frame(3, "shop.shipment.made", b'{"shipment_id": "s1"}'),  # born here, then
+            frame(4, "shop.shipment.bridge", b'{"order_id": "o1", "shipment_id": "s1"}'),
+            frame(5, "shop.q.ask", b"{}", "_I.2"),  # flowless, adopted by its reply here
+            frame(6, "_I.2", b'{"order_id": "o2"}'),
+            frame(7, "_I.1", b'{"order_id": "o1"}'),  # adopts event 2 of the first batch
+        ],
+        [frame(8, "shop.order.placed", b'{"order_id": "o4"}')],
+        [frame(9, "shop.order.fixed", b'{"order_id": "o4", "shipment_id": "s1"}')],  # 8 -> 1
+    ]
+    records: list[list[Any]] = []
+    for batch in batches:  # a metadata record between them keeps the batches apart
+        records += [["E", batch], ["M", {"batch": str(len(records))}]]
+    prepared = [r for r in RowMaker(1, Correlator(rules)).prepare(records) if r[0] == "R"]
+    # (merges, assign) left for UPDATEs: only what reaches back into an earlier batch
+    assert [(r[3], r[4]) for r in prepared] == [([], []), ([], [(1, 2)]), ([], []), ([(8, 1)], [])]
+    db = store.create_session(tmp_path / "m.qix")
+    write_records(db, records, Correlator(rules))
+
+    in_file = dict(db.execute("SELECT id, flow_id FROM events").fetchall())
+    assert in_file == {1: 1, 2: 1, 3: 1, 4: 1, 5: 6, 6: 6, 7: 1, 8: 1, 9: 1}
+    flows = db.execute("SELECT flow_id, events FROM flows ORDER BY flow_id").fetchall()
+    assert flows == [(1, 7), (6, 2)]
+    events = [
+        Event(ts_ns=f[0], subject=f[1], reply=f[2], headers=None, payload=f[4], id=f[0] - now)
+        for batch in batches
+        for f in batch
+    ]
+    assert {fid: sorted(ids) for fid, ids in correlate_all(events, rules).items()} == {
+        1: [1, 2, 3, 4, 7, 8, 9],
+        6: [5, 6],
+    }
 
 
 def test_an_appending_recorder_is_not_stopped() -> None:
