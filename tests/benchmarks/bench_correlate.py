@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from bench_record import PeakSampler
 from flowgen import (
     FIELD_KEYS,
     RULE_FLAGS,
@@ -147,9 +148,12 @@ def committed(path: Path) -> int:
         db.close()
 
 
-def record_once(server: EmbeddedServer, output: Path, flows: int, count: int, *flags: str) -> float:
+def record_once(
+    server: EmbeddedServer, output: Path, flows: int, count: int, *flags: str
+) -> tuple[float, dict[str, float]]:
     """Seconds from the publisher's first frame to `count` events committed to the file
-    (polled, so the recorder's shutdown is not counted)."""
+    (polled, so the recorder's shutdown is not counted), and the CPU time each process used
+    meanwhile, in µs an event."""
     before = subscribers(server, "_INBOX.test.>")
     recorder = subprocess.Popen(
         qixtui_command(
@@ -170,8 +174,11 @@ def record_once(server: EmbeddedServer, output: Path, flows: int, count: int, *f
         text=True,
     )
     publisher = None
+    assert server.proc is not None
+    sampler = PeakSampler(recorder.pid, None, server.proc.pid)
     try:
         wait_for_subscriber(server, "_INBOX.test.>", before + 1)
+        sampler.start()
         publisher = subprocess.Popen(
             [sys.executable, str(PUBLISHER), str(server.port), str(flows), str(SEED)],
             env={**os.environ, "PYTHONPATH": str(PUBLISHER.parent.parent)},
@@ -182,6 +189,8 @@ def record_once(server: EmbeddedServer, output: Path, flows: int, count: int, *f
         while committed(output) < count and time.monotonic() < deadline:
             time.sleep(0.02)
         done = time.time()
+        sampler.stop.set()
+        sampler.join()
         try:
             _, stderr = recorder.communicate(timeout=60)
         except subprocess.TimeoutExpired:
@@ -196,7 +205,8 @@ def record_once(server: EmbeddedServer, output: Path, flows: int, count: int, *f
                 proc.wait()
     assert recorder.returncode == 0, stderr
     assert "0 dropped" in stderr, stderr
-    return done - float(json.loads(out)["wall_start"])
+    cpu = {name: seconds / count * 1e6 for name, seconds in sampler.cpu.items()}
+    return done - float(json.loads(out)["wall_start"]), cpu
 
 
 @pytest.mark.timeout(1200)
@@ -206,19 +216,31 @@ def test_recording_with_and_without_correlation(own_server: EmbeddedServer, tmp_
     flows = 40_000
     count = len(expand_replies(traffic(flows, noise_every=8, seed=SEED, window=200)))
     times: dict[str, list[float]] = {"off": [], "on": []}
+    cpus: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
     for round_ in range(ROUNDS):
         for mode in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
             flags = ["--no-correlate"] if mode == "off" else RULE_FLAGS
             path = tmp_path / f"{mode}-{round_}.qix"
-            times[mode].append(record_once(own_server, path, flows, count, *flags))
+            seconds, cpu = record_once(own_server, path, flows, count, *flags)
+            times[mode].append(seconds)
+            cpus[mode].append(cpu)
             path.unlink()
     off, on = statistics.median(times["off"]), statistics.median(times["on"])
     ratio = on / off
+
+    def cpu_medians(mode: str) -> str:
+        names = cpus[mode][0]
+        return ", ".join(
+            f"{name} {statistics.median(run.get(name, 0) for run in cpus[mode]):.1f}"
+            for name in names
+        )
+
     print(
         f"\nrecording {count:,} events, {ROUNDS} runs a side: correlation off {count / off:,.0f} "
         f"ev/s committed, on {count / on:,.0f} ev/s (medians); time ratio on/off {ratio:.2f} "
         f"(target <= 1.20: {'met' if ratio <= 1.2 else 'NOT met'}); seconds a run: "
-        f"off {[round(t, 2) for t in times['off']]}, on {[round(t, 2) for t in times['on']]}"
+        f"off {[round(t, 2) for t in times['off']]}, on {[round(t, 2) for t in times['on']]}\n"
+        f"CPU µs an event (medians): off: {cpu_medians('off')}; on: {cpu_medians('on')}"
     )
 
 

@@ -160,8 +160,8 @@ def tree_rss_kb(pid: int) -> int:
 
 class PeakSampler(threading.Thread):
     """Samples the recorder's RSS, the server's pending bytes for its connection, and the CPU
-    time the recorder, its prepare and write stages and the server have used (the last
-    sample before they exit)."""
+    time the recorder, its prepare and write stages and the server have used since the first
+    sample (so not their start-up), as of the last sample before they exit."""
 
     def __init__(self, pid: int, monitor_url: str | None, server_pid: int) -> None:
         super().__init__(daemon=True)
@@ -171,18 +171,22 @@ class PeakSampler(threading.Thread):
         self.peak_pending = 0
         self.cpu: dict[str, float] = {}
         self.server_pid = server_pid
-        self.server_cpu_start = cpu_seconds(server_pid)
+        self.cpu_at_start: dict[int, float] = {}
         self.stop = threading.Event()
+
+    def used(self, pid: int) -> float:
+        now = cpu_seconds(pid)
+        return now - self.cpu_at_start.setdefault(pid, now)
 
     def run(self) -> None:
         while not self.stop.is_set():
             self.peak_rss_kb = max(self.peak_rss_kb, tree_rss_kb(self.pid))
             pids = tree_pids(self.pid)
-            self.cpu["recorder"] = cpu_seconds(pids[0])
+            self.cpu["recorder"] = self.used(pids[0])
             stages = sorted(p for p in pids[1:] if not is_resource_tracker(p))
             for name, pid in zip(("prepare", "writer"), stages, strict=False):
-                self.cpu[name] = cpu_seconds(pid)
-            self.cpu["server"] = cpu_seconds(self.server_pid) - self.server_cpu_start
+                self.cpu[name] = self.used(pid)
+            self.cpu["server"] = self.used(self.server_pid)
             if self.monitor_url:
                 try:
                     with urllib.request.urlopen(f"{self.monitor_url}/connz", timeout=1) as r:
