@@ -35,11 +35,12 @@ import functools
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgspec
 
 from qixtui.core.model import Event, Flow, FlowChanges, Headers, Link
+from qixtui.core.rows import FlowRow, FlowRows, LinkRow, strings_json
 from qixtui.core.rules import (
     SAGA_RUN_HEADER,
     Rules,
@@ -161,6 +162,7 @@ class _FlowState:
         "events",
         "failure",
         "flow_id",
+        "id_box",
         "into",
         "keys",
         "orchestrated",
@@ -173,13 +175,16 @@ class _FlowState:
         "terminal",
     )
 
-    def __init__(self, flow_id: int, ts_ns: int) -> None:
+    def __init__(self, flow_id: int, ts_ns: int, id_box: Any) -> None:
         self.flow_id = flow_id
+        self.id_box: Any = id_box  # flow_id as an object: its events get it without a new int
         self.started_ns = ts_ns
         self.ended_ns = ts_ns
         self.events = 0
         self.services: list[str] = []  # a few: a list is cheaper to copy than a dict
-        self.steps: list[tuple[int, int, str]] = []
+        # (ts_ns, event id, event type), the two ints as the event's own objects: typed int,
+        # compiled code would box new ones for every step
+        self.steps: list[tuple[object, object, str]] = []
         self.keys: list[str] = []
         # its reply subjects and message ids: keys of the inbox and message tables, in one
         # list because a flow rarely has either (each list is 72 bytes of 50,000 flows')
@@ -214,6 +219,20 @@ class _FlowState:
             [step[2] for step in self.steps],
             self.keys[:MAX_KEYS_SHOWN],
             self.orchestrated,
+        )
+
+    def row(self) -> FlowRow:
+        """The summary as a flows row (rows.flow_row of `summary()`, without the Flow)."""
+        return (
+            self.flow_id,
+            self.status(),
+            self.started_ns,
+            self.ended_ns,
+            self.events,
+            strings_json(self.services),
+            strings_json([step[2] for step in self.steps]),
+            _json_encode(self.keys[:MAX_KEYS_SHOWN]).decode(),
+            int(self.orchestrated),
         )
 
 
@@ -311,6 +330,7 @@ class _Fields:
 
 
 _astuple: Final = msgspec.structs.astuple
+_json_encode: Final = msgspec.json.Encoder().encode
 
 # add_batch unpacks an event by position: astuple is one C call, where reading seven fields
 # of a msgspec Struct from compiled code is seven generic attribute lookups.
@@ -401,12 +421,30 @@ class Correlator:
 
     def add_batch(self, events: Iterable[Event], now_ns: int) -> FlowChanges:
         """Correlate events in arrival order, setting `flow_id` on each in place."""
-        links: list[Link] = []
+        batch = events if isinstance(events, list) else list(events)
+        links, merges, assign, touched = self._correlate(batch, now_ns)
+        return FlowChanges(
+            links=[Link(eid, kind, key, parent) for eid, kind, key, parent in links],
+            merges=merges,
+            flows=[f.summary() for f in touched],
+            assign=assign,
+        )
+
+    def add_batch_rows(self, events: list[Event], now_ns: int) -> FlowRows:
+        """add_batch, with what changed as session-file rows: `rows.flow_rows(add_batch(...))`
+        without the Flow and Link structs in between (the recorder's way)."""
+        links, merges, assign, touched = self._correlate(events, now_ns)
+        return FlowRows(links, merges, [(f, e) for e, f in assign], [f.row() for f in touched])
+
+    def _correlate(
+        self, batch: list[Event], now_ns: int
+    ) -> tuple[list[LinkRow], list[tuple[int, int]], list[tuple[int, int]], list[_FlowState]]:
+        links: list[LinkRow] = []
         merges: list[tuple[int, int]] = []
         assign: list[tuple[int, int]] = []
         touched: list[_FlowState] = []
+        flows_of: list[_FlowState | None] = []  # each event's, absorbed ones resolved at the end
         batch_no = self._batch = self._batch + 1
-        batch = events if isinstance(events, list) else list(events)
         # The hot path is this one loop, with the tables it uses bound to locals. Methods are
         # called as methods: compiled, that is a direct C call; a bound method in a local is not.
         subjects = self._subjects
@@ -414,10 +452,12 @@ class Correlator:
         inboxes = self._inboxes
         subject: str
         reply: str | None
-        ts: int
-        eid: int
+        ts_box: object  # the event's own int objects, for steps and flow ids
+        eid_box: object
         for event in batch:
-            ts, subject, reply, headers, payload, eid, _ = _astuple(event)
+            ts_box, subject, reply, headers, payload, eid_box, _ = _astuple(event)
+            ts = cast(int, ts_box)
+            eid = cast(int, eid_box)
             info = subjects.get(subject)
             if info is None:
                 info = self._subject_info(subject, replies and subject in inboxes)
@@ -464,9 +504,9 @@ class Correlator:
                             self._loose_put(msgs, self._loose_msgs, msgid, loose)
                         if reply:
                             self._loose_put(inboxes, self._loose_inboxes, reply, loose)
-                    event.flow_id = None
+                    flows_of.append(None)
                     continue
-                flow = _FlowState(eid, ts)
+                flow = _FlowState(eid, ts, eid_box)
 
             if unknown:
                 for key in found:
@@ -474,7 +514,7 @@ class Correlator:
                         index[key] = flow
                         flow.keys.append(key)
             if request is not None:
-                links.append(Link(eid, "reply", subject, request.event_id))
+                links.append((eid, "reply", subject, request.event_id))
                 if request.flow is None:
                     self._adopt(flow, request, "reply", subject, links, assign)
             if cause is not None:
@@ -483,13 +523,13 @@ class Correlator:
                     flow.sent.append(cause)  # the cause may still arrive
                 elif cited.flow is None:
                     self._adopt(flow, cited, "causation", cause, links, assign)
-                links.append(Link(eid, "causation", cause, cited.event_id or None))
+                links.append((eid, "causation", cause, cited.event_id or None))
             if msgid is not None or reply:
                 sent = _Sent(flow, eid, ts, etype, service, reply, msgid)
                 if msgid is not None:
                     same = msgs.get(msgid)
                     if same is not None and same.event_id == 0:
-                        links.append(Link(eid, "causation", msgid, None))
+                        links.append((eid, "causation", msgid, None))
                     msgs[msgid] = sent
                     flow.sent.append(msgid)
                 if reply:
@@ -505,7 +545,7 @@ class Correlator:
                 flow.services.append(service)
             steps = flow.steps
             if len(steps) < MAX_STEPS:
-                steps.append((ts, eid, etype))
+                steps.append((ts_box, eid_box, etype))
             status = info.status
             if status:
                 if status & TERMINAL:
@@ -516,16 +556,21 @@ class Correlator:
                     flow.compensation = True
             if saga:
                 flow.orchestrated = True
-            event.flow_id = flow.flow_id
+            flows_of.append(flow)
             if flow.batch != batch_no:
                 flow.batch = batch_no
                 touched.append(flow)
 
+        for i in range(len(batch)):
+            owner = flows_of[i]
+            if owner is None:
+                batch[i].flow_id = None
+                continue
+            while owner.into is not None:
+                owner = owner.into
+            batch[i].flow_id = owner.id_box
         if merges:
-            find, moved = self._find, self._moved
-            for event in batch:
-                if event.flow_id in moved:
-                    event.flow_id = find(event.flow_id)
+            find = self._find
             assign = [(eid, find(fid)) for eid, fid in assign]
             touched = self._absorbed(touched, batch_no)
         self._moved.clear()
@@ -540,12 +585,7 @@ class Correlator:
             live[flow] = None
             flow.place = _LIVE
         self._tick(now_ns, touched, batch_no)
-        return FlowChanges(
-            links=links,
-            merges=merges,
-            flows=[f.summary() for f in touched],
-            assign=assign,
-        )
+        return links, merges, assign, touched
 
     def finish(self, now_ns: int) -> FlowChanges:
         """The recording ended at `now_ns`: running flows quiet for `stall` are stalled."""
@@ -659,7 +699,7 @@ class Correlator:
         loose: _Sent,
         kind: str,
         key: str,
-        links: list[Link],
+        links: list[LinkRow],
         assign: list[tuple[int, int]],
     ) -> None:
         """Move a flowless event (a request or cause seen before its flow existed) into it."""
@@ -668,7 +708,7 @@ class Correlator:
             flow.sent.append(loose.reply)
         if loose.msgid is not None:
             flow.sent.append(loose.msgid)
-        links.append(Link(loose.event_id, kind, key, None))
+        links.append((loose.event_id, kind, key, None))
         assign.append((loose.event_id, flow.flow_id))
         flow.events += 1
         flow.started_ns = min(flow.started_ns, loose.ts_ns)

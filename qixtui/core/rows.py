@@ -103,7 +103,7 @@ def event_rows(events: list[Event]) -> list[tuple[Any, ...]]:
 _one_item_json: Final[dict[str, str]] = {}
 
 
-def _strings_json(items: list[str]) -> str:
+def strings_json(items: list[str]) -> str:
     if len(items) != 1:
         return _json_encode(items).decode()
     item = items[0]
@@ -115,7 +115,11 @@ def _strings_json(items: list[str]) -> str:
     return text
 
 
-def flow_row(flow: Flow) -> tuple[Any, ...]:
+LinkRow = tuple[int, str, str, int | None]
+FlowRow = tuple[int, str, int, int, int, str, str, str, int]
+
+
+def flow_row(flow: Flow) -> FlowRow:
     """A flows row for store.UPSERT_FLOW."""
     flow_id, status, started_ns, ended_ns, events, services, variant, keys, orchestrated = _astuple(
         flow
@@ -126,8 +130,8 @@ def flow_row(flow: Flow) -> tuple[Any, ...]:
         started_ns,
         ended_ns,
         events,
-        _strings_json(services),
-        _strings_json(variant),
+        strings_json(services),
+        strings_json(variant),
         _json_encode(keys).decode(),
         int(orchestrated),
     )
@@ -136,10 +140,10 @@ def flow_row(flow: Flow) -> tuple[Any, ...]:
 class FlowRows(NamedTuple):
     """What correlation changed, as rows ready for executemany (they can cross a pipe)."""
 
-    links: list[tuple[int, str, str, int | None]]
+    links: list[LinkRow]
     merges: list[tuple[int, int]]  # (absorbed, into)
     assign: list[tuple[int, int]]  # (flow_id, event_id)
-    flows: list[tuple[Any, ...]]
+    flows: list[FlowRow]
 
 
 def flow_rows(changes: FlowChanges) -> FlowRows:

@@ -127,20 +127,19 @@ class RowMaker:
         self.next_id += len(events)
         changes = rows.FlowRows([], [], [], [])
         if self.correlator is not None:
-            found = self.correlator.add_batch(events, time.time_ns())
+            found = self.correlator.add_batch_rows(events, time.time_ns())
             # This batch's rows are not written yet, so what correlation changed inside it
             # goes into them, not into UPDATEs after them (90% of merges and adoptions in
             # bench_correlate's traffic, a quarter of what correlation cost the writer).
             # A flow born here has an id from here: no row of the file holds it yet.
-            found.merges = [(gone, into) for gone, into in found.merges if gone < first]
             assign = []
-            for event_id, flow_id in found.assign:
+            for flow_id, event_id in found.assign:
                 if event_id >= first:
                     events[event_id - first].flow_id = flow_id
                 else:
-                    assign.append((event_id, flow_id))
-            found.assign = assign
-            changes = rows.flow_rows(found)
+                    assign.append((flow_id, event_id))
+            merges = [(gone, into) for gone, into in found.merges if gone < first]
+            changes = rows.FlowRows(found.links, merges, assign, found.flows)
         return ["R", rows.event_rows(events), *changes]
 
     def tick(self, now_ns: int) -> list[Record]:

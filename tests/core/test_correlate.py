@@ -101,6 +101,31 @@ def test_flows_do_not_depend_on_interleaving(
         assert all(t == tag for t, _ in group)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    conventions=st.lists(st.sampled_from(CONVENTIONS), min_size=1, max_size=12),
+    noise_count=st.integers(0, 6),
+    order_seed=st.integers(0, 2**32),
+    batch=st.integers(1, 40),
+)
+def test_rows_made_directly_are_the_rows_of_the_changes(
+    conventions: list[str], noise_count: int, order_seed: int, batch: int
+) -> None:
+    """The recorder's add_batch_rows skips the Flow and Link structs, nothing else."""
+    rng = random.Random(2)
+    groups = [flow_messages(n, c, rng) for n, c in enumerate(conventions)]
+    groups += [[noise(i, rng)] for i in range(noise_count)]
+    plain = to_events(interleave(groups, random.Random(order_seed)))
+    direct = [msgspec.structs.replace(e) for e in plain]
+    via_changes, via_rows = Correlator(RULES), Correlator(RULES)
+    for start in range(0, len(plain), batch):
+        now = plain[min(start + batch, len(plain)) - 1].ts_ns
+        expected = rows.flow_rows(via_changes.add_batch(plain[start : start + batch], now))
+        assert via_rows.add_batch_rows(direct[start : start + batch], now) == expected
+    assert [e.flow_id for e in direct] == [e.flow_id for e in plain]
+    assert any(e.flow_id is not None for e in plain)
+
+
 def ev(
     id: int,
     subject: str,
