@@ -77,19 +77,28 @@ def memberships(events: list[Event], batch: int) -> set[frozenset[tuple[str, int
     return {frozenset(g) for g in groups.values()}
 
 
-@settings(max_examples=60, deadline=None)
-@given(
+# Traffic Hypothesis draws: flows of the given conventions plus heartbeats, interleaved by a
+# seed, correlated in batches of a drawn size.
+traffic_cases = given(
     conventions=st.lists(st.sampled_from(CONVENTIONS), min_size=1, max_size=12),
     noise_count=st.integers(0, 6),
     order_seed=st.integers(0, 2**32),
     batch=st.integers(1, 40),
 )
+
+
+def generated_flows(conventions: list[str], noise_count: int, seed: int) -> list[list[Message]]:
+    rng = random.Random(seed)
+    groups = [flow_messages(n, c, rng) for n, c in enumerate(conventions)]
+    return groups + [[noise(i, rng)] for i in range(noise_count)]
+
+
+@settings(max_examples=60, deadline=None)
+@traffic_cases
 def test_flows_do_not_depend_on_interleaving(
     conventions: list[str], noise_count: int, order_seed: int, batch: int
 ) -> None:
-    rng = random.Random(1)
-    groups = [flow_messages(n, c, rng) for n, c in enumerate(conventions)]
-    groups += [[noise(i, rng)] for i in range(noise_count)]
+    groups = generated_flows(conventions, noise_count, 1)
     one_by_one = to_events([m for g in groups for m in g])
     shuffled = to_events(interleave(groups, random.Random(order_seed)))
     expected = memberships(one_by_one, 1)
@@ -102,19 +111,12 @@ def test_flows_do_not_depend_on_interleaving(
 
 
 @settings(max_examples=40, deadline=None)
-@given(
-    conventions=st.lists(st.sampled_from(CONVENTIONS), min_size=1, max_size=12),
-    noise_count=st.integers(0, 6),
-    order_seed=st.integers(0, 2**32),
-    batch=st.integers(1, 40),
-)
+@traffic_cases
 def test_rows_made_directly_are_the_rows_of_the_changes(
     conventions: list[str], noise_count: int, order_seed: int, batch: int
 ) -> None:
     """The recorder's add_batch_rows skips the Flow and Link structs, nothing else."""
-    rng = random.Random(2)
-    groups = [flow_messages(n, c, rng) for n, c in enumerate(conventions)]
-    groups += [[noise(i, rng)] for i in range(noise_count)]
+    groups = generated_flows(conventions, noise_count, 2)
     plain = to_events(interleave(groups, random.Random(order_seed)))
     direct = [msgspec.structs.replace(e) for e in plain]
     via_changes, via_rows = Correlator(RULES), Correlator(RULES)
