@@ -31,7 +31,13 @@ from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
 import qixtui
 from qixtui.core import store
-from qixtui.core.writer import CycleCollector, encode_record, run_prepare, run_writer
+from qixtui.core.writer import (
+    PART_EVENTS,
+    CycleCollector,
+    encode_record,
+    run_prepare,
+    run_writer,
+)
 from qixtui_nats.connect import (
     ConnectError,
     ConnectOptions,
@@ -459,7 +465,11 @@ class Recorder:
         if count is not None and self.stats.events + len(batch) > count:
             batch = batch[: count - self.stats.events]
         self.stats.events += len(batch)
-        self._send(["E", batch], len(batch))
+        # In records the prepare stage turns into rows as it decodes each, while the
+        # record's objects are still in the CPU's cache
+        for start in range(0, len(batch), PART_EVENTS):
+            part = batch[start : start + PART_EVENTS]
+            self._send(["E", part], len(part))
 
     def _send(self, record: list[Any], events: int = 0) -> None:
         if self._sender is None:

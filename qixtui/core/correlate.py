@@ -415,14 +415,20 @@ class Correlator:
         self._quiet: OrderedDict[_FlowState, None] = OrderedDict()
         self._subjects: dict[str, _SubjectInfo] = {}
         self._moved: dict[int, int] = {}  # absorbed flow id -> the id it went into, per batch
-        self._batch = 0
+        # The open batch: its number (a flow's `batch` says it is in `touched` already) and
+        # what it changed so far.
+        self._batch = 1
+        self._links: list[LinkRow] = []
+        self._merges: list[tuple[int, int]] = []
+        self._assign: list[tuple[int, int]] = []
+        self._touched: list[_FlowState] = []
 
     # -- public -----------------------------------------------------------------------------
 
     def add_batch(self, events: Iterable[Event], now_ns: int) -> FlowChanges:
         """Correlate events in arrival order, setting `flow_id` on each in place."""
-        batch = events if isinstance(events, list) else list(events)
-        links, merges, assign, touched = self._correlate(batch, now_ns)
+        self.link(events if isinstance(events, list) else list(events))
+        links, merges, assign, touched = self._close_batch(now_ns)
         return FlowChanges(
             links=[Link(eid, kind, key, parent) for eid, kind, key, parent in links],
             merges=merges,
@@ -430,21 +436,22 @@ class Correlator:
             assign=assign,
         )
 
-    def add_batch_rows(self, events: list[Event], now_ns: int) -> FlowRows:
-        """add_batch, with what changed as session-file rows: `rows.flow_rows(add_batch(...))`
-        without the Flow and Link structs in between (the recorder's way)."""
-        links, merges, assign, touched = self._correlate(events, now_ns)
+    def batch_rows(self, now_ns: int) -> FlowRows:
+        """Close the batch `link` filled, with what changed as session-file rows: after
+        `link(events)`, `rows.flow_rows(add_batch(events, now_ns))` without the Flow and Link
+        structs in between (the recorder's way)."""
+        links, merges, assign, touched = self._close_batch(now_ns)
         return FlowRows(links, merges, [(f, e) for e, f in assign], [f.row() for f in touched])
 
-    def _correlate(
-        self, batch: list[Event], now_ns: int
-    ) -> tuple[list[LinkRow], list[tuple[int, int]], list[tuple[int, int]], list[_FlowState]]:
-        links: list[LinkRow] = []
-        merges: list[tuple[int, int]] = []
-        assign: list[tuple[int, int]] = []
-        touched: list[_FlowState] = []
+    def link(self, batch: list[Event]) -> None:
+        """Correlate events in arrival order into the open batch, setting `flow_id` on each
+        in place. A batch can be linked in parts (the recorder links a few hundred events at a
+        time, while they are in the CPU's cache); a merge in a later part can absorb a flow
+        an earlier part's events were given, which the batch's merges then report."""
+        links, merges, assign = self._links, self._merges, self._assign
+        touched = self._touched
         flows_of: list[_FlowState | None] = []  # each event's, absorbed ones resolved at the end
-        batch_no = self._batch = self._batch + 1
+        batch_no = self._batch
         # The hot path is this one loop, with the tables it uses bound to locals. Methods are
         # called as methods: compiled, that is a direct C call; a bound method in a local is not.
         subjects = self._subjects
@@ -569,6 +576,13 @@ class Correlator:
             while owner.into is not None:
                 owner = owner.into
             batch[i].flow_id = owner.id_box
+
+    def _close_batch(
+        self, now_ns: int
+    ) -> tuple[list[LinkRow], list[tuple[int, int]], list[tuple[int, int]], list[_FlowState]]:
+        links, merges, assign, touched = self._links, self._merges, self._assign, self._touched
+        self._links, self._merges, self._assign, self._touched = [], [], [], []
+        batch_no = self._batch
         if merges:
             find = self._find
             assign = [(eid, find(fid)) for eid, fid in assign]
@@ -585,13 +599,14 @@ class Correlator:
             live[flow] = None
             flow.place = _LIVE
         self._tick(now_ns, touched, batch_no)
+        self._batch = batch_no + 1
         return links, merges, assign, touched
 
     def finish(self, now_ns: int) -> FlowChanges:
         """The recording ended at `now_ns`: running flows quiet for `stall` are stalled."""
         changed: list[_FlowState] = []
-        self._batch += 1
         self._tick(now_ns, changed, self._batch)
+        self._batch += 1
         return FlowChanges(flows=[f.summary() for f in changed])
 
     @property

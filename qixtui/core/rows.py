@@ -98,6 +98,35 @@ def event_rows(events: list[Event]) -> list[tuple[Any, ...]]:
     return [event_row(event) for event in events]
 
 
+def retarget(
+    rows: list[tuple[Any, ...]],
+    first_id: int,
+    merges: list[tuple[int, int]],
+    assign: list[tuple[int, int]],
+) -> None:
+    """Event rows numbered from `first_id`, moved to where their batch's correlation put
+    them at its end: into the flows that absorbed theirs (`merges`, in order, (gone, into))
+    and into the flows that adopted them (`assign`, (flow_id, event_id))."""
+    final: dict[int, int] = {}
+    for gone, into in merges:
+        final[gone] = into
+    for gone in final:
+        into = final[gone]
+        while into in final:
+            into = final[into]
+        final[gone] = into
+    if final:
+        for i in range(len(rows)):
+            row = rows[i]
+            moved = final.get(row[7])
+            if moved is not None:
+                rows[i] = (*row[:7], moved)
+    for flow_id, event_id in assign:
+        at = event_id - first_id
+        if at >= 0:
+            rows[at] = (*rows[at][:7], flow_id)
+
+
 # JSON of one-item lists by their item: most flows have one service, and a new flow one step,
 # from a few names, so most services and variant columns are a lookup instead of an encoding.
 _one_item_json: Final[dict[str, str]] = {}

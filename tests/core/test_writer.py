@@ -8,7 +8,9 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from qixtui.core import store
+import pytest
+
+from qixtui.core import store, writer
 from qixtui.core.correlate import Correlator, correlate_all
 from qixtui.core.model import Event
 from qixtui.core.rules import RuleFlags, Rules
@@ -54,10 +56,15 @@ def test_written_rows_read_back_exactly(tmp_path: Path) -> None:
     assert db.execute("SELECT subject, count FROM drops").fetchall() == [("a.b", 3)]
 
 
-def test_merges_and_adoptions_inside_a_batch_land_in_its_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("part", [writer.PART_EVENTS, 2, 1])
+def test_merges_and_adoptions_inside_a_batch_land_in_its_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, part: int
+) -> None:
     """Rows of a batch are written after correlating it, so a flow born and absorbed in the
-    batch, or a flowless event adopted in it, is set in the event rows themselves; across
-    batches the file is updated. Either way the file ends as correlation saw it."""
+    batch, or a flowless event adopted in it, is set in the event rows themselves, whichever
+    part of the batch they were linked in; across batches the file is updated. Either way
+    the file ends as correlation saw it."""
+    monkeypatch.setattr(writer, "PART_EVENTS", part)
     rules = Rules().merged_with(RuleFlags(keys=["/order_id", "/shipment_id"]))
 
     now = time.time_ns()  # the prepare stage's clock: older events would be long forgotten
@@ -79,27 +86,39 @@ def test_merges_and_adoptions_inside_a_batch_land_in_its_rows(tmp_path: Path) ->
         ],
         [frame(8, "shop.order.placed", b'{"order_id": "o4"}')],
         [frame(9, "shop.order.fixed", b'{"order_id": "o4", "shipment_id": "s1"}')],  # 8 -> 1
+        [  # a chain: 11 goes into 10, then 10 into 1
+            frame(10, "shop.order.placed", b'{"order_id": "o7"}'),
+            frame(11, "shop.shipment.made", b'{"shipment_id": "s7"}'),
+            frame(12, "shop.shipment.bridge", b'{"order_id": "o7", "shipment_id": "s7"}'),
+            frame(13, "shop.order.fixed", b'{"order_id": "o1", "shipment_id": "s7"}'),
+        ],
     ]
     records: list[list[Any]] = []
     for batch in batches:  # a metadata record between them keeps the batches apart
         records += [["E", batch], ["M", {"batch": str(len(records))}]]
     prepared = [r for r in RowMaker(1, Correlator(rules)).prepare(records) if r[0] == "R"]
     # (merges, assign) left for UPDATEs: only what reaches back into an earlier batch
-    assert [(r[3], r[4]) for r in prepared] == [([], []), ([], [(1, 2)]), ([], []), ([(8, 1)], [])]
+    assert [(r[3], r[4]) for r in prepared] == [
+        ([], []),
+        ([], [(1, 2)]),
+        ([], []),
+        ([(8, 1)], []),
+        ([], []),
+    ]
     db = store.create_session(tmp_path / "m.qix")
     write_records(db, records, Correlator(rules))
 
     in_file = dict(db.execute("SELECT id, flow_id FROM events").fetchall())
-    assert in_file == {1: 1, 2: 1, 3: 1, 4: 1, 5: 6, 6: 6, 7: 1, 8: 1, 9: 1}
+    assert in_file == {**{i: 1 for i in range(1, 14)}, 5: 6, 6: 6}
     flows = db.execute("SELECT flow_id, events FROM flows ORDER BY flow_id").fetchall()
-    assert flows == [(1, 7), (6, 2)]
+    assert flows == [(1, 11), (6, 2)]
     events = [
         Event(ts_ns=f[0], subject=f[1], reply=f[2], headers=None, payload=f[4], id=f[0] - now)
         for batch in batches
         for f in batch
     ]
     assert {fid: sorted(ids) for fid, ids in correlate_all(events, rules).items()} == {
-        1: [1, 2, 3, 4, 7, 8, 9],
+        1: [1, 2, 3, 4, 7, 8, 9, 10, 11, 12, 13],
         6: [5, 6],
     }
 
