@@ -98,15 +98,9 @@ def event_rows(events: list[Event]) -> list[tuple[Any, ...]]:
     return [event_row(event) for event in events]
 
 
-def retarget(
-    rows: list[tuple[Any, ...]],
-    first_id: int,
-    merges: list[tuple[int, int]],
-    assign: list[tuple[int, int]],
-) -> None:
-    """Event rows numbered from `first_id`, moved to where their batch's correlation put
-    them at its end: into the flows that absorbed theirs (`merges`, in order, (gone, into))
-    and into the flows that adopted them (`assign`, (flow_id, event_id))."""
+def merged_into(merges: list[tuple[int, int]]) -> dict[int, int]:
+    """Where each flow absorbed in a batch ended up: its merges, in order, (gone, into),
+    followed to the end (a flow can be absorbed by one that is absorbed later)."""
     final: dict[int, int] = {}
     for gone, into in merges:
         final[gone] = into
@@ -115,6 +109,18 @@ def retarget(
         while into in final:
             into = final[into]
         final[gone] = into
+    return final
+
+
+def retarget(
+    rows: list[tuple[Any, ...]],
+    first_id: int,
+    final: dict[int, int],
+    assign: list[tuple[int, int]],
+) -> None:
+    """Event rows numbered from `first_id`, moved to where their batch's correlation put
+    them at its end: into the flows that absorbed theirs (`final`, from `merged_into`) and
+    into the flows that adopted them (`assign`, (flow_id, event_id))."""
     if final:
         for i in range(len(rows)):
             row = rows[i]

@@ -161,8 +161,11 @@ class RowMaker:
         # into them, not into UPDATEs after them (90% of merges and adoptions in
         # bench_correlate's traffic, a quarter of what correlation cost the writer). A flow
         # born here has an id from here: no row of the file holds it yet.
-        rows.retarget(event_rows, first, found.merges, found.assign)
-        merges = [(gone, into) for gone, into in found.merges if gone < first]
+        final = rows.merged_into(found.merges)
+        rows.retarget(event_rows, first, final, found.assign)
+        # Rows in the file go straight to where their flow ended up: the flow it went into
+        # may itself be absorbed later in the batch, and born in it (no UPDATE for it).
+        merges = [(gone, final[gone]) for gone, _ in found.merges if gone < first]
         assign = [(flow_id, event_id) for flow_id, event_id in found.assign if event_id < first]
         self._out.append(["R", event_rows, found.links, merges, assign, found.flows])
 

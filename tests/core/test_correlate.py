@@ -137,7 +137,7 @@ def test_rows_made_directly_are_the_rows_of_the_changes(
             made += rows.event_rows(events)
         found = via_rows.batch_rows(now)
         assert found == changes
-        rows.retarget(made, start + 1, found.merges, found.assign)
+        rows.retarget(made, start + 1, rows.merged_into(found.merges), found.assign)
         assert made == wanted
     assert any(e.flow_id is not None for e in plain)
 

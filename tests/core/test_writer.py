@@ -123,6 +123,37 @@ def test_merges_and_adoptions_inside_a_batch_land_in_its_rows(
     }
 
 
+def test_a_flow_absorbed_twice_in_a_batch_takes_its_older_events_along(tmp_path: Path) -> None:
+    """Flow 1 (an earlier batch) goes into flow 2, then 2 into 5, all in one batch: event 1,
+    already in the file, must end in flow 5, not in flow 2, which no longer exists."""
+    rules = Rules().merged_with(RuleFlags(keys=["/order_id", "/shipment_id"]))
+    now = time.time_ns()
+    order = [now + 1, "shop.order.placed", None, None, b'{"order_id": "o1"}']
+    shipment = [
+        [now + i, "shop.shipment.made", None, None, b'{"shipment_id": "s2"}'] for i in (2, 3)
+    ]
+    bridge = [
+        now + 4,
+        "shop.shipment.bridge",
+        None,
+        None,
+        b'{"order_id": "o1", "shipment_id": "s2"}',
+    ]
+    bigger = [
+        [now + i, "shop.order.placed", None, None, b'{"order_id": "o9"}'] for i in range(5, 10)
+    ]
+    joined = [now + 10, "shop.order.fixed", None, None, b'{"order_id": "o9", "shipment_id": "s2"}']
+    records: list[list[Any]] = [
+        ["E", [order]],
+        ["M", {"between": "batches"}],
+        ["E", [*shipment, bridge, *bigger, joined]],
+    ]
+    db = store.create_session(tmp_path / "chain.qix")
+    write_records(db, records, Correlator(rules))
+    assert db.execute("SELECT DISTINCT flow_id FROM events").fetchall() == [(5,)]
+    assert db.execute("SELECT flow_id, events FROM flows").fetchall() == [(5, 10)]
+
+
 def test_an_appending_recorder_is_not_stopped() -> None:
     assert store.recording_stopped({"started_ns": "5", "stopped_ns": "9"})
     assert not store.recording_stopped({"started_ns": "5"})
