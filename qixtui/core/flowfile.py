@@ -8,39 +8,69 @@ from collections.abc import Iterator, Sequence
 from qixtui.core import store
 from qixtui.core.correlate import Correlator, event_type, reply_type
 from qixtui.core.model import Event, Flow, Link
+from qixtui.core.rows import merged_into
 from qixtui.core.rules import Rules, rules_from_json
+from qixtui.core.writer import PART_EVENTS
 
 PAGE = 5000
 
 
-def recorrelate(db: sqlite3.Connection, rules: Rules) -> int:
+def recorrelate(db: sqlite3.Connection, rules: Rules, page_size: int = PAGE) -> int:
     """Replace every flow and link in one transaction: a crash leaves the old flows or the new
     ones, never a mix. The clock is the recording's own (event times, then its stop time), as
-    the writer's was. Returns the number of flows."""
+    the writer's was. Returns the number of flows.
+
+    Page by page, as the recorder does it batch by batch: linked a part at a time, an event
+    row rewritten only where its flow id changes (so rules that change little write
+    little), and only merges and adoptions that reach back into earlier pages updated there
+    (later pages still hold the old rules' flow ids: their own page rewrites them)."""
     correlator = Correlator(rules)
     with store.transaction(db):
         meta = store.get_meta(db)
-        db.execute("UPDATE events SET flow_id = NULL WHERE flow_id IS NOT NULL")
         db.execute("DELETE FROM flows")
         db.execute("DELETE FROM links")
         last_id = 0
         last_ts = 0
         while True:
-            rows = db.execute(
+            page = db.execute(
                 f"SELECT {store.EVENT_COLUMNS} FROM events WHERE id > ? ORDER BY id LIMIT ?",
-                (last_id, PAGE),
+                (last_id, page_size),
             ).fetchall()
-            if not rows:
+            if not page:
                 break
-            events = [store.row_to_event(row) for row in rows]
+            events: list[Event] = []
+            for start in range(0, len(page), PART_EVENTS):
+                part = [store.row_to_event(row) for row in page[start : start + PART_EVENTS]]
+                correlator.link(part)
+                events += part
+            filed = [row[6] for row in page]
+            first = events[0].id
             last_id = events[-1].id
             last_ts = max(last_ts, max(e.ts_ns for e in events))
-            changes = correlator.add_batch(events, last_ts)
+            found = correlator.batch_rows(last_ts)
+            final = merged_into(found.merges)
+            adopted = {event_id: flow_id for flow_id, event_id in found.assign}
+            changed = []
+            for event, old in zip(events, filed, strict=True):
+                flow_id = adopted.get(event.id, event.flow_id)
+                if flow_id is not None:
+                    flow_id = final.get(flow_id, flow_id)
+                if flow_id != old:
+                    changed.append((flow_id, event.id))
+            db.executemany("UPDATE events SET flow_id = ? WHERE id = ?", changed)
+            for gone, _ in found.merges:
+                if gone < first:
+                    db.execute(
+                        "UPDATE events SET flow_id = ? WHERE flow_id = ? AND id < ?",
+                        (final[gone], gone, first),
+                    )
+                    db.execute("DELETE FROM flows WHERE flow_id = ?", (gone,))
             db.executemany(
                 "UPDATE events SET flow_id = ? WHERE id = ?",
-                [(e.flow_id, e.id) for e in events if e.flow_id is not None],
+                [(flow_id, event_id) for flow_id, event_id in found.assign if event_id < first],
             )
-            store.apply_flow_changes(db, changes)
+            store.execute_rows(db, store.INSERT_LINK, found.links)
+            store.execute_rows(db, store.UPSERT_FLOW, found.flows)
         stopped = meta.get("stopped_ns", "")
         end_ns = int(stopped) if stopped.isdigit() else last_ts
         store.apply_flow_changes(db, correlator.finish(max(end_ns, last_ts)))

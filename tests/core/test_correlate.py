@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
@@ -21,8 +23,9 @@ from flowgen import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qixtui.core import correlate, rows
+from qixtui.core import correlate, flowfile, rows, store
 from qixtui.core.correlate import Correlator, correlate_all, event_type
+from qixtui.core.flowfile import recorrelate
 from qixtui.core.model import Event
 from qixtui.core.rules import RuleFlags, Rules
 
@@ -140,6 +143,60 @@ def test_rows_made_directly_are_the_rows_of_the_changes(
         rows.retarget(made, start + 1, rows.merged_into(found.merges), found.assign)
         assert made == wanted
     assert any(e.flow_id is not None for e in plain)
+
+
+@settings(max_examples=30, deadline=None)
+@traffic_cases
+def test_recorrelating_a_file_page_by_page_finds_what_correlation_finds(
+    conventions: list[str],
+    noise_count: int,
+    order_seed: int,
+    batch: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`qixtui correlate` pages through the file and rewrites only the flow ids that change:
+    flows merged across pages, adopted events and the previous rules' flow ids still on file
+    must all end as correlating the whole stream does."""
+    groups = generated_flows(conventions, noise_count, 3)
+    events = to_events(interleave(groups, random.Random(order_seed)))
+    db = store.create_session(tmp_path_factory.mktemp("recorrelate") / "s.qix")
+    try:
+        store.insert_events(db, events)
+        recorrelate(db, Rules(), page_size=batch)  # other flows on file first
+        # pages linked in parts, as the recorder's batches are
+        with mock.patch.object(flowfile, "PART_EVENTS", random.Random(order_seed).randint(1, 9)):
+            recorrelate(db, RULES, page_size=batch)
+        on_file: dict[int, set[int]] = {}
+        for event_id, flow_id in db.execute("SELECT id, flow_id FROM events"):
+            if flow_id is not None:
+                on_file.setdefault(flow_id, set()).add(event_id)
+        flows = dict(db.execute("SELECT flow_id, events FROM flows").fetchall())
+    finally:
+        db.close()
+    expected = correlate_all([msgspec.structs.replace(e) for e in events], RULES)
+    assert {frozenset(ids) for ids in on_file.values()} == {
+        frozenset(ids) for ids in expected.values()
+    }
+    assert flows == {flow_id: len(ids) for flow_id, ids in on_file.items()}
+
+
+def test_recorrelating_moves_an_earlier_page_to_where_its_flow_ended(tmp_path: Path) -> None:
+    """Flow 1 (page one) goes into flow 10, then 10 into 13, all in page two."""
+    rules = Rules().merged_with(RuleFlags(keys=["/order_id", "/shipment_id"]))
+    payloads = [
+        b'{"order_id": "o1"}',
+        *[b'{"beat": 1}'] * 8,
+        *[b'{"shipment_id": "s2"}'] * 2,
+        b'{"order_id": "o1", "shipment_id": "s2"}',
+        *[b'{"order_id": "o9"}'] * 5,
+        b'{"order_id": "o9", "shipment_id": "s2"}',
+    ]
+    db = store.create_session(tmp_path / "chain.qix")
+    store.insert_events(db, [ev(i, "shop.x", p) for i, p in enumerate(payloads, 1)])
+    recorrelate(db, rules, page_size=9)
+    flow_ids = db.execute("SELECT DISTINCT flow_id FROM events WHERE flow_id IS NOT NULL")
+    assert flow_ids.fetchall() == [(13,)]
+    assert db.execute("SELECT flow_id, events FROM flows").fetchall() == [(13, 10)]
 
 
 def ev(
