@@ -170,17 +170,21 @@ class RowMaker:
         self._out.append(["R", event_rows, found.links, merges, assign, found.flows])
 
     def tick(self, now_ns: int) -> list[Record]:
-        """No events for a while: flows that stalled meanwhile."""
-        if self.correlator is None:
-            return []
-        changes = self.correlator.add_batch([], now_ns)
-        return [["R", [], *rows.flow_rows(changes)]] if changes.flows else []
+        """No events for a while: what is still to flush, and flows that stalled meanwhile."""
+        out = self.flush()  # a stall check would otherwise close the open batch early
+        if self.correlator is not None:
+            changes = self.correlator.add_batch([], now_ns)
+            if changes.flows:
+                out.append(["R", [], *rows.flow_rows(changes)])
+        return out
 
     def finish(self, now_ns: int) -> list[Record]:
-        if self.correlator is None:
-            return []
-        changes = rows.flow_rows(self.correlator.finish(now_ns))
-        return [["R", [], *changes], ["S", now_ns, self.correlator.stall_ns]]
+        """The end: what is still to flush, the last stalls, and the writer's stall pass."""
+        out = self.flush()
+        if self.correlator is not None:
+            changes = rows.flow_rows(self.correlator.finish(now_ns))
+            out += [["R", [], *changes], ["S", now_ns, self.correlator.stall_ns]]
+        return out
 
 
 class SessionWriter:

@@ -154,6 +154,22 @@ def test_a_flow_absorbed_twice_in_a_batch_takes_its_older_events_along(tmp_path:
     assert db.execute("SELECT flow_id, events FROM flows").fetchall() == [(5, 10)]
 
 
+@pytest.mark.parametrize("end", ["tick", "finish"])
+def test_a_stall_check_or_the_end_hands_out_the_open_batch_first(
+    monkeypatch: pytest.MonkeyPatch, end: str
+) -> None:
+    monkeypatch.setattr(writer, "PART_EVENTS", 1)  # event 1's row is made before the merge
+    rules = Rules().merged_with(RuleFlags(keys=["/a", "/b"]))
+    now = time.time_ns()
+    payloads = [b'{"a": "1"}', b'{"b": "2"}', b'{"b": "2"}', b'{"a": "1", "b": "2"}']
+    maker = RowMaker(1, Correlator(rules))
+    maker.take(["E", [[now + i, "s.x", None, None, p] for i, p in enumerate(payloads, 1)]])
+    out = maker.tick(now + 10) if end == "tick" else maker.finish(now + 10)
+    prepared = [r for r in out if r[0] == "R"]
+    assert [row[7] for row in prepared[0][1]] == [2, 2, 2, 2]  # flow 1 went into flow 2
+    assert {flow[0] for r in prepared for flow in r[5]} == {2}
+
+
 def test_an_appending_recorder_is_not_stopped() -> None:
     assert store.recording_stopped({"started_ns": "5", "stopped_ns": "9"})
     assert not store.recording_stopped({"started_ns": "5"})
