@@ -116,8 +116,8 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 @click.group(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Start with `qixtui demo`. Verbs: demo, tap, replay, orchestrate, record, events, "
-    "info, server.",
+    epilog="Start with `qixtui demo`. Your own bus: `tap` (record and watch) or `record`; "
+    "then `replay`, `flows`, `flow`, `discover` and `compare` read the session file.",
 )
 @click.option(
     "--version",
