@@ -40,14 +40,14 @@ from qixtui.core import rows, store
 from qixtui.core.model import Drop
 
 IDLE_TICK_S = 1.0
-# A stage behind the one before it gathers this many events at once. 8,000 held ~60 MB more
-# across the two stages while draining a burst, for no CPU saved (the per-transaction cost is
-# small next to 2,000 rows).
+# The write stage, behind the prepare stage, commits up to this many waiting events in one
+# transaction. 8,000 (then in both stages) held ~60 MB more while draining a burst, for no
+# CPU saved (the per-transaction cost is small next to 2,000 rows).
 TRANSACTION_EVENTS = 2_000
-# The prepare stage correlates up to this many events as one batch: a flow touched all over
-# a batch gets one flows row (bench_correlate's traffic: 0.22 rows an event, 0.28 with
-# batches of 2,000, each row about as costly to write as an event). Rows wait for the batch
-# only while more events are already waiting.
+# The prepare stage correlates up to this many waiting events as one batch: a flow touched all
+# over a batch gets one flows row (bench_correlate's traffic: 0.22 rows an event, 0.28 with
+# batches of 2,000, each row about as costly to write as an event). Only events already
+# waiting join a batch: at a calm rate each record is one.
 BATCH_EVENTS = 10_000
 # Events the prepare stage turns into rows at a time (their objects fit the CPU's cache)
 PART_EVENTS = 256
