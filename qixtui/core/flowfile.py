@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from qixtui.core import store
 from qixtui.core.correlate import Correlator, event_type, reply_type
 from qixtui.core.model import Event, Flow, Link
-from qixtui.core.rows import merged_into
+from qixtui.core.rows import merged_into, reaching_back
 from qixtui.core.rules import Rules, rules_from_json
 from qixtui.core.writer import PART_EVENTS
 
@@ -22,8 +22,10 @@ def recorrelate(db: sqlite3.Connection, rules: Rules, page_size: int = PAGE) -> 
 
     Page by page, as the recorder does it batch by batch: linked a part at a time, an event
     row rewritten only where its flow id changes (so rules that change little write
-    little), and only merges and adoptions that reach back into earlier pages updated there
-    (later pages still hold the old rules' flow ids: their own page rewrites them)."""
+    little), and only merges and adoptions that reach back into earlier pages updated there,
+    as the writer does. Later pages may still hold the old rules' flow ids, which such an
+    update can move too: each page is compared with the file when it is read, so its own
+    pass sets them right."""
     correlator = Correlator(rules)
     with store.transaction(db):
         meta = store.get_meta(db)
@@ -58,19 +60,7 @@ def recorrelate(db: sqlite3.Connection, rules: Rules, page_size: int = PAGE) -> 
                 if flow_id != old:
                     changed.append((flow_id, event.id))
             db.executemany("UPDATE events SET flow_id = ? WHERE id = ?", changed)
-            for gone, _ in found.merges:
-                if gone < first:
-                    db.execute(
-                        "UPDATE events SET flow_id = ? WHERE flow_id = ? AND id < ?",
-                        (final[gone], gone, first),
-                    )
-                    db.execute("DELETE FROM flows WHERE flow_id = ?", (gone,))
-            db.executemany(
-                "UPDATE events SET flow_id = ? WHERE id = ?",
-                [(flow_id, event_id) for flow_id, event_id in found.assign if event_id < first],
-            )
-            store.execute_rows(db, store.INSERT_LINK, found.links)
-            store.execute_rows(db, store.UPSERT_FLOW, found.flows)
+            store.apply_flow_rows(db, reaching_back(found, first, final))
         stopped = meta.get("stopped_ns", "")
         end_ns = int(stopped) if stopped.isdigit() else last_ts
         store.apply_flow_changes(db, correlator.finish(max(end_ns, last_ts)))

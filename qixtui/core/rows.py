@@ -133,6 +133,19 @@ def retarget(
             rows[at] = (*rows[at][:7], flow_id)
 
 
+def reaching_back(found: FlowRows, first_id: int, final: dict[int, int]) -> FlowRows:
+    """What a batch's correlation changed in rows filed before it (ids below `first_id`):
+    merges of flows those rows name, straight to where each flow ended up (the flow it went
+    into may be absorbed later in the batch, and born in it), and adoptions of such rows.
+    The batch's own rows take the rest through `retarget`."""
+    return FlowRows(
+        found.links,
+        [(gone, final[gone]) for gone, _ in found.merges if gone < first_id],
+        [(flow_id, event_id) for flow_id, event_id in found.assign if event_id < first_id],
+        found.flows,
+    )
+
+
 # JSON of one-item lists by their item: most flows have one service, and a new flow one step,
 # from a few names, so most services and variant columns are a lookup instead of an encoding.
 _one_item_json: Final[dict[str, str]] = {}

@@ -163,11 +163,7 @@ class RowMaker:
         # born here has an id from here: no row of the file holds it yet.
         final = rows.merged_into(found.merges)
         rows.retarget(event_rows, first, final, found.assign)
-        # Rows in the file go straight to where their flow ended up: the flow it went into
-        # may itself be absorbed later in the batch, and born in it (no UPDATE for it).
-        merges = [(gone, final[gone]) for gone, _ in found.merges if gone < first]
-        assign = [(flow_id, event_id) for flow_id, event_id in found.assign if event_id < first]
-        self._out.append(["R", event_rows, found.links, merges, assign, found.flows])
+        self._out.append(["R", event_rows, *rows.reaching_back(found, first, final)])
 
     def tick(self, now_ns: int) -> list[Record]:
         """No events for a while: what is still to flush, and flows that stalled meanwhile."""
