@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from rich.text import Text
 from textual import on, work
+from textual.actions import SkipAction
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.command import DiscoveryHit, Hit, Hits, Provider
@@ -72,7 +73,9 @@ class MainScreen(Screen[None]):
     """Flows on the left, every event on the right, the selected event below."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("slash", "focus_filter", "Filter", id="main.filter"),
+        # Priority: handled as the app reads the key, so keys typed right after it (a fast
+        # typist, a paste, a busy screen) already go to the filter, not to the shortcuts.
+        Binding("slash", "focus_filter", "Filter", id="main.filter", priority=True),
         Binding("escape", "clear_flow", "All flows", id="main.clear_flow"),
         Binding("w", "open_flow", "Waterfall", id="main.open_flow"),
         Binding("c", "open_compare", "Compare", id="main.compare"),
@@ -120,7 +123,9 @@ class MainScreen(Screen[None]):
         app.closing = True
 
     def action_focus_filter(self) -> None:
-        self.query_one("#filter", Input).focus()
+        if isinstance(self.focused, Input):
+            raise SkipAction()  # typing a `/` (json:/order_id)
+        self.set_focus(self.query_one("#filter", Input))  # at once, not queued like focus()
 
     def action_clear_flow(self) -> None:
         app = self.app
@@ -606,12 +611,15 @@ class QixtuiApp(App[None]):
     def action_open_flow(self) -> None:
         from qixtui.ui.flowscreen import FlowScreen
 
-        flow_id = self.flow_filter
+        # The flow the user points at: the flows list's cursor when that list has focus,
+        # else the flow the events are narrowed to, else the selected event's.
+        flows_list = self.flows_list
+        flow_id = flows_list.row_id() if self.screen.focused is flows_list else self.flow_filter
         if flow_id is None:
             event = self.current_event()
             flow_id = event.flow_id if event else None
         if flow_id is None:
-            flow_id = self.flows_list.row_id()
+            flow_id = flows_list.row_id()
         if flow_id is None:
             self.notify("no flow selected", severity="warning")
             return

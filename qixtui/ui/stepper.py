@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from rich.text import Text
+from textual.actions import SkipAction
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -66,7 +67,8 @@ class StepperScreen(Screen[None]):
         Binding("s", "skip", "Skip", id="stepper.skip"),
         Binding("a", "abort", "Abort", id="stepper.abort"),
         Binding("i", "inject", "Inject failure", id="stepper.inject"),
-        Binding("e", "edit", "Edit payload", id="stepper.edit"),
+        # Priority, like the main screen's `/`: what is typed right after it is the edit.
+        Binding("e", "edit", "Edit payload", id="stepper.edit", priority=True),
         Binding("escape", "leave_editor", "Steps", show=False, id="stepper.leave_editor"),
         Binding("q", "quit_run", "Quit", id="stepper.quit"),
     ]
@@ -283,8 +285,10 @@ class StepperScreen(Screen[None]):
 
     def action_edit(self) -> None:
         editor = self.query_one("#payload", TextArea)
+        if self.focused is editor:
+            raise SkipAction()  # an `e` in the payload
         if not editor.read_only:
-            editor.focus()
+            self.set_focus(editor)  # at once, not queued like focus()
 
     def action_leave_editor(self) -> None:
         self.query_one("#steps", DataTable).focus()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from textual import events
+from textual.keys import _character_to_key
 from textual.widgets import Input, Static, Tree
 
 from qixtui.core import store
@@ -80,6 +82,33 @@ async def test_flow_screen_shows_waterfall_tree_and_events(shop: Path) -> None:
         assert len(app.screen.query_one("#flow-events", RowList).index) == 6
         await pilot.press("escape")
         assert not isinstance(app.screen, FlowScreen)
+
+
+async def test_w_opens_the_flow_under_the_flows_cursor(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        flows = app.screen.query_one("#flows", RowList)
+        flows.focus()
+        await pilot.press("down")  # flow #2, not the selected event's flow
+        await settle(pilot)
+        assert flows.row_id() == 2
+        await pilot.press("w")
+        await settle(pilot)
+        assert isinstance(app.screen, FlowScreen)
+        assert "flow #2" in screen_text(app)
+
+
+async def test_keys_typed_at_once_after_slash_go_to_the_filter(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        # As a terminal delivers a fast typist's (or tmux's) keys: all queued before the
+        # app handles the first. `s` and `p` are shortcuts too (speed, previous event).
+        for char in "/shop.p json:/id":
+            app.post_message(events.Key(_character_to_key(char), char))
+        await settle(pilot)
+        assert app.screen.query_one("#filter", Input).value == "shop.p json:/id"
 
 
 async def test_idle_stretch_folds(shop: Path) -> None:

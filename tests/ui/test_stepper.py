@@ -124,7 +124,7 @@ async def test_step_edit_breakpoint_and_continue_to_the_end(bench: Bench) -> Non
         assert editor.has_focus
         at = editor.text.index("42.0")
         editor.selection = Selection((0, at), (0, at + 4))
-        await pilot.press("9", "9", "full_stop", "5")
+        await pilot.press("9", "full_stop", "9", "5", "e", "1")  # an `e` typed, not a shortcut
         edited = editor.text
         assert json.loads(edited)["amount"] == 99.5
         await pilot.press("escape", "n")
