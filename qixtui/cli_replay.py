@@ -153,6 +153,8 @@ def _print_dry_run(data: dict[str, Any], same_server: bool) -> None:
     if same_server:
         lines.append("target looks like the server this recording came from")
     where = f"under {data['prefix']}" if data["prefix"] else "on the original subjects"
+    if data["prefix_new_each_run"]:
+        where += " (a new id each run; --prefix chooses one)"
     lines.append(
         f"would publish {data['messages']:,} messages ({data['bytes']:,} bytes) {where}"
         + (f", {data['requests']:,} of them requests" if data["requests"] else "")
@@ -304,6 +306,10 @@ async def _run(
             data = _dry_run_json(report, plan, target, dict(replay.skipped))
             if previous is not None:
                 data["resumes"] = previous["id"]
+            # The default prefix is drawn for each run: the dry run's is an example.
+            data["prefix_new_each_run"] = previous is None and plan.prefix == default_prefix(
+                plan.session
+            )
             if as_json:
                 click.echo(json.dumps(data, ensure_ascii=False))
             else:

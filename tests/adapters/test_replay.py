@@ -202,6 +202,8 @@ async def test_dry_run_is_the_default_and_sends_nothing(
     assert "dry run: nothing sent" in proc.stdout
     assert "dry.orders.0 -> replay." in proc.stdout
     assert "would publish 8 messages" in proc.stdout
+    assert "(a new id each run; --prefix chooses one)" in proc.stdout
+    assert narrowed["prefix_new_each_run"] is True
     # i % 3 == 0 and i % 4 == 0 among 0..7: only message 0
     assert narrowed["messages"] == 1
     assert [s["subject"] for s in narrowed["subjects"]] == ["dry.orders.0"]
