@@ -19,6 +19,7 @@ import click
 import qixtui
 from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import store
+from qixtui.core.filters import FilterError, check_subject
 from qixtui.core.text import visible
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,6 +85,17 @@ def build_connect_options(kw: dict[str, Any]) -> Any:
             fail("--user needs a password: set NATS_PASSWORD")
         opts.password = getpass.getpass(f"password for {opts.user}: ")
     return opts
+
+
+def subject_pattern(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """A click callback: a subject pattern checked as the TUI's filter checks it (a bad one
+    would otherwise match nothing, silently)."""
+    if value is not None:
+        try:
+            check_subject(value)
+        except FilterError as exc:
+            fail(str(exc))
+    return value
 
 
 def parse_time(value: str | None) -> int | None:
@@ -218,7 +230,11 @@ def record(
 
 @main.command()
 @click.argument("file", type=click.Path())
-@click.option("--subject", help="NATS subject pattern (`*` one token, `>` the rest).")
+@click.option(
+    "--subject",
+    callback=subject_pattern,
+    help="NATS subject pattern (`*` one token, `>` the rest).",
+)
 @click.option("--since", help="Only events at or after this time (ISO 8601 or ns).")
 @click.option("--until", help="Only events before this time (ISO 8601 or ns).")
 @click.option("--flow", "flow_id", type=int, help="Only events of this flow.")

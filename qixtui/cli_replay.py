@@ -29,6 +29,7 @@ from qixtui.cli import (
     main,
     open_or_fail,
     parse_time,
+    subject_pattern,
 )
 from qixtui.core import store
 from qixtui.core.replay import (
@@ -211,7 +212,7 @@ def _open_audit(path: Path) -> sqlite3.Connection:
 @click.argument("file", type=click.Path())
 @click.option("--publish", is_flag=True, help="Publish onto a bus (without it the TUI opens).")
 @connection_options
-@click.option("--subject", help="Only events on this subject pattern.")
+@click.option("--subject", callback=subject_pattern, help="Only events on this subject pattern.")
 @click.option("--flow", "flow_id", type=int, help="Only events of this flow.")
 @click.option("--since", help="Only events at or after this time (ISO 8601 or ns).")
 @click.option("--until", help="Only events before this time (ISO 8601 or ns).")

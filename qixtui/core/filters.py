@@ -84,7 +84,7 @@ def parse_duration_ns(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
 
 
-def _check_subject(pattern: str) -> None:
+def check_subject(pattern: str) -> None:
     tokens = pattern.split(".")
     if any(tok == "" for tok in tokens):
         raise FilterError(f"subject {pattern!r} has an empty token")
@@ -136,7 +136,7 @@ def _parse_term(word: str) -> Term:
         if not rest:
             raise FilterError(f"{kind}: needs a value")
         if kind == "subject":
-            _check_subject(rest)
+            check_subject(rest)
             return Term("subject", value=rest)
         if kind == "header":
             name, eq, value = rest.partition("=")
@@ -160,7 +160,7 @@ def _parse_term(word: str) -> Term:
         known = ", ".join(f"{p}:" for p in _PREFIXES)
         raise FilterError(f"unknown filter {prefix.group(0)!r} (known: {known}, duration>)")
     if "*" in word or ">" in word:
-        _check_subject(word)
+        check_subject(word)
         return Term("subject", value=word)
     return Term("text", value=word)
 

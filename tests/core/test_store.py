@@ -139,6 +139,28 @@ def test_viewing_opens_read_only_and_changes_nothing(tmp_path: Path):
     assert digest(path) == before
 
 
+@pytest.mark.parametrize(
+    ("verb", "pattern", "says"),
+    [
+        ("events", "shop.>.x", "'>' may only be the last token"),
+        ("events", "shop..x", "has an empty token"),
+        ("replay", "shop.*x", "'*' must be a whole token"),
+    ],
+)
+def test_a_bad_subject_pattern_is_one_line_not_an_empty_answer(
+    tmp_path: Path, verb: str, pattern: str, says: str
+):
+    path = tmp_path / "s.qix"
+    make_session(path)
+    extra = ["--publish"] if verb == "replay" else []
+    result = run_qixtui(verb, str(path), *extra, "--subject", pattern)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"qixtui: subject {pattern!r}")
+    assert says in line
+
+
 def corrupt_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     cases: dict[str, tuple[Path, str]] = {}
     empty = tmp_path / "empty.qix"
