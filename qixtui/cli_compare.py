@@ -81,7 +81,6 @@ def _saga_steps(
     for step in mapped.compensations:
         if step not in undoable:
             fail(f"--map {step}:compensate: step `{step}` has no compensation in {path}")
-    mapped.requests = [c.request for c in undoable.values()]
     return mapped
 
 
@@ -191,8 +190,6 @@ def compare_verb(
     # the screen draws a saga's plan without a mapping; conformance needs one
     mapped = saga_def is not None and (not tui or bool(pairs or map_file))
     saga = _saga_steps(saga_def, str(saga_path), pairs, map_file) if saga_def and mapped else None
-    if saga is not None:
-        compensation = (*compensation, *saga.requests)
     db = open_or_fail(file)
     if tui:
         db.close()
@@ -200,6 +197,12 @@ def compare_verb(
 
         CompareApp(Path(file), saga_def, saga, str(saga_path or "")).run()
         return
+    # Without --saga, the saga the session's runs journaled: the screen counts its
+    # compensation requests too, and both must give the same figures.
+    compensation = (
+        *compensation,
+        *cmp.compensation_requests(saga_def or cmp.session_saga(db)[0]),
+    )
     markers = _markers(db, failure, compensation)
     lens = _lens(db)
     flows, events, links = cmp.load_scope(db)

@@ -19,7 +19,13 @@ from qixtui.core import store
 from qixtui.core.correlate import event_service
 from qixtui.core.model import Event, Flow, Link
 from qixtui.core.rules import Rules
-from qixtui.core.saga import SAGA_OUTCOME_FAILURE, SAGA_OUTCOME_TERMINAL
+from qixtui.core.saga import (
+    SAGA_OUTCOME_FAILURE,
+    SAGA_OUTCOME_TERMINAL,
+    SagaDef,
+    SagaError,
+    load_saga_text,
+)
 
 SAGA_RUN_HEADER = "Qixtui-Saga-Run"
 ORCHESTRATOR = "orchestrator"  # the participant that sends a saga run's requests
@@ -63,6 +69,22 @@ class Markers(msgspec.Struct):
             failure=[*rules.status.failure, *failure],
             compensation=[*rules.status.compensation, *compensation],
         )
+
+
+def session_saga(db: sqlite3.Connection) -> tuple[SagaDef | None, str]:
+    """The saga the session's orchestrated runs ran (the newest run's definition), and
+    where it came from, or why there is none."""
+    for run in reversed(store.saga_runs(db)):
+        try:
+            return load_saga_text(run.definition, f"run {run.run_id}"), f"run {run.run_id}"
+        except SagaError:
+            continue
+    return None, "no saga: pass --saga, or record orchestrated runs"
+
+
+def compensation_requests(saga: SagaDef | None) -> list[str]:
+    """A saga's compensation requests: each counts as a compensation in either style."""
+    return [s.compensate.request for s in saga.steps if s.compensate] if saga else []
 
 
 # --- one flow, read -------------------------------------------------------------------------
@@ -397,7 +419,6 @@ class SagaSteps(msgspec.Struct):
     steps: list[str]
     events: dict[str, str]
     compensations: dict[str, str] = {}
-    requests: list[str] = []  # the subjects its compensations are requested on
 
 
 class Deviation(msgspec.Struct):

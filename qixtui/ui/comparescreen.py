@@ -3,7 +3,6 @@ and two flows' waterfalls on a shared time axis with their diff."""
 
 from __future__ import annotations
 
-import sqlite3
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from qixtui.core.discover import Discovery, Edge, discover
 from qixtui.core.flowdiff import DiffRow, FlowDiff, Step, diff_flows
 from qixtui.core.model import Event, Flow, Link
 from qixtui.core.rules import Rules
-from qixtui.core.saga import SagaDef, SagaError, load_saga_text
+from qixtui.core.saga import SagaDef
 from qixtui.core.waterfall import Waterfall, layout
 from qixtui.ui import text as t
 from qixtui.ui.app import QixtuiApp
@@ -56,17 +55,6 @@ class Loaded:
     picks: list[int]  # the flows to hold against each other first
 
 
-def saga_from_session(db: sqlite3.Connection) -> tuple[SagaDef | None, str]:
-    """The saga the session's orchestrated runs ran (the newest run's definition)."""
-    runs = store.saga_runs(db)
-    for run in reversed(runs):
-        try:
-            return load_saga_text(run.definition, f"run {run.run_id}"), f"run {run.run_id}"
-        except SagaError:
-            continue
-    return None, "no saga: pass --saga, or record orchestrated runs"
-
-
 def default_picks(result: cmp.Comparison, flows: list[Flow]) -> list[int]:
     """A completed flow of each style when there are both, else the first two flows."""
     status = {f.flow_id: f.status for f in flows}
@@ -92,10 +80,8 @@ def load(path: Path, saga: SagaDef | None, steps: cmp.SagaSteps | None, source: 
             rules = Rules()
         lens = cmp.Lens.from_rules(rules)
         if saga is None:
-            saga, source = saga_from_session(db)
-        # the saga's compensation requests count as compensations, as with compare --saga
-        requests = [s.compensate.request for s in saga.steps if s.compensate] if saga else []
-        markers = cmp.Markers.from_rules(rules, (), requests)
+            saga, source = cmp.session_saga(db)
+        markers = cmp.Markers.from_rules(rules, (), cmp.compensation_requests(saga))
         flows, events, links = cmp.load_scope(db)
         result = cmp.compare(flows, events, links, lens=lens, markers=markers, saga=steps)
         chor = [f for f in flows if f.flow_id in set(result.choreography.flow_ids)]

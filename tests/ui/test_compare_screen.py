@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
+from helpers import run_qixtui
 from shopflows import MAP, SAGA_TOML, write_session
 from textual.widgets import Static
 
@@ -15,7 +17,7 @@ from qixtui.core.model import Event, Flow
 from qixtui.core.saga import load_saga_text
 from qixtui.core.text import visible
 from qixtui.ui.app import MainScreen, QixtuiApp
-from qixtui.ui.comparescreen import CompareApp, CompareScreen
+from qixtui.ui.comparescreen import CompareApp, CompareScreen, load
 from ui.sessions import CORPUS, MS, T0, screen_text
 
 SIZE = (120, 40)
@@ -181,3 +183,14 @@ async def test_saga_from_the_command_line_with_conformance(shop2: Path) -> None:
         await pilot.press("2")
         await pilot.pause(0.05)
         assert "saga plan · shop · 4 steps · from saga.toml" in screen_text(app)
+
+
+def test_the_cli_counts_compensations_as_the_screen_does(shop2: Path) -> None:
+    # Without --saga, both take the saga the session's runs journaled: its refund requests
+    # are compensations, so the orchestrated compensation time is measured by both.
+    out = run_qixtui("compare", str(shop2), "--json")
+    assert out.returncode == 0, out.stderr
+    cli = json.loads(out.stdout)["orchestration"]["compensate_ns"]
+    screen = msgspec.to_builtins(load(shop2, None, None, "").result.orchestration.compensate_ns)
+    assert cli == screen
+    assert cli["p50"] is not None
