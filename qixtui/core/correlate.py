@@ -94,7 +94,10 @@ def reply_type(request_type: str) -> str:
 
 
 def _service_of_tokens(
-    tokens: list[str], rule: tuple[str, str | int], commands: frozenset[str]
+    tokens: list[str],
+    rule: tuple[str, str | int],
+    commands: frozenset[str],
+    names: dict[str, str],
 ) -> str | None:
     kind, arg = rule
     if kind == "auto":
@@ -107,16 +110,18 @@ def _service_of_tokens(
     # `shop.cmd.payment.authorize`: the command goes to payment, not to a service "cmd"
     if tokens[at] in commands and at + 1 < len(tokens):
         at += 1
-    return tokens[at]
+    return names.get(tokens[at], tokens[at])
 
 
 def event_service(event: Event, rules: Rules) -> str | None:
     """The service an event is attributed to under `rules` (a reply: see `reply_service`)."""
     rule = service_rule(rules)
+    names = rules.services.names
     if rule[0] == "header":
-        return event.header(str(rule[1]))
+        value = event.header(str(rule[1]))
+        return names.get(value, value) if value is not None else None
     commands = frozenset(rules.services.command_tokens)
-    return _service_of_tokens(event.subject.split("."), rule, commands)
+    return _service_of_tokens(event.subject.split("."), rule, commands, names)
 
 
 class _SubjectInfo:
@@ -379,6 +384,7 @@ class Correlator:
         roles[SAGA_RUN_HEADER] = roles[SAGA_RUN_HEADER.lower()] = _SAGA
         self._service_rule = service_rule(rules)
         self._commands = frozenset(rules.services.command_tokens)
+        self._service_names = rules.services.names
         if self._service_rule[0] == "header":
             name = str(self._service_rule[1])
             roles[name] = roles[name.lower()] = _SERVICE
@@ -640,7 +646,7 @@ class Correlator:
             return _SubjectInfo("", None, status, keys)
         info = _SubjectInfo(
             event_type(subject),
-            _service_of_tokens(tokens, self._service_rule, self._commands),
+            _service_of_tokens(tokens, self._service_rule, self._commands, self._service_names),
             status,
             keys,
         )
@@ -689,7 +695,7 @@ class Correlator:
                 elif role == _SAGA:
                     saga = True
                 else:
-                    service = value
+                    service = self._service_names.get(value, value)
         if self._fields is not None:
             self._fields.keys(payload, found)
             if kinds is not None:

@@ -82,6 +82,10 @@ class ServiceRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     command_tokens: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_COMMAND_TOKENS))
     """When the service token is one of these, the subject is a command
     (`shop.cmd.payment.authorize`) and the token after it names the service (`payment`)."""
+    names: dict[str, str] = {}
+    """Another name for a service, by the token or header value found: events often name
+    what a service made (`shop.shipment.created`) where its commands name the service
+    (`shop.cmd.shipping.create`); `shipment = "shipping"` makes them one service."""
 
 
 class RuleFlags(msgspec.Struct, kw_only=True):

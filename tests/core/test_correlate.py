@@ -280,6 +280,27 @@ def test_reply_without_headers_joins_its_request_and_names_it() -> None:
     assert changes.flows[0].services == ["payment"]
 
 
+@pytest.mark.parametrize("source", ["subject", "header"])
+def test_service_names_make_an_event_noun_and_a_command_one_service(source: str) -> None:
+    names = {"shipment": "shipping"}
+    by = "subject:2" if source == "subject" else "header:Service"
+    rules = msgspec.structs.replace(
+        RULES, services=msgspec.structs.replace(RULES.services, from_=by, names=names)
+    )
+
+    def event(i: int, subject: str, service: str) -> Event:
+        return ev(i, subject, b"{}", [("X-Correlation-ID", "k"), ("Service", service)])
+
+    events = [
+        event(1, "shop.shipment.created", "shipment"),
+        event(2, "shop.cmd.shipping.create", "shipping"),
+        event(3, "shop.order.completed", "order"),
+    ]
+    changes = Correlator(rules).add_batch(events, 3000)
+    assert changes.flows[0].services == ["shipping", "order"]
+    assert [correlate.event_service(e, rules) for e in events] == ["shipping", "shipping", "order"]
+
+
 def test_a_flowless_request_is_adopted_when_its_reply_has_a_key() -> None:
     c = Correlator(RULES)
     request = ev(1, "shop.pricing.quote", b"{}", reply="_I.2")
