@@ -158,6 +158,28 @@ def test_headless_demo_records_one_flow_per_order(headless_run):
     assert [e["subject"] for e in events if e["flow_id"] is None] == []
 
 
+def test_demo_compare_measures_both_styles_with_the_same_services(headless_run):
+    """Compensation time in both styles (the rules list the failures themselves), and one
+    name a service in both: the shipment's events and the shipping commands are `shipping`."""
+    path, result, _ = headless_run
+    shown = run_qixtui("compare", str(path), "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    chor, orch = report["choreography"], report["orchestration"]
+    assert result["shop"]["orders"]["compensated"] > 0
+    assert chor["compensate_ns"]["p50"] is not None
+    if orch["compensated"]:
+        assert orch["compensate_ns"]["p50"] is not None
+
+    def services(style: dict[str, Any]) -> set[str]:
+        return {name for e in style["edges"] for name in (e["source"], e["target"])}
+
+    assert {"shipping", "notification"} <= services(chor)
+    assert orch["completed"] > 0
+    assert {"shipping", "notification"} <= services(orch)
+    assert not {"shipment", "notify"} & (services(chor) | services(orch))
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"headers": [], "trace": False, "message_id_headers": [], "causation_header": "-"}],
