@@ -164,6 +164,15 @@ class MainScreen(Screen[None]):
             term = f"subject:{event.subject}" if event else None
         if term is None:
             return
+        shown = t.plain(term)
+        if shown != term:
+            # The filter bar shows its text as it is: these would steer the terminal.
+            app.notify(
+                f"{shown} holds control characters; filter on another part of it",
+                markup=False,
+                severity="warning",
+            )
+            return
         bar = self.query_one("#filter", Input)
         current = bar.value.strip()
         bar.value = f"{current} {filters.quote_term(term)}".strip()

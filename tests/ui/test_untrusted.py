@@ -69,6 +69,32 @@ async def test_every_view_shows_the_corpus_as_text(hostile: Path) -> None:
         assert app.is_running
 
 
+async def test_f_never_copies_control_characters_into_the_filter_bar(hostile: Path) -> None:
+    """The filter bar shows its text as it is: a subject or header holding escapes is not
+    turned into a filter term (it would reach the terminal), and the user is told why."""
+    app = QixtuiApp(hostile)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        events = app.screen.query_one("#events", RowList)
+        bar = app.screen.query_one("#filter", Input)
+        for pos, bad in enumerate(CORPUS):
+            bar.value = ""
+            app.apply_filter("")
+            await settle(pilot)
+            events.move_to(pos)
+            events.focus()
+            await settle(pilot)
+            await pilot.press("f")
+            app.screen.query_one("#headers").focus()
+            await pilot.press("f")
+            await settle(pilot)
+            if visible(bad) == bad:  # markup only: safe as text, so they became terms
+                assert f"subject:evil.{bad}.x" in bar.value
+                assert f"header:H{bad}=v{bad}" in bar.value
+            else:
+                assert bar.value == ""
+                assert "holds control characters" in screen_text(app).replace("\n", " ")
+
+
 async def test_clicking_hostile_text_does_nothing(hostile: Path) -> None:
     app = QixtuiApp(hostile)
     async with app.run_test(size=SIZE) as pilot:
