@@ -272,7 +272,7 @@ def _is_reply_failure(event: Event) -> bool:
         return False
     try:
         body = json.loads(event.payload)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(body, dict) and body.get("ok") is False
 

@@ -116,7 +116,7 @@ def _json_value(text: str) -> Any:
     (a JSON string in quotes is unquoted)."""
     try:
         value = msgspec.json.decode(text.encode())
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return text
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value

@@ -120,7 +120,7 @@ def _walk(a: Any, b: Any, path: str, out: list[FieldDiff]) -> None:
 def _json(payload: bytes) -> tuple[bool, Any]:
     try:
         return True, json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # too deep: compared whole
         return False, None
 
 

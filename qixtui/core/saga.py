@@ -457,7 +457,7 @@ def classify(rule: Success | None, response: Response) -> StepResult:
             return StepResult("error", f"{name}: {value}")
     try:
         reply: Any = _decode_any(response.payload) if response.payload else None
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested too deep is not JSON to us either
         reply = None
         if rule is not None and not rule.not_error:
             return StepResult("error", "reply is not JSON")
@@ -860,7 +860,7 @@ class SagaEngine:
             if entry.result == "ok" and entry.reply:
                 try:
                     reply = _decode_any(entry.reply)
-                except msgspec.DecodeError:
+                except (msgspec.DecodeError, RecursionError):
                     reply = None
             engine.apply(StepResult(entry.result, entry.detail, reply), entry.intent_ns)
         return engine, in_doubt

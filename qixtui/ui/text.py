@@ -34,11 +34,11 @@ def payload_json(payload: bytes) -> Text | None:
     """Pretty JSON, or None when the payload is not JSON."""
     if len(payload) > DETAIL_BYTES:
         return None
-    try:
-        value = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    try:  # nested deeper than Python recurses: shown as text
+        pretty = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    return literal(json.dumps(value, indent=2, ensure_ascii=False), multiline=True)
+    return literal(pretty, multiline=True)
 
 
 def payload_text(payload: bytes) -> Text:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 from helpers import qixtui_command
-from textual.widgets import Input
+from textual.widgets import Input, Static
 
+from qixtui.core import store
+from qixtui.core.model import Event
 from qixtui.core.text import visible
 from qixtui.ui.app import QixtuiApp
 from qixtui.ui.flowscreen import FlowScreen
@@ -93,6 +95,25 @@ async def test_f_never_copies_control_characters_into_the_filter_bar(hostile: Pa
             else:
                 assert bar.value == ""
                 assert "holds control characters" in screen_text(app).replace("\n", " ")
+
+
+async def test_json_nested_deeper_than_python_recurses_is_shown_as_text(tmp_path: Path) -> None:
+    deep = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
+    path = tmp_path / "deep.qix"
+    db = store.create_session(path, {"stopped_ns": "1"})
+    with store.transaction(db):
+        store.insert_events(db, [Event(1, "deep.object", None, None, deep, 1)])
+    db.close()
+    app = QixtuiApp(path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        for mode in ("text", "hex", "json"):
+            await pilot.press("x")
+            await settle(pilot)
+            assert app.payload_mode == mode
+            assert app.is_running
+        payload = str(app.screen.query_one("#payload", Static).render())
+        assert payload.startswith('{"a":{"a":')  # the text, not a pretty-printed tree
 
 
 async def test_clicking_hostile_text_does_nothing(hostile: Path) -> None:
