@@ -195,8 +195,9 @@ def compare_verb(
         db.close()
         from qixtui.ui.comparescreen import CompareApp
 
-        CompareApp(Path(file), saga_def, saga, str(saga_path or "")).run()
-        return
+        app = CompareApp(Path(file), saga_def, saga, str(saga_path or ""))
+        app.run()
+        sys.exit(app.return_code or 0)
     # Without --saga, the saga the session's runs journaled: the screen counts its
     # compensation requests too, and both must give the same figures.
     compensation = (

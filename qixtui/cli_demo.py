@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -391,11 +392,12 @@ def run_on_screen(stack: DemoStack) -> dict[str, Any]:
             stack.supervise(lambda i: report(i.number, i.line(), i.resolved))
 
         assert stack.recorder is not None
-        SupervisedApp(stack.output, supervise=supervise, recorder_pid=stack.recorder.pid).run()
+        app = SupervisedApp(stack.output, supervise=supervise, recorder_pid=stack.recorder.pid)
+        app.run()
     except BaseException:
         stack.close()
         raise
-    return stack.stop()
+    return {**stack.stop(), "exit_code": app.return_code or 0}
 
 
 def say_incident(incident: Incident) -> None:
@@ -519,9 +521,10 @@ def demo(
                 result = run_on_screen(stack)
         except DemoError as exc:
             fail(str(exc))
+    exit_code = result.pop("exit_code", 0)  # the TUI's: a crash (1) or SIGTERM (143)
     if as_json:
         click.echo(json.dumps(result))
-        return
+        sys.exit(exit_code)
     from qixtui_demo.shop import describe
 
     if result["shop"] is not None:
@@ -531,3 +534,4 @@ def demo(
             say_incident(Incident(**incident))
     click.echo(f"recorded {result['recorded']['events']:,} events", err=True)
     click.echo(result["file"])
+    sys.exit(exit_code)

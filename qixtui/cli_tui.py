@@ -171,6 +171,7 @@ def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
         code = stop_recorder(proc, path)
     summary = log.read_text(errors="replace").strip().splitlines()
     click.echo(summary[-1] if summary else f"recorder exited ({code}); session: {path}", err=True)
+    sys.exit(app.return_code or 0)  # a crash (1) or SIGTERM (143) is not a success
 
 
 def open_replay(file: str) -> None:
@@ -182,7 +183,9 @@ def open_replay(file: str) -> None:
         fail(str(exc))
     from qixtui.ui.app import QixtuiApp
 
-    QixtuiApp(path, replay=True).run()
+    app = QixtuiApp(path, replay=True)
+    app.run()
+    sys.exit(app.return_code or 0)
 
 
 @main.command("index")

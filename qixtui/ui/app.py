@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import signal
 import time
 from array import array
 from collections import deque
@@ -317,6 +319,13 @@ class QixtuiApp(App[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return not (action in ("play", "speed", "jump", "publish") and not self.replay)
+
+    def on_load(self) -> None:
+        # SIGTERM (kill, timeout, a service manager) quits as `q` does: the command then
+        # stops what it started (the recorder, the demo's processes) and restores the terminal.
+        asyncio.get_running_loop().add_signal_handler(
+            signal.SIGTERM, self.exit, None, 128 + signal.SIGTERM
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 

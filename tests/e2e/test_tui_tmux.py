@@ -89,9 +89,7 @@ def test_replay_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:
     assert "✔ completed" in pane
     assert "⏸ paused" in pane
     assert "12 events" in pane
-    tmux.keys("/")
-    time.sleep(1)  # focus moves after the key is handled; typing sooner lands on the list
-    tmux.keys("-l", "json:/order_id=2")
+    tmux.keys("-l", "/json:/order_id=2")  # typed at once: all of it reaches the filter
     tmux.wait_for(lambda p: "json:/order_id=2" in p and "✔ 1 term" in p)
     tmux.keys("Enter")
     pane = tmux.wait_for(lambda p: "(3 shown)" in p)
@@ -226,6 +224,30 @@ def test_quitting_tap_says_it_is_finishing_and_ctrl_c_stops_at_once(
     db = store.open_session(out)
     assert store.read_indexes_ready(db)
     assert db.execute("SELECT count(*) FROM events").fetchone()[0] == recorded
+
+
+def test_sigterm_to_tap_stops_its_recorder_and_finishes_the_file(
+    tmux: Tmux, tmp_path: Path
+) -> None:
+    """kill, timeout or a service manager: tap quits as with `q`, nothing is left running."""
+    out = tmp_path / "term.qix"
+    with EmbeddedServer(jetstream=False) as server:
+        tap = qixtui("tap", "-s", server.url, "-o", str(out))
+        tmux.start([*tap, ";", "echo", "tap-exited", "$?", ";", "sleep", "60"], tmp_path)
+        tmux.wait_for(lambda p: "recording" in p, timeout=30)
+        publish_many(server.url, 500)
+        shell = int(tmux.run("display", "-p", "-t", "qx", "#{pane_pid}").strip())
+        [tap_pid] = [p for p in descendants(shell) if " tap " in command_line(p)]
+        os.kill(tap_pid, signal.SIGTERM)
+        pane = tmux.wait_for(lambda p: "tap-exited" in p, timeout=60)
+    assert "tap-exited 143" in pane
+    db = store.open_session(out)
+    meta = store.get_meta(db)
+    assert "stopped_ns" in meta  # the recorder was asked to stop and closed the file
+    assert running_in_group(int(meta["recorder_pid"])) == []
+    bulk = db.execute("SELECT count(*) FROM events WHERE subject GLOB 'bulk.*'")
+    assert bulk.fetchone()[0] == 500
+    db.close()
 
 
 def descendants(pid: int) -> set[int]:
