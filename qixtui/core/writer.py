@@ -279,12 +279,20 @@ def _prepared_size(record: _WriteRecord) -> int:
     return len(record.events) if isinstance(record, _Rows) else 0
 
 
+def ignore_stop_signals() -> None:
+    """The recorder decides when a stage stops. Ctrl-C, `kill -- -PGID`, timeout or a closed
+    terminal signal the whole process group: the recorder flushes and ends the pipe, and the
+    stage writes what it was sent (a dead recorder ends the pipe too; SIGKILL still stops it)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def run_prepare(
     source: Connection, sink: Connection, next_id: int, correlator_factory: Any | None = None
 ) -> None:
     """Process entry point: recorder records from `source`, write records to `sink`, until
     "X" or end of pipe. A killed recorder closes the pipe; what was received still goes on."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the recorder decides when to stop
+    ignore_stop_signals()
     maker = RowMaker(next_id, correlator_factory() if correlator_factory else None)
     collector = CycleCollector()
 
@@ -318,7 +326,7 @@ def run_prepare(
 def run_writer(path: str, source: Connection) -> None:
     """Process entry point: apply write records from `source` until "X" or end of pipe,
     then index and close the file."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_stop_signals()
     db = store.open_session(Path(path), readonly=False)
     # Per connection, not stored in the file. In WAL mode NORMAL loses nothing committed when
     # a process dies (only a power cut can take the last commits back) and spares an fsync

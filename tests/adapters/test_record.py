@@ -34,12 +34,15 @@ def _no_recorder_outlives_its_test() -> Iterator[None]:
             proc.wait()
 
 
-def start_recorder(url: str, out: Path, *extra: str) -> subprocess.Popen[str]:
+def start_recorder(
+    url: str, out: Path, *extra: str, own_group: bool = False
+) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         qixtui_command("record", "-s", url, "-o", str(out), "--json", *extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=own_group,
     )
     _started.append(proc)
     wait_for_meta(out, "server_id")
@@ -240,6 +243,30 @@ def test_recorder_killed_leaves_a_sound_file(nats_server: EmbeddedServer, tmp_pa
     info = run_qixtui("info", str(out), "--json")
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["events"] == len(rows)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=str)
+def test_a_signal_to_the_whole_process_group_keeps_every_event(
+    nats_server: EmbeddedServer, tmp_path: Path, sig: signal.Signals
+):
+    """timeout, systemd, `kill -- -PGID`, a closed terminal: the signal reaches the recorder
+    and its two stages at once. The stages leave stopping to the recorder, which flushes."""
+    out = tmp_path / "group.qix"
+    proc = start_recorder(nats_server.url, out, "-S", "group.>", own_group=True)
+
+    async def burst() -> None:
+        nc = await nats.connect(nats_server.url)
+        for i in range(30_000):
+            await nc.publish("group.x", b"y" * 100 + str(i).encode())
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(burst())
+    os.killpg(proc.pid, sig)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert json.loads(stdout)["events"] == 30_000
+    assert count_events(out) == 30_000
 
 
 def test_slow_consumer_drops_are_counted(nats_server: EmbeddedServer, tmp_path: Path):
