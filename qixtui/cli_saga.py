@@ -211,8 +211,12 @@ def orchestrate(
         return
     if resume:
         run_id, file = resume
-        if not Path(file).exists():
-            fail(f"{file}: no such file")
+        # Before anything is recorded into the file or sent on the bus.
+        db = open_or_fail(file)
+        known = store.saga_run(db, run_id) is not None
+        db.close()
+        if not known:
+            fail(f"{file}: no saga run {run_id!r} in this session (`qixtui orchestrate --show`)")
         connect = build_connect_options(conn)
         reports = run_or_interrupt(_session(connect, Path(file), no_record, resume=run_id), file)
         _finish(reports, as_json, Path(file))

@@ -227,6 +227,22 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "x.qix").exists()
 
 
+def test_resume_checks_the_file_and_the_run_before_recording_or_sending(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    session = tmp_path / "done.qix"
+    store.create_session(session, {"saga": "shop"}).close()
+    before = session.read_bytes()
+    text = tmp_path / "notes.qix"
+    text.write_text("not a session\n" * 50)
+    for file, says in ((session, "no saga run 'nosuch'"), (text, "not an SQLite database")):
+        result = run_qixtui("orchestrate", "--resume", "nosuch", str(file), "-s", nats_server.url)
+        assert result.returncode == 1
+        [line] = result.stderr.splitlines()
+        assert says in line
+    assert session.read_bytes() == before  # no recorder appended sync events to it
+
+
 def test_the_stepper_needs_a_terminal(tmp_path: Path) -> None:
     result = run_qixtui("orchestrate", SHOP, "-o", str(tmp_path / "x.qix"))
     assert result.returncode == 1
