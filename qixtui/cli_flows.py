@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,18 +26,6 @@ def _flow_json(flow: Flow) -> str:
     return msgspec.json.encode(flow).decode()
 
 
-def _recorder_alive(meta: dict[str, str]) -> bool:
-    if meta.get("stopped_ns") or not meta.get("recorder_pid", "").isdigit():
-        return False
-    try:
-        os.kill(int(meta["recorder_pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @main.command()
 @click.argument("file", type=click.Path())
 @rule_options
@@ -53,7 +40,7 @@ def correlate(file: str, as_json: bool, **kw: Any) -> None:
         db = store.open_session(Path(file), readonly=False)
     except store.SessionError as exc:
         fail(str(exc))
-    if _recorder_alive(store.get_meta(db)):
+    if store.being_recorded(store.get_meta(db)):
         fail(f"{file}: still being recorded; correlate it after the recorder stops")
     count = flowfile.recorrelate(db, rules)
     db.close()

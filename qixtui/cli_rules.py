@@ -97,10 +97,13 @@ def pop_rules(kw: dict[str, Any]) -> Rules:
     config = values["config"]
     if config:
         base = load_rules(config)
-    elif default_rules_path().is_file():
-        base = load_rules(default_rules_path())
     else:
-        base = Rules()
+        default = default_rules_path()
+        try:
+            present = default.is_file()
+        except OSError as exc:  # cannot even look: not a reason to drop the user's rules
+            raise RulesError(f"{default}: cannot read ({exc.strerror})") from None
+        base = load_rules(default) if present else Rules()
     flags = RuleFlags(
         keys=list(values["rule_keys"]),
         headers=list(values["rule_headers"]),

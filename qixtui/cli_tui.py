@@ -202,10 +202,7 @@ def index_command(file: str) -> None:
     except store.SessionError as exc:
         fail(str(exc))
     try:
-        meta = store.get_meta(db)
-        pid = meta.get("recorder_pid", "")
-        recording = pid.isdigit() and int(pid) > 0 and store.pid_alive(int(pid))
-        if recording and not store.recording_stopped(meta):
+        if store.being_recorded(store.get_meta(db)):
             fail(f"{path}: still being recorded; its recorder builds the indexes when it stops")
         if store.read_indexes_ready(db):
             click.echo(f"{path}: already indexed", err=True)

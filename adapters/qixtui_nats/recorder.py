@@ -312,6 +312,8 @@ class Recorder:
                 loop.add_signal_handler(sig, self._stop.set)
         if not self.options.append:
             store.ensure_new(self.options.output)
+        elif self.options.output.exists():
+            store.ensure_appendable(self.options.output)
         self._collector = collector = CycleCollector()
         try:
             await self._connect()

@@ -205,6 +205,21 @@ def ensure_new(path: Path) -> None:
         raise SessionError(f"{path}: folder is not writable")
 
 
+def ensure_appendable(path: Path) -> None:
+    """Refuse to append to a file that is not a session this process may write, or that
+    another recorder is writing now (their event ids would collide)."""
+    db = open_session(path, readonly=False)
+    try:
+        meta = get_meta(db)
+    finally:
+        db.close()
+    if being_recorded(meta):
+        raise SessionError(
+            f"{path}: still being recorded (process {meta['recorder_pid']}); "
+            "append once that recorder stops"
+        )
+
+
 def create_session(path: Path, meta: dict[str, str] | None = None) -> sqlite3.Connection:
     """Create a new, empty session file and return a writable connection to it."""
     ensure_new(path)
@@ -230,6 +245,8 @@ def open_session(path: Path | str, *, readonly: bool = True) -> sqlite3.Connecti
     except sqlite3.DatabaseError as exc:
         raise SessionError(f"{path}: unreadable session file ({exc})") from None
     try:
+        if not readonly:
+            _check_writable(db, path)
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version < SCHEMA_VERSION:
             if readonly:
@@ -246,6 +263,22 @@ def open_session(path: Path | str, *, readonly: bool = True) -> sqlite3.Connecti
         db.close()
         raise
     return db
+
+
+def _check_writable(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse, before any work, a file this process may not change: SQLite opens it read-only
+    instead and fails only at the first write. Setting the version it has is enough to ask,
+    whatever the schema (rolled back: nothing changes)."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(f"PRAGMA user_version = {version}")
+    except sqlite3.OperationalError as exc:
+        raise SessionError(f"{path}: cannot write to it ({exc})") from None
+    finally:
+        db.execute("ROLLBACK")
+    if not os.access(path.parent, os.W_OK):
+        raise SessionError(f"{path}: folder is not writable (SQLite keeps its journal there)")
 
 
 @contextmanager
@@ -766,6 +799,12 @@ def recording_stopped(meta: dict[str, str]) -> bool:
     session writes a new started_ns after the old stopped_ns."""
     stopped = meta.get("stopped_ns", "")
     return stopped.isdigit() and int(stopped) >= int(meta.get("started_ns", "0") or 0)
+
+
+def being_recorded(meta: dict[str, str]) -> bool:
+    """A recorder is writing this file now: it has not stopped and its process lives."""
+    pid = meta.get("recorder_pid", "")
+    return not recording_stopped(meta) and pid.isdigit() and int(pid) > 0 and pid_alive(int(pid))
 
 
 def pid_alive(pid: int) -> bool:

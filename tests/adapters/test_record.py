@@ -269,6 +269,23 @@ def test_a_signal_to_the_whole_process_group_keeps_every_event(
     assert count_events(out) == 30_000
 
 
+def test_append_to_a_file_another_recorder_is_writing_is_refused(
+    nats_server: EmbeddedServer, tmp_path: Path
+):
+    out = tmp_path / "live.qix"
+    live = start_recorder(nats_server.url, out, "-S", "live.>")
+    second = run_qixtui("record", "-s", nats_server.url, "-o", str(out), "--append")
+    assert second.returncode == 1
+    [line] = second.stderr.splitlines()
+    assert f"still being recorded (process {live.pid})" in line
+    stop_recorder(live)
+    # Once it has stopped, appending is what --append is for.
+    again = run_qixtui(
+        "record", "-s", nats_server.url, "-o", str(out), "--append", "--duration", "0.2"
+    )
+    assert again.returncode == 0, again.stderr
+
+
 def test_slow_consumer_drops_are_counted(nats_server: EmbeddedServer, tmp_path: Path):
     out = tmp_path / "slow.qix"
     proc = start_recorder(nats_server.url, out, "-S", "slow.>", "--pending-limit", "50")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from pathlib import Path
 
@@ -226,6 +227,23 @@ def test_older_schema_is_migrated_forward_only_when_writing(tmp_path: Path):
     assert writable.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
     writable.close()
     store.open_session(path).close()
+
+
+def test_a_file_it_may_not_write_is_refused_on_opening_for_writing(tmp_path: Path):
+    """SQLite opens a write-protected file read-only and fails only at the first write: the
+    probe finds out first. (A read-only connection stands in for the protection, which root,
+    who runs CI, does not feel.)"""
+    path = tmp_path / "ro.qix"
+    make_session(path)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    with pytest.raises(store.SessionError, match="cannot write to it"):
+        store._check_writable(db, path)
+    db.close()
+    if os.geteuid() != 0:  # the real thing, where permissions apply
+        path.chmod(0o444)
+        with pytest.raises(store.SessionError, match="cannot write to it"):
+            store.open_session(path, readonly=False)
+    store.open_session(path).close()  # reading is fine either way
 
 
 def test_create_refuses_to_overwrite(tmp_path: Path):
