@@ -87,12 +87,15 @@ def build_connect_options(kw: dict[str, Any]) -> Any:
     return opts
 
 
-def subject_pattern(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
-    """A click callback: a subject pattern checked as the TUI's filter checks it (a bad one
-    would otherwise match nothing, silently)."""
-    if value is not None:
+def subject_pattern(
+    _ctx: click.Context, _param: click.Parameter, value: str | tuple[str, ...] | None
+) -> Any:
+    """A click callback: subject patterns (one, or a repeatable option's) checked as the
+    TUI's filter checks them, before anything starts. A bad one would match nothing,
+    silently, or fail the subscription after the session file exists."""
+    for pattern in (value,) if isinstance(value, str) else value or ():
         try:
-            check_subject(value)
+            check_subject(pattern)
         except FilterError as exc:
             fail(str(exc))
     return value
@@ -147,7 +150,12 @@ def main() -> None:
 @connection_options
 @click.option("-o", "--output", required=True, type=click.Path(), help="Session file to create.")
 @click.option(
-    "-S", "--subject", "subjects", multiple=True, help="Subject to record (repeatable; default >)."
+    "-S",
+    "--subject",
+    "subjects",
+    multiple=True,
+    callback=subject_pattern,
+    help="Subject to record (repeatable; default >).",
 )
 @click.option("--count", type=click.IntRange(min=1), help="Stop after N events.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after S seconds.")

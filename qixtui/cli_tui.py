@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from qixtui import child_command
-from qixtui.cli import connection_options, fail, main
+from qixtui.cli import connection_options, fail, main, subject_pattern
 from qixtui.core import store
 
 RECORDER_START_S = 10.0
@@ -131,7 +131,12 @@ def detach_recorder(proc: subprocess.Popen[bytes]) -> None:
     "-o", "--output", type=click.Path(), help="Session file to create (default: user data dir)."
 )
 @click.option(
-    "-S", "--subject", "subjects", multiple=True, help="Subject to record (repeatable; default >)."
+    "-S",
+    "--subject",
+    "subjects",
+    multiple=True,
+    callback=subject_pattern,
+    help="Subject to record (repeatable; default >).",
 )
 def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
     """Record a live bus into a new session file and watch it in the TUI."""

@@ -85,6 +85,8 @@ def parse_duration_ns(text: str) -> int:
 
 
 def check_subject(pattern: str) -> None:
+    if any(char.isspace() for char in pattern):
+        raise FilterError(f"subject {pattern!r} has white space")
     tokens = pattern.split(".")
     if any(tok == "" for tok in tokens):
         raise FilterError(f"subject {pattern!r} has an empty token")

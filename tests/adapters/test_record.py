@@ -286,6 +286,16 @@ def test_append_to_a_file_another_recorder_is_writing_is_refused(
     assert again.returncode == 0, again.stderr
 
 
+@pytest.mark.parametrize("subject", ["a..b", "a b", ">.a", ""])
+def test_a_bad_subject_is_one_line_and_leaves_no_file(tmp_path: Path, subject: str):
+    out = tmp_path / "bad.qix"
+    result = run_qixtui("record", "-s", "nats://127.0.0.1:1", "-o", str(out), "-S", subject)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"qixtui: subject {subject!r}")
+    assert not out.exists()  # a second try with the same -o is not refused
+
+
 def test_slow_consumer_drops_are_counted(nats_server: EmbeddedServer, tmp_path: Path):
     out = tmp_path / "slow.qix"
     proc = start_recorder(nats_server.url, out, "-S", "slow.>", "--pending-limit", "50")
