@@ -19,7 +19,7 @@ import click
 import qixtui
 from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import store
-from qixtui.core.filters import FilterError, check_subject
+from qixtui.core.filters import SQL_INT_MAX, FilterError, check_subject
 from qixtui.core.text import visible
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -101,11 +101,15 @@ def subject_pattern(
     return value
 
 
+# Flow ids as options and arguments: a larger number than SQLite's cannot be looked up.
+FLOW_ID = click.IntRange(min=1, max=SQL_INT_MAX)
+
+
 def parse_time(value: str | None) -> int | None:
     """A time bound as ns since the epoch: ISO 8601, or a plain number of ns."""
     if value is None:
         return None
-    if value.isdigit():
+    if value.isdigit() and int(value) <= SQL_INT_MAX:
         return int(value)
     try:
         parsed = dt.datetime.fromisoformat(value)
@@ -245,7 +249,7 @@ def record(
 )
 @click.option("--since", help="Only events at or after this time (ISO 8601 or ns).")
 @click.option("--until", help="Only events before this time (ISO 8601 or ns).")
-@click.option("--flow", "flow_id", type=int, help="Only events of this flow.")
+@click.option("--flow", "flow_id", type=FLOW_ID, help="Only events of this flow.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most N events.")
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines, one object per event.")
 def events(

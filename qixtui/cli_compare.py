@@ -13,7 +13,7 @@ from typing import Any
 import click
 import msgspec
 
-from qixtui.cli import fail, main, open_or_fail
+from qixtui.cli import FLOW_ID, fail, main, open_or_fail
 from qixtui.core import compare as cmp
 from qixtui.core import export, flowfile, store
 from qixtui.core.rules import Rules
@@ -235,7 +235,7 @@ def compare_verb(
 
 @main.command(name="export")
 @click.argument("file", type=click.Path())
-@click.option("--flow", "flow_id", type=int, required=True, help="The flow to export.")
+@click.option("--flow", "flow_id", type=FLOW_ID, required=True, help="The flow to export.")
 @click.option(
     "--format",
     "fmt",

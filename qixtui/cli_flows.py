@@ -11,7 +11,7 @@ from typing import Any
 import click
 import msgspec
 
-from qixtui.cli import fail, main, open_or_fail
+from qixtui.cli import FLOW_ID, fail, main, open_or_fail
 from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import discover as discovery
 from qixtui.core import flowfile, store, waterfall
@@ -106,7 +106,7 @@ def _tree_lines(nodes: list[waterfall.TreeNode], start: int, prefix: str = "") -
 
 @main.command()
 @click.argument("file", type=click.Path())
-@click.argument("flow_id", type=int)
+@click.argument("flow_id", type=FLOW_ID)
 @click.option("--json", "as_json", is_flag=True, help="The flow, its layout and tree as JSON.")
 def flow(file: str, flow_id: int, as_json: bool) -> None:
     """Show one flow: a waterfall (one lane per service) and its causal tree."""

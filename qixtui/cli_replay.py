@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from qixtui.cli import (
+    FLOW_ID,
     build_connect_options,
     connection_options,
     fail,
@@ -213,7 +214,7 @@ def _open_audit(path: Path) -> sqlite3.Connection:
 @click.option("--publish", is_flag=True, help="Publish onto a bus (without it the TUI opens).")
 @connection_options
 @click.option("--subject", callback=subject_pattern, help="Only events on this subject pattern.")
-@click.option("--flow", "flow_id", type=int, help="Only events of this flow.")
+@click.option("--flow", "flow_id", type=FLOW_ID, help="Only events of this flow.")
 @click.option("--since", help="Only events at or after this time (ISO 8601 or ns).")
 @click.option("--until", help="Only events before this time (ISO 8601 or ns).")
 @click.option("--status", help="Only events of flows with this status (e.g. failed).")

@@ -68,6 +68,7 @@ class Where:
 RARE = 5_000
 
 
+SQL_INT_MAX = 2**63 - 1  # SQLite's integers: a larger one cannot even be bound
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000}
 _UNITS["h"] = 60 * _UNITS["m"]
 _DURATION = re.compile(r"^duration(>=|<=|>|<)(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
@@ -81,7 +82,10 @@ def parse_duration_ns(text: str) -> int:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?", text)
     if not match:
         raise FilterError(f"not a duration: {text!r} (like 2s, 150ms, 1.5m)")
-    return int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
+    ns = int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
+    if ns > SQL_INT_MAX:
+        raise FilterError(f"duration {text!r} is longer than any recording")
+    return ns
 
 
 def check_subject(pattern: str) -> None:
@@ -120,6 +124,8 @@ def _json_value(text: str) -> Any:
         value = msgspec.json.decode(text.encode())
     except (msgspec.DecodeError, RecursionError):
         return text
+    if type(value) is int and abs(value) > SQL_INT_MAX:
+        return float(value)  # as SQLite's json_extract reads such a number
     if isinstance(value, (bool, int, float, str)) or value is None:
         return value
     return text
@@ -155,8 +161,8 @@ def _parse_term(word: str) -> Term:
             return Term("status", value=rest)
         if kind == "text":
             return Term("text", value=rest)
-        if not rest.isdigit():
-            raise FilterError(f"flow:{rest}: a flow id is a number")
+        if not rest.isdigit() or int(rest) > SQL_INT_MAX:
+            raise FilterError(f"flow:{rest}: a flow id is a number up to {SQL_INT_MAX}")
         return Term("flow", value=int(rest))
     if prefix and "." not in prefix.group(1):
         known = ", ".join(f"{p}:" for p in _PREFIXES)

@@ -66,6 +66,7 @@ def ids(db: sqlite3.Connection, text: str) -> list[int]:
         ("json:/order_id=2", [2]),
         ("json:/amount", [1]),
         ("json:/ok=true", [2]),
+        ("json:/order_id=99999999999999999999", []),  # too large for SQLite: a real number
         ("json:/data/items/0/sku=A-1", [4]),
         ('json:/data/items/0/sku="A-1"', [4]),
         ("hello", [3]),
@@ -97,6 +98,9 @@ def test_filters_select_the_right_events(
         ("duration>soon", "write duration>2s"),
         ("status:", "status: needs a value"),
         ("subject:orders..x", "empty token"),
+        ('"subject:orders x"', "white space"),
+        ("flow:99999999999999999999", "a flow id is a number up to"),
+        ("duration>99999999999999999999h", "longer than any recording"),
     ],
 )
 def test_bad_filters_say_why(text: str, message: str) -> None:

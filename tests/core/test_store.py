@@ -162,6 +162,28 @@ def test_a_bad_subject_pattern_is_one_line_not_an_empty_answer(
     assert says in line
 
 
+HUGE = "9" * 23
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["events", "FILE", "--since", HUGE],
+        ["events", "FILE", "--flow", HUGE],
+        ["flow", "FILE", HUGE],
+        ["replay", "FILE", "--publish", "--filter", f"flow:{HUGE}"],
+    ],
+    ids=["since", "flow-option", "flow-argument", "filter"],
+)
+def test_numbers_too_large_for_sqlite_are_refused_not_a_traceback(tmp_path: Path, args):
+    path = tmp_path / "s.qix"
+    make_session(path)
+    result = run_qixtui(*[str(path) if a == "FILE" else a for a in args])
+    assert result.returncode in (1, 2)  # our one line, or click's usage error
+    assert "Traceback" not in result.stderr
+    assert HUGE in result.stderr
+
+
 def corrupt_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     cases: dict[str, tuple[Path, str]] = {}
     empty = tmp_path / "empty.qix"
