@@ -10,11 +10,33 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from nats.aio.client import Client as NatsClient
+
 DEFAULT_URL = "nats://127.0.0.1:4222"
+SCHEMES = ("nats", "tls", "ws", "wss")
 
 
 class ConnectError(Exception):
     """Connecting failed in a way the user can fix; the message is one line."""
+
+
+class Client(NatsClient):
+    """nats-py's client, except that it never sends its CONNECT, credentials included, in the
+    clear once TLS was asked for (a tls:// URL, --tlsca, --tlscert). nats-py upgrades only
+    when the server requires TLS; natscli refuses a server that does not offer it."""
+
+    def _connect_command(self) -> bytes:
+        server = self._current_server
+        if server is not None and server.uri.scheme not in ("ws", "wss"):
+            wanted = self.options.get("tls") is not None or server.uri.scheme == "tls"
+            writer = getattr(self._transport, "_io_writer", None)
+            secured = writer is not None and writer.get_extra_info("ssl_object") is not None
+            if wanted and not secured:
+                raise ConnectError(
+                    f"TLS was asked for, but {redact_url(server.uri.geturl())} does not offer "
+                    "it; nothing was sent"
+                )
+        return super()._connect_command()
 
 
 @dataclass
@@ -41,6 +63,8 @@ class ConnectOptions:
             opts.servers = split_servers(env_url) if env_url else [DEFAULT_URL]
         if opts.user and opts.password is None:
             opts.password = os.environ.get("NATS_PASSWORD")
+        for url in opts.servers:
+            check_url(url)
         return opts
 
     def kwargs(self) -> dict[str, Any]:
@@ -60,21 +84,54 @@ class ConnectOptions:
         if self.token:
             kw["token"] = self.token
         if self.tlsca or self.tlscert:
-            ctx = (
-                ssl.create_default_context(cafile=self.tlsca)
-                if self.tlsca
-                else (ssl.create_default_context())
-            )
-            if self.tlscert:
-                if not self.tlskey:
-                    raise ConnectError("--tlscert needs --tlskey")
-                ctx.load_cert_chain(self.tlscert, self.tlskey)
-            kw["tls"] = ctx
+            kw["tls"] = self._tls_context()
         return kw
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self.tlscert and not self.tlskey:
+            raise ConnectError("--tlscert needs --tlskey")
+        for path, what in ((self.tlsca, "--tlsca"), (self.tlscert, "--tlscert"),
+                           (self.tlskey, "--tlskey")):  # fmt: skip
+            if path:
+                _must_exist(path, f"{what} file")
+        try:
+            ctx = ssl.create_default_context(cafile=self.tlsca)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConnectError(f"--tlsca {self.tlsca}: not a PEM CA certificate ({exc})") from None
+        if self.tlscert:
+            try:
+                ctx.load_cert_chain(self.tlscert, self.tlskey)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConnectError(
+                    f"--tlscert {self.tlscert} / --tlskey {self.tlskey}: not a PEM certificate "
+                    f"and its key ({exc})"
+                ) from None
+        return ctx
 
     def display_servers(self) -> str:
         """Server URLs with any user:password@ removed, safe for a file or a screen."""
         return ",".join(redact_url(u) for u in self.servers)
+
+
+def check_url(url: str) -> None:
+    """A server URL nats-py can use, or a ConnectError saying what is wrong with it."""
+    try:
+        parts = urlsplit(url if "://" in url else f"nats://{url}")
+        parts.port  # noqa: B018 - parsing the port is part of the check
+    except ValueError as exc:
+        raise ConnectError(f"not a server URL: {_strip_userinfo(url)} ({exc})") from None
+    if parts.scheme not in SCHEMES:
+        raise ConnectError(
+            f"not a server URL: {_strip_userinfo(url)} (the scheme is nats, tls, ws or wss)"
+        )
+    if not parts.hostname:
+        raise ConnectError(f"not a server URL: {_strip_userinfo(url)} (no host)")
+
+
+def _strip_userinfo(url: str) -> str:
+    """A URL that may not even parse, without what comes before an @ (a password)."""
+    scheme, sep, rest = url.rpartition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 def split_servers(value: str) -> list[str]:
@@ -143,6 +200,8 @@ def is_auth_error(exc: BaseException | None) -> bool:
 
 def describe_connect_error(exc: BaseException, servers: str) -> str:
     """One line for a failed connect, naming the cause a user can act on."""
+    if isinstance(exc, ConnectError):  # ours already says it
+        return str(exc)
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
     if is_auth_error(exc):

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
-from nats.aio.client import Client
 from nats.aio.subscription import Subscription
 from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
@@ -39,6 +38,7 @@ from qixtui.core.writer import (
     run_writer,
 )
 from qixtui_nats.connect import (
+    Client,
     ConnectError,
     ConnectOptions,
     describe_connect_error,

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
-from nats.aio.client import Client
 
 from qixtui.core import filters, store
 from qixtui.core.replay import (
@@ -35,7 +34,7 @@ from qixtui.core.replay import (
     oversize_bound_sql,
     selection_sql,
 )
-from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
+from qixtui_nats.connect import Client, ConnectError, ConnectOptions, describe_connect_error
 
 # At a paced speed the replayer confirms (PING/PONG) whenever it is about to idle for
 # longer than IDLE_CONFIRM_NS; at full speed, after every page.

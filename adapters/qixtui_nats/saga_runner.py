@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 import nats
 import nats.errors
-from nats.aio.client import Client
 
 from qixtui import child_command
 from qixtui.core import store
@@ -45,7 +44,7 @@ from qixtui.core.saga import (
     saga_outcome_subject,
     trace_headers,
 )
-from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error
+from qixtui_nats.connect import Client, ConnectError, ConnectOptions, describe_connect_error
 
 READY_SUBJECT = "qixtui.orchestrate.sync"
 INJECTED = "failure injected by the stepper"
@@ -124,7 +123,8 @@ async def connect_bus(connect: ConnectOptions) -> Client:
         errors.append(exc)
 
     try:
-        nc = await nats.connect(
+        nc = Client()
+        await nc.connect(
             **connect.kwargs(),
             connect_timeout=3,
             max_reconnect_attempts=1,  # the first connect fails fast on a wrong URL or login

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import run_qixtui
 
+from qixtui.core import store
+from qixtui_demo import SHOP_SAGA
 from qixtui_nats.server import EmbeddedServer
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -121,3 +127,88 @@ def test_untrusted_server_certificate_is_one_line(tls_server: EmbeddedServer, tm
     assert "TLS failed" in lines[0]
     assert "certificate verify failed" in lines[0]
     assert not (tmp_path / "x.qix").exists()
+
+
+class PlainInfoServer:
+    """A server that says it is NATS without TLS and keeps whatever a client sends it."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        self.listener.settimeout(10)
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.listener.accept()
+                with conn:
+                    info = {"server_id": "plain", "version": "2.10.0", "max_payload": 1048576}
+                    conn.sendall(b"INFO " + json.dumps(info).encode() + b"\r\n")
+                    conn.settimeout(2)
+                    with contextlib.suppress(OSError):
+                        while chunk := conn.recv(4096):
+                            self.received += chunk
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("how", ["tls-url", "tlsca"])
+def test_tls_asked_for_and_not_offered_sends_nothing(pki: Path, tmp_path: Path, how: str):
+    """nats-py would send CONNECT, the password in it, in the clear: refused before that."""
+    server = PlainInfoServer()
+    scheme, extra = ("tls", []) if how == "tls-url" else ("nats", ["--tlsca", str(pki / "ca.pem")])
+    try:
+        result = run_qixtui(
+            "record",
+            "-s",
+            f"{scheme}://127.0.0.1:{server.port}",
+            "--user",
+            "u",
+            *extra,
+            "-o",
+            str(tmp_path / "x.qix"),
+            env={**os.environ, "NATS_PASSWORD": "s3cret-word"},
+        )
+    finally:
+        server.close()
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "TLS was asked for" in line
+    assert "does not offer it" in line
+    assert b"CONNECT" not in server.received
+    assert b"s3cret-word" not in server.received
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--tlsca", "/nonexistent/ca.pem"], "--tlsca file not found"),
+        (["--tlsca", "NOTPEM"], "not a PEM CA certificate"),
+        (["--tlscert", "NOTPEM", "--tlskey", "NOTPEM"], "not a PEM certificate and its key"),
+        (["-s", "nats://127.0.0.1:99999"], "not a server URL"),
+        (["-s", "nats://[::1"], "not a server URL"),
+        (["-s", "http://127.0.0.1:4222"], "the scheme is nats, tls, ws or wss"),
+        (["-s", "nats://u:hunter2@127.0.0.1:99999"], "not a server URL: nats://127.0.0.1:99999"),
+    ],
+)
+@pytest.mark.parametrize("verb", ["record", "replay", "orchestrate"])
+def test_bad_tls_files_and_urls_are_one_line(tmp_path: Path, args: list[str], says: str, verb):
+    notpem = tmp_path / "notpem.txt"
+    notpem.write_text("not a certificate\n")
+    session = tmp_path / "s.qix"
+    store.create_session(session, {}).close()
+    argv = {
+        "record": ["record", "-o", str(tmp_path / "x.qix")],
+        "replay": ["replay", str(session), "--publish", "--yes"],
+        "orchestrate": ["orchestrate", str(SHOP_SAGA), "--auto", "-o", str(tmp_path / "o.qix")],
+    }[verb]
+    args = [str(notpem) if a == "NOTPEM" else a for a in args]
+    result = run_qixtui(*argv, *args)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert says in line
+    assert "hunter2" not in line
