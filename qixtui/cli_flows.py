@@ -15,11 +15,10 @@ from qixtui.cli import FLOW_ID, fail, main, open_or_fail
 from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import discover as discovery
 from qixtui.core import flowfile, store, waterfall
-from qixtui.core.model import Flow
+from qixtui.core.model import FLOW_STATUSES, Flow
 from qixtui.core.text import visible
 
 BAR_WIDTH = 48
-FLOW_STATUSES = ["running", "completed", "failed", "compensated", "stalled"]
 
 
 def _flow_json(flow: Flow) -> str:

@@ -33,6 +33,7 @@ from qixtui.cli import (
     subject_pattern,
 )
 from qixtui.core import store
+from qixtui.core.model import FLOW_STATUSES
 from qixtui.core.replay import (
     DryRun,
     Plan,
@@ -217,7 +218,9 @@ def _open_audit(path: Path) -> sqlite3.Connection:
 @click.option("--flow", "flow_id", type=FLOW_ID, help="Only events of this flow.")
 @click.option("--since", help="Only events at or after this time (ISO 8601 or ns).")
 @click.option("--until", help="Only events before this time (ISO 8601 or ns).")
-@click.option("--status", help="Only events of flows with this status (e.g. failed).")
+@click.option(
+    "--status", type=click.Choice(FLOW_STATUSES), help="Only events of flows with this status."
+)
 @click.option(
     "--filter", help="Only events matching a TUI filter (e.g. 'header:Tenant=blue text:x')."
 )

@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 
 from qixtui.core import store
+from qixtui.core.model import FLOW_STATUSES
 from qixtui.core.store import subject_glob, subject_matches
 
 
@@ -89,16 +90,9 @@ def parse_duration_ns(text: str) -> int:
 
 
 def check_subject(pattern: str) -> None:
-    if any(char.isspace() for char in pattern):
-        raise FilterError(f"subject {pattern!r} has white space")
-    tokens = pattern.split(".")
-    if any(tok == "" for tok in tokens):
-        raise FilterError(f"subject {pattern!r} has an empty token")
-    for i, tok in enumerate(tokens):
-        if ">" in tok and (tok != ">" or i != len(tokens) - 1):
-            raise FilterError(f"subject {pattern!r}: '>' may only be the last token")
-        if "*" in tok and tok != "*":
-            raise FilterError(f"subject {pattern!r}: '*' must be a whole token")
+    problem = store.subject_problem(pattern)
+    if problem:
+        raise FilterError(problem)
 
 
 def pointer_to_path(pointer: str) -> str:
@@ -158,6 +152,8 @@ def _parse_term(word: str) -> Term:
                 return Term("json", name=path, op="exists")
             return Term("json", name=path, op="=", value=_json_value(value))
         if kind == "status":
+            if rest not in FLOW_STATUSES:
+                raise FilterError(f"status:{rest}: a flow is {', '.join(FLOW_STATUSES)}")
             return Term("status", value=rest)
         if kind == "text":
             return Term("text", value=rest)

@@ -57,6 +57,9 @@ class Link(msgspec.Struct, array_like=True, gc=False):
     parent_id: int | None = None  # the causing or requesting event, when known
 
 
+FLOW_STATUSES = ("running", "completed", "failed", "compensated", "stalled")
+
+
 class Flow(msgspec.Struct):
     """One business transaction: the connected component of events sharing keys."""
 

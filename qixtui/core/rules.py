@@ -8,6 +8,8 @@ from pathlib import Path
 
 import msgspec
 
+from qixtui.core.store import subject_problem
+
 DEFAULT_HEADERS = ["X-Correlation-ID", "Correlation-Id", "correlation_id", "ce-correlationid"]
 DEFAULT_MESSAGE_ID_HEADERS = ["X-Message-ID", "Nats-Msg-Id", "ce-id"]
 SAGA_RUN_HEADER = "Qixtui-Saga-Run"
@@ -41,6 +43,11 @@ def parse_subject_key(spec: str) -> tuple[str, int]:
     pattern, sep, index = spec.rpartition(":")
     if not sep or not pattern or not index.isdigit() or int(index) < 1:
         raise RulesError(f"not a subject key: {spec!r} (write pattern:token, e.g. orders.*.>:2)")
+    problem = subject_problem(pattern)
+    if problem:
+        raise RulesError(f"subject key {spec!r}: {problem}")
+    if ">" not in pattern and int(index) > len(pattern.split(".")):
+        raise RulesError(f"subject key {spec!r}: {pattern!r} has no token {index}")
     return pattern, int(index)
 
 
@@ -137,6 +144,15 @@ class Rules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             parse_pointer(pointer)
         for spec in self.correlation.subject_keys:
             parse_subject_key(spec)
+        corr = self.correlation
+        for name in [*corr.headers, *corr.message_id_headers]:
+            if not name.strip() or ":" in name:
+                raise RulesError(f"not a header name: {name!r}")
+        status = self.status
+        for pattern in [*status.terminal, *status.failure, *status.compensation]:
+            problem = subject_problem(pattern)
+            if problem:
+                raise RulesError(problem)
         parse_duration(self.status.stall)
         service_rule(self)
 

@@ -557,6 +557,21 @@ def row_to_event(row: Sequence[Any]) -> Event:
     )
 
 
+def subject_problem(pattern: str) -> str | None:
+    """What makes `pattern` no NATS subject pattern, or None when it is one."""
+    if any(char.isspace() for char in pattern):
+        return f"subject {pattern!r} has white space"
+    tokens = pattern.split(".")
+    if any(tok == "" for tok in tokens):
+        return f"subject {pattern!r} has an empty token"
+    for i, tok in enumerate(tokens):
+        if ">" in tok and (tok != ">" or i != len(tokens) - 1):
+            return f"subject {pattern!r}: '>' may only be the last token"
+        if "*" in tok and tok != "*":
+            return f"subject {pattern!r}: '*' must be a whole token"
+    return None
+
+
 def subject_glob(pattern: str) -> str:
     """A NATS wildcard pattern as an SQL GLOB that may over-match (`*` spans dots there);
     `subject_matches` makes the exact check."""

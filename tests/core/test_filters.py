@@ -97,6 +97,7 @@ def test_filters_select_the_right_events(
         ("header:=x", "header: needs a name"),
         ("duration>soon", "write duration>2s"),
         ("status:", "status: needs a value"),
+        ("status:bogus", "a flow is running, completed"),
         ("subject:orders..x", "empty token"),
         ('"subject:orders x"', "white space"),
         ("flow:99999999999999999999", "a flow id is a number up to"),

@@ -67,6 +67,11 @@ def test_defaults_cover_the_usual_correlation_headers() -> None:
         ("[services]\nfrom = 'payload:/x'\n", "services.from"),
         ("[correlation\n", "not valid TOML"),
         ("[correlation]\ntrace = 'yes'\n", "Expected `bool`"),
+        ("[correlation]\nsubject_keys = ['a..b:1']\n", "has an empty token"),
+        ("[correlation]\nsubject_keys = ['orders.*:9']\n", "has no token 9"),
+        ("[correlation]\nheaders = ['']\n", "not a header name"),
+        ("[status]\nterminal = ['a.>.b']\n", "'>' may only be the last token"),
+        ("[status]\nfailure = ['']\n", "has an empty token"),
     ],
 )
 def test_bad_files_get_one_line_naming_the_problem(tmp_path: Path, text: str, needle: str) -> None:
