@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
+from qixtui.core.text import mermaid_text
+
 
 class Edge(msgspec.Struct):
     """`target` directly followed `source` in `count` flows' steps."""
@@ -128,22 +130,15 @@ def to_dot(found: Discovery) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mermaid_text(text: str) -> str:
-    # Mermaid labels in quotes take HTML entities; these characters would end or break them.
-    for char, entity in (("&", "#amp;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;")):
-        text = text.replace(char, entity)
-    return text.replace("\n", " ")
-
-
 def to_mermaid(found: Discovery) -> str:
     ids = _node_ids(found)
     lines = ["flowchart LR", "  start((start))", "  finish(((end)))"]
     for name, count in found.activities.items():
-        lines.append(f'  {ids[name]}["{_mermaid_text(f"{name} ({count})")}"]')
+        lines.append(f'  {ids[name]}["{mermaid_text(f"{name} ({count})")}"]')
     for name, count in found.starts.items():
         lines.append(f"  start -->|{count}| {ids[name]}")
     for e in found.edges:
-        label = _mermaid_text(f"{e.count}, p50 {_ms(e.median_ns)}, p95 {_ms(e.p95_ns)}")
+        label = mermaid_text(f"{e.count}, p50 {_ms(e.median_ns)}, p95 {_ms(e.p95_ns)}")
         lines.append(f'  {ids[e.source]} -->|"{label}"| {ids[e.target]}')
     for name, count in found.ends.items():
         lines.append(f"  {ids[name]} -->|{count}| finish")

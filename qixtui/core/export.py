@@ -9,12 +9,11 @@ from typing import Any
 
 from qixtui.core.compare import FlowView, Lens
 from qixtui.core.model import Event, Flow, Link
-from qixtui.core.text import visible
+from qixtui.core.text import mermaid_text
 
 SPAN_KIND_PRODUCER, SPAN_KIND_CONSUMER = 4, 5
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 UNKNOWN = "unknown"
-_MERMAID_SPECIAL = re.compile(r"[#;%]")  # entity-coded: `;` ends a statement, `%%` a comment
 
 
 # --- Mermaid ---------------------------------------------------------------------------------
@@ -31,9 +30,8 @@ def _mermaid_id(name: str, taken: dict[str, str]) -> str:
 
 
 def _mermaid_text(text: str) -> str:
-    """Text safe after `:` or `as` on one Mermaid line: no controls, no statement breaks."""
-    text = _MERMAID_SPECIAL.sub(lambda m: f"#{ord(m.group())};", visible(text))
-    return text.strip() or "-"
+    """Text after `:` or `as` on a Mermaid line (never empty)."""
+    return mermaid_text(text).strip() or "-"
 
 
 def to_mermaid(flow: Flow, events: Sequence[Event], links: Sequence[Link], lens: Lens) -> str:

@@ -21,3 +21,13 @@ def visible(text: str, *, multiline: bool = False) -> str:
     One line by default (newline and tab escaped too); `multiline=True` keeps them.
     """
     return (_UNSAFE if multiline else _UNSAFE_ONE_LINE).sub(_escape, text)
+
+
+# What would end a Mermaid statement (`;`), start a comment (`%%`), open HTML or an entity
+# (`<`, `&`, `#`) or close a quoted label (`"`): written as Mermaid's numeric entities.
+_MERMAID_SPECIAL = re.compile(r'[#;%<>&"]')
+
+
+def mermaid_text(text: str) -> str:
+    """Untrusted text safe in a Mermaid label or message, on one line."""
+    return _MERMAID_SPECIAL.sub(lambda m: f"#{ord(m.group())};", visible(text))

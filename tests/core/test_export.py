@@ -148,10 +148,15 @@ def test_mermaid_escapes_hostile_subjects() -> None:
     b = Builder()
     first = b.add(1, T0, "evil;x.a#b%%c.\x1b]52;c;AAAA\x07", {})
     b.add(1, T0 + MS, "svc.ok\nsequenceDiagram.x", {}, cause=first)
+    b.add(1, T0 + 2 * MS, 'q.e<br/><img/src=x onerror="alert(1)">', {}, cause=first)
+    b.add(1, T0 + 3 * MS, "q.#quot;&amp;", {}, cause=first)
     b.finish(1, "running", orchestrated=False)
     text = export.to_mermaid(*flow_of(b, 1), cmp.Lens())
     assert "\x1b" not in text
     assert "\x07" not in text
+    assert "<" not in text  # no HTML reaches a renderer (arrows use only `>`)
+    assert "#quot;" not in text  # a literal entity in a subject is not decoded
+    assert "&amp;" not in text
     check_sequence_diagram(text)
 
 
