@@ -463,7 +463,7 @@ def classify(rule: Success | None, response: Response) -> StepResult:
             return StepResult("error", "reply is not JSON")
     if rule is None or rule.not_error:
         if isinstance(reply, dict) and (reply.get("ok") is False or "error" in reply):
-            return StepResult("error", f"error: {_brief(reply.get('error', 'ok is false'))}")
+            return StepResult("error", _brief(reply.get("error", "ok is false")))
         return StepResult("ok", "", reply)
     assert rule.pointer is not None
     try:
@@ -486,7 +486,7 @@ def classify(rule: Success | None, response: Response) -> StepResult:
 
 def _reply_error(reply: Any, fallback: str) -> str:
     if isinstance(reply, dict) and "error" in reply:
-        return f"error: {_brief(reply['error'])}"
+        return _brief(reply["error"])  # the kind, error, is said next to it
     return fallback
 
 

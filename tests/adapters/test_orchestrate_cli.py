@@ -113,7 +113,7 @@ async def test_exit_code_says_whether_a_run_failed_cleanly(
         "-o", str(tmp_path / "a.qix"),
     )  # fmt: skip
     assert code == 0, err  # a declined payment has nothing before it to undo: a clean failure
-    assert ": failed: step `authorize` failed: error: error: declined" in out
+    assert ": failed: step `authorize` failed: error: declined" in out
     shop.decline = False
     shop.silent.add("shop.cmd.notify.send")
     fast = tmp_path / "fast.toml"

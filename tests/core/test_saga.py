@@ -156,7 +156,7 @@ def test_classify_applies_the_rule_and_names_the_error() -> None:
     rule = SHOP.steps[0].success
     assert classify(rule, Response("reply", b'{"ok": true}')).kind == "ok"
     declined = classify(rule, Response("reply", b'{"ok": false, "error": "declined"}'))
-    assert (declined.kind, declined.detail) == ("error", "error: declined")
+    assert (declined.kind, declined.detail) == ("error", "declined")
     assert classify(rule, Response("reply", b'{"ok": 1}')).kind == "error"  # 1 is not true
     assert classify(rule, Response("reply", b"not json")).detail == "reply is not JSON"
     assert classify(SHOP.steps[2].success, Response("reply", b'{"ok":true}')).kind == "error"
@@ -201,10 +201,10 @@ def test_business_error_before_the_pivot_compensates_in_reverse_order() -> None:
 
 def test_a_declined_first_step_fails_cleanly_and_compensates_nothing() -> None:
     eng = engine()
-    sent = drive(eng, {("authorize", "action"): [StepResult("error", "error: declined")]})
+    sent = drive(eng, {("authorize", "action"): [StepResult("error", "declined")]})
     assert sent == [("authorize", "action", 0)]
     assert eng.finished == Finished(
-        "failed", "step `authorize` failed: error: error: declined", clean=True
+        "failed", "step `authorize` failed: error: declined", clean=True
     )
 
 
@@ -215,8 +215,8 @@ def test_a_held_failure_waits_for_a_retry_with_a_new_key_and_the_sent_payload() 
     assert isinstance(first, Request)
     edited = eng.edit_pending(b'{"amount": 5000}')
     assert (edited.seq, edited.idempotency_key) == (first.seq, first.idempotency_key)
-    eng.apply(StepResult("error", "error: declined"), 1)
-    assert eng.next(2) == Held("authorize", "step `authorize` failed: error: error: declined")
+    eng.apply(StepResult("error", "declined"), 1)
+    assert eng.next(2) == Held("authorize", "step `authorize` failed: error: declined")
     eng.resolve("retry")
     again = eng.next(3)
     assert isinstance(again, Request)
