@@ -327,7 +327,7 @@ async def _session(
         try:
             # The stepper screen is the runner's gate and live view; headless runs print.
             live = None if step or not sys.stderr.isatty() else _live_printer()
-            runner = SagaRunner(nc, db, on_step=live)
+            runner = SagaRunner(nc, db, on_step=live, recorded=recording is not None)
             if step:
                 assert saga is not None
                 from qixtui.ui.stepper import StepperApp

@@ -161,6 +161,7 @@ class SagaRunner:
         db: sqlite3.Connection,
         on_step: Callable[[str, Request, StepResult | None], None] | None = None,
         gate: Gate | None = None,
+        recorded: bool = False,
     ) -> None:
         self.nc = nc
         self.db = db
@@ -168,6 +169,9 @@ class SagaRunner:
         # Asked before each request with the headers it will carry, and after a failed step
         # (which then holds instead of compensating); "stop" leaves the run resumable.
         self.gate = gate
+        # Our recorder subscribes to every subject: the server then has a subscriber for each
+        # request and never answers "no responders", so a missing service shows as a timeout.
+        self.recorded = recorded
         self.pid = os.getpid()
 
     async def start(
@@ -377,9 +381,10 @@ class SagaRunner:
         except nats.errors.NoRespondersError:
             return Response("no_responders", detail=f"no responders on {request.subject}")
         except nats.errors.TimeoutError:
-            return Response(
-                "timeout", detail=f"no reply within {format_duration(request.timeout_s)}"
-            )
+            detail = f"no reply within {format_duration(request.timeout_s)}"
+            if self.recorded:
+                detail += " (no responders looks like this while the recorder listens)"
+            return Response("timeout", detail=detail)
         except nats.errors.Error as exc:
             return Response("error", detail=f"{type(exc).__name__}: {exc}".rstrip(": "))
         pairs = list(msg.headers.items()) if msg.headers else None

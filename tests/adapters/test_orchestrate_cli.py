@@ -217,6 +217,19 @@ async def test_resume_after_sigkill_resends_the_step_in_doubt_with_the_same_key(
                 await asyncio.sleep(0.05)
 
 
+def test_a_missing_service_is_no_responders_or_says_why_it_is_a_timeout(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """No shop on the bus. Recorded, the recorder's subscription to every subject keeps the
+    server from answering "no responders": the timeout says so."""
+    auto = ["orchestrate", SHOP, "--auto", "--json", "-s", nats_server.url]
+    recorded = run_qixtui(*auto, "-o", str(tmp_path / "r.qix"))
+    bare = run_qixtui(*auto, "--no-record", "-o", str(tmp_path / "b.qix"))
+    assert recorded.returncode == bare.returncode == 0  # failed at once: nothing to undo
+    assert "no responders looks like this while the recorder listens" in recorded.stdout
+    assert "no responders on shop.cmd.payment.authorize" in bare.stdout
+
+
 def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     result = run_qixtui(
         "orchestrate", SHOP, "--auto", "-s", "nats://127.0.0.1:1", "-o", str(tmp_path / "x.qix")
