@@ -69,6 +69,8 @@ def wait_for_session(proc: subprocess.Popen[bytes], path: Path, log: Path) -> No
         code = proc.poll()
         if code is not None:
             message = log.read_text(errors="replace").strip().splitlines()
+            if not path.exists():  # nothing was recorded: the log would be all that is left
+                log.unlink(missing_ok=True)
             fail(message[-1].removeprefix("qixtui: ") if message else f"recorder exited ({code})")
         try:
             db = store.open_session(path, readonly=True)

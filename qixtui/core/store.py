@@ -823,13 +823,19 @@ def being_recorded(meta: dict[str, str]) -> bool:
 
 
 def pid_alive(pid: int) -> bool:
+    """The process runs: it exists, and is not a zombie (one that died but was not waited
+    for yet, as tap's recorder after a kill -9, still answers signal 0)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # alive, owned by someone else
-    return True
+        pass  # alive, owned by someone else
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc here: signal 0 is all there is to go by
+    return state != "Z"
 
 
 def insert_saga_run(db: sqlite3.Connection, run: SagaRunRecord) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import sqlite3
 from array import array
 from bisect import bisect_left, bisect_right
@@ -74,15 +73,7 @@ class Stats:
 
 
 def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid is not None and pid > 0 and store.pid_alive(pid)
 
 
 class Session:

@@ -296,6 +296,15 @@ def test_a_bad_subject_is_one_line_and_leaves_no_file(tmp_path: Path, subject: s
     assert not out.exists()  # a second try with the same -o is not refused
 
 
+def test_tap_that_cannot_connect_leaves_nothing_behind(tmp_path: Path):
+    out = tmp_path / "t.qix"
+    result = run_qixtui("tap", "-s", "nats://127.0.0.1:1", "-o", str(out))
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("qixtui: cannot connect to nats://127.0.0.1:1")
+    assert list(tmp_path.iterdir()) == []  # no session, and no log of a recorder that never ran
+
+
 def test_slow_consumer_drops_are_counted(nats_server: EmbeddedServer, tmp_path: Path):
     out = tmp_path / "slow.qix"
     proc = start_recorder(nats_server.url, out, "-S", "slow.>", "--pending-limit", "50")

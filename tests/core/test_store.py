@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -266,6 +268,18 @@ def test_a_file_it_may_not_write_is_refused_on_opening_for_writing(tmp_path: Pat
         with pytest.raises(store.SessionError, match="cannot write to it"):
             store.open_session(path, readonly=False)
     store.open_session(path).close()  # reading is fine either way
+
+
+def test_a_dead_child_not_yet_waited_for_is_not_alive():
+    """tap's recorder killed with -9 stays a zombie until tap waits for it: not recording."""
+    child = subprocess.Popen(["sleep", "0"])
+    assert store.pid_alive(os.getpid())
+    deadline = time.monotonic() + 10
+    while store.pid_alive(child.pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not store.pid_alive(child.pid)
+    assert Path(f"/proc/{child.pid}").exists()  # still there, as a zombie
+    child.wait()
 
 
 def test_create_refuses_to_overwrite(tmp_path: Path):
