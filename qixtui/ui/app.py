@@ -109,7 +109,7 @@ class MainScreen(Screen[None]):
         if app.replay:
             yield Timeline(id="timeline")
         yield StatusBar(id="status")
-        yield Footer()
+        yield Footer(compact=True)  # more keys fit in 80 columns
 
     def on_mount(self) -> None:
         flows = self.query_one("#flows", RowList)

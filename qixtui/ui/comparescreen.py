@@ -414,7 +414,7 @@ class CompareScreen(Screen[None]):
                 with VerticalScroll(id="pair-body"):
                     yield Static(id="pair-waterfall")
                     yield Static(id="pair-diff")
-        yield Footer()
+        yield Footer(compact=True)  # more keys fit in 80 columns
 
     def on_mount(self) -> None:
         rows = self.query_one("#compare-flows", RowList)

@@ -109,7 +109,7 @@ class FlowScreen(Screen[None]):
             yield Tree(Text("causes"), id="causal")
             with Vertical():
                 yield RowList(self.session.event_rows, format_event, id="flow-events")
-        yield Footer()
+        yield Footer(compact=True)  # more keys fit in 80 columns
 
     def on_mount(self) -> None:
         session = self.session

@@ -146,7 +146,7 @@ class PublishScreen(Screen[None]):
         with Vertical(id="progress-box"):
             yield Static(Text(""), id="progress-line")
             yield ProgressBar(id="progress", show_eta=False)
-        yield Footer()
+        yield Footer(compact=True)  # more keys fit in 80 columns
 
     def on_mount(self) -> None:
         table = self.query_one("#subjects", DataTable)

@@ -81,8 +81,9 @@ class StepperScreen(Screen[None]):
                            padding: 0 1; text-style: bold; }
     StepperScreen #steps { height: auto; max-height: 12; }
     StepperScreen #reply-box { height: 1fr; padding: 0 1; }
-    StepperScreen #request-meta { height: auto; padding: 0 1; }
-    StepperScreen #payload { height: 1fr; }
+    StepperScreen #request-meta { height: auto; max-height: 50%; overflow-y: auto;
+                                  padding: 0 1; }
+    StepperScreen #payload { height: 1fr; min-height: 4; }
     StepperScreen #events-box { height: 30%; border-top: solid $primary; }
     StepperScreen #events { height: 1fr; }
     """
@@ -140,7 +141,7 @@ class StepperScreen(Screen[None]):
         with Vertical(id="events-box"):
             yield Static(Text("bus events of this run (from the recording)"), classes="title")
             yield RichLog(id="events", wrap=False, markup=False, highlight=False)
-        yield Footer()
+        yield Footer(compact=True)  # more keys fit in 80 columns
 
     def on_mount(self) -> None:
         table = self.query_one("#steps", DataTable)
@@ -148,9 +149,9 @@ class StepperScreen(Screen[None]):
             ("", "bp"),
             ("#", "n"),
             ("step", "step"),
-            ("request", "subject"),
-            ("state", "state"),
+            ("state", "state"),  # before the request: what a narrow terminal must keep
             ("time", "time"),
+            ("request", "subject"),
         ):
             table.add_column(label, key=key)
         for n, step in enumerate(self.saga.steps, start=1):
@@ -158,9 +159,9 @@ class StepperScreen(Screen[None]):
                 Text(" "),
                 Text(str(n)),
                 t.literal(step.name, "bold"),
-                t.literal(step.request),
                 Text("pending", style="dim"),
                 Text(""),
+                t.literal(step.request),
                 key=step.name,
             )
         table.focus()

@@ -29,17 +29,29 @@ def status_text(status: str) -> Text:
     return t.literal(f"{symbol} {status}", colour)
 
 
+NARROW_EVENTS = 64  # below this many columns an event row drops its flow and size
+NARROW_FLOWS = 34  # ... and a flow row its status word
+
+
 def format_event(row: Any, width: int) -> Text:
     """id, ts_ns, subject, size, flow_id, payload head, reply -> one line."""
     _event_id, ts_ns, subject, size, flow_id, head, reply = row
     line = Text(no_wrap=True)
     line.append(clock(ts_ns), "dim")
-    line.append(f" {'#' + str(flow_id) if flow_id is not None else '-':>6} ", "cyan")
-    room = min(36, max(16, width // 3))
+    # Narrow (an 80-column terminal): the subject and the payload keep their room; the flow
+    # and the size are in the detail pane below anyway.
+    wide = width >= NARROW_EVENTS
+    if wide:
+        line.append(f" {'#' + str(flow_id) if flow_id is not None else '-':>6} ", "cyan")
+        room = min(36, max(16, width // 3))
+    else:
+        line.append(" ")
+        room = min(36, max(12, width - 26))
     line.append_text(t.literal(f"{t.plain(subject)[:room]:<{room}}", "bold"))
-    line.append(f" {human_bytes(size):>6} ", "dim")
+    line.append(f" {human_bytes(size):>6} " if wide else " ", "dim")
     line.append("↩ " if reply else "  ", "yellow")
-    line.append_text(t.literal(t.payload_preview(bytes(head or b""), max(0, width - room - 30))))
+    used = len(line.plain)
+    line.append_text(t.literal(t.payload_preview(bytes(head or b""), max(0, width - used))))
     return line
 
 
@@ -47,7 +59,10 @@ def format_flow(flow: Flow, width: int) -> Text:
     line = Text(no_wrap=True)
     line.append(f"#{flow.flow_id:<5} ", "cyan")
     symbol, colour = STATUS_LOOK.get(flow.status, ("?", "dim"))
-    line.append_text(t.literal(f"{symbol} {flow.status[:11]:<11}", colour))
+    # Narrow: the symbol alone says the status, so the duration keeps its unit (139ms cut
+    # to 139m read as minutes).
+    status = f" {flow.status[:11]:<11}" if width >= NARROW_FLOWS else ""
+    line.append_text(t.literal(f"{symbol}{status}", colour))
     line.append(f" {duration(flow.ended_ns - flow.started_ns):>7}", "")
     line.append(f" {flow.events:>5}ev ", "dim")
     if flow.orchestrated:
@@ -191,6 +206,7 @@ class Timeline(Static):
         head.append(clock(cursor_ns), "bold")
         head.append(f"  +{duration(max(0, cursor_ns - start_ns))} of {duration(span)}", "dim")
         head.append("   space play/pause · s speed · t jump · n/p flow step", "dim")
+        head.truncate(width, overflow="ellipsis")  # one line: the bar is the second
         bar = Text(no_wrap=True)
         cells = ["─"] * width
         styles = ["dim"] * width

@@ -111,6 +111,19 @@ async def test_keys_typed_at_once_after_slash_go_to_the_filter(shop: Path) -> No
         assert app.screen.query_one("#filter", Input).value == "shop.p json:/id"
 
 
+async def test_an_80_by_24_terminal_keeps_subjects_units_and_the_timeline(shop: Path) -> None:
+    app = QixtuiApp(shop, replay=True)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        app.screen.query_one("#events", RowList).move_to(0)
+        await settle(pilot)
+        lines = screen_text(app).splitlines()
+        assert any("shop.payment.authorized" in line for line in lines)  # whole subjects
+        flow_rows = [line for line in lines if line.startswith("#1 ")]
+        assert "320ms" in flow_rows[0]  # the unit is never cut off (139m read as minutes)
+        assert any("░" in line or "█" in line for line in lines)  # the timeline's bar shows
+
+
 async def test_idle_stretch_folds(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=SIZE) as pilot:
