@@ -201,7 +201,7 @@ def orchestrate(
     qixtui orchestrate --check SAGA.toml          validate and print the plan
     qixtui orchestrate SAGA.toml [--var k=v]      step through a run in the stepper screen
     qixtui orchestrate SAGA.toml --auto [--runs N] [--var k=v] [-o FILE] [--json]
-    qixtui orchestrate --resume RUN_ID FILE       continue a crashed run
+    qixtui orchestrate --resume RUN_ID FILE       go on with a run (the stepper in a terminal)
     qixtui orchestrate --show FILE                the runs in FILE and their journals
 
     Exits non-zero when a run fails without compensating cleanly.
@@ -218,7 +218,11 @@ def orchestrate(
         if not known:
             fail(f"{file}: no saga run {run_id!r} in this session (`qixtui orchestrate --show`)")
         connect = build_connect_options(conn)
-        reports = run_or_interrupt(_session(connect, Path(file), no_record, resume=run_id), file)
+        # In a terminal the stepper takes the run up again where it stopped (a failed step
+        # waits for r/s/a again); --auto, or no terminal, goes on unattended.
+        step = not auto and sys.stdin.isatty() and sys.stdout.isatty()
+        session = _session(connect, Path(file), no_record, resume=run_id, step=step)
+        reports = run_or_interrupt(session, file)
         _finish(reports, as_json, Path(file))
         return
     if not saga_file:
@@ -329,10 +333,12 @@ async def _session(
             live = None if step or not sys.stderr.isatty() else _live_printer()
             runner = SagaRunner(nc, db, on_step=live, recorded=recording is not None)
             if step:
-                assert saga is not None
                 from qixtui.ui.stepper import StepperApp
 
-                app = StepperApp(path, runner, saga, text, overrides)
+                if resume:  # the stepper shows the saga the run journaled
+                    saga, text = _journaled_saga(db, resume)
+                assert saga is not None
+                app = StepperApp(path, runner, saga, text, overrides, resume, bool(resume))
                 await app.run_async()
                 if app.error:
                     fail(app.error)
@@ -368,6 +374,18 @@ async def _session(
             await asyncio.to_thread(recording.abort)  # only does something after an error
         await nc.close()
     return reports
+
+
+def _journaled_saga(db: Any, run_id: str) -> tuple[SagaDef, str]:
+    run = store.saga_run(db, run_id)
+    if run is None:
+        fail(f"no saga run {run_id!r} in this session")
+    assert run is not None
+    try:
+        return load_saga_text(run.definition, f"run {run_id}"), run.definition
+    except SagaError as exc:
+        fail(str(exc))
+    raise AssertionError("unreachable")
 
 
 def _live_printer() -> Any:

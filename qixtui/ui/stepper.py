@@ -96,6 +96,7 @@ class StepperScreen(Screen[None]):
         definition: str,
         overrides: dict[str, str],
         run_id: str,
+        resume: bool = False,
     ) -> None:
         super().__init__()
         self.path = path
@@ -104,6 +105,7 @@ class StepperScreen(Screen[None]):
         self.definition = definition
         self.overrides = overrides
         self.run_id = run_id
+        self.resume = resume  # go on with a journaled run, from where it was left
         self.breakpoints: set[str] = set()
         self.waiting: asyncio.Future[Choice] | None = None
         self.shown: Request | Held | None = None
@@ -177,9 +179,12 @@ class StepperScreen(Screen[None]):
 
     async def drive(self) -> None:
         try:
-            self.report = await self.runner.start(
-                self.saga, self.definition, self.overrides, run_id=self.run_id
-            )
+            if self.resume:
+                self.report = await self.runner.resume(self.run_id)
+            else:
+                self.report = await self.runner.start(
+                    self.saga, self.definition, self.overrides, run_id=self.run_id
+                )
         except Exception as exc:  # a shell: one line on screen and to the CLI, no traceback
             self.error = visible(f"{type(exc).__name__}: {exc}")
         self.shown = None
@@ -492,10 +497,11 @@ class StepperApp(App[None]):
         definition: str,
         overrides: dict[str, str] | None = None,
         run_id: str | None = None,
+        resume: bool = False,
     ) -> None:
         super().__init__()
         self.stepper = StepperScreen(
-            path, runner, saga, definition, overrides or {}, run_id or new_run_id()
+            path, runner, saga, definition, overrides or {}, run_id or new_run_id(), resume
         )
 
     def on_mount(self) -> None:

@@ -234,6 +234,33 @@ async def test_injected_failure_holds_the_step_for_a_retry_and_quit_leaves_it_re
     )
 
 
+def held_at(app: StepperApp, step: str) -> Callable[[], bool]:
+    return lambda: plain(app, "#request-title") == f"failed: {step}"
+
+
+async def test_a_run_quit_at_a_failed_step_resumes_in_the_stepper_at_that_step(
+    bench: Bench,
+) -> None:
+    """`orchestrate --resume` in a terminal: the failed step waits for r/s/a again."""
+    first = stepper(bench, f"pilot-{uuid.uuid4().hex[:6]}")
+    async with first.run_test(size=SIZE) as pilot:
+        await until(pilot, next_is(first, "authorize_payment"), "the first request")
+        await pilot.press("i", "n")
+        await until(pilot, held_at(first, "authorize_payment"), "the failed step")
+        await pilot.press("q")
+    run_id = first.stepper.run_id
+    again = StepperApp(bench.path, SagaRunner(bench.nc, bench.db), SAGA, TEXT, {}, run_id, True)
+    async with again.run_test(size=SIZE) as pilot:
+        await until(pilot, held_at(again, "authorize_payment"), "the failed step, again")
+        assert state(again, "authorize_payment") == "✘ failed: r/s/a?"
+        await pilot.press("r")
+        await until(pilot, next_is(again, "reserve_stock"), "the next step after the retry")
+        await pilot.press("c")
+        await until(pilot, lambda: again.report is not None, "the run's end", within=30)
+    assert again.report is not None
+    assert again.report.outcome == "completed"
+
+
 async def test_stepper_snapshot(bench: Bench) -> None:
     app = stepper(bench, "snap-1", run_id="snap01")
     async with app.run_test(size=SIZE) as pilot:
