@@ -168,11 +168,21 @@ async def connect(options: ConnectOptions) -> tuple[ReplayClient, Target]:
         raise ConnectError(describe_connect_error(cause, options.display_servers())) from None
     nc.options["allow_reconnect"] = False
     info = nc._server_info or {}
+    try:
+        max_payload = int(info.get("max_payload", nc.max_payload))
+    except (TypeError, ValueError):
+        max_payload = 0
+    if max_payload <= 0:  # every size check depends on it: no guessing
+        await nc.close()
+        raise ConnectError(
+            f"{options.display_servers()} names no usable max_payload "
+            f"({info.get('max_payload')!r}): is it a NATS server?"
+        )
     return nc, Target(
         url=options.display_servers(),
         server_id=str(info.get("server_id", "")),
         server_name=str(info.get("server_name", "")),
-        max_payload=int(info.get("max_payload", nc.max_payload)),
+        max_payload=max_payload,
         headers=bool(info.get("headers", False)),
     )
 

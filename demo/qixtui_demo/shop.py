@@ -801,12 +801,14 @@ class Shop:
 def describe(summary: dict[str, Any]) -> str:
     """The summary as a few lines for a person."""
     o = summary["orders"]
-    lines = [
-        f"{o['placed']} orders placed (seed {summary['seed']}): {o['completed']} completed, "
-        f"{o['failed']} failed (declined), {o['compensated']} compensated (refunded), "
-        f"{o['unfinished']} unfinished"
-        + (f", {o['not_placed']} not placed (no price quote)" if o["not_placed"] else ""),
-    ]
+    lines = []
+    if o["placed"] or o["not_placed"]:  # services alone place none: no line of zeros
+        lines.append(
+            f"{o['placed']} orders placed (seed {summary['seed']}): {o['completed']} completed, "
+            f"{o['failed']} failed (declined), {o['compensated']} compensated (refunded), "
+            f"{o['unfinished']} unfinished"
+            + (f", {o['not_placed']} not placed (no price quote)" if o["not_placed"] else "")
+        )
     services = summary["services"]
     dup_out = sum(s.get("duplicates_published", 0) for s in services.values())
     dup_in = sum(s.get("duplicates_ignored", 0) for s in services.values())
@@ -818,4 +820,4 @@ def describe(summary: dict[str, Any]) -> str:
     if summary["silent"]:
         unanswered = sum(s.get("unanswered", 0) for s in services.values())
         lines.append(f"silent: {', '.join(summary['silent'])} ({unanswered} messages unanswered)")
-    return "\n".join(lines)
+    return "\n".join(lines) or "no orders placed, no commands answered"

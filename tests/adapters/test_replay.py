@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import statistics
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -566,3 +567,35 @@ def test_pages_of_large_messages_stay_near_the_byte_budget(tmp_path: Path) -> No
     reader.close()
     assert [len(p) for p in got] == [FIRST_PAGE, 8, 8, 4]
     assert [row[0] for page in got for row in page] == list(range(1, n + 1))
+
+
+def test_a_server_with_a_nonsense_max_payload_is_one_line(tmp_path: Path) -> None:
+    """Something that speaks enough NATS to connect, with an INFO no size check can use."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        listener.settimeout(10)
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                info = {"server_id": "fake", "max_payload": "lots", "headers": True}
+                conn.sendall(b"INFO " + json.dumps(info).encode() + b"\r\n")
+                conn.settimeout(5)
+                while chunk := conn.recv(4096):
+                    if b"PING" in chunk:
+                        conn.sendall(b"PONG\r\n")
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    source = tmp_path / "s.qix"
+    db = store.create_session(source, {})
+    store.insert_events(db, [Event(1, "a.b", None, None, b"x", 1)])
+    db.close()
+    try:
+        result = replay(source, "-s", f"nats://127.0.0.1:{port}", "--yes")
+    finally:
+        listener.close()
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "names no usable max_payload ('lots')" in line
