@@ -91,6 +91,9 @@ class MainScreen(Screen[None]):
     #events-box { width: 1fr; }
     .list-title { height: 1; background: $primary-background; color: $text; padding: 0 1;
                   text-style: bold; }
+    /* The pane the keys go to says so in its title. */
+    #flows-box:focus-within .list-title, #events-box:focus-within .list-title {
+        background: $accent; color: $text; }
     """
 
     def compose(self) -> ComposeResult:

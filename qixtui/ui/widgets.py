@@ -151,7 +151,11 @@ class DetailPane(Vertical):
         if body is None and mode != "hex":
             body = t.payload_text(payload)
         if mode == "hex":
-            body = t.hex_dump(payload)
+            # A dump row of n bytes takes 11 + 4n cells: as many bytes as fit (a multiple of
+            # four, 16 at most), so rows never wrap in two.
+            room = self.query_one("#payload-box").size.width - 2
+            per_row = max(4, min(16, (room - 11) // 4 // 4 * 4)) if room > 0 else 16
+            body = t.hex_dump(payload, per_row)
         caption = Text(f"payload · {shown} · {len(payload):,} bytes   ")
         caption.append("x: json/text/hex", "dim")
         self.query_one("#payload-caption", Static).update(caption)

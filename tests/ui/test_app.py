@@ -213,6 +213,12 @@ async def test_payload_json_text_and_hex(shop: Path) -> None:
         payload = static_text(app, "#payload")
         assert "00000000  7b 22 6f 72" in payload
         assert "hex" in static_text(app, "#payload-caption")
+        # As many bytes a row as fit the pane: no dump row wraps in two.
+        room = app.screen.query_one("#payload-box").size.width - 2
+        rows = payload.splitlines()
+        assert rows
+        assert all(len(row) <= room for row in rows)
+        assert all(row[:8].isalnum() and row[8:10] == "  " for row in rows)  # offsets lead
 
 
 async def test_tail_follow_turns_off_when_scrolling_up_and_back_on_with_end(
