@@ -91,9 +91,7 @@ class MainScreen(Screen[None]):
     #events-box { width: 1fr; }
     .list-title { height: 1; background: $primary-background; color: $text; padding: 0 1;
                   text-style: bold; }
-    /* The pane the keys go to says so in its title. */
-    #flows-box:focus-within .list-title, #events-box:focus-within .list-title {
-        background: $accent; color: $text; }
+    .list-title.-lit { background: $accent; }
     """
 
     def compose(self) -> ComposeResult:
@@ -126,6 +124,15 @@ class MainScreen(Screen[None]):
         app = self.app
         assert isinstance(app, QixtuiApp)
         app.closing = True
+
+    def on_descendant_focus(self) -> None:
+        # The list the keys go to says so in its title (a class: `:focus-within` does not
+        # restyle the title when focus leaves).
+        for name in ("flows", "events"):
+            lit = self.focused is self.query_one(f"#{name}", RowList)
+            self.query_one(f"#{name}-title", Static).set_class(lit, "-lit")
+
+    on_descendant_blur = on_descendant_focus
 
     def action_focus_filter(self) -> None:
         if isinstance(self.focused, Input):

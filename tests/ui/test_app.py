@@ -124,6 +124,27 @@ async def test_an_80_by_24_terminal_keeps_subjects_units_and_the_timeline(shop: 
         assert any("░" in line or "█" in line for line in lines)  # the timeline's bar shows
 
 
+async def test_the_focused_lists_title_is_lit(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+
+        def lit() -> list[str]:
+            return [
+                n
+                for n in ("flows", "events")
+                if app.screen.query_one(f"#{n}-title").has_class("-lit")
+            ]
+
+        assert lit() == ["events"]
+        app.screen.query_one("#flows", RowList).focus()
+        await settle(pilot)
+        assert lit() == ["flows"]
+        await pilot.press("slash")
+        await settle(pilot)
+        assert lit() == []
+
+
 async def test_idle_stretch_folds(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=SIZE) as pilot:
