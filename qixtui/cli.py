@@ -105,6 +105,16 @@ def subject_pattern(
 FLOW_ID = click.IntRange(min=1, max=SQL_INT_MAX)
 
 
+subjects_option = click.option(
+    "-S",
+    "--subject",
+    "subjects",
+    multiple=True,
+    callback=subject_pattern,
+    help="Subject to record (repeatable; default >).",
+)
+
+
 def parse_time(value: str | None) -> int | None:
     """A time bound as ns since the epoch: ISO 8601, or a plain number of ns."""
     if value is None:
@@ -153,14 +163,7 @@ def main() -> None:
 @main.command()
 @connection_options
 @click.option("-o", "--output", required=True, type=click.Path(), help="Session file to create.")
-@click.option(
-    "-S",
-    "--subject",
-    "subjects",
-    multiple=True,
-    callback=subject_pattern,
-    help="Subject to record (repeatable; default >).",
-)
+@subjects_option
 @click.option("--count", type=click.IntRange(min=1), help="Stop after N events.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")

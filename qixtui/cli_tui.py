@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from qixtui import child_command
-from qixtui.cli import connection_options, fail, main, subject_pattern
+from qixtui.cli import connection_options, fail, main, subjects_option
 from qixtui.core import store
 
 RECORDER_START_S = 10.0
@@ -132,14 +132,7 @@ def detach_recorder(proc: subprocess.Popen[bytes]) -> None:
 @click.option(
     "-o", "--output", type=click.Path(), help="Session file to create (default: user data dir)."
 )
-@click.option(
-    "-S",
-    "--subject",
-    "subjects",
-    multiple=True,
-    callback=subject_pattern,
-    help="Subject to record (repeatable; default >).",
-)
+@subjects_option
 def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
     """Record a live bus into a new session file and watch it in the TUI."""
     path = Path(output) if output else default_session_path()

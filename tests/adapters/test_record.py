@@ -216,18 +216,20 @@ def test_server_killed_and_restarted_resumes_with_a_gap(own_server: EmbeddedServ
             )
 
 
+async def burst(url: str, subject: str, head: bytes, count: int) -> None:
+    """`count` messages as fast as one client sends them, each `head` and its number."""
+    nc = await nats.connect(url)
+    for i in range(count):
+        await nc.publish(subject, head + str(i).encode())
+    await nc.flush()
+    await nc.close()
+
+
 def test_recorder_killed_leaves_a_sound_file(nats_server: EmbeddedServer, tmp_path: Path):
     out = tmp_path / "killed.qix"
     proc = start_recorder(nats_server.url, out, "-S", "kill.>")
 
-    async def burst() -> None:
-        nc = await nats.connect(nats_server.url)
-        for i in range(20_000):
-            await nc.publish("kill.me", b"x" * 100 + str(i).encode())
-        await nc.flush()
-        await nc.close()
-
-    asyncio.run(burst())
+    asyncio.run(burst(nats_server.url, "kill.me", b"x" * 100, 20_000))
     wait_for_events(out, 1)
     proc.kill()
     proc.wait()
@@ -254,14 +256,7 @@ def test_a_signal_to_the_whole_process_group_keeps_every_event(
     out = tmp_path / "group.qix"
     proc = start_recorder(nats_server.url, out, "-S", "group.>", own_group=True)
 
-    async def burst() -> None:
-        nc = await nats.connect(nats_server.url)
-        for i in range(30_000):
-            await nc.publish("group.x", b"y" * 100 + str(i).encode())
-        await nc.flush()
-        await nc.close()
-
-    asyncio.run(burst())
+    asyncio.run(burst(nats_server.url, "group.x", b"y" * 100, 30_000))
     os.killpg(proc.pid, sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr

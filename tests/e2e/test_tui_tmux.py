@@ -191,14 +191,19 @@ def publish_many(url: str, count: int) -> None:
     asyncio.run(main())
 
 
+def start_tap(tmux: Tmux, server: EmbeddedServer, out: Path) -> None:
+    """tap in the pane, then its exit status ("tap-exited N"), once it shows it records."""
+    tap = qixtui("tap", "-s", server.url, "-o", str(out))
+    tmux.start([*tap, ";", "echo", "tap-exited", "$?", ";", "sleep", "60"], out.parent)
+    tmux.wait_for(lambda p: "recording" in p, timeout=30)
+
+
 def test_quitting_tap_says_it_is_finishing_and_ctrl_c_stops_at_once(
     tmux: Tmux, tmp_path: Path
 ) -> None:
     out = tmp_path / "big.qix"
     with EmbeddedServer(jetstream=False) as server:
-        tap = qixtui("tap", "-s", server.url, "-o", str(out))
-        tmux.start([*tap, ";", "echo", "tap-exited", "$?", ";", "sleep", "60"], tmp_path)
-        tmux.wait_for(lambda p: "recording" in p, timeout=30)
+        start_tap(tmux, server, out)
         # Enough that closing the recording (the last batches, flows, indexes) takes seconds.
         publish_many(server.url, 200_000)
         tmux.keys("q")
@@ -232,9 +237,7 @@ def test_sigterm_to_tap_stops_its_recorder_and_finishes_the_file(
     """kill, timeout or a service manager: tap quits as with `q`, nothing is left running."""
     out = tmp_path / "term.qix"
     with EmbeddedServer(jetstream=False) as server:
-        tap = qixtui("tap", "-s", server.url, "-o", str(out))
-        tmux.start([*tap, ";", "echo", "tap-exited", "$?", ";", "sleep", "60"], tmp_path)
-        tmux.wait_for(lambda p: "recording" in p, timeout=30)
+        start_tap(tmux, server, out)
         publish_many(server.url, 500)
         shell = int(tmux.run("display", "-p", "-t", "qx", "#{pane_pid}").strip())
         [tap_pid] = [p for p in descendants(shell) if " tap " in command_line(p)]
