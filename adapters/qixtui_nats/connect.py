@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
 
 DEFAULT_URL = "nats://127.0.0.1:4222"
 SCHEMES = ("nats", "tls", "ws", "wss")
@@ -20,22 +21,42 @@ class ConnectError(Exception):
     """Connecting failed in a way the user can fix; the message is one line."""
 
 
+class TLSNotOffered(NatsError):
+    """A nats-py error, so its connect and reconnect loops count it as one failed attempt
+    (and go on to the next server, or try again later) instead of dying of it."""
+
+
 class Client(NatsClient):
-    """nats-py's client, except that it never sends its CONNECT, credentials included, in the
-    clear once TLS was asked for (a tls:// URL, --tlsca, --tlscert). nats-py upgrades only
-    when the server requires TLS; natscli refuses a server that does not offer it."""
+    """nats-py's client, except that once TLS was asked for (a tls:// URL, --tlsca,
+    --tlscert) it takes TLS whenever the server offers it and never sends its CONNECT,
+    credentials included, in the clear. nats-py upgrades only when the server requires
+    TLS; natscli upgrades when it is offered and refuses a server without it."""
+
+    def _tls_wanted(self) -> bool:
+        """TLS asked for on a TCP connection (wss:// is the websocket's own TLS)."""
+        server = self._current_server
+        if server is None or server.uri.scheme == "wss":
+            return False
+        return self.options.get("tls") is not None or server.uri.scheme == "tls"
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        # Read before nats-py decides on TLS: offered (allow_non_tls) counts as required.
+        if self._tls_wanted() and info.get("tls_available"):
+            info["tls_required"] = True
+        await super()._process_info(info, initial_connection)
 
     def _connect_command(self) -> bytes:
         server = self._current_server
-        if server is not None and server.uri.scheme not in ("ws", "wss"):
-            wanted = self.options.get("tls") is not None or server.uri.scheme == "tls"
+        if server is not None and self._tls_wanted():
             writer = getattr(self._transport, "_io_writer", None)
-            secured = writer is not None and writer.get_extra_info("ssl_object") is not None
-            if wanted and not secured:
-                raise ConnectError(
-                    f"TLS was asked for, but {redact_url(server.uri.geturl())} does not offer "
-                    "it; nothing was sent"
+            if writer is None or writer.get_extra_info("ssl_object") is None:
+                url = redact_url(server.uri.geturl())
+                why = (
+                    "ws:// is never encrypted (use wss://)"
+                    if server.uri.scheme == "ws"
+                    else ("it does not offer TLS")
                 )
+                raise TLSNotOffered(f"TLS was asked for, but {url}: {why}; nothing was sent")
         return super()._connect_command()
 
 
@@ -200,7 +221,7 @@ def is_auth_error(exc: BaseException | None) -> bool:
 
 def describe_connect_error(exc: BaseException, servers: str) -> str:
     """One line for a failed connect, naming the cause a user can act on."""
-    if isinstance(exc, ConnectError):  # ours already says it
+    if isinstance(exc, ConnectError | TLSNotOffered):  # ours already say it
         return str(exc)
     text = str(exc) or type(exc).__name__
     lowered = text.lower()

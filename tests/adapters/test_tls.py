@@ -178,7 +178,7 @@ def test_tls_asked_for_and_not_offered_sends_nothing(pki: Path, tmp_path: Path, 
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert "TLS was asked for" in line
-    assert "does not offer it" in line
+    assert "does not offer TLS" in line
     assert b"CONNECT" not in server.received
     assert b"s3cret-word" not in server.received
 
@@ -212,3 +212,41 @@ def test_bad_tls_files_and_urls_are_one_line(tmp_path: Path, args: list[str], sa
     [line] = result.stderr.splitlines()
     assert says in line
     assert "hunter2" not in line
+
+
+def client_cert(pki: Path) -> list[str]:
+    return ["--tlsca", str(pki / "ca.pem"), "--tlscert", str(pki / "client.pem"),
+            "--tlskey", str(pki / "client.key")]  # fmt: skip
+
+
+def test_tls_offered_but_not_required_is_taken(pki: Path, tmp_path: Path):
+    """allow_non_tls: the server offers TLS; asked for TLS, the client takes it (nats-py
+    alone would have gone on in plain text)."""
+    conf = (
+        f'tls {{ cert_file: "{pki}/server.pem", key_file: "{pki}/server.key" }}\n'
+        "allow_non_tls: true\n"
+    )
+    with EmbeddedServer(jetstream=False, config=conf) as server:
+        result = run_qixtui(
+            "record", "-s", f"tls://127.0.0.1:{server.port}", "--tlsca", str(pki / "ca.pem"),
+            "-o", str(tmp_path / "x.qix"), "--duration", "0.3", "--json",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["gaps"] == 0
+
+
+def test_a_server_without_tls_is_passed_over_for_the_next(
+    tls_server: EmbeddedServer, pki: Path, tmp_path: Path
+):
+    """Refusing a plain server is one failed attempt: the client goes on to the next URL."""
+    plain = PlainInfoServer()
+    urls = f"tls://127.0.0.1:{plain.port},tls://127.0.0.1:{tls_server.port}"
+    try:
+        result = run_qixtui(
+            "record", "-s", urls, *client_cert(pki), "-o", str(tmp_path / "x.qix"),
+            "--duration", "0.3", "--json",
+        )  # fmt: skip
+    finally:
+        plain.close()
+    assert result.returncode == 0, result.stderr
+    assert b"CONNECT" not in plain.received
