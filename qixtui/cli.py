@@ -19,7 +19,8 @@ import click
 import qixtui
 from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import store
-from qixtui.core.filters import SQL_INT_MAX, FilterError, check_subject
+from qixtui.core.filters import FilterError, check_subject
+from qixtui.core.store import SQL_INT_MAX
 from qixtui.core.text import visible
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -87,13 +88,21 @@ def build_connect_options(kw: dict[str, Any]) -> Any:
     return opts
 
 
-def subject_pattern(
-    _ctx: click.Context, _param: click.Parameter, value: str | tuple[str, ...] | None
+def subject_pattern(_ctx: click.Context, _param: click.Parameter, value: str | None) -> Any:
+    """A click callback: a subject pattern to select recorded events by. A bad one would
+    match nothing, silently (a `*` inside a token is literal text, as NATS reads it)."""
+    problem = store.subject_problem(value) if value is not None else None
+    if problem:
+        fail(problem)
+    return value
+
+
+def subscription_subjects(
+    _ctx: click.Context, _param: click.Parameter, value: tuple[str, ...]
 ) -> Any:
-    """A click callback: subject patterns (one, or a repeatable option's) checked as the
-    TUI's filter checks them, before anything starts. A bad one would match nothing,
-    silently, or fail the subscription after the session file exists."""
-    for pattern in (value,) if isinstance(value, str) else value or ():
+    """A click callback: subjects to subscribe to, checked before anything starts (nats-py
+    refuses a wildcard inside a token, after the session file exists)."""
+    for pattern in value:
         try:
             check_subject(pattern)
         except FilterError as exc:
@@ -110,7 +119,7 @@ subjects_option = click.option(
     "--subject",
     "subjects",
     multiple=True,
-    callback=subject_pattern,
+    callback=subscription_subjects,
     help="Subject to record (repeatable; default >).",
 )
 

@@ -398,15 +398,6 @@ class RecordingError(Exception):
     """The recorder could not be started or did not come up; the message is one line."""
 
 
-def recorder_alive(db: sqlite3.Connection) -> bool:
-    """Is a `qixtui record` process writing this session right now?"""
-    meta = store.get_meta(db)
-    pid = meta.get("recorder_pid", "")
-    if not pid.isdigit() or not store.pid_alive(int(pid)):
-        return False
-    return not store.recording_stopped(meta)
-
-
 class Recording:
     """The `qixtui record` process that records a run's traffic into the session file.
 
@@ -421,11 +412,12 @@ class Recording:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def attached(self) -> bool:
+        """Is a `qixtui record` process writing this session right now?"""
         if not self.path.exists():
             return False
         db = store.open_session(self.path, readonly=True)
         try:
-            return recorder_alive(db)
+            return store.being_recorded(store.get_meta(db))
         finally:
             db.close()
 

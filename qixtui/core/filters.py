@@ -34,7 +34,7 @@ import msgspec
 
 from qixtui.core import store
 from qixtui.core.model import FLOW_STATUSES
-from qixtui.core.store import subject_glob, subject_matches
+from qixtui.core.store import SQL_INT_MAX, subject_glob, subject_matches
 
 
 class FilterError(ValueError):
@@ -69,7 +69,6 @@ class Where:
 RARE = 5_000
 
 
-SQL_INT_MAX = 2**63 - 1  # SQLite's integers: a larger one cannot even be bound
 _UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000}
 _UNITS["h"] = 60 * _UNITS["m"]
 _DURATION = re.compile(r"^duration(>=|<=|>|<)(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
@@ -83,16 +82,23 @@ def parse_duration_ns(text: str) -> int:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?", text)
     if not match:
         raise FilterError(f"not a duration: {text!r} (like 2s, 150ms, 1.5m)")
-    ns = int(float(match.group(1)) * _UNITS[match.group(2) or "s"])
-    if ns > SQL_INT_MAX:
-        raise FilterError(f"duration {text!r} is longer than any recording")
-    return ns
+    try:
+        return store.scaled_ns(match.group(1), _UNITS[match.group(2) or "s"])
+    except ValueError:
+        raise FilterError(f"duration {text!r} is longer than any recording") from None
 
 
 def check_subject(pattern: str) -> None:
+    """A subject pattern, stricter than NATS: here `orders.a*` is surely meant as a
+    wildcard, so a wildcard inside a token is refused (NATS reads it as literal text)."""
     problem = store.subject_problem(pattern)
     if problem:
         raise FilterError(problem)
+    for tok in pattern.split("."):
+        if ">" in tok and tok != ">":
+            raise FilterError(f"subject {pattern!r}: '>' may only be the last token")
+        if "*" in tok and tok != "*":
+            raise FilterError(f"subject {pattern!r}: '*' must be a whole token")
 
 
 def pointer_to_path(pointer: str) -> str:

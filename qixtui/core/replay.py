@@ -17,7 +17,7 @@ import msgspec
 
 from qixtui.core import filters
 from qixtui.core.model import Headers
-from qixtui.core.store import events_where, subject_matches
+from qixtui.core.store import events_where, scaled_ns, subject_matches
 
 # Server-owned namespaces and inboxes: publishing into them calls the JetStream API (deletes
 # streams), touches KV or object stores, the system account, service discovery, or answers
@@ -201,7 +201,10 @@ def parse_duration(value: str) -> int:
         raise ReplayError(f"--max-gap {value!r}: a duration like 2s, 500ms or 1m")
     unit = match.group(2) or "s"
     scale = 3600 * 10**9 if unit == "h" else _UNIT_NS[unit]
-    return int(float(match.group(1)) * scale)
+    try:
+        return scaled_ns(match.group(1), scale)
+    except ValueError:
+        raise ReplayError(f"--max-gap {value!r} is longer than any recording") from None
 
 
 class Schedule:

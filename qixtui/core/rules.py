@@ -8,7 +8,7 @@ from pathlib import Path
 
 import msgspec
 
-from qixtui.core.store import subject_problem
+from qixtui.core.store import scaled_ns, subject_problem
 
 DEFAULT_HEADERS = ["X-Correlation-ID", "Correlation-Id", "correlation_id", "ce-correlationid"]
 DEFAULT_MESSAGE_ID_HEADERS = ["X-Message-ID", "Nats-Msg-Id", "ce-id"]
@@ -28,7 +28,10 @@ def parse_duration(text: str) -> int:
     match = _DURATION.match(text)
     if not match:
         raise RulesError(f"not a duration: {text!r} (use e.g. 30s, 500ms, 5m, 1h)")
-    return int(float(match.group(1)) * _UNIT_NS[match.group(2) or "s"])
+    try:
+        return scaled_ns(match.group(1), _UNIT_NS[match.group(2) or "s"])
+    except ValueError:
+        raise RulesError(f"duration {text!r} is longer than any recording") from None
 
 
 def parse_pointer(pointer: str) -> list[str]:

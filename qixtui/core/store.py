@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import itertools
+import math
 import os
 import re
 import sqlite3
@@ -269,16 +270,19 @@ def _check_writable(db: sqlite3.Connection, path: Path) -> None:
     """Refuse, before any work, a file this process may not change: SQLite opens it read-only
     instead and fails only at the first write. Setting the version it has is enough to ask,
     whatever the schema (rolled back: nothing changes)."""
+    if not os.access(path.parent, os.W_OK):  # SQLite says only "readonly database" then
+        raise SessionError(f"{path}: folder is not writable (SQLite keeps its journal there)")
     version = int(db.execute("PRAGMA user_version").fetchone()[0])
-    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:  # another process held its write lock for 5 s
+        raise SessionError(f"{path}: busy, another process is writing it ({exc})") from None
     try:
         db.execute(f"PRAGMA user_version = {version}")
     except sqlite3.OperationalError as exc:
         raise SessionError(f"{path}: cannot write to it ({exc})") from None
     finally:
         db.execute("ROLLBACK")
-    if not os.access(path.parent, os.W_OK):
-        raise SessionError(f"{path}: folder is not writable (SQLite keeps its journal there)")
 
 
 @contextmanager
@@ -557,19 +561,32 @@ def row_to_event(row: Sequence[Any]) -> Event:
     )
 
 
+NATS_WHITE_SPACE = frozenset(" \t\r\n\f")  # what ends a subject in the protocol
+
+
 def subject_problem(pattern: str) -> str | None:
-    """What makes `pattern` no NATS subject pattern, or None when it is one."""
-    if any(char.isspace() for char in pattern):
+    """What makes `pattern` no NATS subject pattern, or None when it is one. A `*` or `>`
+    inside a longer token is literal text to NATS (`cpu.load>90`), so it is allowed."""
+    if NATS_WHITE_SPACE.intersection(pattern):
         return f"subject {pattern!r} has white space"
     tokens = pattern.split(".")
     if any(tok == "" for tok in tokens):
         return f"subject {pattern!r} has an empty token"
-    for i, tok in enumerate(tokens):
-        if ">" in tok and (tok != ">" or i != len(tokens) - 1):
-            return f"subject {pattern!r}: '>' may only be the last token"
-        if "*" in tok and tok != "*":
-            return f"subject {pattern!r}: '*' must be a whole token"
+    if ">" in tokens[:-1]:
+        return f"subject {pattern!r}: '>' may only be the last token"
     return None
+
+
+SQL_INT_MAX = 2**63 - 1  # SQLite's integers: a larger one cannot even be bound
+
+
+def scaled_ns(number: str, unit_ns: int) -> int:
+    """A duration's number times its unit, in ns; ValueError past SQLite's integers (no
+    recording is that long), infinity included."""
+    value = float(number) * unit_ns
+    if not math.isfinite(value) or value > SQL_INT_MAX:
+        raise ValueError(f"{number} is longer than any recording")
+    return int(value)
 
 
 def subject_glob(pattern: str) -> str:
@@ -817,9 +834,19 @@ def recording_stopped(meta: dict[str, str]) -> bool:
 
 
 def being_recorded(meta: dict[str, str]) -> bool:
-    """A recorder is writing this file now: it has not stopped and its process lives."""
+    """A recorder is writing this file now: it has not stopped and its process lives. A
+    recorder killed before it could say it stopped leaves its pid behind, and pids are
+    reused: not this process, and (where /proc tells) only a qixtui process."""
     pid = meta.get("recorder_pid", "")
-    return not recording_stopped(meta) and pid.isdigit() and int(pid) > 0 and pid_alive(int(pid))
+    if recording_stopped(meta) or not pid.isdigit() or int(pid) in (0, os.getpid()):
+        return False
+    if not pid_alive(int(pid)):
+        return False
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"qixtui" in command
 
 
 def pid_alive(pid: int) -> bool:

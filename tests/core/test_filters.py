@@ -102,6 +102,7 @@ def test_filters_select_the_right_events(
         ('"subject:orders x"', "white space"),
         ("flow:99999999999999999999", "a flow id is a number up to"),
         ("duration>99999999999999999999h", "longer than any recording"),
+        ("duration>" + "9" * 400, "longer than any recording"),  # float: infinity
     ],
 )
 def test_bad_filters_say_why(text: str, message: str) -> None:

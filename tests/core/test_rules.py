@@ -72,6 +72,7 @@ def test_defaults_cover_the_usual_correlation_headers() -> None:
         ("[correlation]\nheaders = ['']\n", "not a header name"),
         ("[status]\nterminal = ['a.>.b']\n", "'>' may only be the last token"),
         ("[status]\nfailure = ['']\n", "has an empty token"),
+        ("[status]\nstall = '" + "9" * 400 + "s'\n", "longer than any recording"),
     ],
 )
 def test_bad_files_get_one_line_naming_the_problem(tmp_path: Path, text: str, needle: str) -> None:
