@@ -216,7 +216,7 @@ def orchestrate(
         known = store.saga_run(db, run_id) is not None
         db.close()
         if not known:
-            fail(f"{file}: no saga run {run_id!r} in this session (`qixtui orchestrate --show`)")
+            fail(f"{file}: no saga run {run_id!r} (`qixtui orchestrate --show {file}` lists them)")
         connect = build_connect_options(conn)
         # In a terminal the stepper takes the run up again where it stopped (a failed step
         # waits for r/s/a again); --auto, or no terminal, goes on unattended.

@@ -486,8 +486,13 @@ def classify(rule: Success | None, response: Response) -> StepResult:
 
 def _reply_error(reply: Any, fallback: str) -> str:
     if isinstance(reply, dict) and "error" in reply:
-        return _brief(reply["error"])  # the kind, error, is said next to it
+        return _brief(reply["error"])  # shown after its kind (_said): "error: declined"
     return fallback
+
+
+def _said(result: StepResult) -> str:
+    """A result for a person: its kind, then its detail when there is one."""
+    return f"{result.kind}: {result.detail}".rstrip(": ")
 
 
 def _brief(value: Any) -> str:
@@ -757,7 +762,7 @@ class SagaEngine:
             return
         self._finish(
             "failed",
-            f"{self.failure}; compensating `{step.name}` failed ({result.detail}), "
+            f"{self.failure}; compensating `{step.name}` failed ({_said(result)}), "
             "later compensations not attempted",
             clean=False,
         )
@@ -783,7 +788,7 @@ class SagaEngine:
         del now_ns
         if self.phase == "compensating":
             step = self.saga.steps[self.to_compensate[0]]
-            reason = f"{self.failure}; compensating `{step.name}`: {result.detail}"
+            reason = f"{self.failure}; compensating `{step.name}`: {_said(result)}"
             self._finish("failed", reason, clean=False)
             return
         step = self.saga.steps[self.index]
@@ -791,7 +796,7 @@ class SagaEngine:
             self.failure = f"aborted by the user at step `{step.name}`"
             self._give_up()
             return
-        self.failure = f"step `{step.name}` failed: {result.kind}: {result.detail}".rstrip(": ")
+        self.failure = f"step `{step.name}` failed: {_said(result)}"
         if self.hold:
             self.phase = "held"
             return

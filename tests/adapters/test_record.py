@@ -247,7 +247,9 @@ def test_recorder_killed_leaves_a_sound_file(nats_server: EmbeddedServer, tmp_pa
     assert json.loads(info.stdout)["events"] == len(rows)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=str)
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=lambda sig: sig.name
+)
 def test_a_signal_to_the_whole_process_group_keeps_every_event(
     nats_server: EmbeddedServer, tmp_path: Path, sig: signal.Signals
 ):

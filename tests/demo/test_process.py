@@ -167,9 +167,7 @@ def test_demo_compare_measures_both_styles_with_the_same_services(headless_run):
     report = json.loads(shown.stdout)
     chor, orch = report["choreography"], report["orchestration"]
     assert result["shop"]["orders"]["compensated"] > 0
-    assert chor["compensate_ns"]["p50"] is not None
-    if orch["compensated"]:
-        assert orch["compensate_ns"]["p50"] is not None
+    assert chor["compensate_ns"]["p50"] is not None  # orchestration's: test_compare_screen
 
     def services(style: dict[str, Any]) -> set[str]:
         return {name for e in style["edges"] for name in (e["source"], e["target"])}
