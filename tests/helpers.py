@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from qixtui import child_command
@@ -52,3 +54,17 @@ async def collect(url: str, subject: str = ">") -> tuple[Any, list[Any]]:
     await nc.subscribe(subject, cb=on_msg)
     await nc.flush()
     return nc, seen
+
+
+@contextlib.contextmanager
+def recorder_stand_in() -> Iterator[int]:
+    """The pid of a live process that passes for a recorder (its command line names qixtui),
+    for files that must look as if they were being recorded; stopped by its pid after."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "qixtui-recorder-stand-in"]
+    )
+    try:
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from flowgen import Message, expand_replies, flow_messages, noise
-from helpers import run_qixtui
+from helpers import recorder_stand_in, run_qixtui
 
 from qixtui.core import store
 from qixtui.core.correlate import Correlator
@@ -168,10 +167,11 @@ def test_discover_outputs_render(shop: Path, tmp_path: Path) -> None:
 
 def test_correlate_refuses_a_recording_still_being_written(tmp_path: Path) -> None:
     path = tmp_path / "live.qix"
-    db = store.create_session(path, {"recorder_pid": str(os.getpid())})  # alive, no stop time
-    db.execute("PRAGMA journal_mode = DELETE")
-    db.close()
-    out = run_qixtui("correlate", str(path))
+    with recorder_stand_in() as pid:
+        db = store.create_session(path, {"recorder_pid": str(pid)})  # alive, no stop time
+        db.execute("PRAGMA journal_mode = DELETE")
+        db.close()
+        out = run_qixtui("correlate", str(path))
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1
     assert "still being recorded" in out.stderr

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import run_qixtui
+from helpers import recorder_stand_in, run_qixtui
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -297,6 +297,21 @@ def test_a_dead_child_not_yet_waited_for_is_not_alive():
     assert not store.pid_alive(child.pid)
     assert Path(f"/proc/{child.pid}").exists()  # still there, as a zombie
     child.wait()
+
+
+def test_being_recorded_needs_a_live_qixtui_process_not_just_the_pid():
+    """A recorder killed before it said it stopped leaves its pid; pids get reused."""
+    started = {"started_ns": "5"}
+    with recorder_stand_in() as pid:
+        assert store.being_recorded({**started, "recorder_pid": str(pid)})
+        assert not store.being_recorded({**started, "recorder_pid": str(pid), "stopped_ns": "6"})
+    other = subprocess.Popen(["sleep", "30"])  # alive, but not a recorder
+    try:
+        assert not store.being_recorded({**started, "recorder_pid": str(other.pid)})
+    finally:
+        other.kill()
+        other.wait()
+    assert not store.being_recorded({**started, "recorder_pid": str(os.getpid())})  # this one
 
 
 def test_create_refuses_to_overwrite(tmp_path: Path):

@@ -4,14 +4,13 @@ filter stops the old scan."""
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from helpers import run_qixtui
+from helpers import recorder_stand_in, run_qixtui
 from textual.widgets import Input
 
 from qixtui.core import filters, store
@@ -198,14 +197,15 @@ async def test_a_recording_still_being_written_is_neither_flagged_nor_indexed(
     tmp_path: Path,
 ) -> None:
     path = live_session(tmp_path / "live.qix")
-    db = store.open_session(path, readonly=False)
-    store.set_meta(db, {"recorder_pid": str(os.getpid())})  # a recorder that is alive
-    db.close()
-    app = QixtuiApp(path)
-    async with app.run_test(size=(140, 40)) as pilot:
-        await settle(pilot)
-        assert not [n for n in notices(app) if "indexes" in n]
-    refused = run_qixtui("index", str(path))
+    with recorder_stand_in() as pid:
+        db = store.open_session(path, readonly=False)
+        store.set_meta(db, {"recorder_pid": str(pid)})  # a recorder that is alive
+        db.close()
+        app = QixtuiApp(path)
+        async with app.run_test(size=(140, 40)) as pilot:
+            await settle(pilot)
+            assert not [n for n in notices(app) if "indexes" in n]
+        refused = run_qixtui("index", str(path))
     assert refused.returncode == 1
     assert refused.stderr.strip() == (
         f"qixtui: {path}: still being recorded; its recorder builds the indexes when it stops"
