@@ -113,11 +113,12 @@ class MainScreen(Screen[None]):
         yield Footer(compact=True)  # more keys fit in 80 columns
 
     def on_mount(self) -> None:
-        flows = self.query_one("#flows", RowList)
-        flows.follow = False
-        self.query_one("#events", RowList).focus()
         app = self.app
         assert isinstance(app, QixtuiApp)
+        # Watching a recorder (tap, demo): new flows come into view as they start, like new
+        # events; a finished file opens at its first flow.
+        self.query_one("#flows", RowList).follow = app.recorder_pid is not None
+        self.query_one("#events", RowList).focus()
         app.main_ready()
 
     def on_unmount(self) -> None:
@@ -349,7 +350,8 @@ class QixtuiApp(App[None]):
         self.flow_index.ids = array("q", self.session.flow_ids())
         self.flow_index.hi = self.flow_index.ids[-1] if self.flow_index.ids else 0
         self.flows_list.set_index(self.flow_index)
-        self.flows_list.cursor = 0 if len(self.flow_index) else -1
+        if not self.flows_list.follow:
+            self.flows_list.cursor = 0 if len(self.flow_index) else -1
         self.events_list.set_index(self.session.full_index())
         if self.replay:
             self.events_list.follow = False

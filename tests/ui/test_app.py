@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from helpers import recorder_stand_in
 from textual import events
 from textual.keys import _character_to_key
 from textual.widgets import Input, Static, Tree
 
 from qixtui.core import store
-from qixtui.core.model import Event
+from qixtui.core.model import Event, Flow
 from qixtui.ui.app import QixtuiApp
 from qixtui.ui.flowscreen import FlowScreen
 from qixtui.ui.rowlist import RowList
@@ -278,6 +279,31 @@ async def test_tail_follow_turns_off_when_scrolling_up_and_back_on_with_end(
         assert events.cursor == 71
         assert "live.tick.72" in screen_text(app)
     writer.close()
+
+
+async def test_watching_a_recorder_the_flows_list_follows_new_flows(tmp_path: Path) -> None:
+    path = shop_session(tmp_path / "live.qix", stopped=False)
+    writer = store.open_session(path, readonly=False)
+    with recorder_stand_in() as pid:
+        app = QixtuiApp(path, recorder_pid=pid)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            flows = app.screen.query_one("#flows", RowList)
+            assert flows.follow
+            assert flows.row_id() == 3  # the newest flow, not the first
+            first = store.next_event_id(writer)
+            new = [Event(T0 + 9_000 * MS, "live.new", None, None, b"{}", first, first)]
+            with store.transaction(writer):
+                store.insert_events(writer, new)
+                store.upsert_flows(writer, [Flow(first, "running", T0, T0, 1)])
+            while flows.row_id() != first:  # the poll timer picks it up
+                await pilot.pause(0.05)
+    writer.close()
+    # A finished file opens at its first flow.
+    app = QixtuiApp(shop_session(tmp_path / "done.qix"))
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        assert app.screen.query_one("#flows", RowList).row_id() == 1
 
 
 async def test_replay_plays_at_10x(shop: Path) -> None:
