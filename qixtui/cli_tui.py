@@ -70,7 +70,7 @@ def wait_for_session(proc: subprocess.Popen[bytes], path: Path, log: Path) -> No
         if code is not None:
             message = log.read_text(errors="replace").strip().splitlines()
             said = message[-1].removeprefix("qixtui: ") if message else f"recorder exited ({code})"
-            if len(message) > 1:  # more than its one line (a traceback): keep it, say where
+            if any(line.startswith("Traceback") for line in message):  # keep it, say where
                 fail(f"{said} (the recorder's log: {log})")
             if not path.exists():  # nothing recorded: the log would be all that is left
                 log.unlink(missing_ok=True)

@@ -33,11 +33,14 @@ class Client(NatsClient):
     TLS; natscli upgrades when it is offered and refuses a server without it."""
 
     def _tls_wanted(self) -> bool:
-        """TLS asked for on a TCP connection (wss:// is the websocket's own TLS)."""
+        """TLS asked for on a TCP connection (wss:// is the websocket's own TLS): by an
+        option, or by any tls:// URL in the pool, as natscli does."""
         server = self._current_server
         if server is None or server.uri.scheme == "wss":
             return False
-        return self.options.get("tls") is not None or server.uri.scheme == "tls"
+        return self.options.get("tls") is not None or any(
+            srv.uri.scheme in ("tls", "wss") for srv in self._server_pool
+        )
 
     async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
         # Read before nats-py decides on TLS: offered (allow_non_tls) counts as required.
@@ -86,6 +89,11 @@ class ConnectOptions:
             opts.password = os.environ.get("NATS_PASSWORD")
         for url in opts.servers:
             check_url(url)
+        schemes = {urlsplit(url).scheme for url in opts.servers if "://" in url}
+        if "ws" in schemes and (opts.tlsca or opts.tlscert or schemes & {"tls", "wss"}):
+            # aiohttp sends a ws:// URL's user:password in its plain HTTP upgrade, before
+            # any check on the connection could refuse it.
+            raise ConnectError("TLS was asked for, but ws:// is never encrypted: use wss://")
         return opts
 
     def kwargs(self) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def check_subject(pattern: str) -> None:
         raise FilterError(problem)
     for tok in pattern.split("."):
         if ">" in tok and tok != ">":
-            raise FilterError(f"subject {pattern!r}: '>' may only be the last token")
+            raise FilterError(f"subject {pattern!r}: '>' must be a whole token")
         if "*" in tok and tok != "*":
             raise FilterError(f"subject {pattern!r}: '*' must be a whole token")
 

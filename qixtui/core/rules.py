@@ -49,7 +49,8 @@ def parse_subject_key(spec: str) -> tuple[str, int]:
     problem = subject_problem(pattern)
     if problem:
         raise RulesError(f"subject key {spec!r}: {problem}")
-    if ">" not in pattern and int(index) > len(pattern.split(".")):
+    tokens = pattern.split(".")
+    if tokens[-1] != ">" and int(index) > len(tokens):
         raise RulesError(f"subject key {spec!r}: {pattern!r} has no token {index}")
     return pattern, int(index)
 

@@ -834,13 +834,16 @@ def recording_stopped(meta: dict[str, str]) -> bool:
 
 
 def being_recorded(meta: dict[str, str]) -> bool:
-    """A recorder is writing this file now: it has not stopped and its process lives. A
-    recorder killed before it could say it stopped leaves its pid behind, and pids are
-    reused: not this process, and (where /proc tells) only a qixtui process."""
+    """A recorder is writing this file now: it has not stopped and its process runs."""
     pid = meta.get("recorder_pid", "")
-    if recording_stopped(meta) or not pid.isdigit() or int(pid) in (0, os.getpid()):
-        return False
-    if not pid_alive(int(pid)):
+    return not recording_stopped(meta) and pid.isdigit() and recorder_running(int(pid))
+
+
+def recorder_running(pid: int) -> bool:
+    """The recorder with this pid still runs. One killed before it could say it stopped
+    leaves its pid behind, and pids are reused: not this process, and (where /proc tells)
+    only a qixtui process."""
+    if pid in (0, os.getpid()) or not pid_alive(pid):
         return False
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()

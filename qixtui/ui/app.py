@@ -32,7 +32,7 @@ from qixtui.core import filters, store
 from qixtui.core.filters import FilterError
 from qixtui.core.model import Event
 from qixtui.ui import text as t
-from qixtui.ui.data import IdIndex, Session, Stats, clock, pid_alive, scan
+from qixtui.ui.data import IdIndex, Session, Stats, clock, scan
 from qixtui.ui.rowlist import RowList
 from qixtui.ui.widgets import DetailPane, StatusBar, Timeline, format_event, format_flow
 
@@ -432,10 +432,10 @@ class QixtuiApp(App[None]):
 
     def connection_state(self, stats: Stats) -> str:
         if self.recorder_pid is not None:
-            return "recording" if pid_alive(self.recorder_pid) else "recorder stopped"
+            return "recording" if store.pid_alive(self.recorder_pid) else "recorder stopped"
         if stats.stopped:
             return "finished"
-        if pid_alive(stats.recorder_pid):
+        if stats.recorder_pid is not None and store.recorder_running(stats.recorder_pid):
             return "live"
         return "incomplete"
 

@@ -72,10 +72,6 @@ class Stats:
     recorder_pid: int | None
 
 
-def pid_alive(pid: int | None) -> bool:
-    return pid is not None and pid > 0 and store.pid_alive(pid)
-
-
 class Session:
     """A read-only view of a session file for the UI, with the filter functions installed."""
 

@@ -193,6 +193,8 @@ def test_tls_asked_for_and_not_offered_sends_nothing(pki: Path, tmp_path: Path, 
         (["-s", "nats://[::1"], "not a server URL"),
         (["-s", "http://127.0.0.1:4222"], "the scheme is nats, tls, ws or wss"),
         (["-s", "nats://u:hunter2@127.0.0.1:99999"], "not a server URL: nats://127.0.0.1:99999"),
+        (["-s", "ws://u:hunter2@127.0.0.1:1", "--tlsca", "NOTPEM"], "ws:// is never encrypted"),
+        (["-s", "tls://127.0.0.1:1,ws://u:hunter2@127.0.0.1:2"], "ws:// is never encrypted"),
     ],
 )
 @pytest.mark.parametrize("verb", ["record", "replay", "orchestrate"])
@@ -250,3 +252,18 @@ def test_a_server_without_tls_is_passed_over_for_the_next(
         plain.close()
     assert result.returncode == 0, result.stderr
     assert b"CONNECT" not in plain.received
+
+
+def test_one_tls_url_asks_tls_of_every_server_in_the_list(tmp_path: Path):
+    """As natscli: a tls:// URL in -s makes the plain nats:// one next to it TLS-only too."""
+    plain = PlainInfoServer()
+    try:
+        result = run_qixtui(
+            "record", "-s", f"tls://127.0.0.1:1,nats://127.0.0.1:{plain.port}", "--user", "u",
+            "-o", str(tmp_path / "x.qix"), env={**os.environ, "NATS_PASSWORD": "s3cret-word"},
+        )  # fmt: skip
+    finally:
+        plain.close()
+    assert result.returncode == 1
+    assert b"CONNECT" not in plain.received
+    assert b"s3cret-word" not in plain.received

@@ -92,6 +92,7 @@ def test_filters_select_the_right_events(
         ('"open', "unclosed quote"),
         ("orders.>.x", "'>' may only be the last token"),
         ("orders.a*", "'*' must be a whole token"),
+        ("cpu.load>90", "'>' must be a whole token"),
         ("json:order_id=1", "must start with '/'"),
         ("flow:abc", "a flow id is a number"),
         ("header:=x", "header: needs a name"),

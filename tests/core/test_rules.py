@@ -69,6 +69,7 @@ def test_defaults_cover_the_usual_correlation_headers() -> None:
         ("[correlation]\ntrace = 'yes'\n", "Expected `bool`"),
         ("[correlation]\nsubject_keys = ['a..b:1']\n", "has an empty token"),
         ("[correlation]\nsubject_keys = ['orders.*:9']\n", "has no token 9"),
+        ("[correlation]\nsubject_keys = ['cpu.load>90:5']\n", "has no token 5"),
         ("[correlation]\nheaders = ['']\n", "not a header name"),
         ("[status]\nterminal = ['a.>.b']\n", "'>' may only be the last token"),
         ("[status]\nfailure = ['']\n", "has an empty token"),
