@@ -257,7 +257,7 @@ def record(
 @click.option(
     "--subject",
     callback=subject_pattern,
-    help="NATS subject pattern (`*` one token, `>` the rest).",
+    help="NATS subject pattern (`*` one token, `>` the rest; inside a token, literal text).",
 )
 @click.option("--since", help="Only events at or after this time (ISO 8601 or ns).")
 @click.option("--until", help="Only events before this time (ISO 8601 or ns).")
