@@ -213,15 +213,31 @@ def orchestrate(
         run_id, file = resume
         # Before anything is recorded into the file or sent on the bus.
         db = open_or_fail(file)
-        known = store.saga_run(db, run_id) is not None
+        run = store.saga_run(db, run_id)
         db.close()
-        if not known:
+        if run is None:
             fail(f"{file}: no saga run {run_id!r} (`qixtui orchestrate --show {file}` lists them)")
+        assert run is not None
         connect = build_connect_options(conn)
         # In a terminal the stepper takes the run up again where it stopped (a failed step
-        # waits for r/s/a again); --auto, or no terminal, goes on unattended.
+        # waits for r/s/a again), showing the saga the run journaled; --auto, or no
+        # terminal, goes on unattended.
         step = not auto and sys.stdin.isatty() and sys.stdout.isatty()
-        session = _session(connect, Path(file), no_record, resume=run_id, step=step)
+        saga = None
+        if step:
+            try:
+                saga = load_saga_text(run.definition, f"run {run_id}")
+            except SagaError as exc:
+                fail(str(exc))
+        session = _session(
+            connect,
+            Path(file),
+            no_record,
+            resume=run_id,
+            saga=saga,
+            text=run.definition,
+            step=step,
+        )
         reports = run_or_interrupt(session, file)
         _finish(reports, as_json, Path(file))
         return
@@ -335,8 +351,6 @@ async def _session(
             if step:
                 from qixtui.ui.stepper import StepperApp
 
-                if resume:  # the stepper shows the saga the run journaled
-                    saga, text = _journaled_saga(db, resume)
                 assert saga is not None
                 app = StepperApp(path, runner, saga, text, overrides, resume, bool(resume))
                 await app.run_async()
@@ -374,18 +388,6 @@ async def _session(
             await asyncio.to_thread(recording.abort)  # only does something after an error
         await nc.close()
     return reports
-
-
-def _journaled_saga(db: Any, run_id: str) -> tuple[SagaDef, str]:
-    run = store.saga_run(db, run_id)
-    if run is None:
-        fail(f"no saga run {run_id!r} in this session")
-    assert run is not None
-    try:
-        return load_saga_text(run.definition, f"run {run_id}"), run.definition
-    except SagaError as exc:
-        fail(str(exc))
-    raise AssertionError("unreachable")
 
 
 def _live_printer() -> Any:
