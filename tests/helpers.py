@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from qixtui import child_command
@@ -60,10 +61,16 @@ async def collect(url: str, subject: str = ">") -> tuple[Any, list[Any]]:
 def recorder_stand_in() -> Iterator[int]:
     """The pid of a live process that passes for a recorder (its command line names qixtui),
     for files that must look as if they were being recorded; stopped by its pid after."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", "qixtui-recorder-stand-in"]
-    )
+    marker = "qixtui-recorder-stand-in"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", marker])
+    # Popen returns once exec began, but the kernel sets the new command line a moment
+    # later: until then /proc shows it empty, and the stand-in would not pass.
+    deadline = time.monotonic() + 10
     try:
+        while marker.encode() not in Path(f"/proc/{proc.pid}/cmdline").read_bytes():
+            if time.monotonic() > deadline:
+                raise AssertionError("the recorder stand-in never showed its command line")
+            time.sleep(0.001)
         yield proc.pid
     finally:
         proc.kill()
