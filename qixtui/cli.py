@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.exceptions import NoArgsIsHelpError
 
 import qixtui
 from qixtui.cli_rules import RulesError, pop_rules, rule_options
@@ -152,7 +153,44 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
     ctx.exit()
 
 
+class _OneLineUsageError(click.ClickException):
+    """A usage error as every other error reads: one line, the value written out safely
+    (Click's own shape is four lines: usage, a hint, a blank line and the error)."""
+
+    exit_code = 2
+
+    def __init__(self, error: click.UsageError) -> None:
+        command = error.ctx.command_path if error.ctx else "qixtui"
+        message = "; ".join(filter(None, error.format_message().splitlines()))
+        super().__init__(f"{command}: {message} (see {command} --help)")
+
+    def show(self, file: Any = None) -> None:
+        click.echo(visible(self.message), err=True)
+
+
+class _Group(click.Group):
+    """Usage errors in one line: of the group's own options, and of each command's (Click
+    parses those inside the group's invoke). `qixtui` alone still shows the help."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _OneLineUsageError(exc) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _OneLineUsageError(exc) from None
+
+
 @click.group(
+    cls=_Group,
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="Start with `qixtui demo`. Your own bus: `tap` (record and watch) or `record`; "
     "then `replay`, `flows`, `flow`, `discover` and `compare` read the session file.",

@@ -121,6 +121,25 @@ def test_flow_errors_are_one_line(shop: Path, tmp_path: Path) -> None:
         assert out.stderr.count("\n") == 1
 
 
+def test_usage_errors_are_one_line_and_escaped(shop: Path) -> None:
+    """Click's own shape is four lines; and the value it quotes comes from the user."""
+    for args, says in [
+        (["flow", str(shop), "0"], "qixtui flow: Invalid value for 'FLOW_ID'"),
+        (["flows", str(shop), "--status", "\x1b[2J"], "'\\x1b[2J' is not one of"),
+        (["nosuch"], "qixtui: No such command 'nosuch'"),
+        (["--bogus"], "qixtui: No such option '--bogus'"),
+        (["flows"], "qixtui flows: Missing argument 'FILE'"),
+    ]:
+        out = run_qixtui(*args)
+        assert out.returncode == 2, args
+        assert out.stderr.count("\n") == 1, out.stderr
+        assert says in out.stderr, out.stderr
+        assert "\x1b" not in out.stderr
+    bare = run_qixtui()  # no command: the help, as before
+    assert bare.stderr.startswith("Usage: ")
+    assert "Commands:" in bare.stderr
+
+
 def test_correlate_uses_the_rules_file_and_names_unknown_keys(
     shop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
