@@ -51,6 +51,11 @@ FLUSH_INTERVAL_S = 0.02
 # the last confirmation, not at the last message seen: a message published just before the
 # last one arrived may still be on its way when the connection breaks.
 HEARTBEAT_S = 0.1
+# Stopping waits for what the server sent before the UNSUBs. A recorder far behind a burst
+# (or on a loaded machine) reads for seconds before the PONG: it waits while messages keep
+# coming, and gives up after this long without one, or after DRAIN_MAX_S in all.
+DRAIN_QUIET_S = 2.0
+DRAIN_MAX_S = 120.0
 
 
 class WriterFailed(Exception):
@@ -246,6 +251,7 @@ class Recorder:
         self.stats = RecordStats()
         self.drops: Counter[str] = Counter()
         self._pending: list[list[Any]] = []
+        self._arrived = 0  # messages received, kept or dropped: the drain watches it grow
         self._stop = asyncio.Event()
         self._confirmed_ns = time.time_ns()
         self._gap_open = False
@@ -404,11 +410,20 @@ class Recorder:
 
     async def _drain(self) -> None:
         """Stop the server sending, then a round-trip: whatever it sent before the UNSUBs has
-        been read once the PONG is back."""
+        been read once the PONG is back. Gives up once nothing arrived for DRAIN_QUIET_S."""
         assert self.nc is not None
         for sub in self._subscriptions:
             await sub.unsubscribe()
-        await self.nc.flush(timeout=2)
+        pong = asyncio.ensure_future(self.nc.flush(timeout=DRAIN_MAX_S))
+        arrived, quiet_since = self._arrived, time.monotonic()
+        while not (await asyncio.wait({pong}, timeout=FLUSH_INTERVAL_S * 10))[0]:
+            self._flush_pending()  # on to the writer as it comes, as while recording
+            if self._arrived != arrived:
+                arrived, quiet_since = self._arrived, time.monotonic()
+            elif time.monotonic() - quiet_since > DRAIN_QUIET_S:
+                pong.cancel()
+                return
+        pong.result()
 
     async def _shutdown(self) -> None:
         self._closing = True
@@ -416,7 +431,7 @@ class Recorder:
             # With the bus gone there is nothing left to read; the deadline keeps a stop
             # request from waiting on a server that will not answer.
             with contextlib.suppress(Exception):
-                await bounded(self._drain(), 3)
+                await bounded(self._drain(), DRAIN_MAX_S)
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await bounded(self.nc.close(), 2)
@@ -445,6 +460,7 @@ class Recorder:
     # -- hot path -------------------------------------------------------------------------
 
     def _on_messages(self, frames: list[list[Any]]) -> None:
+        self._arrived += len(frames)
         pending = self._pending
         sender = self._sender
         if sender is not None:

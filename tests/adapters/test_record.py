@@ -225,6 +225,51 @@ async def burst(url: str, subject: str, head: bytes, count: int) -> None:
     await nc.close()
 
 
+def test_stopping_waits_for_a_backlog_read_slowly(nats_server: EmbeddedServer, tmp_path: Path):
+    """A recorder behind a burst, on a loaded machine, reads its backlog for longer than a
+    round-trip normally takes: asked to stop, it keeps every message sent before."""
+    out = tmp_path / "behind.qix"
+    proc = start_recorder(nats_server.url, out, "-S", "behind.>")
+    published = 40_000
+    proc.send_signal(signal.SIGSTOP)  # the server holds the burst for it meanwhile
+    try:
+        asyncio.run(burst(nats_server.url, "behind.x", b"z" * 100, published))
+        proc.send_signal(signal.SIGINT)
+        # Let it run a twentieth of the time: the backlog takes seconds to read, but some
+        # arrives in every slice.
+        while proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.005)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGSTOP)
+                time.sleep(0.095)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)
+    out_text, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert json.loads(out_text)["events"] == published
+
+
+def test_stopping_gives_up_on_a_server_that_does_not_answer(
+    nats_server: EmbeddedServer, tmp_path: Path
+):
+    out = tmp_path / "hung.qix"
+    proc = start_recorder(nats_server.url, out, "-S", "hung.>")
+    assert nats_server.proc is not None
+    nats_server.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out_text, err = proc.communicate(timeout=60)
+        took = time.monotonic() - started
+    finally:
+        nats_server.proc.send_signal(signal.SIGCONT)
+    assert proc.returncode == 0, err
+    assert json.loads(out_text)["events"] == 0
+    assert took < 30, took  # nothing arrives: it does not wait out DRAIN_MAX_S
+
+
 def test_recorder_killed_leaves_a_sound_file(nats_server: EmbeddedServer, tmp_path: Path):
     out = tmp_path / "killed.qix"
     proc = start_recorder(nats_server.url, out, "-S", "kill.>")
