@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +32,22 @@ def fail(message: str, code: int = 1) -> None:
     """One line on stderr and a non-zero exit: the shape of every user-facing error."""
     click.echo(f"qixtui: {message}", err=True)
     sys.exit(code)
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised where the command is, so its `finally` blocks stop what it started."""
+
+
+def terminate_exits() -> None:
+    """SIGTERM (kill, timeout, a service manager) ends this command with exit code 143 as an
+    exception would. By default it ends the process on the spot, leaving a recorder (in its
+    own session), an embedded server or the demo's services running. A screen, while up,
+    quits on SIGTERM as on `q` (qixtui.ui.signals)."""
+
+    def terminated(signum: int, _frame: object) -> None:
+        raise Terminated(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminated)
 
 
 def open_or_fail(path: str) -> Any:

@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 from qixtui import child_command
-from qixtui.cli import fail, main
+from qixtui.cli import fail, main, terminate_exits
 from qixtui.core import store
 
 READY_TIMEOUT_S = 20.0
@@ -499,6 +499,7 @@ def demo(
     """The demo shop on an embedded NATS server, recorded into a session file."""
     from qixtui.cli_tui import default_session_path
 
+    terminate_exits()  # what the demo starts, it stops, on SIGTERM too
     if services_only:
         if output or as_json:
             fail("--services-only records nothing: drop -o and --json")

@@ -12,7 +12,15 @@ from typing import Any
 
 import click
 
-from qixtui.cli import build_connect_options, connection_options, fail, main, open_or_fail
+from qixtui.cli import (
+    Terminated,
+    build_connect_options,
+    connection_options,
+    fail,
+    main,
+    open_or_fail,
+    terminate_exits,
+)
 from qixtui.core import store
 from qixtui.core.saga import SagaDef, SagaError, describe_step, load_saga_text
 from qixtui.core.text import visible
@@ -283,14 +291,16 @@ def orchestrate(
 
 
 def run_or_interrupt(session: Any, file: str) -> list[Any]:
-    """Ctrl-C stops the run where it is (journaled, resumable) with one line, no traceback."""
+    """Ctrl-C or SIGTERM stops the run where it is (journaled, resumable) with one line, no
+    traceback; the recorder is stopped on the way out."""
+    terminate_exits()
     try:
         return asyncio.run(session)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         fail(
             f"interrupted; the run is resumable: `qixtui orchestrate --show {file}` lists it, "
             f"`qixtui orchestrate --resume RUN_ID {file}` continues it",
-            130,
+            exc.code if isinstance(exc, Terminated) else 130,
         )
     raise AssertionError  # fail() exits
 
@@ -331,6 +341,7 @@ async def _session(
         fail(str(exc))
     reports: list[Any] = []
     recording = None
+    screen_exit = 0  # the stepper's exit code: SIGTERM (143) or a crash (1) is not a success
     try:
         if not no_record:
             args, env = recorder_environment(connect)
@@ -354,6 +365,7 @@ async def _session(
                 assert saga is not None
                 app = StepperApp(path, runner, saga, text, overrides, resume, bool(resume))
                 await app.run_async()
+                screen_exit = app.return_code or 0
                 if app.error:
                     fail(app.error)
                 if app.report is not None:
@@ -387,6 +399,8 @@ async def _session(
         if recording is not None:
             await asyncio.to_thread(recording.abort)  # only does something after an error
         await nc.close()
+    if screen_exit:
+        sys.exit(screen_exit)
     return reports
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from qixtui import child_command
-from qixtui.cli import connection_options, fail, main, subjects_option
+from qixtui.cli import connection_options, fail, main, subjects_option, terminate_exits
 from qixtui.core import store
 
 RECORDER_START_S = 10.0
@@ -153,6 +153,7 @@ def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
 
         env["NATS_PASSWORD"] = getpass.getpass(f"password for {conn['user']}: ")
     log = path.with_name(path.name + ".log")
+    terminate_exits()  # from here on SIGTERM goes through the `finally` that stops the recorder
     with log.open("wb") as err:
         # Its own session: the terminal's Ctrl-C reaches the UI, which stops the recorder itself.
         proc = subprocess.Popen(

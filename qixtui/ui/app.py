@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
-import signal
 import time
 from array import array
 from collections import deque
@@ -34,6 +32,7 @@ from qixtui.core.model import Event
 from qixtui.ui import text as t
 from qixtui.ui.data import IdIndex, Session, Stats, clock, scan
 from qixtui.ui.rowlist import RowList
+from qixtui.ui.signals import QuitOnTerminate
 from qixtui.ui.widgets import DetailPane, StatusBar, Timeline, format_event, format_flow
 
 POLL_S = 0.1
@@ -272,7 +271,7 @@ class QixtuiCommands(Provider):
                 yield Hit(score, matcher.highlight(title), callback, text=title, help=help_text)
 
 
-class QixtuiApp(App[None]):
+class QixtuiApp(QuitOnTerminate):
     """Reads one session file; tails it while a recorder writes it."""
 
     TITLE = "qixtui"
@@ -330,13 +329,6 @@ class QixtuiApp(App[None]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return not (action in ("play", "speed", "jump", "publish") and not self.replay)
-
-    def on_load(self) -> None:
-        # SIGTERM (kill, timeout, a service manager) quits as `q` does: the command then
-        # stops what it started (the recorder, the demo's processes) and restores the terminal.
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGTERM, self.exit, None, 128 + signal.SIGTERM
-        )
 
     # -- lifecycle ---------------------------------------------------------------------
 

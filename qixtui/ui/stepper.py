@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from rich.text import Text
 from textual.actions import SkipAction
-from textual.app import App, ComposeResult
+from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
@@ -21,6 +21,7 @@ from qixtui.core.saga import Held, Request, SagaDef, StepResult
 from qixtui.core.text import visible
 from qixtui.ui import text as t
 from qixtui.ui.data import EVENT_ROW, Session
+from qixtui.ui.signals import QuitOnTerminate
 from qixtui.ui.widgets import format_event
 from qixtui_nats.saga_runner import Choice, RunReport, SagaRunner, new_run_id
 
@@ -484,7 +485,7 @@ class StepperScreen(Screen[None]):
         self.query_one("#status", Static).update(line)
 
 
-class StepperApp(App[None]):
+class StepperApp(QuitOnTerminate):
     """`qixtui orchestrate SAGA.toml`: the stepper on its own."""
 
     TITLE = "qixtui orchestrate"

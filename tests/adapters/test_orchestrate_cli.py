@@ -273,8 +273,15 @@ def in_flight_step(db: sqlite3.Connection) -> str | None:
     return None
 
 
-async def test_ctrl_c_stops_with_one_line_and_leaves_the_run_resumable(
-    nc: Client, nats_server: EmbeddedServer, session_path: Path
+@pytest.mark.parametrize(
+    ("stop", "code"),
+    [
+        (signal.SIGINT, 130),  # Ctrl-C: the terminal signals the whole group
+        (signal.SIGTERM, 143),  # kill, timeout, a service manager: orchestrate alone
+    ],
+)
+async def test_ctrl_c_or_sigterm_stops_with_one_line_and_leaves_the_run_resumable(
+    nc: Client, nats_server: EmbeddedServer, session_path: Path, stop: int, code: int
 ) -> None:
     shop = Shop(hold={"shop.cmd.stock.reserve"})
     await shop.serve(nc)
@@ -293,14 +300,16 @@ async def test_ctrl_c_stops_with_one_line_and_leaves_the_run_resumable(
         await eventually(lambda: in_flight_step(db) == "reserve", 30, "the held step")
         recorder_pid = int(store.get_meta(db)["recorder_pid"])
         db.close()
-        proc.send_signal(signal.SIGINT)
-        os.kill(recorder_pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        proc.send_signal(stop)
+        if stop == signal.SIGINT:
+            os.kill(recorder_pid, signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
         shop.release.set()
         if proc.returncode is None:
             proc.kill()
-    assert proc.returncode == 130
+    assert proc.returncode == code
+    assert not store.pid_alive(recorder_pid)  # orchestrate stopped the recorder it started
     assert err.decode().startswith("qixtui: interrupted; the run is resumable")
     assert len(err.decode().strip().splitlines()) == 1
     db = store.open_session(session_path)  # read-only: the recorder finished the file

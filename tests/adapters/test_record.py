@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -345,6 +347,59 @@ def test_tap_that_cannot_connect_leaves_nothing_behind(tmp_path: Path):
     [line] = result.stderr.splitlines()
     assert line.startswith("qixtui: cannot connect to nats://127.0.0.1:1")
     assert list(tmp_path.iterdir()) == []  # no session, and no log of a recorder that never ran
+
+
+@pytest.fixture
+def nameless_server() -> Iterator[str]:
+    """A bus that answers PINGs but gives no server id: tap waits for one before its screen
+    comes up, so it stays in its start-up for as long as a test needs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    info = {"server_id": "", "version": "2.10.0", "proto": 1, "headers": True}
+    info |= {"max_payload": 1048576, "host": "127.0.0.1", "port": port}
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    def answer(conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            conn.sendall(b"INFO " + json.dumps(info).encode() + b"\r\n")
+            while data := conn.recv(65536):
+                conn.sendall(b"PONG\r\n" * data.count(b"PING\r\n"))
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"nats://127.0.0.1:{port}"
+    listener.close()
+
+
+def test_sigterm_while_tap_starts_stops_its_recorder(nameless_server: str, tmp_path: Path):
+    """Before its screen is up, SIGTERM ended tap on the spot and left the recorder (in a
+    session of its own) recording."""
+    out = tmp_path / "t.qix"
+    tap = subprocess.Popen(
+        qixtui_command("tap", "-s", nameless_server, "-o", str(out)),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    children = Path(f"/proc/{tap.pid}/task/{tap.pid}/children")
+    try:
+        asyncio.run(eventually(lambda: children.read_text().strip() != "", 20, "the recorder"))
+        recorder_pid = int(children.read_text().split()[0])
+        asyncio.run(eventually(out.exists, 20, "the session file"))
+        tap.send_signal(signal.SIGTERM)
+        _, err = tap.communicate(timeout=30)
+    finally:
+        if tap.poll() is None:
+            tap.kill()
+            tap.wait()
+    assert tap.returncode == 143, err
+    assert not store.pid_alive(recorder_pid)
+    db = store.open_session(out)
+    assert "stopped_ns" in store.get_meta(db)  # asked to stop, the recorder closed the file
+    db.close()
 
 
 def test_slow_consumer_drops_are_counted(nats_server: EmbeddedServer, tmp_path: Path):

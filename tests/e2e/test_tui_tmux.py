@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -318,8 +319,10 @@ def test_demo_shows_flows_and_leaves_nothing_running(tmux: Tmux, tmp_path: Path)
     assert "completed" in statuses
 
 
-def serve_shop(url: str, ready: threading.Event, stop: threading.Event) -> None:
-    """The demo shop's participants in their own thread and loop, until `stop`."""
+@contextlib.contextmanager
+def shop_serving(url: str) -> Iterator[None]:
+    """The demo shop's participants in their own thread and loop, while the block runs."""
+    ready, stop = threading.Event(), threading.Event()
 
     async def main() -> None:
         fast = {name: Latency(1.0, 0.3) for name in DEFAULT_LATENCY}
@@ -329,21 +332,29 @@ def serve_shop(url: str, ready: threading.Event, stop: threading.Event) -> None:
         await asyncio.to_thread(stop.wait)
         await shop.close()
 
-    asyncio.run(main())
+    participants = threading.Thread(target=asyncio.run, args=(main(),))
+    participants.start()
+    try:
+        assert ready.wait(30)
+        yield
+    finally:
+        stop.set()
+        participants.join()
+
+
+def start_stepper(tmux: Tmux, url: str, out: Path) -> str:
+    """`qixtui orchestrate` on the shop saga in the pane, then "EXIT=N"; the first gate."""
+    command = qixtui("orchestrate", str(SHOP_SAGA), "-s", url, "-o", str(out))
+    tmux.start([*command, "; echo", "EXIT=$?; sleep 30"], out.parent)
+    return tmux.wait_for(lambda p: "waiting for you" in p and "▶ next" in p, timeout=30)
 
 
 def test_orchestrate_steps_the_shop_saga(
     tmux: Tmux, tmp_path: Path, nats_server: EmbeddedServer
 ) -> None:
-    ready, stop = threading.Event(), threading.Event()
-    participants = threading.Thread(target=serve_shop, args=(nats_server.url, ready, stop))
-    participants.start()
-    try:
-        assert ready.wait(30)
-        out = tmp_path / "orch.qix"
-        command = qixtui("orchestrate", str(SHOP_SAGA), "-s", nats_server.url, "-o", str(out))
-        tmux.start([*command, "; echo", "EXIT=$?; sleep 30"], tmp_path)
-        pane = tmux.wait_for(lambda p: "waiting for you" in p and "▶ next" in p, timeout=30)
+    out = tmp_path / "orch.qix"
+    with shop_serving(nats_server.url):
+        pane = start_stepper(tmux, nats_server.url, out)
         assert "next request: authorize_payment" in pane
         assert "subject  shop.cmd.payment.authorize" in pane
         tmux.keys("n")
@@ -357,15 +368,31 @@ def test_orchestrate_steps_the_shop_saga(
         pane = tmux.wait_for(lambda p: "EXIT=0" in p)
         assert "shop: stopped: stopped before the next step" in pane
         assert "continue with: qixtui orchestrate --resume" in pane
-    finally:
-        stop.set()
-        participants.join()
     db = store.open_session(out)
     (run,) = store.saga_runs(db)
     assert [r.step for r in store.saga_journal(db, run.run_id)] == [
         "authorize_payment",
         "reserve_stock",
     ]
+
+
+def test_sigterm_to_the_stepper_quits_and_stops_its_recorder(
+    tmux: Tmux, tmp_path: Path, nats_server: EmbeddedServer
+) -> None:
+    out = tmp_path / "orch.qix"
+    with shop_serving(nats_server.url):
+        start_stepper(tmux, nats_server.url, out)
+        shell = int(tmux.run("display", "-p", "-t", "qx", "#{pane_pid}").strip())
+        [orchestrate] = [p for p in descendants(shell) if " orchestrate " in command_line(p)]
+        os.kill(orchestrate, signal.SIGTERM)
+        pane = tmux.wait_for(lambda p: "EXIT=" in p)
+    assert "EXIT=143" in pane
+    assert "continue with: qixtui orchestrate --resume" in pane
+    db = store.open_session(out)
+    meta = store.get_meta(db)
+    assert "stopped_ns" in meta  # the recorder was stopped and closed the file
+    assert not store.pid_alive(int(meta["recorder_pid"]))
+    db.close()
 
 
 def test_closing_the_terminal_stops_everything_the_demo_started(tmux: Tmux, tmp_path: Path) -> None:
