@@ -505,8 +505,9 @@ class QixtuiApp(QuitOnTerminate):
             upto, limit = self.session.max_id(), where.rows + 1
         else:
             # The first few thousand ids are matched here, at once: a common filter fills
-            # the screen without waiting for a thread; the worker takes the rest.
-            upto, limit = after + SCAN_NOW, SCAN_NOW
+            # the screen without waiting for a thread; the worker takes the rest. Not past
+            # the last id: what a recorder writes later would count as scanned already.
+            upto, limit = min(after + SCAN_NOW, self.session.max_id()), SCAN_NOW
         ids, index.scanned_to = scan(self.session.db, where, after, upto, limit)
         assert index.ids is not None
         index.ids.extend(ids)

@@ -281,6 +281,34 @@ async def test_tail_follow_turns_off_when_scrolling_up_and_back_on_with_end(
     writer.close()
 
 
+async def test_a_filter_on_a_live_recording_keeps_every_new_match(tmp_path: Path) -> None:
+    """Events written after the filter was applied, up to the first scan's id bound, had
+    been counted as scanned and never shown."""
+    path = shop_session(tmp_path / "live.qix", stopped=False)
+    writer = store.open_session(path, readonly=False)
+    app = QixtuiApp(path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.apply_filter("live.>")
+        await app.workers.wait_for_complete()
+        first = store.next_event_id(writer)
+        rows = [
+            Event(T0 + (5_000 + i) * MS, f"live.tick.{i}", None, None, b"{}", i)
+            for i in range(first, first + 30)
+        ]
+        with store.transaction(writer):
+            store.insert_events(writer, rows)
+        events = app.screen.query_one("#events", RowList)
+        for _ in range(100):  # the poll timer scans what is new
+            if len(events.index) == 30:
+                break
+            await pilot.pause(0.05)
+        await settle(pilot)
+        assert len(events.index) == 30
+        assert "30 matches" in screen_text(app)
+    writer.close()
+
+
 async def test_watching_a_recorder_the_flows_list_follows_new_flows(tmp_path: Path) -> None:
     path = shop_session(tmp_path / "live.qix", stopped=False)
     writer = store.open_session(path, readonly=False)
