@@ -15,6 +15,7 @@ import dataclasses
 import datetime as dt
 import json
 import secrets
+import shlex
 import sqlite3
 import sys
 from pathlib import Path
@@ -353,7 +354,7 @@ async def _run(
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 2)
-    return _report(path, plan, target, replay_id, last_seq, progress, replayer, as_json)
+    return _report(path, plan, target, replay_id, last_seq, progress, replayer, as_json, connect)
 
 
 def _report(
@@ -365,6 +366,7 @@ def _report(
     progress: Any,
     replayer: Any,
     as_json: bool,
+    connect: Any,
 ) -> int:
     lateness = sorted(progress.lateness_ns)
     result: dict[str, Any] = {
@@ -415,7 +417,8 @@ def _report(
                 if doubt
                 else "everything sent was confirmed; "
             )
-            + f"`qixtui replay {path} --publish --resume --yes` continues without resending"
+            + f"`qixtui replay {shlex.quote(str(path))} --publish --resume --yes "
+            f"{connect.flags()}` continues without resending"
         ),
         err=True,
     )

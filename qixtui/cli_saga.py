@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import shlex
 import sqlite3
 import sys
 from pathlib import Path
@@ -94,7 +95,12 @@ def step_line(report: Any) -> str:
     return f"  {report.seq:>3} {what}{report.step}{attempt}{resend} -> {status}{detail}"
 
 
-def print_report(report: Any, as_json: bool, file: Path) -> None:
+def resume_command(run_id: str, file: Path | str, flags: str) -> str:
+    """What continues a run: on the same bus (a bare command would try the default server)."""
+    return f"qixtui orchestrate --resume {run_id} {shlex.quote(str(file))} {flags}"
+
+
+def print_report(report: Any, as_json: bool, file: Path, flags: str) -> None:
     if as_json:
         click.echo(json.dumps({**report.to_json(), "file": str(file)}, ensure_ascii=False))
         return
@@ -109,7 +115,7 @@ def print_report(report: Any, as_json: bool, file: Path) -> None:
         click.echo(visible(step_line(step)))
     click.echo(visible(f"run {report.run_id} {report.saga}: {report.outcome}: {report.reason}"))
     if report.outcome in ("stopped", "running"):
-        click.echo(visible(f"continue with: qixtui orchestrate --resume {report.run_id} {file}"))
+        click.echo(visible(f"continue with: {resume_command(report.run_id, file, flags)}"))
 
 
 def show_runs(file: str, as_json: bool) -> None:
@@ -246,8 +252,8 @@ def orchestrate(
             text=run.definition,
             step=step,
         )
-        reports = run_or_interrupt(session, file)
-        _finish(reports, as_json, Path(file))
+        reports = run_or_interrupt(session, file, connect.flags())
+        _finish(reports, as_json, Path(file), connect.flags())
         return
     if not saga_file:
         fail("give a saga file (SAGA.toml), or --resume RUN_ID FILE")
@@ -286,11 +292,12 @@ def orchestrate(
             step=not auto,
         ),
         str(path),
+        connect.flags(),
     )
-    _finish(reports, as_json, path)
+    _finish(reports, as_json, path, connect.flags())
 
 
-def run_or_interrupt(session: Any, file: str) -> list[Any]:
+def run_or_interrupt(session: Any, file: str, flags: str) -> list[Any]:
     """Ctrl-C or SIGTERM stops the run where it is (journaled, resumable) with one line, no
     traceback; the recorder is stopped on the way out."""
     terminate_exits()
@@ -299,15 +306,15 @@ def run_or_interrupt(session: Any, file: str) -> list[Any]:
     except (KeyboardInterrupt, Terminated) as exc:
         fail(
             f"interrupted; the run is resumable: `qixtui orchestrate --show {file}` lists it, "
-            f"`qixtui orchestrate --resume RUN_ID {file}` continues it",
+            f"`{resume_command('RUN_ID', file, flags)}` continues it",
             exc.code if isinstance(exc, Terminated) else 130,
         )
     raise AssertionError  # fail() exits
 
 
-def _finish(reports: list[Any], as_json: bool, path: Path) -> None:
+def _finish(reports: list[Any], as_json: bool, path: Path, flags: str) -> None:
     for report in reports:
-        print_report(report, as_json, path.resolve())
+        print_report(report, as_json, path.resolve(), flags)
     if not as_json:
         click.echo(f"journal and events in {path.resolve()}", err=True)
     if any(not r.clean for r in reports):
@@ -373,8 +380,10 @@ async def _session(
                 else:  # closed mid-request (ctrl+q): the journal keeps the run resumable
                     run_id = app.stepper.run_id
                     click.echo(
-                        f"run {run_id} interrupted; continue with: "
-                        f"qixtui orchestrate --resume {run_id} {path}",
+                        visible(
+                            f"run {run_id} interrupted; continue with: "
+                            + resume_command(run_id, path, connect.flags())
+                        ),
                         err=True,
                     )
             elif resume:

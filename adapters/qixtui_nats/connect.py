@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,23 @@ class ConnectOptions:
     def display_servers(self) -> str:
         """Server URLs with any user:password@ removed, safe for a file or a screen."""
         return ",".join(redact_url(u) for u in self.servers)
+
+    def flags(self) -> str:
+        """Command-line flags that reach this bus again, for a command the user is told to
+        run next: no password or token (those come from the environment or a prompt)."""
+        parts = ["-s", self.display_servers()]
+        for flag, value in (
+            ("--context", self.context),
+            ("--creds", self.creds),
+            ("--nkey", self.nkey),
+            ("--user", self.user),
+            ("--tlsca", self.tlsca),
+            ("--tlscert", self.tlscert),
+            ("--tlskey", self.tlskey),
+        ):
+            if value:
+                parts += [flag, value]
+        return shlex.join(parts)
 
 
 def check_url(url: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -461,6 +462,7 @@ class PublishScreen(Screen[None]):
         self.show_progress()
         self.busy = False
         # Publishing the same plan again would send every message a second time.
+        url = self.reviewed.url if self.reviewed else ""
         self.reviewed = None
         self.query_one("#summary", Static).update(
             Text(f"replay {progress.status}: run a new dry run to publish again")
@@ -469,10 +471,13 @@ class PublishScreen(Screen[None]):
         if progress.status == "done":
             self.notify(f"published {progress.sent:,} messages", title="publish", markup=False)
         else:
+            from qixtui_nats.connect import ConnectOptions
+
             self.notify(
                 t.plain(
                     f"stopped after seq {progress.last_seq} ({progress.error}); "
-                    f"`qixtui replay {self.path} --publish --resume --yes` continues"
+                    f"`qixtui replay {shlex.quote(str(self.path))} --publish --resume --yes "
+                    f"{ConnectOptions(servers=[url]).flags()}` continues"
                 ),
                 markup=False,
                 severity="warning",

@@ -311,6 +311,7 @@ async def test_ctrl_c_or_sigterm_stops_with_one_line_and_leaves_the_run_resumabl
     assert proc.returncode == code
     assert not store.pid_alive(recorder_pid)  # orchestrate stopped the recorder it started
     assert err.decode().startswith("qixtui: interrupted; the run is resumable")
+    assert f"--resume RUN_ID {session_path} -s {nats_server.url}`" in err.decode()
     assert len(err.decode().strip().splitlines()) == 1
     db = store.open_session(session_path)  # read-only: the recorder finished the file
     (run,) = store.saga_runs(db)

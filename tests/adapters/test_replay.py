@@ -396,7 +396,7 @@ def test_a_restarted_target_stops_the_replay_and_resume_sends_nothing_twice(
         assert first.returncode == 3, err
         stopped = json.loads(out)
         assert stopped["status"] == "stopped"
-        assert "--resume" in err
+        assert f"--publish --resume --yes -s {own_server.url}`" in err  # the same bus
         d = stopped["last_seq"]
         assert 30 <= d < n
         own_server.start()

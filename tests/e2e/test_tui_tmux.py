@@ -368,6 +368,7 @@ def test_orchestrate_steps_the_shop_saga(
         pane = tmux.wait_for(lambda p: "EXIT=0" in p)
         assert "shop: stopped: stopped before the next step" in pane
         assert "continue with: qixtui orchestrate --resume" in pane
+        assert f"-s{nats_server.url}" in "".join(pane.split())  # on the same bus
     db = store.open_session(out)
     (run,) = store.saga_runs(db)
     assert [r.step for r in store.saga_journal(db, run.run_id)] == [
