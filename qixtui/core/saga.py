@@ -699,8 +699,12 @@ class SagaEngine:
         self.index += 1
         self.attempt = 0
         if self.index == len(self.saga.steps):
-            done = "every step succeeded or was skipped"
-            self._finish("completed", f"{done} (skipped: {', '.join(self.skipped)})")
+            self._finish("completed", self._completed_reason())
+
+    def _completed_reason(self) -> str:
+        if not self.skipped:
+            return "every step succeeded"
+        return f"every step succeeded or was skipped (skipped: {', '.join(self.skipped)})"
 
     def rule_for(self, request: Request) -> Success | None:
         step = self._step(request.step)
@@ -741,7 +745,7 @@ class SagaEngine:
                 self.index += 1
                 self.attempt = 0
                 if self.index == len(self.saga.steps):
-                    self._finish("completed", "every step succeeded")
+                    self._finish("completed", self._completed_reason())
                 return
             step = self.saga.steps[self.index]
             transient = result.kind in ("timeout", "no_responders")

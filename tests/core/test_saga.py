@@ -245,6 +245,18 @@ def test_skip_passes_a_step_and_abort_compensates_what_was_done() -> None:
     assert eng.finished == Finished("compensated", "aborted by the user at step `ship`")
 
 
+def test_a_run_that_skipped_a_step_does_not_say_every_step_succeeded() -> None:
+    eng = engine()
+    eng.next(0)
+    eng.apply(ok({"ok": True, "payment_id": "p1"}), 0)
+    eng.next(1)
+    eng.apply(StepResult("skipped", "skipped by the user"), 1)  # reserve
+    drive(eng, {})  # the rest succeed
+    assert eng.finished == Finished(
+        "completed", "every step succeeded or was skipped (skipped: reserve)"
+    )
+
+
 def test_a_skipped_compensation_is_not_a_clean_end() -> None:
     eng = engine()
     eng.hold = True
