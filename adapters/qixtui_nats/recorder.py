@@ -285,6 +285,15 @@ class Recorder:
             db = store.create_session(self.options.output, meta)
         next_id = store.next_event_id(db)
         db.close()
+        # Added to a file that holds events: correlation here starts without the keys seen
+        # before (a resumed saga run would be split in two flows, the first left running),
+        # so the writer recomputes the whole file's flows at the end, with the rules the
+        # file now names.
+        recompute = (
+            self.options.extra_meta.get("correlation_rules")
+            if next_id > 1 and self.options.correlator_factory is not None
+            else None
+        )
         ctx = multiprocessing.get_context("spawn")
         prepare_in, to_prepare = ctx.Pipe(duplex=False)
         writer_in, to_writer = ctx.Pipe(duplex=False)
@@ -297,7 +306,7 @@ class Recorder:
             ),
             ctx.Process(
                 target=run_writer,
-                args=(str(self.options.output), writer_in),
+                args=(str(self.options.output), writer_in, recompute),
                 name="qixtui-writer",
                 daemon=True,
             ),

@@ -323,9 +323,10 @@ def run_prepare(
     sink.close()
 
 
-def run_writer(path: str, source: Connection) -> None:
+def run_writer(path: str, source: Connection, recompute_rules: str | None = None) -> None:
     """Process entry point: apply write records from `source` until "X" or end of pipe,
-    then index and close the file."""
+    then recompute the flows of the whole file if `recompute_rules` (their JSON) are given,
+    index and close the file."""
     ignore_stop_signals()
     db = store.open_session(Path(path), readonly=False)
     # Per connection, not stored in the file. In WAL mode NORMAL loses nothing committed when
@@ -345,6 +346,11 @@ def run_writer(path: str, source: Connection) -> None:
         if batch:
             writer.apply(batch)
         collector.now_and_then()
+    if recompute_rules is not None:
+        from qixtui.core.flowfile import recorrelate  # flowfile imports this module
+        from qixtui.core.rules import rules_from_json
+
+        recorrelate(db, rules_from_json(recompute_rules))
     store.build_read_indexes(db)
     # A finished session is one self-contained file that opens read-only anywhere; while a
     # viewer still has it open that needs a lock we cannot have, and WAL mode stays.

@@ -163,6 +163,34 @@ async def test_correlate_after_recording_matches_recording_with_those_rules(
     assert [r[:3] for r in flow_rows(plain)] == [r[:3] for r in flow_rows(keyed)]
 
 
+async def test_a_flow_recorded_in_two_appends_is_one_flow(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """A saga run resumed later is recorded with --append: its second half has the same
+    correlation id, and is the same flow."""
+    output = tmp_path / "resumed.qix"
+
+    def half(subjects: list[str], key: str) -> list[Message]:
+        headers = [("X-Correlation-ID", key)]
+        return [Message(subject, b"{}", headers) for subject in subjects]
+
+    for flags, subjects in [
+        ((), ["shop.order.placed", "shop.payment.authorized"]),
+        (("--append",), ["shop.stock.reserved", "shop.order.completed"]),
+    ]:
+        messages = [*half(subjects, "order-1"), *half(subjects, "order-2")]
+        proc = record(nats_server, output, len(messages), *flags)
+        await publish(nats_server, messages)
+        finish(proc)
+    listed = run_qixtui("flows", str(output), "--json")
+    assert listed.returncode == 0, listed.stderr
+    flows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted((f["events"], f["keys"]) for f in flows) == [
+        (4, ["correlation=order-1"]),
+        (4, ["correlation=order-2"]),
+    ]
+
+
 def test_correlate_refuses_a_file_that_is_not_a_session(tmp_path: Path) -> None:
     bogus = tmp_path / "notes.txt"
     bogus.write_text("hello\n" * 50)
