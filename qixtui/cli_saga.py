@@ -67,17 +67,7 @@ def parse_vars(items: tuple[str, ...]) -> dict[str, str]:
 
 def recorder_environment(connect: Any) -> tuple[list[str], dict[str, str]]:
     """Flags and environment for the `qixtui record` child: secrets only in the environment."""
-    args: list[str] = []
-    for flag, value in (
-        ("--creds", connect.creds),
-        ("--nkey", connect.nkey),
-        ("--user", connect.user),
-        ("--tlsca", connect.tlsca),
-        ("--tlscert", connect.tlscert),
-        ("--tlskey", connect.tlskey),
-    ):
-        if value:
-            args += [flag, value]
+    args: list[str] = connect.identity_flags()
     env = {"NATS_URL": ",".join(connect.servers)}
     if connect.token:
         env["NATS_TOKEN"] = connect.token

@@ -142,12 +142,11 @@ class ConnectOptions:
         """Server URLs with any user:password@ removed, safe for a file or a screen."""
         return ",".join(redact_url(u) for u in self.servers)
 
-    def flags(self) -> str:
-        """Command-line flags that reach this bus again, for a command the user is told to
-        run next: no password or token (those come from the environment or a prompt)."""
-        parts = ["-s", self.display_servers()]
+    def identity_flags(self) -> list[str]:
+        """The flags for who connects and how (user, credential and TLS files), as a child
+        command or a hint repeats them; passwords and tokens travel in the environment."""
+        parts: list[str] = []
         for flag, value in (
-            ("--context", self.context),
             ("--creds", self.creds),
             ("--nkey", self.nkey),
             ("--user", self.user),
@@ -157,7 +156,13 @@ class ConnectOptions:
         ):
             if value:
                 parts += [flag, value]
-        return shlex.join(parts)
+        return parts
+
+    def flags(self) -> str:
+        """Command-line flags that reach this bus again, for a command the user is told to
+        run next: no password or token (those come from the environment or a prompt)."""
+        context = ["--context", self.context] if self.context else []
+        return shlex.join(["-s", self.display_servers(), *context, *self.identity_flags()])
 
 
 def check_url(url: str) -> None:
