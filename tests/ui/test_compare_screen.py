@@ -65,7 +65,7 @@ async def test_compare_screen_from_the_main_screen(shop2: Path) -> None:
         text = screen_text(app)
         assert "choreography 5 flows  vs  orchestration 3 flows" in text
         row = next(line for line in text.splitlines() if "latency p50 (completed)" in line)
-        assert row.split()[-2:] == ["70.0ms", "33.0ms"]
+        assert row.split()[-4:] == ["70.0ms", "(n=4)", "33.0ms", "(n=2)"]
         # the saga's commands belong to their services, not to a service called "cmd"
         assert "orchestrator → payment ×4 (request)" in text
         assert "cmd →" not in text
