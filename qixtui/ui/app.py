@@ -77,7 +77,7 @@ class MainScreen(Screen[None]):
         # Priority: handled as the app reads the key, so keys typed right after it (a fast
         # typist, a paste, a busy screen) already go to the filter, not to the shortcuts.
         Binding("slash", "focus_filter", "Filter", id="main.filter", priority=True),
-        Binding("escape", "clear_flow", "All flows", id="main.clear_flow"),
+        Binding("escape", "show_all", "Show all", id="main.show_all"),
         Binding("w", "open_flow", "Waterfall", id="main.open_flow"),
         Binding("c", "open_compare", "Compare", id="main.compare"),
         Binding("f", "cell_filter", "Filter on cell", id="main.cell_filter"),
@@ -139,13 +139,17 @@ class MainScreen(Screen[None]):
             raise SkipAction()  # typing a `/` (json:/order_id)
         self.set_focus(self.query_one("#filter", Input))  # at once, not queued like focus()
 
-    def action_clear_flow(self) -> None:
+    def action_show_all(self) -> None:
+        """Out of the filter bar; else a step back to every event: the flow first, then
+        the typed filter."""
         app = self.app
         assert isinstance(app, QixtuiApp)
         if self.focused is self.query_one("#filter", Input):
             self.query_one("#events", RowList).focus()
         elif app.flow_filter is not None:
             app.set_flow(None)
+        elif app.typed_filter:
+            app.apply_filter("")
 
     def action_open_flow(self) -> None:
         app = self.app

@@ -281,6 +281,31 @@ async def test_tail_follow_turns_off_when_scrolling_up_and_back_on_with_end(
     writer.close()
 
 
+async def test_escape_steps_back_to_every_event(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        app.apply_filter("shop.payment.>")
+        app.set_flow(2)
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        events = app.screen.query_one("#events", RowList)
+        events.focus()
+        narrowed = len(events.index)
+        await pilot.press("escape")  # the flow goes, the typed filter stays
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert app.flow_filter is None
+        assert app.typed_filter
+        assert len(events.index) >= narrowed
+        await pilot.press("escape")
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert not app.typed_filter
+        assert app.screen.query_one("#filter", Input).value == ""
+        assert len(events.index) == 12
+        assert "shop.heartbeat.stock" in screen_text(app)
+
+
 async def test_a_filter_on_a_live_recording_keeps_every_new_match(tmp_path: Path) -> None:
     """Events written after the filter was applied, up to the first scan's id bound, had
     been counted as scanned and never shown."""
