@@ -3,6 +3,9 @@ and two flows' waterfalls on a shared time axis with their diff."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import threading
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +15,7 @@ import msgspec
 from rich import box
 from rich.table import Table
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
@@ -84,7 +87,8 @@ def load(path: Path, saga: SagaDef | None, steps: cmp.SagaSteps | None, source: 
         markers = cmp.Markers.from_rules(rules, (), cmp.compensation_requests(saga))
         flows, events, links = cmp.load_scope(db)
         result = cmp.compare(flows, events, links, lens=lens, markers=markers, saga=steps)
-        chor = [f for f in flows if f.flow_id in set(result.choreography.flow_ids)]
+        choreographed = set(result.choreography.flow_ids)
+        chor = [f for f in flows if f.flow_id in choreographed]
         found = discover(cmp.traces_of(chor, events, links, lens))
         return Loaded(result, found, saga, source, default_picks(result, flows))
     finally:
@@ -429,12 +433,29 @@ class CompareScreen(Screen[None]):
         line.append_text(format_flow(flow, width - 2))
         return line
 
-    @work(thread=True, exclusive=True, name="compare styles")
     def compute(self, path: Path) -> None:
-        loaded = load(path, self.saga, self.steps, self.saga_source or "--saga")
-        self.app.call_from_thread(self.show_loaded, loaded)
+        """Read every flow in a daemon thread of its own: on a large recording this takes
+        seconds that quitting must not wait for (a worker's thread is joined at exit)."""
+
+        def run() -> None:
+            try:
+                loaded = load(path, self.saga, self.steps, self.saga_source or "--saga")
+            except (sqlite3.Error, store.SessionError) as exc:
+                with contextlib.suppress(RuntimeError):  # the app has ended meanwhile
+                    self.app.call_from_thread(self.show_failure, str(exc))
+                return
+            with contextlib.suppress(RuntimeError):
+                self.app.call_from_thread(self.show_loaded, loaded)
+
+        threading.Thread(target=run, name="compare styles", daemon=True).start()
+
+    def show_failure(self, message: str) -> None:
+        if self.is_mounted:  # not closed while it read
+            self.query_one("#compare-head", Static).update(t.literal(f"cannot compare: {message}"))
 
     def show_loaded(self, loaded: Loaded) -> None:
+        if not self.is_mounted:
+            return
         self.loaded = loaded
         result = loaded.result
         head = Text(no_wrap=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from helpers import run_qixtui
+from helpers import eventually, run_qixtui
 from shopflows import MAP, SAGA_TOML, write_session
 from textual.widgets import Static
 
@@ -50,7 +50,11 @@ def shop2(tmp_path: Path) -> Path:
 
 
 async def loaded(pilot) -> None:  # type: ignore[no-untyped-def]
+    """The compare screen has read every flow (in a thread of its own) and shows them."""
     await pilot.pause()
+    await eventually(
+        lambda: isinstance(pilot.app.screen, CompareScreen) and pilot.app.screen.loaded, 30
+    )
     await pilot.app.workers.wait_for_complete()
     await pilot.pause()
     await pilot.pause(0.05)
@@ -194,3 +198,16 @@ def test_the_cli_counts_compensations_as_the_screen_does(shop2: Path) -> None:
     screen = msgspec.to_builtins(load(shop2, None, None, "").result.orchestration.compensate_ns)
     assert cli == screen
     assert cli["p50"] is not None
+
+
+async def test_leaving_the_compare_screen_before_it_has_read_everything(shop2: Path) -> None:
+    app = QixtuiApp(shop2)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c", "escape")  # back before the thread is done
+        screen = app.screen
+        assert isinstance(screen, MainScreen)
+        await pilot.pause(1)
+        assert isinstance(app.screen, MainScreen)
+        await pilot.press("c")
+        await loaded(pilot)
+        assert "choreography 5 flows" in screen_text(app)

@@ -74,11 +74,11 @@ async def test_filter_error(shop: Path) -> None:
 
 async def test_compare_screen_graphs(tmp_path: Path) -> None:
     from qixtui.ui.comparescreen import CompareApp
-    from ui.test_compare_screen import compare_session
+    from ui.test_compare_screen import compare_session, loaded
 
     app = CompareApp(compare_session(tmp_path / "compare.qix"))
     async with app.run_test(size=SIZE) as pilot:
-        await app.workers.wait_for_complete()
+        await loaded(pilot)
         await pilot.press("2")
         await settle_more(pilot)
         check("compare_graphs", app.export_screenshot())
