@@ -282,6 +282,8 @@ class QixtuiApp(QuitOnTerminate):
     COMMANDS: ClassVar = App.COMMANDS | {QixtuiCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit", id="app.quit"),
+        # As in `record` and `server`: Ctrl-C stops (Textual's own asks for ctrl+q instead).
+        Binding("ctrl+c", "quit", "Quit", show=False, id="app.interrupt"),
         Binding("question_mark", "help", "Help", id="app.help"),
         Binding("space", "play", "Play/pause", id="replay.play"),
         Binding("s", "speed", "Speed", id="replay.speed"),

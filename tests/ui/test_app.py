@@ -466,3 +466,13 @@ async def test_export_writes_the_shown_events(shop: Path) -> None:
         "shop.payment.declined",
         "shop.order.cancelled",
     ]
+
+
+async def test_ctrl_c_quits_as_q_does(shop: Path) -> None:
+    """As `record` and `server` stop on Ctrl-C; Textual's default only says to use ctrl+q."""
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("ctrl+c")
+        await pilot.pause()
+        assert not app.is_running
