@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from array import array
 from collections import deque
@@ -68,6 +69,22 @@ class FilterBar(Horizontal):
             id="filter",
         )
         yield Static(Text("no filter"), id="filter-status")
+
+
+# A word of dotted tokens: most likely a subject, which the filter reads as payload text
+# unless it holds a wildcard or says `subject:`.
+_SUBJECT_LIKE = re.compile(r"[\w-]+(\.[\w-]+)+")
+
+
+def filter_reading(flt: filters.Filter) -> str:
+    """How the filter bar reads what is typed: the kind of each term, or how to spell a
+    subject when a term that looks like one would be searched for as payload text."""
+    if not flt.terms:
+        return "no filter"
+    for term in flt.terms:
+        if term.kind == "text" and _SUBJECT_LIKE.fullmatch(str(term.value)):
+            return "✔ payload text · a subject needs subject:"
+    return f"✔ {', '.join(term.kind for term in flt.terms)} · enter applies"
 
 
 class MainScreen(Screen[None]):
@@ -206,10 +223,7 @@ class MainScreen(Screen[None]):
             return
         event.input.remove_class("-invalid")
         status.remove_class("-invalid")
-        n = len(flt.terms)
-        status.update(
-            Text(f"✔ {n} term{'s' if n != 1 else ''} · enter applies" if n else "no filter")
-        )
+        status.update(Text(filter_reading(flt)))
 
     @on(Input.Submitted, "#filter")
     def submit_filter(self, event: Input.Submitted) -> None:

@@ -91,7 +91,7 @@ def test_replay_in_a_real_terminal(tmux: Tmux, tmp_path: Path) -> None:
     assert "⏸ paused" in pane
     assert "12 events" in pane
     tmux.keys("-l", "/json:/order_id=2")  # typed at once: all of it reaches the filter
-    tmux.wait_for(lambda p: "json:/order_id=2" in p and "✔ 1 term" in p)
+    tmux.wait_for(lambda p: "json:/order_id=2" in p and "✔ json · enter applies" in p)
     tmux.keys("Enter")
     pane = tmux.wait_for(lambda p: "(3 shown)" in p)
     assert "shop.payment.declined" in pane

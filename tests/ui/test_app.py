@@ -476,3 +476,15 @@ async def test_ctrl_c_quits_as_q_does(shop: Path) -> None:
         await pilot.press("ctrl+c")
         await pilot.pause()
         assert not app.is_running
+
+
+async def test_the_filter_bar_says_how_it_reads_a_subject_typed_bare(shop: Path) -> None:
+    """A subject copied from the list, without a wildcard, is payload text: say so."""
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("slash", *"shop.order.placed")
+        await settle(pilot)
+        assert "✔ payload text · a subject needs subject:" in screen_text(app)
+        await pilot.press("ctrl+u", *"subject:shop.order.placed json:/order_id=1")
+        await settle(pilot)
+        assert "✔ subject, json · enter applies" in screen_text(app)
