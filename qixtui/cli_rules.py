@@ -55,8 +55,9 @@ def rule_options(func: F) -> F:
             "--subject-key",
             "rule_subject_keys",
             multiple=True,
-            metavar="PATTERN:N",
-            help="Token N of subjects matching PATTERN is a key, e.g. 'orders.*.>:2'.",
+            metavar="PATTERN:N[=NAME]",
+            help="Token N of subjects matching PATTERN is a key, e.g. 'orders.*.>:2'; "
+            "=NAME joins it to the payload key NAME ('tenant.*.audit:2=order_id').",
         ),
         click.option(
             "--terminal",

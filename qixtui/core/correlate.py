@@ -392,8 +392,8 @@ class Correlator:
         self._replies = corr.replies
         self._fields = _Fields(corr.keys) if corr.keys else None
         self._subject_keys = [
-            (subject_regex([pattern]), index)
-            for pattern, index in map(parse_subject_key, corr.subject_keys)
+            (subject_regex([pattern]), index, f"{name}=")
+            for pattern, index, name in map(parse_subject_key, corr.subject_keys)
         ]
         # A saga runner announces how each run ended; those subjects count whatever the rules.
         self._status_patterns = [
@@ -638,8 +638,8 @@ class Correlator:
             if regex is not None and regex.fullmatch(subject):
                 status |= bit
         keys = [
-            f"subject={tokens[index - 1]}"
-            for regex, index in self._subject_keys
+            prefix + tokens[index - 1]
+            for regex, index, prefix in self._subject_keys
             if len(tokens) >= index and regex is not None and regex.fullmatch(subject)
         ]
         if inbox:

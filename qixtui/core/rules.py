@@ -41,18 +41,25 @@ def parse_pointer(pointer: str) -> list[str]:
     return [tok.replace("~1", "/").replace("~0", "~") for tok in pointer[1:].split("/")]
 
 
-def parse_subject_key(spec: str) -> tuple[str, int]:
-    """`orders.*.>:2` as (pattern, 1-based token index)."""
-    pattern, sep, index = spec.rpartition(":")
+_KEY_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def parse_subject_key(spec: str) -> tuple[str, int, str]:
+    """`orders.*.>:2` as (pattern, 1-based token index, key name): the key is `subject`
+    unless named, `orders.*.>:2=order_id`, which then joins the payload key /order_id."""
+    pattern, sep, index_and_name = spec.rpartition(":")
+    index, named, name = index_and_name.partition("=")
     if not sep or not pattern or not index.isdigit() or int(index) < 1:
         raise RulesError(f"not a subject key: {spec!r} (write pattern:token, e.g. orders.*.>:2)")
+    if named and not _KEY_NAME.fullmatch(name):
+        raise RulesError(f"subject key {spec!r}: name the key with letters, digits, _ or -")
     problem = subject_problem(pattern)
     if problem:
         raise RulesError(f"subject key {spec!r}: {problem}")
     tokens = pattern.split(".")
     if tokens[-1] != ">" and int(index) > len(tokens):
         raise RulesError(f"subject key {spec!r}: {pattern!r} has no token {index}")
-    return pattern, int(index)
+    return pattern, int(index), name or "subject"
 
 
 class CorrelationRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -70,7 +77,8 @@ class CorrelationRules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
     """JSON pointers into JSON payloads; the last token names the key (/data/order_id and
     /order_id are both `order_id`)."""
     subject_keys: list[str] = []
-    """`pattern:N`: token N of subjects matching the pattern is a key."""
+    """`pattern:N`: token N of subjects matching the pattern is a key (`subject`);
+    `pattern:N=name` names it, joining the payload key of that name."""
     replies: bool = True
     """A reply joins its request's flow through the reply subject."""
 

@@ -27,7 +27,7 @@ from qixtui.core import correlate, flowfile, rows, store
 from qixtui.core.correlate import Correlator, correlate_all, event_type
 from qixtui.core.flowfile import recorrelate
 from qixtui.core.model import Event
-from qixtui.core.rules import RuleFlags, Rules
+from qixtui.core.rules import RuleFlags, Rules, RulesError
 
 RULES = Rules().merged_with(
     RuleFlags(
@@ -387,6 +387,22 @@ def test_subject_keys_take_the_configured_token() -> None:
         ev(4, "other.17.created"),
     ]
     assert sorted(correlate_all(events, rules).values()) == [[1, 2], [3]]
+
+
+def test_a_named_subject_key_joins_the_payload_key_of_that_name() -> None:
+    audit = ["tenant.*.audit:2=order_id"]
+    events = [
+        ev(1, "shop.order.placed", b'{"order_id": "o-1"}'),
+        ev(2, "tenant.o-1.audit"),
+        ev(3, "tenant.o-2.audit"),
+    ]
+    named = Rules().merged_with(RuleFlags(keys=["/order_id"], subject_keys=audit))
+    assert sorted(correlate_all(events, named).values()) == [[1, 2], [3]]
+    apart = Rules().merged_with(RuleFlags(keys=["/order_id"], subject_keys=["tenant.*.audit:2"]))
+    assert sorted(correlate_all(events, apart).values()) == [[1], [2], [3]]
+    for bad in ["tenant.*.audit:2=", "tenant.*.audit:2=a b", "tenant.*.audit:=x"]:
+        with pytest.raises(RulesError, match="subject key"):
+            Rules().merged_with(RuleFlags(subject_keys=[bad])).validate()
 
 
 def test_hostile_payloads_are_skipped_not_fatal() -> None:
