@@ -13,16 +13,6 @@ import platformdirs
 from qixtui.core.rules import RuleFlags, Rules, RulesError, load_rules
 
 F = TypeVar("F", bound=Callable[..., Any])
-RULE_OPTION_NAMES = (
-    "config",
-    "rule_keys",
-    "rule_headers",
-    "rule_subject_keys",
-    "rule_terminal",
-    "rule_failure",
-    "rule_compensation",
-    "rule_stall",
-)
 
 
 def default_rules_path() -> Path:
@@ -92,9 +82,31 @@ def rule_options(func: F) -> F:
     return func
 
 
+_FLAGS = {
+    "config": "--config",
+    "rule_keys": "--key",
+    "rule_headers": "--header",
+    "rule_subject_keys": "--subject-key",
+    "rule_terminal": "--terminal",
+    "rule_failure": "--failure",
+    "rule_compensation": "--compensation",
+    "rule_stall": "--stall",
+}
+
+
+def rule_argv(kw: dict[str, Any]) -> list[str]:
+    """The rule flags a command was given, as arguments for a child `qixtui record`."""
+    argv: list[str] = []
+    for name, flag in _FLAGS.items():
+        value = kw.get(name)
+        for item in value if isinstance(value, tuple) else [value] if value else []:
+            argv += [flag, str(item)]
+    return argv
+
+
 def pop_rules(kw: dict[str, Any]) -> Rules:
     """Take the rule flags out of a command's keyword arguments; RulesError if unusable."""
-    values = {name: kw.pop(name) for name in RULE_OPTION_NAMES}
+    values = {name: kw.pop(name) for name in _FLAGS}
     config = values["config"]
     if config:
         base = load_rules(config)
@@ -117,4 +129,4 @@ def pop_rules(kw: dict[str, Any]) -> Rules:
     return base.merged_with(flags)
 
 
-__all__ = ["RulesError", "pop_rules", "rule_options"]
+__all__ = ["RulesError", "pop_rules", "rule_argv", "rule_options"]

@@ -21,6 +21,7 @@ import click
 
 from qixtui import child_command
 from qixtui.cli import connection_options, fail, main, subjects_option, terminate_exits
+from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
 from qixtui.core import store
 
 RECORDER_START_S = 10.0
@@ -136,16 +137,20 @@ def detach_recorder(proc: subprocess.Popen[bytes]) -> None:
     "-o", "--output", type=click.Path(), help="Session file to create (default: user data dir)."
 )
 @subjects_option
+@rule_options
 def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
     """Record a live bus into a new session file and watch it in the TUI."""
     path = Path(output) if output else default_session_path()
+    rules = rule_argv(conn)
     try:
+        pop_rules(conn)  # checked here; the recorder reads them again from its flags
         store.ensure_new(path)  # before starting anything: a clear line, nothing to clean up
-    except store.SessionError as exc:
+    except (RulesError, store.SessionError) as exc:
         fail(str(exc))
     argv, env = recorder_command(path, conn)
     for subject in subjects:
         argv += ["--subject", subject]
+    argv += rules
     if conn.get("user") and "NATS_PASSWORD" not in env:
         if not sys.stdin.isatty():
             fail("--user needs a password: set NATS_PASSWORD")

@@ -379,8 +379,9 @@ def test_sigterm_while_tap_starts_stops_its_recorder(nameless_server: str, tmp_p
     """Before its screen is up, SIGTERM ended tap on the spot and left the recorder (in a
     session of its own) recording."""
     out = tmp_path / "t.qix"
+    rules = ["--key", "/order_id", "--subject-key", "audit.*:2=order_id", "--stall", "5s"]
     tap = subprocess.Popen(
-        qixtui_command("tap", "-s", nameless_server, "-o", str(out)),
+        qixtui_command("tap", "-s", nameless_server, "-o", str(out), *rules),
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -388,6 +389,9 @@ def test_sigterm_while_tap_starts_stops_its_recorder(nameless_server: str, tmp_p
     try:
         asyncio.run(eventually(lambda: children.read_text().strip() != "", 20, "the recorder"))
         recorder_pid = int(children.read_text().split()[0])
+        # tap's rule flags reach the recorder it starts
+        argv = Path(f"/proc/{recorder_pid}/cmdline").read_bytes().split(b"\0")
+        assert [a.decode() for a in argv[-len(rules) - 1 : -1]] == rules
         asyncio.run(eventually(out.exists, 20, "the session file"))
         tap.send_signal(signal.SIGTERM)
         _, err = tap.communicate(timeout=30)
@@ -400,6 +404,15 @@ def test_sigterm_while_tap_starts_stops_its_recorder(nameless_server: str, tmp_p
     db = store.open_session(out)
     assert "stopped_ns" in store.get_meta(db)  # asked to stop, the recorder closed the file
     db.close()
+
+
+def test_tap_checks_its_rules_before_it_starts_anything(tmp_path: Path):
+    out = tmp_path / "t.qix"
+    result = run_qixtui("tap", "-s", "nats://127.0.0.1:1", "-o", str(out), "--key", "order_id")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert "order_id" in line
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_slow_consumer_drops_are_counted(nats_server: EmbeddedServer, tmp_path: Path):
