@@ -24,7 +24,7 @@ from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import DataTable, Footer, Input, Static
+from textual.widgets import DataTable, Input, Static
 from textual.worker import get_current_worker
 
 from qixtui.core import filters, store
@@ -34,7 +34,7 @@ from qixtui.ui import text as t
 from qixtui.ui.data import IdIndex, Session, Stats, clock, scan
 from qixtui.ui.rowlist import RowList
 from qixtui.ui.signals import QuitOnTerminate
-from qixtui.ui.widgets import DetailPane, StatusBar, Timeline, format_event, format_flow
+from qixtui.ui.widgets import DetailPane, StatusBar, Timeline, footer, format_event, format_flow
 
 POLL_S = 0.1
 DETAIL_DELAY_S = 0.03
@@ -98,7 +98,8 @@ class MainScreen(Screen[None]):
         Binding("w", "open_flow", "Waterfall", id="main.open_flow"),
         Binding("c", "open_compare", "Compare", id="main.compare"),
         Binding("f", "cell_filter", "Filter on cell", id="main.cell_filter"),
-        Binding("x", "app.payload_mode", "JSON/text/hex", id="main.payload_mode"),
+        # The payload pane's title names x; the replay bar names space, s and t.
+        Binding("x", "app.payload_mode", "JSON/text/hex", show=False, id="main.payload_mode"),
         Binding("tab", "app.focus_next", "Next pane", show=False, id="main.focus_next"),
     ]
     DEFAULT_CSS = """
@@ -126,7 +127,7 @@ class MainScreen(Screen[None]):
         if app.replay:
             yield Timeline(id="timeline")
         yield StatusBar(id="status")
-        yield Footer(compact=True)  # more keys fit in 80 columns
+        yield footer()
 
     def on_mount(self) -> None:
         app = self.app
@@ -299,9 +300,9 @@ class QixtuiApp(QuitOnTerminate):
         # As in `record` and `server`: Ctrl-C stops (Textual's own asks for ctrl+q instead).
         Binding("ctrl+c", "quit", "Quit", show=False, id="app.interrupt"),
         Binding("question_mark", "help", "Help", id="app.help"),
-        Binding("space", "play", "Play/pause", id="replay.play"),
-        Binding("s", "speed", "Speed", id="replay.speed"),
-        Binding("t", "jump", "Jump to time", id="replay.jump"),
+        Binding("space", "play", "Play/pause", show=False, id="replay.play"),
+        Binding("s", "speed", "Speed", show=False, id="replay.speed"),
+        Binding("t", "jump", "Jump to time", show=False, id="replay.jump"),
         Binding("n", "step(1)", "Next in flow", id="replay.next", show=False),
         Binding("p", "step(-1)", "Prev in flow", id="replay.prev", show=False),
         Binding("P", "publish", "Publish selection", id="replay.publish", show=False),

@@ -20,7 +20,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import Static, TabbedContent, TabPane
 
 from qixtui.core import compare as cmp
 from qixtui.core import flowfile, store
@@ -34,7 +34,7 @@ from qixtui.ui import text as t
 from qixtui.ui.app import QixtuiApp
 from qixtui.ui.data import IdIndex, duration
 from qixtui.ui.rowlist import RowList
-from qixtui.ui.widgets import format_flow, status_text
+from qixtui.ui.widgets import footer, format_flow, status_text
 
 LANE_LABEL = 16
 DIFF_LABEL = 40
@@ -418,7 +418,7 @@ class CompareScreen(Screen[None]):
                 with VerticalScroll(id="pair-body"):
                     yield Static(id="pair-waterfall")
                     yield Static(id="pair-diff")
-        yield Footer(compact=True)  # more keys fit in 80 columns
+        yield footer()
 
     def on_mount(self) -> None:
         rows = self.query_one("#compare-flows", RowList)

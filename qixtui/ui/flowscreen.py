@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Input, Static, Tree
+from textual.widgets import Input, Static, Tree
 
 from qixtui.core import flowfile
 from qixtui.core.model import Event
@@ -19,7 +19,7 @@ from qixtui.ui import text as t
 from qixtui.ui.data import IdIndex, Session, clock, duration
 from qixtui.ui.rowlist import RowList
 from qixtui.ui.waterfall import Layout, layout, parents_of
-from qixtui.ui.widgets import format_event, status_text
+from qixtui.ui.widgets import footer, format_event, status_text
 
 LANE_LABEL = 14
 TREE_LIMIT = 500
@@ -109,7 +109,7 @@ class FlowScreen(Screen[None]):
             yield Tree(Text("causes"), id="causal")
             with Vertical():
                 yield RowList(self.session.event_rows, format_event, id="flow-events")
-        yield Footer(compact=True)  # more keys fit in 80 columns
+        yield footer()
 
     def on_mount(self) -> None:
         session = self.session

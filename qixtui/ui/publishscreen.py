@@ -21,7 +21,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Button, Checkbox, DataTable, Footer, Input, ProgressBar, Static
+from textual.widgets import Button, Checkbox, DataTable, Input, ProgressBar, Static
 
 from qixtui.core import store
 from qixtui.core.replay import (
@@ -38,6 +38,7 @@ from qixtui.core.replay import (
 )
 from qixtui.ui import text as t
 from qixtui.ui.data import clock, human_bytes
+from qixtui.ui.widgets import footer
 
 if TYPE_CHECKING:
     from qixtui_nats.replayer import Progress, Replayer, Target
@@ -147,7 +148,7 @@ class PublishScreen(Screen[None]):
         with Vertical(id="progress-box"):
             yield Static(Text(""), id="progress-line")
             yield ProgressBar(id="progress", show_eta=False)
-        yield Footer(compact=True)  # more keys fit in 80 columns
+        yield footer()
 
     def on_mount(self) -> None:
         table = self.query_one("#subjects", DataTable)

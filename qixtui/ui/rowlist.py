@@ -43,7 +43,7 @@ class RowList(ScrollView, can_focus=True):
         Binding("pageup", "page(-1)", "Page up", show=False, id="rows.page_up"),
         Binding("pagedown", "page(1)", "Page down", show=False, id="rows.page_down"),
         Binding("home", "first", "First", show=False, id="rows.first"),
-        Binding("end", "last", "End: follow", id="rows.follow"),
+        Binding("end", "last", "End: follow", show=False, id="rows.follow"),
         Binding("enter", "select", "Select", show=False, id="rows.select"),
     ]
     COMPONENT_CLASSES: ClassVar[set[str]] = {"rowlist--cursor"}

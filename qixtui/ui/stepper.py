@@ -14,7 +14,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, RichLog, Static, TextArea
+from textual.widgets import DataTable, RichLog, Static, TextArea
 
 from qixtui.core import store
 from qixtui.core.saga import Held, Request, SagaDef, StepResult
@@ -22,7 +22,7 @@ from qixtui.core.text import visible
 from qixtui.ui import text as t
 from qixtui.ui.data import EVENT_ROW, Session
 from qixtui.ui.signals import QuitOnTerminate
-from qixtui.ui.widgets import format_event
+from qixtui.ui.widgets import footer, format_event
 from qixtui_nats.saga_runner import Choice, RunReport, SagaRunner, new_run_id
 
 POLL_S = 0.1
@@ -67,9 +67,9 @@ class StepperScreen(Screen[None]):
         Binding("r", "retry", "Retry", id="stepper.retry"),
         Binding("s", "skip", "Skip", id="stepper.skip"),
         Binding("a", "abort", "Abort", id="stepper.abort"),
-        Binding("i", "inject", "Inject failure", id="stepper.inject"),
+        Binding("i", "inject", "Inject", id="stepper.inject"),
         # Priority, like the main screen's `/`: what is typed right after it is the edit.
-        Binding("e", "edit", "Edit payload", id="stepper.edit", priority=True),
+        Binding("e", "edit", "Edit", id="stepper.edit", priority=True),
         Binding("escape", "leave_editor", "Steps", show=False, id="stepper.leave_editor"),
         Binding("q", "quit_run", "Quit", id="stepper.quit"),
     ]
@@ -144,7 +144,7 @@ class StepperScreen(Screen[None]):
         with Vertical(id="events-box"):
             yield Static(Text("bus events of this run (from the recording)"), classes="title")
             yield RichLog(id="events", wrap=False, markup=False, highlight=False)
-        yield Footer(compact=True)  # more keys fit in 80 columns
+        yield footer()
 
     def on_mount(self) -> None:
         table = self.query_one("#steps", DataTable)

@@ -8,7 +8,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable, Footer, Static
 
 from qixtui.core.model import Event, Flow, Gap
 from qixtui.ui import text as t
@@ -22,6 +22,12 @@ STATUS_LOOK = {
     "running": ("●", "cyan"),
     "open": ("●", "cyan"),
 }
+
+
+def footer() -> Footer:
+    """Each screen's keys in 80 columns: compact, and without the palette's ctrl+p (the help
+    lists it). A footer that overflows also leaves stray letters at its right end."""
+    return Footer(compact=True, show_command_palette=False)
 
 
 def status_text(status: str) -> Text:
@@ -209,7 +215,7 @@ class Timeline(Static):
         head.append(f"  {speed}  ", "bold cyan")
         head.append(clock(cursor_ns), "bold")
         head.append(f"  +{duration(max(0, cursor_ns - start_ns))} of {duration(span)}", "dim")
-        head.append("   space play/pause · s speed · t jump · n/p flow step", "dim")
+        head.append("   space play · t jump · s speed · n/p flow step", "dim")  # keys first
         head.truncate(width, overflow="ellipsis")  # one line: the bar is the second
         bar = Text(no_wrap=True)
         cells = ["─"] * width
