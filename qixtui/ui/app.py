@@ -270,6 +270,7 @@ class QixtuiCommands(Provider):
             out += [
                 ("replay: play/pause", app.action_play, "Start or stop the time cursor"),
                 ("replay: speed", app.action_speed, "Cycle 1x, 10x, max"),
+                ("replay: jump to time", app.action_jump, "Move the time cursor: +5s or 12:00:01"),
                 (
                     "recording: publish selection",
                     app.action_publish,

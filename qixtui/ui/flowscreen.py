@@ -195,7 +195,9 @@ class JumpScreen(ModalScreen[str | None]):
     """
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="+5s from the start, or 12:00:01.5", id="jump")
+        jump = Input(placeholder="+5s from the start, or 12:00:01.5", id="jump")
+        jump.border_title = "jump to a time · enter goes · esc cancels"
+        yield jump
 
     @on(Input.Submitted, "#jump")
     def submitted(self, message: Input.Submitted) -> None:

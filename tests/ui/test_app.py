@@ -413,6 +413,24 @@ async def test_command_palette_has_noun_verb_commands(shop: Path) -> None:
         assert len(app.screen.query_one("#events", RowList).index) == 3
 
 
+async def test_the_palette_jumps_in_time_in_replay(shop: Path) -> None:
+    from qixtui.ui.flowscreen import JumpScreen
+
+    app = QixtuiApp(shop, replay=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await settle(pilot)
+        await pilot.press(*"replay: jump")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await settle(pilot)
+        assert isinstance(app.screen, JumpScreen)
+        assert "jump to a time" in screen_text(app)
+        await pilot.press(*"+4s", "enter")
+        await settle(pilot)
+        assert app.cursor_ns == T0 + 4_000 * MS
+
+
 async def test_every_binding_has_an_id(shop: Path) -> None:
     from qixtui.ui import app as app_module
     from qixtui.ui import flowscreen, rowlist, widgets
