@@ -338,6 +338,8 @@ class DemoStack:
             "file": recorded["file"],
             "recorded": recorded,
             "shop": shop,
+            # a shop that crashed wrote no summary: `shop` counts the last incarnation only
+            "shop_restarts": self.restarts["participants"],
             "incidents": incidents,
         }
 
@@ -529,6 +531,13 @@ def demo(
     from qixtui_demo.shop import describe
 
     if result["shop"] is not None:
+        restarts = result.get("shop_restarts", 0)
+        if restarts:
+            click.echo(
+                f"the shop since its last restart ({restarts} in this demo; the recording "
+                "holds every incarnation's orders):",
+                err=True,
+            )
         click.echo(describe(result["shop"]), err=True)
     if not headless:  # headless told of each as it came
         for incident in result["incidents"]:

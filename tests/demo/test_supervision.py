@@ -147,3 +147,4 @@ async def test_a_killed_participant_and_a_killed_bus_show_and_the_demo_goes_on(t
         ("saga driver", True),
     ]
     assert result["recorded"]["gaps"] == 1
+    assert result["shop_restarts"] == 1  # so the shop's own counts are said to be partial
