@@ -18,6 +18,7 @@ import secrets
 import shlex
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -338,6 +339,7 @@ async def _run(
         if plan.prefix is None:
             _confirm_original(meta, target, confirm_name)
         audit = _open_audit(path)
+        watching: list[asyncio.Task[None]] = []
         try:
             replay_id, progress, replayer = await run_audited(
                 nc,
@@ -348,13 +350,34 @@ async def _run(
                 after_id=after_id,
                 last_seq=last_seq,
                 resumed_from=previous["id"] if previous else None,
+                started=None
+                if as_json or not sys.stderr.isatty()
+                else lambda r: watching.append(asyncio.create_task(_show_progress(r))),
             )
         finally:
+            for task in watching:
+                task.cancel()
+                click.echo("", err=True)  # past the progress line
             audit.close()
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 2)
     return _report(path, plan, target, replay_id, last_seq, progress, replayer, as_json, connect)
+
+
+async def _show_progress(replayer: Any) -> None:
+    """On a terminal, a line that counts what was sent: at 1x a replay takes as long as
+    the recording did."""
+    started = time.monotonic()
+    while True:
+        await asyncio.sleep(1)
+        progress = replayer.progress
+        click.echo(
+            f"\rqixtui replay: {progress.sent:,} sent, up to event {progress.last_event_id} "
+            f"({time.monotonic() - started:.0f}s)",
+            err=True,
+            nl=False,
+        )
 
 
 def _report(

@@ -127,6 +127,19 @@ def publish_until(url: str, stop: threading.Event, sent: list[int]) -> None:
     asyncio.run(main())
 
 
+def test_publishing_a_replay_at_1x_shows_its_progress(tmux: Tmux, tmp_path: Path) -> None:
+    """At 1x a replay takes as long as the recording did (4.6 s here): the terminal counts."""
+    path = shop_session(tmp_path / "shop.qix")
+    with EmbeddedServer(jetstream=False) as server:
+        command = qixtui("replay", str(path), "--publish", "--yes", "-s", server.url)
+        tmux.start([*command, "; echo", "EXIT=$?; sleep 30"], tmp_path)
+        pane = tmux.wait_for(lambda p: "qixtui replay: " in p and " sent, up to event " in p)
+        assert "EXIT=" not in pane  # counting while it runs, not after
+        pane = tmux.wait_for(lambda p: "EXIT=" in p, timeout=30)
+    assert "EXIT=0" in pane
+    assert ") done: sent 11 messages to " in pane  # the 12th, a reply inbox, is skipped
+
+
 def test_tap_records_and_shows_a_live_bus(tmux: Tmux, tmp_path: Path) -> None:
     out = tmp_path / "tap.qix"
     with EmbeddedServer() as server:
