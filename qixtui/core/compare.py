@@ -289,12 +289,18 @@ def _failure_times(view: FlowView, markers: Markers) -> tuple[int | None, int | 
     detected: int | None = None
     compensated: int | None = None
     for event in view.events:
-        failure = _matches(markers.failure, event.subject) or (
-            event.id in view.reply_to and _is_reply_failure(event)
+        compensation = _matches(markers.compensation, event.subject)
+        # A compensation, or a saga announcing it failed, says a failure was detected by
+        # then even where nothing before said no: a step that timed out has no reply.
+        failure = (
+            compensation
+            or _matches(markers.failure, event.subject)
+            or _matches(SAGA_OUTCOME_FAILURE, event.subject)
+            or (event.id in view.reply_to and _is_reply_failure(event))
         )
         if failure and detected is None:
             detected = event.ts_ns - start
-        if _matches(markers.compensation, event.subject):
+        if compensation:
             reply = view.replies.get(event.id)
             done = (reply or event).ts_ns - start
             compensated = done if compensated is None else max(compensated, done)

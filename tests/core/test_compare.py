@@ -106,6 +106,28 @@ def test_failure_detection_and_compensation_times() -> None:
     assert result.orchestration.compensate_ns.p50 == 8 * MS
 
 
+def test_a_step_that_timed_out_is_a_detected_failure() -> None:
+    """No reply says no: the saga's compensation, or its failure announcement, is the
+    moment the failure was known."""
+    b = build()
+    run_header = [("Qixtui-Saga-Run", "run-14")]
+    start = T0 + 20_000 * MS
+    b.add(14, start, "shop.cmd.payment.authorize", {}, run_header, reply="_INBOX.t14")
+    b.add(14, start + 2000 * MS, "qixtui.saga.shop.failed", {}, run_header)
+    b.finish(14, "failed", orchestrated=True)
+    run_header = [("Qixtui-Saga-Run", "run-15")]
+    start = T0 + 30_000 * MS
+    paid = b.add(15, start, "shop.cmd.payment.authorize", {}, run_header, reply="_INBOX.a15")
+    b.add(15, start + 3 * MS, "_INBOX.a15", {"ok": True}, run_header, answers=paid)
+    b.add(15, start + 4 * MS, "shop.cmd.stock.reserve", {}, run_header, reply="_INBOX.s15")
+    refund = b.add(15, start + 2004 * MS, "shop.cmd.payment.refund", {}, run_header, "_INBOX.r15")
+    b.add(15, start + 2010 * MS, "_INBOX.r15", {"ok": True}, run_header, answers=refund)
+    b.finish(15, "compensated", orchestrated=True)
+    detected = run(b).orchestration.detect_failure_ns
+    assert detected.count == 3  # the ok=false reply of build()'s flow 13, and these two
+    assert (detected.p50, detected.max) == (2000 * MS, 2004 * MS)
+
+
 def test_critical_path_names_the_slowest_step() -> None:
     result = run(build())
     top = result.orchestration.critical_path[0]
