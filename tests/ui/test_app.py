@@ -398,15 +398,20 @@ async def test_replay_steps_through_a_flow(shop: Path) -> None:
         assert "_INBOX.q1" in static_text(app, "#detail-meta")
 
 
+async def run_command(pilot, typed: str) -> None:  # type: ignore[no-untyped-def]
+    """Open the palette, type, take the first hit."""
+    await pilot.press("ctrl+p")
+    await settle(pilot)
+    await pilot.press(*typed)
+    await pilot.pause(0.3)
+    await pilot.press("enter")
+    await settle(pilot)
+
+
 async def test_command_palette_has_noun_verb_commands(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("ctrl+p")
-        await settle(pilot)
-        await pilot.press(*"filter: fail")
-        await pilot.pause(0.3)
-        await pilot.press("enter")
-        await settle(pilot)
+        await run_command(pilot, "filter: fail")
         await app.workers.wait_for_complete()
         await settle(pilot)
         assert app.screen.query_one("#filter", Input).value == "status:failed"
@@ -418,12 +423,7 @@ async def test_the_palette_jumps_in_time_in_replay(shop: Path) -> None:
 
     app = QixtuiApp(shop, replay=True)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("ctrl+p")
-        await settle(pilot)
-        await pilot.press(*"replay: jump")
-        await pilot.pause(0.3)
-        await pilot.press("enter")
-        await settle(pilot)
+        await run_command(pilot, "replay: jump")
         assert isinstance(app.screen, JumpScreen)
         assert "jump to a time" in screen_text(app)
         await pilot.press(*"+4s", "enter")
