@@ -311,8 +311,8 @@ class DemoStack:
         the counts of both, and any incidents on the way."""
         from qixtui_demo.process import ParticipantsError, stop_participants
 
-        self._stop_supervising()
         try:
+            self._stop_supervising()  # in the try: a signal while it joins still stops all
             if self.orchestrator is not None:
                 stop_by_pid(self.orchestrator, timeout=10)
             shop = None
@@ -347,8 +347,8 @@ class DemoStack:
         """Whatever still runs, stopped by pid; safe to call at any point."""
         from qixtui_demo.process import ParticipantsError, stop_participants
 
-        self._stop_supervising()
         try:
+            self._stop_supervising()
             if self.orchestrator is not None:
                 stop_by_pid(self.orchestrator, timeout=10)
             if self.participants is not None:

@@ -6,6 +6,7 @@ busy screen cannot slow the shop down and the shop cannot slow the screen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -77,15 +78,22 @@ def start_participants(
     log.close()
     participants = Participants(proc, workdir)
     deadline = time.monotonic() + ready_timeout
-    while not participants.ready_file.exists():
-        if proc.poll() is not None:
-            tail = participants.log_tail()
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise ParticipantsError(f"demo participants exited with {proc.returncode}: {tail}")
-        if time.monotonic() > deadline:
-            stop_participants(participants)
-            raise ParticipantsError("demo participants did not get ready in time")
-        time.sleep(0.02)
+    try:
+        while not participants.ready_file.exists():
+            if proc.poll() is not None:
+                tail = participants.log_tail()
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise ParticipantsError(f"demo participants exited with {proc.returncode}: {tail}")
+            if time.monotonic() > deadline:
+                raise ParticipantsError("demo participants did not get ready in time")
+            time.sleep(0.02)
+    except BaseException:
+        # Not handed to the caller yet (a timeout, SIGTERM, Ctrl-C): nobody else can stop
+        # it, and in a session of its own it would outlive us.
+        if proc.poll() is None:
+            with contextlib.suppress(ParticipantsError):  # a summary is not the point here
+                stop_participants(participants, timeout=5)
+        raise
     return participants
 
 

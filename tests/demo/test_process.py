@@ -291,6 +291,31 @@ def test_services_only_answer_commands_and_place_no_orders(nats_server, given_bu
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
 
+def test_sigterm_while_the_services_start_stops_them(nats_server):
+    """The services run in a session of their own: a SIGTERM to the demo while it waited for
+    them to be ready left them running."""
+    proc = subprocess.Popen(
+        qixtui_command("demo", "--services-only", "-s", nats_server.url),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 30
+    started: list[int] = []
+    while not started and time.monotonic() < deadline:
+        started = [int(pid) for pid in children.read_text().split()]
+        time.sleep(0.005)
+    assert started, "the services never started"
+    os.kill(proc.pid, signal.SIGTERM)  # while they get ready (that takes about a second)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    deadline = time.monotonic() + 10
+    while any(pid_alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(pid_alive(pid) for pid in started)
+
+
 def test_services_only_refuses_a_session_file(tmp_path):
     done = run_qixtui("demo", "--services-only", "-o", str(tmp_path / "x.qix"))
     assert done.returncode == 1
