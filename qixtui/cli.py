@@ -19,7 +19,7 @@ import click
 from click.exceptions import NoArgsIsHelpError
 
 import qixtui
-from qixtui.cli_rules import RulesError, pop_rules, rule_options
+from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
 from qixtui.core import store
 from qixtui.core.filters import FilterError, check_subject
 from qixtui.core.store import SQL_INT_MAX
@@ -48,6 +48,29 @@ def terminate_exits() -> None:
         raise Terminated(128 + signum)
 
     signal.signal(signal.SIGTERM, terminated)
+
+
+def saved_rules(path: Path) -> Any:
+    """The rules a session was recorded or last correlated with, if it names any: what
+    `record --append` goes on with unless told otherwise (its flows are recomputed with
+    them when it stops). None for a file that is not there or not a session yet; the
+    recorder's own checks say what is wrong with it."""
+    import msgspec
+
+    from qixtui.core.rules import rules_from_json
+
+    try:
+        db = store.open_session(path, readonly=True)
+    except (store.SessionError, OSError):
+        return None
+    try:
+        saved = store.get_meta(db).get("correlation_rules")
+    finally:
+        db.close()
+    try:
+        return rules_from_json(saved) if saved else None
+    except msgspec.MsgspecError:  # written by a qixtui that knew other rules
+        return None
 
 
 def open_or_fail(path: str) -> Any:
@@ -231,7 +254,12 @@ def main() -> None:
 @click.option("--count", type=click.IntRange(min=1), help="Stop after N events.")
 @click.option("--duration", type=click.FloatRange(min=0), help="Stop after S seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary at the end.")
-@click.option("--append", is_flag=True, help="Add to OUTPUT if it is already a session.")
+@click.option(
+    "--append",
+    is_flag=True,
+    help="Add to OUTPUT if it is already a session, with its correlation rules unless rule "
+    "flags are given; its flows are recomputed when recording stops.",
+)
 @click.option(
     "--pending-limit",
     type=click.IntRange(min=1),
@@ -264,10 +292,13 @@ def record(
         run_to_end,
     )
 
+    given = rule_argv(conn)
     try:
         rules = pop_rules(conn)
     except RulesError as exc:
         fail(str(exc))
+    if append and not given:
+        rules = saved_rules(Path(output)) or rules
     connect = build_connect_options(conn)
     options = RecordOptions(
         output=Path(output),

@@ -166,17 +166,16 @@ async def test_correlate_after_recording_matches_recording_with_those_rules(
 async def test_a_flow_recorded_in_two_appends_is_one_flow(
     nats_server: EmbeddedServer, tmp_path: Path
 ) -> None:
-    """A saga run resumed later is recorded with --append: its second half has the same
-    correlation id, and is the same flow."""
+    """A saga run resumed later is recorded with --append (without rule flags, as
+    orchestrate does): its second half has the same order id, and is the same flow."""
     output = tmp_path / "resumed.qix"
 
     def half(subjects: list[str], key: str) -> list[Message]:
-        headers = [("X-Correlation-ID", key)]
-        return [Message(subject, b"{}", headers) for subject in subjects]
+        return [Message(subject, json.dumps({"order_id": key}).encode()) for subject in subjects]
 
     for flags, subjects in [
-        ((), ["shop.order.placed", "shop.payment.authorized"]),
-        (("--append",), ["shop.stock.reserved", "shop.order.completed"]),
+        (("--key", "/order_id"), ["shop.order.placed", "shop.payment.authorized"]),
+        (("--append",), ["shop.stock.reserved", "shop.order.completed"]),  # the file's rules
     ]:
         messages = [*half(subjects, "order-1"), *half(subjects, "order-2")]
         proc = record(nats_server, output, len(messages), *flags)
@@ -186,8 +185,8 @@ async def test_a_flow_recorded_in_two_appends_is_one_flow(
     assert listed.returncode == 0, listed.stderr
     flows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert sorted((f["events"], f["keys"]) for f in flows) == [
-        (4, ["correlation=order-1"]),
-        (4, ["correlation=order-2"]),
+        (4, ["order_id=order-1"]),
+        (4, ["order_id=order-2"]),
     ]
 
 
