@@ -437,24 +437,30 @@ class CompareScreen(Screen[None]):
         """Read every flow in a daemon thread of its own: on a large recording this takes
         seconds that quitting must not wait for (a worker's thread is joined at exit)."""
 
+        app = self.app
+
         def run() -> None:
             try:
                 loaded = load(path, self.saga, self.steps, self.saga_source or "--saga")
             except (sqlite3.Error, store.SessionError) as exc:
+                message = str(exc)
+            except Exception as exc:  # said on screen, not lost with the thread
+                message = f"{type(exc).__name__}: {exc}"
+            else:
                 with contextlib.suppress(RuntimeError):  # the app has ended meanwhile
-                    self.app.call_from_thread(self.show_failure, str(exc))
+                    app.call_from_thread(self.show_loaded, loaded)
                 return
             with contextlib.suppress(RuntimeError):
-                self.app.call_from_thread(self.show_loaded, loaded)
+                app.call_from_thread(self.show_failure, message)
 
         threading.Thread(target=run, name="compare styles", daemon=True).start()
 
     def show_failure(self, message: str) -> None:
-        if self.is_mounted:  # not closed while it read
+        if self.is_attached:  # not closed while it read
             self.query_one("#compare-head", Static).update(t.literal(f"cannot compare: {message}"))
 
     def show_loaded(self, loaded: Loaded) -> None:
-        if not self.is_mounted:
+        if not self.is_attached:
             return
         self.loaded = loaded
         result = loaded.result
