@@ -199,8 +199,8 @@ class _OneLineUsageError(click.ClickException):
 
     exit_code = 2
 
-    def __init__(self, error: click.UsageError) -> None:
-        command = error.ctx.command_path if error.ctx else "qixtui"
+    def __init__(self, error: click.UsageError, command: str) -> None:
+        command = error.ctx.command_path if error.ctx else command
         message = "; ".join(filter(None, error.format_message().splitlines()))
         super().__init__(f"{command}: {message} (see {command} --help)")
 
@@ -218,7 +218,7 @@ class _Group(click.Group):
         except NoArgsIsHelpError:
             raise
         except click.UsageError as exc:
-            raise _OneLineUsageError(exc) from None
+            raise _OneLineUsageError(exc, "qixtui") from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -226,7 +226,9 @@ class _Group(click.Group):
         except NoArgsIsHelpError:
             raise
         except click.UsageError as exc:
-            raise _OneLineUsageError(exc) from None
+            # Some parser errors carry no context: name the command they came from.
+            command = " ".join(filter(None, [ctx.command_path, ctx.invoked_subcommand]))
+            raise _OneLineUsageError(exc, command) from None
 
 
 @click.group(

@@ -129,6 +129,7 @@ def test_usage_errors_are_one_line_and_escaped(shop: Path) -> None:
         (["nosuch"], "qixtui: No such command 'nosuch'"),
         (["--bogus"], "qixtui: No such option '--bogus'"),
         (["flows"], "qixtui flows: Missing argument 'FILE'"),
+        (["flows", str(shop), "--status"], "qixtui flows: Option '--status' requires"),
     ]:
         out = run_qixtui(*args)
         assert out.returncode == 2, args
