@@ -193,6 +193,8 @@ def split_servers(value: str) -> list[str]:
 def redact_url(url: str) -> str:
     parts = urlsplit(url if "://" in url else f"nats://{url}")
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address: without brackets the port would run into it
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 

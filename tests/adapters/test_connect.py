@@ -140,3 +140,20 @@ def test_output_folder_that_cannot_be_made_is_one_line(tmp_path: Path):
     blocker.write_text("a file where a folder should be")
     result = run_qixtui("record", "-s", "nats://127.0.0.1:1", "-o", str(blocker / "s.qix"))
     assert_one_line_failure(result, "cannot create its folder")
+
+
+def test_flags_for_a_hint_reach_the_same_bus_without_secrets():
+    from qixtui_nats.connect import ConnectOptions
+
+    opts = ConnectOptions(
+        servers=["nats://alice:s3cret@[::1]:4222", "tls://10.0.0.2:4443"],
+        user="bob",
+        password="hunter2",
+        token="tok",
+        creds="/home/bob/my creds.creds",
+    )
+    flags = opts.flags()
+    assert flags == (
+        "-s 'nats://[::1]:4222,tls://10.0.0.2:4443' --creds '/home/bob/my creds.creds' --user bob"
+    )
+    assert not any(secret in flags for secret in ("s3cret", "hunter2", "tok"))
