@@ -232,7 +232,7 @@ def test_stopping_waits_for_a_backlog_read_slowly(nats_server: EmbeddedServer, t
     round-trip normally takes: asked to stop, it keeps every message sent before."""
     out = tmp_path / "behind.qix"
     proc = start_recorder(nats_server.url, out, "-S", "behind.>")
-    published = 40_000
+    published = 60_000
     proc.send_signal(signal.SIGSTOP)  # the server holds the burst for it meanwhile
     try:
         asyncio.run(burst(nats_server.url, "behind.x", b"z" * 100, published))
@@ -389,8 +389,11 @@ def test_sigterm_while_tap_starts_stops_its_recorder(nameless_server: str, tmp_p
     try:
         asyncio.run(eventually(lambda: children.read_text().strip() != "", 20, "the recorder"))
         recorder_pid = int(children.read_text().split()[0])
-        # tap's rule flags reach the recorder it starts
-        argv = Path(f"/proc/{recorder_pid}/cmdline").read_bytes().split(b"\0")
+        # tap's rule flags reach the recorder it starts (until its exec, the child shows
+        # tap's own command line, which ends with the same flags)
+        cmdline = Path(f"/proc/{recorder_pid}/cmdline")
+        asyncio.run(eventually(lambda: b"\0record\0" in cmdline.read_bytes(), 20, "exec"))
+        argv = cmdline.read_bytes().split(b"\0")
         assert [a.decode() for a in argv[-len(rules) - 1 : -1]] == rules
         asyncio.run(eventually(out.exists, 20, "the session file"))
         tap.send_signal(signal.SIGTERM)
