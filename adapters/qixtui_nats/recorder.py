@@ -252,6 +252,7 @@ class Recorder:
         self.drops: Counter[str] = Counter()
         self._pending: list[list[Any]] = []
         self._arrived = 0  # messages received, kept or dropped: the drain watches it grow
+        self._servers: list[tuple[str, str]] = []  # (id, name) of each server connected to
         self._stop = asyncio.Event()
         self._confirmed_ns = time.time_ns()
         self._gap_open = False
@@ -397,6 +398,7 @@ class Recorder:
                 },
             ]
         )
+        self._note_server()
         for subject in self.options.subjects:
             sub = await self.nc.subscribe(subject)
             self.nc.recorded_sids.add(sub._id)
@@ -557,8 +559,20 @@ class Recorder:
         self.stats.gaps += 1
         self._send(["G+", self._confirmed_ns, reason])
 
+    def _note_server(self) -> None:
+        """Every server the recording came from, by id and name (a restarted server has a
+        new id, a cluster several): replay asks before publishing on the original subjects
+        to any of them."""
+        info = getattr(self.nc, "_server_info", {}) or {}
+        server = (str(info.get("server_id", "")), str(info.get("server_name", "")))
+        if server[0] and server not in self._servers:
+            self._servers.append(server)
+            ids, names = zip(*self._servers, strict=True)
+            self._send(["M", {"server_ids": ",".join(ids), "server_names": ",".join(names)}])
+
     async def _on_reconnected(self) -> None:
         self.stats.connected = True
+        self._note_server()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.flush(timeout=2)

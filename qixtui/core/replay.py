@@ -444,9 +444,11 @@ class DryRun:
 
 
 def looks_like_source(meta: dict[str, str], server_id: str, server_name: str) -> bool:
-    """Whether the target is (probably) the server the recording came from."""
-    rec_id, rec_name = meta.get("server_id", ""), meta.get("server_name", "")
-    return bool((rec_id and rec_id == server_id) or (rec_name and rec_name == server_name))
+    """Whether the target is (probably) a server the recording came from: the first, or
+    any the recorder reconnected to (a restarted server has a new id; its name may not)."""
+    ids = {meta.get("server_id", ""), *meta.get("server_ids", "").split(",")} - {""}
+    names = {meta.get("server_name", ""), *meta.get("server_names", "").split(",")} - {""}
+    return server_id in ids or server_name in names
 
 
 def source_name(meta: dict[str, str]) -> str:

@@ -21,6 +21,7 @@ import pytest
 from helpers import eventually, qixtui_command, run_qixtui
 
 from qixtui.core import filters, store
+from qixtui.core.replay import looks_like_source
 from qixtui_nats.server import EmbeddedServer
 
 _started: list[subprocess.Popen[str]] = []
@@ -206,6 +207,11 @@ def test_server_killed_and_restarted_resumes_with_a_gap(own_server: EmbeddedServ
     assert summary["gaps"] >= 1
 
     db = store.open_session(out)
+    # The restarted server has a new id: both are the recording's source, for replay's check.
+    meta = store.get_meta(db)
+    first, restarted = meta["server_ids"].split(",")
+    assert first == meta["server_id"] != restarted
+    assert looks_like_source(meta, restarted, "")
     got = {int(bytes(r[0])) for r in db.execute("SELECT payload FROM events WHERE subject='tick'")}
     gaps = store.gaps(db)
     assert gaps
