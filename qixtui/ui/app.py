@@ -71,9 +71,9 @@ class FilterBar(Horizontal):
         yield Static(Text("no filter"), id="filter-status")
 
 
-# A word of dotted tokens: most likely a subject, which the filter reads as payload text
-# unless it holds a wildcard or says `subject:`.
-_SUBJECT_LIKE = re.compile(r"[\w-]+(\.[\w-]+)+")
+# Dotted tokens, the first starting with a letter (not 3.14): most likely a subject, which
+# the filter reads as payload text unless it holds a wildcard or says `subject:`.
+_SUBJECT_LIKE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)+")
 
 
 def filter_reading(flt: filters.Filter) -> str:
