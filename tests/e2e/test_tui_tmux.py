@@ -65,6 +65,10 @@ class Tmux:
             time.sleep(0.1)
         raise AssertionError(f"pane never matched; last capture:\n{pane}")
 
+    def shell_pid(self) -> int:
+        """The pid of the shell the pane runs: what the command under test runs below."""
+        return int(self.run("display", "-p", "-t", "qx", "#{pane_pid}").strip())
+
     def alive(self) -> bool:
         return "qx" in self.run("list-sessions", "-F", "#{session_name}")
 
@@ -253,8 +257,7 @@ def test_sigterm_to_tap_stops_its_recorder_and_finishes_the_file(
     with EmbeddedServer(jetstream=False) as server:
         start_tap(tmux, server, out)
         publish_many(server.url, 500)
-        shell = int(tmux.run("display", "-p", "-t", "qx", "#{pane_pid}").strip())
-        [tap_pid] = [p for p in descendants(shell) if " tap " in command_line(p)]
+        [tap_pid] = running_below(tmux.shell_pid(), " tap ")
         os.kill(tap_pid, signal.SIGTERM)
         pane = tmux.wait_for(lambda p: "tap-exited" in p, timeout=60)
     assert "tap-exited 143" in pane
@@ -287,6 +290,11 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
+def running_below(pid: int, marker: str) -> list[int]:
+    """The processes below `pid` whose command line holds `marker`."""
+    return [p for p in descendants(pid) if marker in command_line(p)]
+
+
 def command_line(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -298,7 +306,7 @@ def test_demo_shows_flows_and_leaves_nothing_running(tmux: Tmux, tmp_path: Path)
     out = tmp_path / "demo.qix"
     tmux.start(qixtui("demo", "-o", str(out), "--seed", "7"), tmp_path)
     pane = tmux.wait_for(lambda p: "✔ completed" in p and "● recording" in p, timeout=60)
-    pane_pid = int(tmux.run("display", "-p", "-t", "qx", "#{pane_pid}").strip())
+    pane_pid = tmux.shell_pid()
     started = {p: command_line(p) for p in descendants(pane_pid)}
     assert any("nats-server" in c for c in started.values()), started
     assert any("qixtui_demo" in c for c in started.values()), started
@@ -396,8 +404,7 @@ def test_sigterm_to_the_stepper_quits_and_stops_its_recorder(
     out = tmp_path / "orch.qix"
     with shop_serving(nats_server.url):
         start_stepper(tmux, nats_server.url, out)
-        shell = int(tmux.run("display", "-p", "-t", "qx", "#{pane_pid}").strip())
-        [orchestrate] = [p for p in descendants(shell) if " orchestrate " in command_line(p)]
+        [orchestrate] = running_below(tmux.shell_pid(), " orchestrate ")
         os.kill(orchestrate, signal.SIGTERM)
         pane = tmux.wait_for(lambda p: "EXIT=" in p)
     assert "EXIT=143" in pane
@@ -414,7 +421,7 @@ def test_closing_the_terminal_stops_everything_the_demo_started(tmux: Tmux, tmp_
     out = tmp_path / "hangup.qix"
     tmux.start(qixtui("demo", "-o", str(out), "--seed", "7"), tmp_path)
     tmux.wait_for(lambda p: "✔ completed" in p and "● recording" in p, timeout=60)
-    pane_pid = int(tmux.run("display", "-p", "-t", "qx", "#{pane_pid}").strip())
+    pane_pid = tmux.shell_pid()
     started = {p: command_line(p) for p in descendants(pane_pid)}
     assert any("nats-server" in c for c in started.values()), started
     assert any(" record " in c for c in started.values()), started
