@@ -330,6 +330,10 @@ class QixtuiApp(QuitOnTerminate):
         self.flow_filter: int | None = None
         self.payload_mode = "json"
         self.flow_index = IdIndex.empty_array()
+        # The flows of the typed filter's matches, while one is typed (the flows list then
+        # shows only those), and the filter they were found for.
+        self.matched_flows: set[int] | None = None
+        self.matched_source = ""
         self.scan_generation = 0
         self.scan_where = filters.Where()  # the current filter as planned for this file
         self.scanning = False  # a scan worker runs for the current filter
@@ -442,7 +446,8 @@ class QixtuiApp(QuitOnTerminate):
             assert self.flow_index.ids is not None
             self.flow_index.ids.extend(new)
             self.flow_index.hi = new[-1]
-            self.flows_list.grew()
+            if self.matched_flows is None:
+                self.flows_list.grew()
 
     def connection_state(self, stats: Stats) -> str:
         if self.recorder_pid is not None:
@@ -513,6 +518,7 @@ class QixtuiApp(QuitOnTerminate):
             title.append("  · ")
             title.append_text(t.literal(self.typed_filter.source, "yellow"))
         self.events_title = title
+        self.narrow_flows()
         events = self.events_list
         if not flt:
             events.set_index(self.session.full_index())
@@ -530,9 +536,10 @@ class QixtuiApp(QuitOnTerminate):
             # the screen without waiting for a thread; the worker takes the rest. Not past
             # the last id: what a recorder writes later would count as scanned already.
             upto, limit = min(after + SCAN_NOW, self.session.max_id()), SCAN_NOW
-        ids, index.scanned_to = scan(self.session.db, where, after, upto, limit)
+        ids, index.scanned_to, flows = scan(self.session.db, where, after, upto, limit)
         assert index.ids is not None
         index.ids.extend(ids)
+        self.add_matched_flows(flows)
         events.set_index(index)
         self.scan_from = after
         if index.scanned_to < self.session.max_id():
@@ -541,6 +548,46 @@ class QixtuiApp(QuitOnTerminate):
         else:
             self.refresh_status()  # matched at once: the shown count is final now
         self.show_matches()
+
+    def narrow_flows(self) -> None:
+        """The flows list follows the typed filter: only flows with a matching event, found
+        by the same scans as the events. While a flow narrows the events the list stays as it
+        was, the list that flow was picked from; one typed meanwhile shows every flow until
+        the flow narrowing goes."""
+        source = self.typed_filter.source if self.typed_filter else ""
+        if self.matched_flows is not None and self.matched_source == source:
+            return
+        if not source or self.flow_filter is not None:
+            if self.matched_flows is not None:
+                self.matched_flows = None
+                self.flows_list.set_index(self.flow_index)
+        else:
+            self.matched_flows = set()
+            self.matched_source = source
+            self.flows_list.set_index(IdIndex.empty_array())
+        self.show_flows_title()
+
+    def add_matched_flows(self, flows: list[int]) -> None:
+        if self.matched_flows is None or self.flow_filter is not None:
+            return
+        new = sorted(set(flows) - self.matched_flows)
+        if not new:
+            return
+        self.matched_flows.update(new)
+        index = self.flows_list.index
+        assert index.ids is not None
+        if not index.ids or new[0] > index.ids[-1]:
+            index.ids.extend(new)  # a live recording's new flows: the list grows at its end
+            self.flows_list.grew()
+        else:
+            self.flows_list.set_index(IdIndex(array("q", sorted(self.matched_flows))))
+        self.show_flows_title()
+
+    def show_flows_title(self) -> None:
+        title = Text("flows")
+        if self.matched_flows is not None:
+            title.append(f"  · {len(self.matched_flows):,} with a match", "green")
+        self.main.query_one("#flows-title", Static).update(title)
 
     def start_scan(self, index: IdIndex, generation: int) -> None:
         self.scanning = True
@@ -566,12 +613,15 @@ class QixtuiApp(QuitOnTerminate):
     class ScanBatch(Message):
         """Ids a filter scan matched in one id range (one message per batch, never per row)."""
 
-        def __init__(self, index: IdIndex, generation: int, ids: list[int], done_to: int) -> None:
+        def __init__(
+            self, index: IdIndex, generation: int, ids: list[int], done_to: int, flows: list[int]
+        ) -> None:
             super().__init__()
             self.index = index
             self.generation = generation
             self.ids = ids
             self.done_to = done_to
+            self.flows = flows  # the flows those ids are in
 
     @work(thread=True, exclusive=True, group="scan", name="filter scan")
     def scan_worker(self, index: IdIndex, generation: int, where: filters.Where, upto: int) -> None:
@@ -584,13 +634,13 @@ class QixtuiApp(QuitOnTerminate):
             while after < upto and not worker.is_cancelled:
                 if generation != self.scan_generation:
                     break
-                ids, done_to = scan(db, where, after, min(upto, after + chunk), chunk)
+                ids, done_to, flows = scan(db, where, after, min(upto, after + chunk), chunk)
                 after = done_to
                 chunk = min(SCAN_CHUNK, chunk * 4)
-                self.post_message(self.ScanBatch(index, generation, ids, done_to))
+                self.post_message(self.ScanBatch(index, generation, ids, done_to, flows))
         finally:
             db.close()
-            self.post_message(self.ScanBatch(index, generation, [], -1))
+            self.post_message(self.ScanBatch(index, generation, [], -1, []))
 
     def on_qixtui_app_scan_batch(self, batch: ScanBatch) -> None:
         if batch.generation != self.scan_generation or self.closing:
@@ -605,6 +655,7 @@ class QixtuiApp(QuitOnTerminate):
         batch.index.scanned_to = batch.done_to
         if batch.ids:
             self.events_list.grew()
+        self.add_matched_flows(batch.flows)
         self.show_matches()
 
     # -- the selected event ----------------------------------------------------------------

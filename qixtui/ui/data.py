@@ -209,21 +209,22 @@ class Session:
 
 def scan(
     db: sqlite3.Connection, where: filters.Where, after: int, upto: int, limit: int
-) -> tuple[list[int], int]:
-    """Matching ids in (after, upto], at most `limit`; returns them and the last id looked at.
+) -> tuple[list[int], int, list[int]]:
+    """Matching ids in (after, upto], at most `limit`; returns them, the last id looked at,
+    and the flows those matches are in.
 
     The ids come back as one string: SQLite then runs the whole scan in one step, without the
     GIL. A row at a time takes the GIL back for every row, and with the UI thread busy that
     waits its turn each time (a million matches: 4.3 s, against 0.9 s this way)."""
-    (joined,) = db.execute(
-        f"SELECT group_concat(id) FROM (SELECT id FROM events WHERE id > ? AND id <= ? "
-        f"AND ({where.sql}) ORDER BY id LIMIT ?)",
+    joined, flows = db.execute(
+        f"SELECT group_concat(id), group_concat(DISTINCT flow_id) FROM (SELECT id, flow_id "
+        f"FROM events WHERE id > ? AND id <= ? AND ({where.sql}) ORDER BY id LIMIT ?)",
         [after, upto, *where.params, limit],
     ).fetchone()
     # An aggregate's order is not promised; sorting sorted ids is one pass.
     ids = sorted(map(int, joined.split(","))) if joined else []
     done_to = ids[-1] if len(ids) == limit else upto
-    return ids, done_to
+    return ids, done_to, list(map(int, flows.split(","))) if flows else []
 
 
 def clock(ts_ns: int, *, date: bool = False) -> str:

@@ -62,6 +62,67 @@ async def test_selecting_a_flow_narrows_the_events(shop: Path) -> None:
         assert len(events.index) == 12
 
 
+async def test_a_typed_filter_narrows_the_flows_list_to_flows_with_a_match(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        flows = app.screen.query_one("#flows", RowList)
+        await settle(pilot)
+        assert list(flows.index) == [1, 2, 3]
+        # Authorized payments happened in orders 1 and 3; the heartbeat is in no flow.
+        await pilot.press("slash", *"subject:shop.payment.authorized", "enter")
+        await settle(pilot)
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert list(flows.index) == [1, 3]
+        text = screen_text(app)
+        assert "flows  · 2 with a match" in text
+        assert "✘ failed" not in text  # order 2's row is gone
+
+        # Picking a flow from the narrowed list keeps the list, so another can be picked.
+        flows.focus()
+        await pilot.press("down", "enter")
+        await settle(pilot)
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert app.flow_filter == 3
+        assert list(flows.index) == [1, 3]
+        assert len(app.screen.query_one("#events", RowList).index) == 1
+
+        # Another filter typed while a flow narrows the events: every flow, until the flow
+        # narrowing goes; then the flows of the new filter's matches.
+        app.apply_filter("subject:shop.order.cancelled")
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert list(flows.index) == [1, 2, 3]
+        assert "with a match" not in screen_text(app)
+        await pilot.press("escape")
+        await settle(pilot)
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert list(flows.index) == [2]
+
+        await pilot.press("escape", "escape")  # the flow, then the typed filter
+        await settle(pilot)
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert list(flows.index) == [1, 2, 3]
+        assert "with a match" not in screen_text(app)
+
+
+async def test_a_filter_matching_only_flowless_events_leaves_the_flows_list_empty(
+    shop: Path,
+) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("slash", *"subject:shop.heartbeat.>", "enter")
+        await settle(pilot)
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert len(app.screen.query_one("#events", RowList).index) == 1
+        assert len(app.screen.query_one("#flows", RowList).index) == 0
+        assert "flows  · 0 with a match" in screen_text(app)
+
+
 async def test_flow_screen_shows_waterfall_tree_and_events(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=SIZE) as pilot:
@@ -331,6 +392,38 @@ async def test_a_filter_on_a_live_recording_keeps_every_new_match(tmp_path: Path
         await settle(pilot)
         assert len(events.index) == 30
         assert "30 matches" in screen_text(app)
+    writer.close()
+
+
+async def test_on_a_live_recording_the_narrowed_flows_list_gains_new_matching_flows(
+    tmp_path: Path,
+) -> None:
+    path = shop_session(tmp_path / "live.qix", stopped=False)
+    writer = store.open_session(path, readonly=False)
+    app = QixtuiApp(path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.apply_filter("live.match.>")
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        flows = app.screen.query_one("#flows", RowList)
+        assert len(flows.index) == 0
+        first = store.next_event_id(writer)
+        subjects = ["live.match.a", "live.other", "live.match.b"]
+        new = [
+            Event(T0 + (6_000 + i) * MS, subject, None, None, b"{}", first + i, first + i)
+            for i, subject in enumerate(subjects)
+        ]
+        with store.transaction(writer):
+            store.insert_events(writer, new)
+            store.upsert_flows(writer, [Flow(e.id, "running", e.ts_ns, e.ts_ns, 1) for e in new])
+        for _ in range(60):  # the poll timer scans what is new; flows are read once a second
+            if len(flows.index) == 2 and app.flow_index.hi == first + 2:
+                break
+            await pilot.pause(0.05)
+        await settle(pilot)
+        assert list(flows.index) == [first, first + 2]  # not the flow of live.other
+        assert "flows  · 2 with a match" in screen_text(app)
     writer.close()
 
 
