@@ -85,6 +85,30 @@ def test_filters_select_the_right_events(
     assert ids(db, text) == expected
 
 
+def test_a_header_filter_matches_names_only_never_the_same_text_in_a_value(
+    session_path: Path,
+) -> None:
+    db = store.create_session(session_path)
+    events = [
+        _event(1, "a", b"", [("Note", "X-Trace")]),
+        _event(2, "a", b"", [("Note", '["x-trace",'), ("Other", "1")]),
+        _event(3, "a", b"", [('Say "hi"', "1"), ("\x1b[2J", "esc")]),
+        _event(4, "a", b"", [("Ünïcode", "ü"), ("x-trace", "X-Trace")]),
+        _event(5, "a", b"", None),
+    ]
+    with store.transaction(db):
+        store.insert_events(db, events)
+    filters.install_functions(db)
+    assert ids(db, "header:X-Trace") == [4]
+    assert ids(db, "header:x-trace=X-Trace") == [4]
+    assert ids(db, "header:Note=X-Trace") == [1]
+    assert ids(db, 'header:"say \\"HI\\""') == [3]
+    assert ids(db, "header:\x1b[2J") == [3]
+    assert ids(db, "header:Ünïcode") == [4]
+    assert ids(db, "header:Other=1") == [2]
+    assert ids(db, "header:Other=2") == []
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
