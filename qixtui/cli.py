@@ -272,6 +272,8 @@ def main() -> None:
 )
 @rule_options
 @click.option("--no-correlate", is_flag=True, help="Record events only; no flows.")
+# tap, demo and orchestrate start the recorder with their own pid: it stops when they die.
+@click.option("--parent-pid", type=int, hidden=True)
 def record(
     output: str,
     subjects: tuple[str, ...],
@@ -281,6 +283,7 @@ def record(
     append: bool,
     pending_limit: int,
     no_correlate: bool,
+    parent_pid: int | None,
     **conn: Any,
 ) -> None:
     """Record every message on the bus into a session file, correlated into flows."""
@@ -311,6 +314,7 @@ def record(
         correlator_factory=None if no_correlate else factory(rules),
         extra_meta={} if no_correlate else {"correlation_rules": rules.to_json()},
         append=append,
+        parent_pid=parent_pid,
     )
     recorder = Recorder(connect, options)
     progress = print_progress if sys.stderr.isatty() and not as_json else None

@@ -93,6 +93,7 @@ def record_command(url: str, output: Path) -> list[str]:
 
     return [
         *child_command("qixtui", "record", "-s", url, "-o", str(output), "--json"),
+        *["--parent-pid", str(os.getpid())],
         *["--config", str(RULES_PATH)],
     ]
 

@@ -345,7 +345,7 @@ async def _session(
             recording = Recording(path, args, env)
             try:
                 recording.spawn()
-                await recording.sync(nc)
+                await recording.ready()
             except (RecordingError, store.SessionError) as exc:
                 fail(str(exc))
         try:

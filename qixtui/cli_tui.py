@@ -44,7 +44,7 @@ def default_session_path(kind: str = "tap") -> Path:
 
 def recorder_command(output: Path, conn: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
     """argv and environment for `qixtui record`; secrets travel in the environment, never argv."""
-    argv = child_command("qixtui", "record", "-o", str(output))
+    argv = child_command("qixtui", "record", "-o", str(output), "--parent-pid", str(os.getpid()))
     for flag, key in (
         ("--server", "servers"),
         ("--context", "context"),

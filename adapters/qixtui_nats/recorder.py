@@ -55,6 +55,7 @@ HEARTBEAT_S = 0.1
 # (or on a loaded machine) reads for seconds before the PONG: it waits while messages keep
 # coming, and gives up after this long without one, or after DRAIN_MAX_S in all.
 DRAIN_QUIET_S = 2.0
+PARENT_CHECK_S = 0.5
 DRAIN_MAX_S = 120.0
 
 
@@ -89,6 +90,9 @@ class RecordOptions:
     correlator_factory: Callable[[], Any] | None = None
     extra_meta: dict[str, str] = field(default_factory=dict)
     append: bool = False  # add to an existing session (e.g. while a saga run resumes)
+    # The process that started this recorder for itself (tap, demo, orchestrate): if it dies
+    # without stopping us, even by SIGKILL, we stop too instead of recording on for good.
+    parent_pid: int | None = None
 
 
 class _Sender:
@@ -339,6 +343,8 @@ class Recorder:
             ]
             if on_progress is not None:
                 tasks.append(asyncio.create_task(self._progress_loop(on_progress)))
+            if self.options.parent_pid is not None:
+                tasks.append(asyncio.create_task(self._parent_loop(self.options.parent_pid)))
             if self.options.duration is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), self.options.duration)
@@ -404,6 +410,9 @@ class Recorder:
             self.nc.recorded_sids.add(sub._id)
             self._subscriptions.append(sub)
         await self.nc.flush()
+        # The server has the subscriptions now: whatever anyone publishes from here on is
+        # recorded. A saga run waits for this before its first request.
+        self._send(["M", {"subscribed_ns": str(time.time_ns())}])
 
     async def _first_connect(self, connecting: Awaitable[None], deadline: float) -> None:
         """Connect, but give up at once on an error that retrying cannot fix."""
@@ -520,6 +529,14 @@ class Recorder:
                 self.drops.clear()
 
     # -- loss -----------------------------------------------------------------------------
+
+    async def _parent_loop(self, parent_pid: int) -> None:
+        # A dead parent's children are handed to init (or a subreaper): the parent pid changes.
+        while not self._stop.is_set():
+            if os.getppid() != parent_pid:
+                self._stop.set()
+                return
+            await asyncio.sleep(PARENT_CHECK_S)
 
     async def _watch_loop(self) -> None:
         """Heartbeat round-trips mark the last moment we know nothing was missed, and catch a

@@ -46,7 +46,6 @@ from qixtui.core.saga import (
 )
 from qixtui_nats.connect import Client, ConnectError, ConnectOptions, describe_connect_error
 
-READY_SUBJECT = "qixtui.orchestrate.sync"
 INJECTED = "failure injected by the stepper"
 
 
@@ -422,9 +421,11 @@ class Recording:
             db.close()
 
     def spawn(self) -> None:
-        """Start a recorder unless one already writes the file; then `sync` before sending."""
+        """Start a recorder unless one already writes the file; then `ready` before sending."""
         if not self.attached():
-            cmd = child_command("qixtui", "record", "-o", str(self.path))
+            cmd = child_command(
+                "qixtui", "record", "-o", str(self.path), "--parent-pid", str(os.getpid())
+            )
             if self.path.exists():
                 cmd.append("--append")
             self.proc = subprocess.Popen(
@@ -435,34 +436,41 @@ class Recording:
                 stderr=subprocess.PIPE,
             )
 
-    async def sync(self, nc: Client, within: float = 15.0) -> None:
-        """Publish a marker until the recorder has written it: then everything published
-        before it has been received by the recorder."""
-        marker = secrets.token_hex(8).encode()
+    async def ready(self, within: float = 15.0) -> None:
+        """Wait until the recorder writing the file says it has subscribed: everything
+        published after that is recorded. (A marker published onto the bus until it showed up
+        in the file did the same, but stayed in the recording, and a replay sent it on.)"""
         deadline = time.monotonic() + within
         db: sqlite3.Connection | None = None
         try:
             while time.monotonic() < deadline:
                 if self.proc is not None and self.proc.poll() is not None:
                     raise RecordingError(f"the recorder stopped: {self._stderr()}")
-                await nc.publish(READY_SUBJECT, marker)
-                await nc.flush()
-                await asyncio.sleep(0.05)
                 if db is None:
                     with contextlib.suppress(store.SessionError):
                         db = store.open_session(self.path, readonly=True)
                 if db is not None:
                     with contextlib.suppress(sqlite3.OperationalError):
-                        row = db.execute(
-                            "SELECT 1 FROM events WHERE subject = ? AND payload = ? LIMIT 1",
-                            (READY_SUBJECT, marker),
-                        ).fetchone()
-                        if row:
+                        if self._subscribed(store.get_meta(db)):
                             return
+                await asyncio.sleep(0.05)
             raise RecordingError(f"the recorder did not write {self.path} within {within:g}s")
         finally:
             if db is not None:
                 db.close()
+
+    def _subscribed(self, meta: dict[str, str]) -> bool:
+        """The recorder now writing the file (ours, if we started one) has subscribed: an
+        appended file keeps the last recorder's mark, older than this one's start."""
+        if self.proc is not None and meta.get("recorder_pid") != str(self.proc.pid):
+            return False
+        started, subscribed = meta.get("started_ns", ""), meta.get("subscribed_ns", "")
+        return (
+            store.being_recorded(meta)
+            and started.isdigit()
+            and subscribed.isdigit()
+            and int(subscribed) >= int(started)
+        )
 
     async def stop(self) -> None:
         """Stop the recorder if we started it. On SIGINT it unsubscribes and round-trips to

@@ -91,6 +91,9 @@ async def test_auto_runs_record_every_request_in_one_flow_per_run(
         assert {e.header("X-Correlation-ID") for e in recorded} == {report["correlation_id"]}
     replies = list(store.iter_events(db, store.EventQuery(subject="_INBOX.>")))
     assert len(replies) == 10  # the recorder caught the last reply before it stopped
+    # Only the bus's own traffic: no marker of qixtui's for a replay to send on.
+    subjects = {e.subject for e in store.iter_events(db, store.EventQuery())}
+    assert {s for s in subjects if s.startswith("qixtui.")} == {"qixtui.saga.shop.completed"}
     db.close()
     # A second session into the same file adds to it.
     code, out, err = await qixtui(
@@ -165,6 +168,13 @@ async def test_resume_after_sigkill_resends_the_step_in_doubt_with_the_same_key(
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
         recorder_pid = int(store.get_meta(store.open_session(session_path))["recorder_pid"])
+        # Its recorder sees its parent gone and stops on its own, finishing the file.
+        for _ in range(300):
+            if not store.pid_alive(recorder_pid):
+                break
+            await asyncio.sleep(0.05)
+        assert not store.pid_alive(recorder_pid)
+        assert store.recording_stopped(store.get_meta(store.open_session(session_path)))
         shop.release.set()
 
         db = sqlite3.connect(session_path)
@@ -204,7 +214,8 @@ async def test_resume_after_sigkill_resends_the_step_in_doubt_with_the_same_key(
             for e in store.iter_events(db, store.EventQuery(subject="shop.cmd.stock.reserve"))
             if e.header("Idempotency-Key") == key
         ]
-        assert len(resent) == 2  # the orphaned recorder kept recording for the resumed run
+        # the first send recorded by the killed run's recorder, the second by the resume's
+        assert len(resent) == 2
         db.close()
     finally:
         if proc.returncode is None:

@@ -415,6 +415,32 @@ def test_sigterm_while_tap_starts_stops_its_recorder(nameless_server: str, tmp_p
     db.close()
 
 
+def test_tap_killed_outright_takes_its_recorder_with_it(nameless_server: str, tmp_path: Path):
+    """SIGKILL leaves no chance to stop the recorder: it notices its parent is gone, and
+    stops and closes the file itself instead of recording on for good."""
+    out = tmp_path / "k.qix"
+    tap = subprocess.Popen(
+        qixtui_command("tap", "-s", nameless_server, "-o", str(out)),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    children = Path(f"/proc/{tap.pid}/task/{tap.pid}/children")
+    try:
+        asyncio.run(eventually(lambda: children.read_text().strip() != "", 20, "the recorder"))
+        recorder_pid = int(children.read_text().split()[0])
+        asyncio.run(eventually(out.exists, 20, "the session file"))
+        tap.kill()
+        tap.wait()
+        asyncio.run(eventually(lambda: not store.pid_alive(recorder_pid), 20, "recorder gone"))
+    finally:
+        if tap.poll() is None:
+            tap.kill()
+            tap.wait()
+    db = store.open_session(out)
+    assert "stopped_ns" in store.get_meta(db)
+    db.close()
+
+
 def test_tap_checks_its_rules_before_it_starts_anything(tmp_path: Path):
     out = tmp_path / "t.qix"
     result = run_qixtui("tap", "-s", "nats://127.0.0.1:1", "-o", str(out), "--key", "order_id")

@@ -57,7 +57,7 @@ async def test_saga_step_overhead(tmp_path: Path, recorder: bool) -> None:
         recording = Recording(path, [], {"NATS_URL": server.url}) if recorder else None
         if recording is not None:
             recording.spawn()
-            await recording.sync(nc)
+            await recording.ready()
         else:
             store.create_session(path).close()
         db = open_journal(path)

@@ -51,7 +51,7 @@ async def bench(nats_server: EmbeddedServer, session_path: Path) -> AsyncIterato
     recording = Recording(session_path, [], {"NATS_URL": nats_server.url})
     recording.spawn()
     try:
-        await recording.sync(nc)
+        await recording.ready()
         db = open_journal(session_path)
         try:
             yield Bench(nats_server.url, session_path, nc, shop, db)
