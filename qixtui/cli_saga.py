@@ -222,6 +222,11 @@ def orchestrate(
         if run is None:
             fail(f"{file}: no saga run {run_id!r} (`qixtui orchestrate --show {file}` lists them)")
         assert run is not None
+        if run.status != "running":
+            fail(
+                f"{file}: saga run {run_id} already ended, {run.status}: {run.reason}; nothing "
+                f"to resume (`qixtui orchestrate --show {file}` shows its steps)"
+            )
         connect = build_connect_options(conn)
         # In a terminal the stepper takes the run up again where it stopped (a failed step
         # waits for r/s/a again), showing the saga the run journaled; --auto, or no

@@ -95,6 +95,19 @@ async def test_auto_runs_record_every_request_in_one_flow_per_run(
     subjects = {e.subject for e in store.iter_events(db, store.EventQuery())}
     assert {s for s in subjects if s.startswith("qixtui.")} == {"qixtui.saga.shop.completed"}
     db.close()
+    # Resuming a run that ended starts nothing: no recorder, no bus.
+    before = await asyncio.to_thread(session_path.read_bytes)
+    run_id = reports[0]["run_id"]
+    done = run_qixtui(
+        "orchestrate", "--resume", run_id, str(session_path), "-s", "nats://127.0.0.1:1"
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"qixtui: {session_path}: saga run {run_id} already ended, completed: every step "
+        f"succeeded; nothing to resume (`qixtui orchestrate --show {session_path}` shows its "
+        "steps)"
+    )
+    assert await asyncio.to_thread(session_path.read_bytes) == before
     # A second session into the same file adds to it.
     code, out, err = await qixtui(
         "orchestrate", SHOP, "--auto", "--json", "-s", nats_server.url, "-o", str(session_path)
