@@ -42,6 +42,10 @@ SCAN_NOW = 2_000
 SCAN_FIRST = 10_000
 SCAN_CHUNK = 200_000
 SPEEDS = ("1x", "10x", "max")
+# Recording time per wall second at each speed; "max" also moves at least
+# MAX_EVENTS_PER_TICK events each poll (a hundred a second), however far apart they are.
+REPLAY_RATE = {"1x": 1, "10x": 10, "max": 100}
+MAX_EVENTS_PER_TICK = 10
 PAYLOAD_MODES = ("json", "text", "hex")
 
 
@@ -269,7 +273,7 @@ class QixtuiCommands(Provider):
         if app.replay:
             out += [
                 ("replay: play/pause", app.action_play, "Start or stop the time cursor"),
-                ("replay: speed", app.action_speed, "Cycle 1x, 10x, max"),
+                ("replay: speed", app.action_speed, "Cycle 1x, 10x, max (100x or more)"),
                 ("replay: jump to time", app.action_jump, "Move the time cursor: +5s or 12:00:01"),
                 (
                     "recording: publish selection",
@@ -801,23 +805,24 @@ class QixtuiApp(QuitOnTerminate):
 
     def advance_replay(self) -> None:
         events = self.events_list
-        if self.speed == "max":
-            if events.cursor >= len(events.index) - 1:
+        # Wall time since the last step, so late timer ticks neither slow nor speed replay.
+        now = self.monotonic()
+        elapsed, self._played_at = now - self._played_at, now
+        before = events.cursor
+        self.cursor_ns += round(elapsed * 1e9 * REPLAY_RATE[self.speed])
+        if self.cursor_ns >= self.span[1]:
+            self.cursor_ns = self.span[1]
+            self.playing = False
+        self.select_time(self.cursor_ns)
+        if self.speed == "max" and events.cursor < before + MAX_EVENTS_PER_TICK:
+            # Sparse stretches too go by quickly: never fewer events than this a tick.
+            last = len(events.index) - 1
+            events.move_to(min(last, before + MAX_EVENTS_PER_TICK))
+            self._replay_pick = events.row_id()
+            row = events.row(events.cursor)
+            self.cursor_ns = max(self.cursor_ns, row[1] if row else self.cursor_ns)
+            if events.cursor >= last:
                 self.playing = False
-            else:
-                events.move_to(events.cursor + 1)
-                self._replay_pick = events.row_id()
-                row = events.row(events.cursor)
-                self.cursor_ns = row[1] if row else self.cursor_ns
-        else:
-            # Wall time since the last step, so late timer ticks neither slow nor speed replay.
-            now = self.monotonic()
-            elapsed, self._played_at = now - self._played_at, now
-            self.cursor_ns += round(elapsed * 1e9 * (10 if self.speed == "10x" else 1))
-            if self.cursor_ns >= self.span[1]:
-                self.cursor_ns = self.span[1]
-                self.playing = False
-            self.select_time(self.cursor_ns)
         self.refresh_timeline()
 
     def select_time(self, ts_ns: int) -> None:

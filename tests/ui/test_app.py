@@ -478,6 +478,24 @@ async def test_replay_plays_at_10x(shop: Path) -> None:
         assert app.cursor_ns == T0 + 3_000_000_000  # paused means paused
 
 
+async def test_replay_at_max_never_crawls_through_sparse_events(shop: Path) -> None:
+    """It moved one event a poll: ten a second, slower than 1x on a busy recording."""
+    wall = [100.0]
+    app = QixtuiApp(shop, replay=True, monotonic=lambda: wall[0])
+    async with app.run_test(size=SIZE) as pilot:
+        events = app.screen.query_one("#events", RowList)
+        await pilot.press("s", "s", "space")
+        assert "▶ playing  max" in static_text(app, "#timeline")
+        wall[0] += 0.001  # 100 ms of recording at 100x: two events, but ten a tick at least
+        while events.cursor == 0:
+            await pilot.pause(0.05)
+        assert events.cursor == 10
+        assert app.cursor_ns == T0 + 4_500 * MS  # the time follows the event selected
+        while app.playing:
+            await pilot.pause(0.05)
+        assert events.cursor == 11
+
+
 async def test_replay_steps_through_a_flow(shop: Path) -> None:
     app = QixtuiApp(shop, replay=True)
     async with app.run_test(size=SIZE) as pilot:
