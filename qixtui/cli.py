@@ -9,6 +9,7 @@ import datetime as dt
 import getpass
 import json
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -229,6 +230,19 @@ class _Group(click.Group):
             # Some parser errors carry no context: name the command they came from.
             command = " ".join(filter(None, [ctx.command_path, ctx.invoked_subcommand]))
             raise _OneLineUsageError(exc, command) from None
+        except sqlite3.DatabaseError as exc:
+            # Opening checks the file's header and schema; pages damaged further in show up
+            # only when a read reaches them, in whatever command reads there.
+            command = " ".join(filter(None, ["qixtui", ctx.invoked_subcommand]))
+            if isinstance(exc, sqlite3.OperationalError):
+                problem = f"session file: {exc}"
+            else:
+                problem = (
+                    f"the session file is damaged ({exc}); what is before the damage may be "
+                    "saved with `sqlite3 FILE .recover`"
+                )
+            click.echo(f"{command}: {problem}", err=True)
+            sys.exit(1)
 
 
 @click.group(

@@ -1,13 +1,17 @@
-"""SIGTERM while a screen is up: quit as `q` does, so the command then stops what it started
-(the recorder, the demo's processes) and the terminal is restored."""
+"""The base of qixtui's screens. SIGTERM while a screen is up: quit as `q` does, so the
+command then stops what it started (the recorder, the demo's processes) and the terminal is
+restored. A session file that turns out damaged where a read reaches: quit the same way and
+raise the error where the command ran the screen, which says it in one line."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 from typing import Any
 
 from textual.app import App
+from textual.worker import WorkerFailed
 
 
 class QuitOnTerminate(App[None]):
@@ -16,6 +20,28 @@ class QuitOnTerminate(App[None]):
     command's event loop, which would otherwise keep a handler for an app that is gone."""
 
     _command_handler: Any = None
+    read_error: sqlite3.DatabaseError | None = None
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().run(*args, **kwargs)
+        if self.read_error is not None:
+            raise self.read_error
+        return result
+
+    async def run_async(self, *args: Any, **kwargs: Any) -> Any:
+        result = await super().run_async(*args, **kwargs)
+        if self.read_error is not None:
+            raise self.read_error
+        return result
+
+    def _handle_exception(self, error: Exception) -> None:
+        # Textual's own handler prints a traceback when the app exits (Textual is pinned).
+        cause = error.error if isinstance(error, WorkerFailed) else error  # a filter scan's
+        if isinstance(cause, sqlite3.DatabaseError) and self.read_error is None:
+            self.read_error = cause
+            self.exit(return_code=1)
+            return
+        super()._handle_exception(error)
 
     def on_load(self) -> None:
         self._command_handler = signal.getsignal(signal.SIGTERM)

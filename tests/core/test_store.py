@@ -248,6 +248,30 @@ def test_bad_files_get_one_line_and_stay_untouched(tmp_path: Path):
             assert digest(path) == before, name
 
 
+def damaged_session(path: Path) -> Path:
+    """A whole file whose middle pages hold garbage: it opens, and reads fail on reaching them."""
+    make_session(path, 5000)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2 // 4096 * 4096
+    data[middle : middle + 16 * 4096] = b"\xa5" * (16 * 4096)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("verb", ["info", "events", "compare", "correlate"])
+def test_a_file_damaged_inside_gets_one_line_not_a_traceback(tmp_path: Path, verb: str):
+    path = damaged_session(tmp_path / "damaged.qix")
+    before = digest(path)
+    result = run_qixtui(verb, str(path))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"qixtui {verb}: the session file is damaged (database disk image is malformed); "
+        "what is before the damage may be saved with `sqlite3 FILE .recover`"
+    ]
+    assert digest(path) == before
+
+
 def test_older_schema_is_migrated_forward_only_when_writing(tmp_path: Path):
     path = tmp_path / "old.qix"
     make_session(path)

@@ -91,6 +91,23 @@ def shop_session(path: Path, *, stopped: bool = True) -> Path:
     return path
 
 
+def damaged_session(path: Path) -> Path:
+    """5,000 events, then garbage over pages in the middle: the file opens, and a read that
+    reaches those pages fails."""
+    db = store.create_session(path, {"stopped_ns": str(T0 + 10_000 * MS)})
+    rows = [Event(T0 + i * MS, f"a.{i % 7}", None, [("X", str(i))], b"p" * 200, i + 1)
+            for i in range(5_000)]  # fmt: skip
+    with store.transaction(db):
+        store.insert_events(db, rows)
+    db.execute("PRAGMA journal_mode = DELETE")
+    db.close()
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2 // 4096 * 4096
+    data[middle : middle + 16 * 4096] = b"\xa5" * (16 * 4096)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def screen_text(app: object) -> str:
     """What the terminal would show, as plain text lines."""
     strips = app.screen._compositor.render_strips()  # type: ignore[attr-defined]

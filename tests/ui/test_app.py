@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 from helpers import recorder_stand_in
@@ -15,7 +16,7 @@ from qixtui.core.model import Event, Flow
 from qixtui.ui.app import QixtuiApp
 from qixtui.ui.flowscreen import FlowScreen
 from qixtui.ui.rowlist import RowList
-from ui.sessions import MS, T0, screen_text, settle, shop_session
+from ui.sessions import MS, T0, damaged_session, screen_text, settle, shop_session
 
 SIZE = (140, 40)
 
@@ -617,3 +618,17 @@ async def test_the_filter_bar_says_how_it_reads_a_subject_typed_bare(shop: Path)
         await pilot.press("ctrl+u", *"subject:shop.order.placed json:/order_id=1")
         await settle(pilot)
         assert "✔ subject, json · enter applies" in screen_text(app)
+
+
+async def test_a_file_damaged_inside_ends_the_screen_with_the_error_kept(tmp_path: Path) -> None:
+    """Textual would print a traceback on exit; the command prints the error in one line."""
+    app = QixtuiApp(damaged_session(tmp_path / "damaged.qix"), replay=True)
+    async with app.run_test(size=SIZE) as pilot:
+        app.apply_filter("needle")  # a scan of every event reaches the damaged pages
+        for _ in range(200):
+            if app.read_error is not None:
+                break
+            await pilot.pause(0.05)
+    assert isinstance(app.read_error, sqlite3.DatabaseError)
+    assert "malformed" in str(app.read_error)
+    assert app.return_code == 1
