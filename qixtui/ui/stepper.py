@@ -57,7 +57,7 @@ class StepperScreen(Screen[None]):
     | a | Abort: compensate what was done (or give up a failed step). |
     | i | Inject a failure on the next step instead of sending it. |
     | e / escape | Edit the payload / back to the steps. |
-    | q | Quit; an unfinished run stays resumable. |
+    | q, ctrl+c | Quit; an unfinished run stays resumable. |
     """
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -72,6 +72,8 @@ class StepperScreen(Screen[None]):
         Binding("e", "edit", "Edit", id="stepper.edit", priority=True),
         Binding("escape", "leave_editor", "Steps", show=False, id="stepper.leave_editor"),
         Binding("q", "quit_run", "Quit", id="stepper.quit"),
+        # As everywhere in qixtui (Textual's own asks for ctrl+q); the editor copies with it.
+        Binding("ctrl+c", "quit_run", "Quit", show=False, id="stepper.interrupt"),
     ]
     DEFAULT_CSS = """
     StepperScreen #status { height: 2; padding: 0 1; background: $primary-background; }

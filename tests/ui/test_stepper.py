@@ -216,7 +216,7 @@ async def test_injected_failure_holds_the_step_for_a_retry_and_quit_leaves_it_re
         await pilot.press("r")  # the same payload, a new idempotency key, sent at once
         await until(pilot, next_is(app, "reserve_stock"), "the next step after the retry")
         assert state(app, "authorize_payment").startswith("✔ ok (x2)")
-        await pilot.press("q")
+        await pilot.press("ctrl+c")  # as q: it asked for ctrl+q instead
     assert app.report is not None
     assert app.report.outcome == "stopped"
     db = store.open_session(bench.path)
