@@ -124,6 +124,7 @@ def show_runs(file: str, as_json: bool) -> None:
         )
         owner = f", run by process {run.owner_pid}" if run.owner_pid else ""
         lines = [f"run {run.run_id} {run.saga}: {run.status}{owner} (started {when}) {run.reason}"]
+        skipped = store.skipped_after_failure(rows)
         for r in rows:
             result = r.result or "IN DOUBT: intent journaled, no result"
             if r.result == "in_doubt":
@@ -131,6 +132,8 @@ def show_runs(file: str, as_json: bool) -> None:
             what = "undo " if r.kind == "compensate" else ""
             attempt = f" attempt {r.attempt + 1}" if r.attempt else ""
             detail = f": {r.detail}" if r.detail and r.result != "in_doubt" else ""
+            if r.seq in skipped:
+                detail += " (then skipped)"
             lines.append(f"  {r.seq:>3} {what}{r.step}{attempt} {r.subject} -> {result}{detail}")
         if any(r.result is None for r in rows) and run.status == "running":
             lines.append(f"  resume with: qixtui orchestrate --resume {run.run_id} {file}")

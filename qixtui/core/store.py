@@ -983,6 +983,27 @@ def saga_runs(db: sqlite3.Connection) -> list[SagaRunRecord]:
     return [_row_to_run(r) for r in db.execute(sql)]
 
 
+def skipped_after_failure(rows: list[JournalRow]) -> set[int]:
+    """Seqs of failed steps the user skipped. That decision is not a row of its own: it is
+    the next row being another step's request (the same step again is a retry, a
+    compensation is giving up), as `SagaEngine.from_journal` reads it."""
+    return {
+        row.seq
+        for row, after in itertools.pairwise(rows)
+        if skipped_for(row, after.step, after.kind)
+    }
+
+
+FAILED_RESULTS = ("error", "timeout", "no_responders")
+
+
+def skipped_for(row: JournalRow, next_step: str, next_kind: str) -> bool:
+    """A failed step's row, followed by a request of `next_step`: was it skipped?"""
+    return (
+        row.result in FAILED_RESULTS and row.kind == next_kind == "action" and next_step != row.step
+    )
+
+
 def saga_journal(db: sqlite3.Connection, run_id: str) -> list[JournalRow]:
     sql = f"SELECT {JOURNAL_COLUMNS} FROM saga_journal WHERE run_id = ? ORDER BY seq"
     return [

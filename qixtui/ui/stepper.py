@@ -385,6 +385,8 @@ class StepperScreen(Screen[None]):
             look = ("↺ undone", "yellow") if row.result == "ok" else ("✘ undo failed", "bold red")
             if row.result == "skipped":
                 look = ("↷ undo skipped", "yellow")
+        elif row.seq in self.skipped_rows():
+            look = (f"↷ skipped after {row.result}", "yellow")
         else:
             look = RESULT_LOOK.get(row.result or "", ("?", "dim"))
         label = look[0]
@@ -392,6 +394,17 @@ class StepperScreen(Screen[None]):
         if attempts > 1:
             label += f" (x{attempts})"
         return Text(label, style=look[1]), Text(f"{ms:.0f}ms", style="dim")
+
+    def skipped_rows(self) -> set[int]:
+        """Failed steps the user skipped: from the journal, and for the last one, from the
+        request shown next (the skip is journaled only as that request goes out)."""
+        skipped = store.skipped_after_failure(self.journal)
+        shown = self.shown
+        if self.journal and isinstance(shown, Request):
+            last = self.journal[-1]
+            if store.skipped_for(last, shown.step, shown.kind):
+                skipped.add(last.seq)
+        return skipped
 
     def show_steps(self) -> None:
         table = self.query_one("#steps", DataTable)

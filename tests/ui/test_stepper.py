@@ -3,6 +3,7 @@ nats-server, with a real recorder writing the session file the screen reads."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import nats
 import pytest
+from helpers import run_qixtui
 from nats.aio.client import Client
 from rich.text import Text
 from textual.widgets import DataTable, RichLog, Static, TextArea
@@ -259,6 +261,31 @@ async def test_a_run_quit_at_a_failed_step_resumes_in_the_stepper_at_that_step(
         await until(pilot, lambda: again.report is not None, "the run's end", within=30)
     assert again.report is not None
     assert again.report.outcome == "completed"
+
+
+async def test_a_failed_step_skipped_says_so_on_screen_and_in_show(bench: Bench) -> None:
+    """The failed row stays an error in the journal; the skip is read from what followed."""
+    app = stepper(bench, f"pilot-{uuid.uuid4().hex[:6]}")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        await pilot.press("n")
+        await until(pilot, next_is(app, "reserve_stock"), "the second request")
+        await pilot.press("i", "n")
+        await until(pilot, held_at(app, "reserve_stock"), "the failed step")
+        await pilot.press("s")
+        await until(pilot, next_is(app, "create_shipment"), "the step after the skipped one")
+        await until(pilot, lambda: state(app, "reserve_stock").startswith("↷"), "its state")
+        assert state(app, "reserve_stock") == "↷ skipped after error"
+        await pilot.press("n")  # the journal holds the skip once the next request is out
+        await until(pilot, next_is(app, "complete_order"), "the request after that")
+        assert state(app, "reserve_stock") == "↷ skipped after error"
+        await pilot.press("q")
+    shown = await asyncio.to_thread(run_qixtui, "orchestrate", "--show", str(bench.path))
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "2 reserve_stock shop.cmd.stock.reserve -> error: failure injected by the stepper "
+        "(then skipped)" in shown.stdout
+    )
 
 
 async def test_stepper_snapshot(bench: Bench) -> None:
