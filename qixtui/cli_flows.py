@@ -11,8 +11,8 @@ from typing import Any
 import click
 import msgspec
 
-from qixtui.cli import FLOW_ID, fail, main, open_or_fail
-from qixtui.cli_rules import RulesError, pop_rules, rule_options
+from qixtui.cli import FLOW_ID, fail, main, open_or_fail, saved_rules
+from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
 from qixtui.core import discover as discovery
 from qixtui.core import flowfile, store, waterfall
 from qixtui.core.model import FLOW_STATUSES, Flow
@@ -30,11 +30,17 @@ def _flow_json(flow: Flow) -> str:
 @rule_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def correlate(file: str, as_json: bool, **kw: Any) -> None:
-    """Recompute the flows of a recording with these rules, in place, in one transaction."""
+    """Recompute the flows of a recording with these rules, in place, in one transaction.
+    Without rule flags, with the rules it was recorded (or last correlated) with."""
+    given = rule_argv(kw)
     try:
         rules = pop_rules(kw)
     except RulesError as exc:
         fail(str(exc))
+    if not given:
+        # The file's own rules, not the defaults: those would drop its keys and its terminal
+        # and failure subjects, and leave every flow running.
+        rules = saved_rules(Path(file)) or rules
     try:
         db = store.open_session(Path(file), readonly=False)
     except store.SessionError as exc:

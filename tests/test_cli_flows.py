@@ -159,12 +159,25 @@ def test_correlate_uses_the_rules_file_and_names_unknown_keys(
         "[status]\nfailure = ['shop.order.completed']\n"
     )
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config_home))
+    recorded = flows_of(shop)
+    assert sorted(f["status"] for f in recorded) == ["completed", "completed", "failed"]
+    # Without rule flags, the rules the file was recorded with: the same flows again. (The
+    # default rules dropped its /order_id key and its terminal and failure subjects.)
     out = run_qixtui("correlate", str(shop))
     assert out.returncode == 0, out.stderr
-    # the default file's rule applies; no /order_id key any more, so the field flow is gone;
-    # the cancelled order is no failure under these rules, and quiet since: stalled
+    assert flows_of(shop) == recorded
+    # The default file, named: no /order_id key any more, so the field flow is gone; the
+    # cancelled order is no failure under these rules, and quiet since: stalled
+    out = run_qixtui("correlate", str(shop), "--config", str(config_home / "qixtui/rules.toml"))
+    assert out.returncode == 0, out.stderr
     flows = flows_of(shop)
     assert sorted(f["status"] for f in flows) == ["failed", "stalled"]
+    # A file that names no rules (recorded with --no-correlate) takes the default file's.
+    bare = tmp_path / "bare.qix"
+    write_session(bare, flow_messages(4, "header", random.Random(1)), None)  # completed
+    out = run_qixtui("correlate", str(bare))
+    assert out.returncode == 0, out.stderr
+    assert [f["status"] for f in flows_of(bare)] == ["failed"]
 
 
 def test_discover_outputs_render(shop: Path, tmp_path: Path) -> None:
