@@ -241,11 +241,17 @@ def _hits(db: sqlite3.Connection, table: str, query: str) -> int:
 
 
 def _through_index(db: sqlite3.Connection, where: Where, table: str, query: str | None) -> None:
-    """Narrow `where` to an FTS index's hits when they are few; the term's own SQL still
-    decides (the index only promises that every match is among its hits)."""
+    """Narrow `where` to an FTS index's hits, and the payloads too large for the indexes,
+    when they are few; the term's own SQL still decides (the index only promises that every
+    match is among its hits)."""
     hits = RARE + 1 if query is None else _hits(db, table, query)
     if hits <= RARE:
-        where.sql += f" AND id IN (SELECT rowid FROM {table} WHERE {table} MATCH ?)"
+        hits += db.execute("SELECT count(*) FROM unindexed_payloads").fetchone()[0]
+    if hits <= RARE:
+        where.sql += (
+            f" AND id IN (SELECT rowid FROM {table} WHERE {table} MATCH ? "
+            "UNION ALL SELECT id FROM unindexed_payloads)"
+        )
         where.params.append(query)
     _bound(where, hits)
 

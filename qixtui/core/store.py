@@ -464,6 +464,10 @@ def text_search_query(text: str) -> str | None:
     return " AND ".join('"{}"'.format(gram.replace('"', '""')) for gram in grams)
 
 
+# Payloads larger than this stay out of the search indexes (see build_read_indexes).
+SEARCH_PAYLOAD_MAX = 65_536
+
+
 def _no_nul(payload: bytes) -> bytes:
     return payload.replace(b"\x00", b" ")
 
@@ -481,37 +485,51 @@ def build_read_indexes(db: sqlite3.Connection) -> None:
             "INSERT INTO subjects(subject, events) SELECT subject, count(*) FROM events "
             "GROUP BY subject"
         )
-        # External content: the index holds tokens only, the text stays in events.
+        # Contentless (content=''): the indexes hold tokens only, the text stays in events.
+        # Payloads past SEARCH_PAYLOAD_MAX are left out, their ids listed instead: indexing
+        # costs by the byte, and forty 1 MB random payloads took a minute; filters scan those
+        # few events directly. (Files indexed before had `search` read every payload whole.)
+        db.execute("DROP TABLE IF EXISTS search")
+        db.execute("DROP TABLE IF EXISTS search_text")
         db.execute(
-            "CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(headers, payload, "
-            "content='events', content_rowid='id', detail='none', columnsize=0, "
-            f'tokenize="{_SEARCH_TOKENIZER}")'
+            "CREATE VIRTUAL TABLE search USING fts5(headers, payload, content='', "
+            f"detail='none', columnsize=0, tokenize=\"{_SEARCH_TOKENIZER}\")"
         )
-        db.execute("INSERT INTO search(search) VALUES ('rebuild')")
+        db.execute(
+            "INSERT INTO search(rowid, headers, payload) "
+            "SELECT id, headers, CASE WHEN size <= ? THEN payload END FROM events",
+            (SEARCH_PAYLOAD_MAX,),
+        )
         # Case-sensitive like the text filter. The bytes of a payload are read as UTF-8 (an
         # ASCII byte is always one character there), but the tokenizer stops at a NUL: the
-        # index gets each payload with NULs as spaces, so it holds no text (content='').
+        # index gets each payload with NULs as spaces.
         db.execute(
-            "CREATE VIRTUAL TABLE IF NOT EXISTS search_text USING fts5(payload, content='', "
+            "CREATE VIRTUAL TABLE search_text USING fts5(payload, content='', "
             "detail='none', columnsize=0, tokenize='trigram case_sensitive 1')"
         )
-        db.execute("INSERT INTO search_text(search_text) VALUES ('delete-all')")
         db.create_function("qx_no_nul", 1, _no_nul, deterministic=True)
         db.execute(
             "INSERT INTO search_text(rowid, payload) SELECT id, CASE WHEN instr(payload, x'00') "
-            "THEN qx_no_nul(payload) ELSE payload END FROM events"
+            "THEN qx_no_nul(payload) ELSE payload END FROM events WHERE size <= ?",
+            (SEARCH_PAYLOAD_MAX,),
+        )
+        db.execute("CREATE TABLE IF NOT EXISTS unindexed_payloads (id INTEGER PRIMARY KEY)")
+        db.execute("DELETE FROM unindexed_payloads")
+        db.execute(
+            "INSERT INTO unindexed_payloads SELECT id FROM events WHERE size > ?",
+            (SEARCH_PAYLOAD_MAX,),
         )
         set_meta(db, {"indexed_to": str(next_event_id(db) - 1)})
 
 
 def read_indexes_ready(db: sqlite3.Connection) -> bool:
     """The file's read indexes cover every event in it (a file indexed by an earlier qixtui
-    lacks the payload trigram index: not ready, so `qixtui index` completes it)."""
+    lacks the list of payloads left out of them: not ready, so `qixtui index` redoes it)."""
     row = db.execute("SELECT value FROM meta WHERE key = 'indexed_to'").fetchone()
-    trigrams = db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'search_text'"
+    current = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'unindexed_payloads'"
     ).fetchone()
-    return row is not None and trigrams is not None and int(row[0]) == next_event_id(db) - 1
+    return row is not None and current is not None and int(row[0]) == next_event_id(db) - 1
 
 
 # --- replays: the audit trail and resume position of `qixtui replay --publish` -------------

@@ -230,6 +230,23 @@ def test_plan_bounds_rare_terms_through_indexes(db: sqlite3.Connection) -> None:
     assert filters.plan(db, filters.parse("subject:late.one")).rows is None
 
 
+def test_payloads_too_large_for_the_indexes_are_still_found(
+    db: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store, "SEARCH_PAYLOAD_MAX", 40)
+    big = b'{"order_id": 7, "pad": "' + b"z" * 100 + b'", "note": "needle here"}'
+    with store.transaction(db):
+        store.insert_events(db, [_event(6, "big.one", big)])
+    store.build_read_indexes(db)
+    assert store.read_indexes_ready(db)
+    assert db.execute("SELECT id FROM unindexed_payloads").fetchall() == [(6,)]
+    for text, expected in (("needle", [6]), ("json:/order_id=7", [6]), ("hello", [3])):
+        where = filters.plan(db, filters.parse(text))
+        assert where.rows is not None, text  # answered through the index, plus the big one
+        got = [r[0] for r in db.execute(f"SELECT id FROM events WHERE {where.sql}", where.params)]
+        assert sorted(got) == expected == ids(db, text), text
+
+
 def test_search_tokens_split_like_the_index() -> None:
     assert store.search_tokens('ord-42 a/b "x"\\y,z:{1}') == [
         "ord-42",
@@ -242,11 +259,11 @@ def test_search_tokens_split_like_the_index() -> None:
     ]
 
 
-def test_a_file_indexed_without_the_trigram_index_is_not_ready(db: sqlite3.Connection) -> None:
-    """Files indexed by an earlier qixtui have no payload trigram index: filters scan, and
-    `qixtui index` completes them instead of calling them indexed."""
+def test_a_file_indexed_by_an_earlier_qixtui_is_not_ready(db: sqlite3.Connection) -> None:
+    """Files indexed by an earlier qixtui indexed every payload whole and list none left
+    out: filters scan, and `qixtui index` redoes them instead of calling them indexed."""
     store.build_read_indexes(db)
-    db.execute("DROP TABLE search_text")
+    db.execute("DROP TABLE unindexed_payloads")
     assert not store.read_indexes_ready(db)
     assert filters.plan(db, filters.parse("hello")).rows is None
     store.build_read_indexes(db)
