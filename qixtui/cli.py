@@ -338,7 +338,7 @@ def record(
         fail(str(exc))
     if progress:
         click.echo("", err=True)
-    elapsed = max(1e-9, time.monotonic() - stats.started)
+    elapsed = max(1e-9, (stats.ended or time.monotonic()) - stats.started)
     result = {
         "events": stats.events,
         "dropped": stats.dropped,

@@ -69,6 +69,8 @@ class RecordStats:
     dropped: int = 0
     gaps: int = 0
     started: float = field(default_factory=time.monotonic)
+    # When the last message was read; the writer's finishing (indexes) comes after.
+    ended: float | None = None
     connected: bool = False
 
     def rate(self) -> float:
@@ -455,6 +457,7 @@ class Recorder:
         if self.nc is not None and not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await bounded(self.nc.close(), 2)
+        self.stats.ended = time.monotonic()
         try:
             self._flush_pending()
             if self._gap_open:
