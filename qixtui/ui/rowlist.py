@@ -48,7 +48,7 @@ class RowList(ScrollView, can_focus=True):
     ]
     COMPONENT_CLASSES: ClassVar[set[str]] = {"rowlist--cursor"}
     DEFAULT_CSS = """
-    RowList { background: $surface; }
+    RowList { background: $surface; overflow-x: hidden; }  /* rows are cut to the width */
     RowList > .rowlist--cursor { background: $accent 40%; }
     RowList:focus > .rowlist--cursor { background: $accent; color: $text; }
     """
@@ -193,18 +193,21 @@ class RowList(ScrollView, can_focus=True):
         self.refresh()
         self.post_message(self.Highlighted(self, self.row_id(new)))
 
+    # Scrolls are forced: right after the list grows past one screen, Textual has not laid
+    # out its scrollbar yet and refuses to scroll, leaving the cursor's row out of view.
+
     def _to_end(self) -> None:
         if len(self.index):
             self.cursor = len(self.index) - 1
-        self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self.scroll_end(animate=False, immediate=True, x_axis=False, force=True)
 
     def _show_cursor(self) -> None:
         top = round(self.scroll_offset.y)
         height = max(1, self.scrollable_content_region.height)
         if self.cursor < top:
-            self.scroll_to(y=self.cursor, animate=False, immediate=True)
+            self.scroll_to(y=self.cursor, animate=False, immediate=True, force=True)
         elif self.cursor >= top + height:
-            self.scroll_to(y=self.cursor - height + 1, animate=False, immediate=True)
+            self.scroll_to(y=self.cursor - height + 1, animate=False, immediate=True, force=True)
 
     def move_to(self, pos: int) -> None:
         if not len(self.index):

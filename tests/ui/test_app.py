@@ -453,6 +453,30 @@ async def test_watching_a_recorder_the_flows_list_follows_new_flows(tmp_path: Pa
         assert app.screen.query_one("#flows", RowList).row_id() == 1
 
 
+async def test_the_first_events_into_an_empty_recording_show_the_newest(tmp_path: Path) -> None:
+    """The list selected the newest event but still showed the oldest: the list grew past a
+    screen before its scrollbar was laid out, and Textual refused the scroll."""
+    path = tmp_path / "empty.qix"
+    with recorder_stand_in() as pid:
+        db = store.create_session(path, {"recorder_pid": str(pid)})
+        app = QixtuiApp(path, recorder_pid=pid)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            first = [
+                Event(T0 + i * MS, f"pay.intent.{i}", None, None, b"{}", i + 1) for i in range(60)
+            ]
+            with store.transaction(db):
+                store.insert_events(db, first)
+            events = app.screen.query_one("#events", RowList)
+            while events.cursor != 59:  # the poll timer reads them
+                await pilot.pause(0.05)
+            await settle(pilot)
+            text = screen_text(app)
+            assert "pay.intent.59 " in text
+            assert "pay.intent.0 " not in text
+        db.close()
+
+
 async def test_replay_plays_at_10x(shop: Path) -> None:
     wall = [100.0]
     app = QixtuiApp(shop, replay=True, monotonic=lambda: wall[0])
