@@ -177,10 +177,12 @@ def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
             # An open reader would keep the recorder from making the file self-contained.
             app.session.close()
     finally:
+        died = proc.poll() is not None  # before it was asked to stop: killed, or it failed
         code = stop_recorder(proc, path)
     summary = log.read_text(errors="replace").strip().splitlines()
     click.echo(summary[-1] if summary else f"recorder exited ({code}); session: {path}", err=True)
-    sys.exit(app.return_code or 0)  # a crash (1) or SIGTERM (143) is not a success
+    # A crash (1) or SIGTERM (143) is not a success, nor a recording that ended on its own.
+    sys.exit(app.return_code or (1 if died and code else 0))
 
 
 def open_replay(file: str) -> None:

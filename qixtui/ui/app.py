@@ -355,6 +355,7 @@ class QixtuiApp(QuitOnTerminate):
         self._selected_id: int | None = None
         self._detail_timer: Timer | None = None
         self.closing = False  # the main screen is going away: timers must not touch it
+        self.recorder_gone_said = False
         self._replay_pick: int | None = None  # the event the replay clock last selected
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -474,11 +475,22 @@ class QixtuiApp(QuitOnTerminate):
             status = main.query_one("#status", StatusBar)
         except (LookupError, NoMatches):
             return  # shutting down
-        status.show(
-            stats, self.connection_state(stats), rate, self.path.name, len(self.events_list.index)
-        )
+        state = self.connection_state(stats)
+        status.show(stats, state, rate, self.path.name, len(self.events_list.index))
         banner = main.query_one("#banner", Banner)
-        if stats.open_gap_since_ns is not None:
+        if state == "recorder stopped":
+            # Killed, or crashed: a status word alone went unnoticed while traffic flowed.
+            banner.update(Text(f"NOT RECORDING: the recorder (pid {self.recorder_pid}) exited"))
+            banner.add_class("-shown")
+            if not self.recorder_gone_said:
+                self.recorder_gone_said = True
+                self.notify(
+                    "the recorder exited: nothing new is recorded; what it wrote stays",
+                    severity="error",
+                    title="recording",
+                    timeout=20,
+                )
+        elif stats.open_gap_since_ns is not None:
             banner.update(Text(f"NOT RECORDING since {clock(stats.open_gap_since_ns, date=True)}"))
             banner.add_class("-shown")
         else:

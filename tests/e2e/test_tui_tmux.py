@@ -270,6 +270,21 @@ def test_sigterm_to_tap_stops_its_recorder_and_finishes_the_file(
     db.close()
 
 
+def test_a_recorder_killed_under_tap_is_said_and_tap_exits_1(tmux: Tmux, tmp_path: Path) -> None:
+    out = tmp_path / "killed.qix"
+    with EmbeddedServer(jetstream=False) as server:
+        start_tap(tmux, server, out)
+        publish_many(server.url, 500)
+        [recorder_pid] = running_below(tmux.shell_pid(), " record ")
+        os.kill(recorder_pid, signal.SIGKILL)
+        pane = tmux.wait_for(lambda p: "NOT RECORDING: the recorder" in p, timeout=30)
+        assert f"(pid {recorder_pid}) exited" in pane
+        tmux.keys("q")
+        pane = tmux.wait_for(lambda p: "tap-exited" in p, timeout=60)
+    assert "tap-exited 1" in pane
+    assert "recorder exited (-9)" in pane
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below `pid`, from /proc."""
     children: dict[int, list[int]] = {}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import sys
 from pathlib import Path
 
 from helpers import recorder_stand_in
@@ -475,6 +477,35 @@ async def test_the_first_events_into_an_empty_recording_show_the_newest(tmp_path
             assert "pay.intent.59 " in text
             assert "pay.intent.0 " not in text
         db.close()
+
+
+async def test_a_recorder_that_dies_under_the_screen_is_a_banner_not_a_status_word(
+    tmp_path: Path,
+) -> None:
+    path = shop_session(tmp_path / "live.qix", stopped=False)
+    recorder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)"
+    )
+    try:
+        app = QixtuiApp(path, recorder_pid=recorder.pid)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert "NOT RECORDING" not in screen_text(app)
+            recorder.kill()
+            await recorder.wait()
+            while not app.recorder_gone_said:  # the status is refreshed twice a second
+                await pilot.pause(0.05)
+            await settle(pilot)
+            text = screen_text(app)
+            assert f"NOT RECORDING: the recorder (pid {recorder.pid}) exited" in text
+            assert "recorder stopped" in text
+            assert [n.message for n in app._notifications] == [
+                "the recorder exited: nothing new is recorded; what it wrote stays"
+            ]
+    finally:
+        if recorder.returncode is None:
+            recorder.kill()
+            await recorder.wait()
 
 
 async def test_replay_plays_at_10x(shop: Path) -> None:
