@@ -414,9 +414,17 @@ def info(file: str, as_json: bool) -> None:
         return "-" if ns is None else dt.datetime.fromtimestamp(ns / 1e9).isoformat(sep=" ")
 
     meta = data["meta"]
+    state = {
+        "finished": "finished",
+        "recording": f"being recorded (recorder pid {meta.get('recorder_pid', '?')})",
+        "incomplete": "incomplete: the recorder ended without closing it (killed?); every "
+        "committed event is here",
+    }[data["state"]]
+    names = meta.get("server_names") or meta.get("server_name", "")
     lines = [
         f"file:      {data['file']} ({data['file_bytes']:,} bytes)",
-        f"server:    {meta.get('server', '?')} {meta.get('server_name', '')}",
+        f"state:     {state}",
+        f"server:    {meta.get('server', '?')} {names.replace(',', ', ')}",
         f"subjects:  {meta.get('subjects', '?')}",
         f"recorded:  {when(data['first_ns'])} .. {when(data['last_ns'])}",
         f"events:    {data['events']:,} ({data['payload_bytes']:,} payload bytes)",

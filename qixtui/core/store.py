@@ -747,10 +747,12 @@ def summary(db: sqlite3.Connection, path: Path) -> dict[str, Any]:
         db.execute("SELECT subject, sum(count) FROM drops GROUP BY subject ORDER BY 2 DESC")
     )
     flow_count = db.execute("SELECT count(*) FROM flows").fetchone()[0]
+    meta = get_meta(db)
     return {
         "file": str(path),
         "file_bytes": file_size(path),
-        "meta": get_meta(db),
+        "state": recording_state(meta),
+        "meta": meta,
         "events": count,
         "payload_bytes": size,
         "first_ns": first,
@@ -849,6 +851,15 @@ def recording_stopped(meta: dict[str, str]) -> bool:
     session writes a new started_ns after the old stopped_ns."""
     stopped = meta.get("stopped_ns", "")
     return stopped.isdigit() and int(stopped) >= int(meta.get("started_ns", "0") or 0)
+
+
+def recording_state(meta: dict[str, str]) -> str:
+    """finished (its recorder closed it), recording (a recorder writes it now), or
+    incomplete (the recorder ended without closing it: killed, or the machine went down;
+    everything committed is there, messages still on their way were lost)."""
+    if recording_stopped(meta):
+        return "finished"
+    return "recording" if being_recorded(meta) else "incomplete"
 
 
 def being_recorded(meta: dict[str, str]) -> bool:

@@ -298,6 +298,9 @@ def test_recorder_killed_leaves_a_sound_file(nats_server: EmbeddedServer, tmp_pa
     info = run_qixtui("info", str(out), "--json")
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["events"] == len(rows)
+    assert json.loads(info.stdout)["state"] == "incomplete"  # killed before closing it
+    text = run_qixtui("info", str(out)).stdout
+    assert "state:     incomplete: the recorder ended without closing it (killed?)" in text
 
 
 @pytest.mark.parametrize(
@@ -615,6 +618,8 @@ def test_count_and_duration_stop_the_recording(nats_server: EmbeddedServer, tmp_
     summary = json.loads(timed.stdout)
     assert set(summary) == {"events", "dropped", "gaps", "duration_s", "rate", "file"}
     assert 0.5 <= summary["duration_s"] < 10
+    info = json.loads(run_qixtui("info", str(tmp_path / "d.qix"), "--json").stdout)
+    assert info["state"] == "finished"
 
 
 def test_stop_request_with_the_server_gone_still_ends_cleanly(own_server, tmp_path: Path):
