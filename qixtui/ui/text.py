@@ -31,14 +31,30 @@ def payload_preview(payload: bytes, limit: int = 120) -> str:
 
 
 def payload_json(payload: bytes) -> Text | None:
-    """Pretty JSON, or None when the payload is not JSON."""
-    if len(payload) > DETAIL_BYTES:
-        return None
-    try:  # nested deeper than Python recurses: shown as text
-        pretty = json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
+    """Pretty JSON, or None when it cannot be shown so (`not_json_why` says why)."""
+    try:
+        return literal(_pretty(payload), multiline=True)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    return literal(pretty, multiline=True)
+
+
+def not_json_why(payload: bytes) -> str:
+    """Why `payload_json` shows no JSON: valid JSON too large or too deep is not 'not JSON'."""
+    if len(payload) > DETAIL_BYTES:
+        return "text (too large to format)"
+    try:
+        _pretty(payload)
+    except RecursionError:
+        return "text (nested too deep to format)"
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return "text (not JSON)"
+
+
+def _pretty(payload: bytes) -> str:
+    if len(payload) > DETAIL_BYTES:
+        raise ValueError("too large to format")
+    return json.dumps(json.loads(payload), indent=2, ensure_ascii=False)
 
 
 def payload_text(payload: bytes) -> Text:

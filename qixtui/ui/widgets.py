@@ -153,7 +153,7 @@ class DetailPane(Vertical):
         if mode == "json":
             body = t.payload_json(payload)
             if body is None:
-                shown = "text (not JSON)"
+                shown = t.not_json_why(payload)
         if body is None and mode != "hex":
             body = t.payload_text(payload)
         if mode == "hex":
