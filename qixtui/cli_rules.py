@@ -31,8 +31,9 @@ def rule_options(func: F) -> F:
             "--key",
             "rule_keys",
             multiple=True,
-            metavar="/JSON/POINTER",
-            help="Payload field that ties events together, e.g. /order_id (repeatable).",
+            metavar="/JSON/POINTER[=NAME]",
+            help="Payload field that ties events together, e.g. /order_id (repeatable); the key "
+            "is named after the last token: /payment/id=payment_id joins /payment_id.",
         ),
         click.option(
             "--header",

@@ -44,7 +44,7 @@ from qixtui.core.rows import FlowRow, FlowRows, LinkRow, strings_json
 from qixtui.core.rules import (
     SAGA_RUN_HEADER,
     Rules,
-    parse_pointer,
+    parse_key,
     parse_subject_key,
     service_rule,
 )
@@ -252,8 +252,9 @@ class _Fields:
     Overlapping pointers (/data and /data/id) always take the generic walk."""
 
     def __init__(self, pointers: list[str]) -> None:
-        self.paths = [parse_pointer(p) for p in pointers]
-        self.prefixes = [f"{segs[-1]}=" for segs in self.paths]
+        keys = [parse_key(p) for p in pointers]
+        self.paths = [tokens for tokens, _ in keys]
+        self.prefixes = [f"{name}=" for _, name in keys]
         self.decode: Callable[[bytes], Any] | None = None
         self.positions: list[list[int]] = []
         tree: dict[str, Any] = {}

@@ -44,6 +44,17 @@ def parse_pointer(pointer: str) -> list[str]:
 _KEY_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
+def parse_key(spec: str) -> tuple[list[str], str]:
+    """A payload key, `/order_id` or `/payment/id=payment_id`, as (pointer tokens, key
+    name): named after the pointer's last token unless `=name` names it, so pointers to one
+    id in different places can meet. (A field whose name holds `=` is keyed with a name.)"""
+    pointer, named, name = spec.rpartition("=")
+    if not named or not _KEY_NAME.fullmatch(name):
+        pointer, name = spec, ""
+    tokens = parse_pointer(pointer)
+    return tokens, name or tokens[-1]
+
+
 def parse_subject_key(spec: str) -> tuple[str, int, str]:
     """`orders.*.>:2` as (pattern, 1-based token index, key name): the key is `subject`
     unless named, `orders.*.>:2=order_id`, which then joins the payload key /order_id."""
@@ -152,8 +163,8 @@ class Rules(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
     def validate(self) -> None:
         """Raise RulesError for the first value that cannot work."""
-        for pointer in self.correlation.keys:
-            parse_pointer(pointer)
+        for spec in self.correlation.keys:
+            parse_key(spec)
         for spec in self.correlation.subject_keys:
             parse_subject_key(spec)
         corr = self.correlation

@@ -378,6 +378,23 @@ def test_cloudevents_structured_and_plain_payloads_share_the_field_key() -> None
     ]
 
 
+def test_a_named_payload_key_joins_another_pointer_to_the_same_id() -> None:
+    events = [
+        ev(1, "pay.intent.created", b'{"payment_id": "p-1"}'),
+        ev(2, "pay.auth.ok", b'{"payment": {"id": "p-1", "by": "card"}}'),
+        ev(3, "pay.auth.ok", b'{"payment": {"id": "p-2"}}'),
+        ev(4, "ledger.posted", b'{"entry": {"a=b": "p-2"}}'),
+    ]
+    keys = ["/payment_id", "/payment/id=payment_id", "/entry/a=b=payment_id"]
+    named = Rules().merged_with(RuleFlags(keys=keys))
+    assert sorted(correlate_all(events, named).values()) == [[1, 2], [3, 4]]
+    # Unnamed, /payment/id is the key `id`: another key space.
+    apart = Rules().merged_with(RuleFlags(keys=["/payment_id", "/payment/id"]))
+    assert sorted(correlate_all(events, apart).values()) == [[1], [2], [3]]
+    with pytest.raises(RulesError, match="not a JSON pointer"):
+        Rules().merged_with(RuleFlags(keys=["payment_id=x"])).validate()
+
+
 def test_subject_keys_take_the_configured_token() -> None:
     rules = Rules().merged_with(RuleFlags(subject_keys=["orders.*.>:2"]))
     events = [
