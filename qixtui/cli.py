@@ -331,6 +331,8 @@ def record(
         parent_pid=parent_pid,
     )
     recorder = Recorder(connect, options)
+    if store.misses_replies(options.subjects) and parent_pid is None:
+        click.echo(f"qixtui: note: {store.REPLIES_HINT}", err=True)
     progress = print_progress if sys.stderr.isatty() and not as_json else None
     try:
         stats = run_to_end(recorder.run(progress))

@@ -614,6 +614,15 @@ def subject_glob(pattern: str) -> str:
     return glob[:-1] + "*" if glob.endswith(">") else glob
 
 
+def misses_replies(subjects: list[str]) -> bool:
+    """Recording only these subjects leaves out the replies to requests, which nats clients
+    send to inboxes under `_INBOX.` (a request without its reply stays flowless)."""
+    return not any(subject_matches(s, "_INBOX.a.b") for s in subjects)
+
+
+REPLIES_HINT = "replies to requests arrive on _INBOX.>, which is not recorded; add -S '_INBOX.>'"
+
+
 def subject_matches(pattern: str, subject: str) -> bool:
     """NATS subject matching: `*` is exactly one token, a final `>` one or more."""
     ptoks = pattern.split(".")

@@ -620,6 +620,17 @@ def test_count_and_duration_stop_the_recording(nats_server: EmbeddedServer, tmp_
     assert 0.5 <= summary["duration_s"] < 10
     info = json.loads(run_qixtui("info", str(tmp_path / "d.qix"), "--json").stdout)
     assert info["state"] == "finished"
+    assert "_INBOX" not in timed.stderr  # everything (>) is recorded: replies too
+
+    narrow = run_qixtui(
+        "record", "-s", nats_server.url, "-o", str(tmp_path / "n.qix"), "-S", "pay.>",
+        "--duration", "0.2",
+    )  # fmt: skip
+    assert narrow.returncode == 0, narrow.stderr
+    assert narrow.stderr.startswith(
+        "qixtui: note: replies to requests arrive on _INBOX.>, which is not recorded; "
+        "add -S '_INBOX.>'\n"
+    )
 
 
 def test_stop_request_with_the_server_gone_still_ends_cleanly(own_server, tmp_path: Path):

@@ -508,6 +508,16 @@ async def test_a_recorder_that_dies_under_the_screen_is_a_banner_not_a_status_wo
             await recorder.wait()
 
 
+async def test_tapping_some_subjects_only_says_replies_are_left_out(tmp_path: Path) -> None:
+    path = tmp_path / "narrow.qix"
+    with recorder_stand_in() as pid:
+        store.create_session(path, {"recorder_pid": str(pid), "subjects": "pay.>"}).close()
+        app = QixtuiApp(path, recorder_pid=pid)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot)
+            assert [n.message for n in app._notifications] == [store.REPLIES_HINT]
+
+
 async def test_replay_plays_at_10x(shop: Path) -> None:
     wall = [100.0]
     app = QixtuiApp(shop, replay=True, monotonic=lambda: wall[0])
