@@ -422,7 +422,7 @@ def run_headless(stack: DemoStack, duration: float) -> dict[str, Any]:
 def run_services(server_url: str | None, seed: int | None, duration: float | None) -> None:
     """Only the shop's services, answering events and commands, on the given bus or an embedded
     one; its URL goes to stdout once they are subscribed. No orders, no recorder, no screen."""
-    from qixtui_demo import SHOP_SAGA
+    from qixtui_demo import RULES_PATH, SHOP_SAGA
     from qixtui_demo.process import ParticipantsError, start_participants, stop_participants
     from qixtui_demo.shop import describe
     from qixtui_nats.server import EmbeddedServer, ServerError
@@ -438,7 +438,8 @@ def run_services(server_url: str | None, seed: int | None, duration: float | Non
             click.echo(server_url)
             click.echo(
                 f"qixtui demo: the shop's services answer on {server_url} until Ctrl-C; step "
-                f"its saga with: qixtui orchestrate {SHOP_SAGA} -s {server_url}",
+                f"its saga with: qixtui orchestrate {SHOP_SAGA} -s {server_url} "
+                f"--config {RULES_PATH}",
                 err=True,
             )
             wait_or_interrupt(duration if duration is not None else 365 * 86400.0)

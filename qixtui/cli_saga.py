@@ -22,6 +22,7 @@ from qixtui.cli import (
     open_or_fail,
     terminate_exits,
 )
+from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
 from qixtui.core import store
 from qixtui.core.saga import SagaDef, SagaError, describe_step, load_saga_text
 from qixtui.core.text import visible
@@ -189,6 +190,7 @@ def default_output(saga: str) -> Path:
     help="Write only the journal; start no recorder (one may already be recording FILE).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+@rule_options
 def orchestrate(
     saga_file: str | None,
     check: bool,
@@ -213,6 +215,13 @@ def orchestrate(
 
     Exits non-zero when a run fails without compensating cleanly.
     """
+    # The recorder's correlation rules (the demo's service names come from its rules file);
+    # none given, a file that exists keeps its own.
+    rule_flags = rule_argv(conn)
+    try:
+        pop_rules(conn)
+    except RulesError as exc:
+        fail(str(exc))
     if show_file:
         show_runs(show_file, as_json)
         return
@@ -249,6 +258,7 @@ def orchestrate(
             saga=saga,
             text=run.definition,
             step=step,
+            rule_flags=rule_flags,
         )
         reports = run_or_interrupt(session, file, connect.flags())
         _finish(reports, as_json, Path(file), connect.flags())
@@ -288,6 +298,7 @@ def orchestrate(
             overrides=overrides,
             runs=runs,
             step=not auto,
+            rule_flags=rule_flags,
         ),
         str(path),
         connect.flags(),
@@ -330,6 +341,7 @@ async def _session(
     overrides: dict[str, str] | None = None,
     runs: int = 1,
     step: bool = False,
+    rule_flags: list[str] | None = None,
 ) -> list[Any]:
     from qixtui_nats.connect import ConnectError
     from qixtui_nats.saga_runner import (
@@ -350,7 +362,7 @@ async def _session(
     try:
         if not no_record:
             args, env = recorder_environment(connect)
-            recording = Recording(path, args, env)
+            recording = Recording(path, [*args, *(rule_flags or [])], env)
             try:
                 recording.spawn()
                 await recording.ready()

@@ -71,7 +71,7 @@ async def test_auto_runs_record_every_request_in_one_flow_per_run(
     await shop.serve(nc)
     code, out, err = await qixtui(
         "orchestrate", SHOP, "--auto", "--runs", "2", "--json",
-        "-s", nats_server.url, "-o", str(session_path),
+        "-s", nats_server.url, "-o", str(session_path), "--key", "/order_id",
     )  # fmt: skip
     assert code == 0, err
     reports = [json.loads(line) for line in out.splitlines()]
@@ -116,7 +116,15 @@ async def test_auto_runs_record_every_request_in_one_flow_per_run(
     db = store.open_session(session_path)
     assert len(store.saga_runs(db)) == 3
     assert len(list(store.iter_events(db, store.EventQuery(subject="_INBOX.>")))) == 15
+    # The recorder took the rule flags; the second session, given none, kept them.
+    assert json.loads(store.get_meta(db)["correlation_rules"])["correlation"]["keys"] == [
+        "/order_id"
+    ]
     db.close()
+    bad = run_qixtui("orchestrate", SHOP, "--auto", "-s", nats_server.url, "--key", "order_id")
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("qixtui: ")
+    assert "not a JSON pointer" in bad.stderr
 
 
 async def test_exit_code_says_whether_a_run_failed_cleanly(
