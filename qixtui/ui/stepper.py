@@ -326,6 +326,8 @@ class StepperScreen(Screen[None]):
 
     def read_events(self) -> None:
         assert self.session is not None
+        if not self.query_one("#events", RichLog).size.width:
+            return  # not laid out yet: rows would be cut to a guessed width (a resumed run's)
         db = self.session.db
         if not self.correlation_id:
             run = store.saga_run(db, self.run_id)

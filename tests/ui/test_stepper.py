@@ -247,16 +247,24 @@ async def test_a_run_quit_at_a_failed_step_resumes_in_the_stepper_at_that_step(
     first = stepper(bench, f"pilot-{uuid.uuid4().hex[:6]}")
     async with first.run_test(size=SIZE) as pilot:
         await until(pilot, next_is(first, "authorize_payment"), "the first request")
+        await pilot.press("n")
+        await until(pilot, next_is(first, "reserve_stock"), "the second request")
         await pilot.press("i", "n")
-        await until(pilot, held_at(first, "authorize_payment"), "the failed step")
+        await until(pilot, held_at(first, "reserve_stock"), "the failed step")
         await pilot.press("q")
     run_id = first.stepper.run_id
     again = StepperApp(bench.path, SagaRunner(bench.nc, bench.db), SAGA, TEXT, {}, run_id, True)
     async with again.run_test(size=SIZE) as pilot:
-        await until(pilot, held_at(again, "authorize_payment"), "the failed step, again")
-        assert state(again, "authorize_payment") == "✘ failed: r/s/a?"
+        await until(pilot, held_at(again, "reserve_stock"), "the failed step, again")
+        assert state(again, "reserve_stock") == "✘ failed: r/s/a?"
+        # The events recorded before the resume, read at once, are drawn as wide as the log:
+        # with their flow and size, not cut to a width guessed before the screen's layout.
+        await until(pilot, lambda: "shop.cmd.payment.authorize" in events_text(again), "")
+        (line,) = [x for x in events_text(again).splitlines() if "payment.authorize" in x]
+        assert " #" in line
+        assert "shop.cmd.payment.authorize" in line
         await pilot.press("r")
-        await until(pilot, next_is(again, "reserve_stock"), "the next step after the retry")
+        await until(pilot, next_is(again, "create_shipment"), "the next step after the retry")
         await pilot.press("c")
         await until(pilot, lambda: again.report is not None, "the run's end", within=30)
     assert again.report is not None
