@@ -397,7 +397,10 @@ def events(
             out.write(encode(store.event_to_json(event)) + "\n")
         else:
             when = dt.datetime.fromtimestamp(event.ts_ns / 1e9).isoformat(timespec="microseconds")
-            preview = store.event_to_json(event)["payload"][:80]
+            shown = store.event_to_json(event)
+            # Not UTF-8: base64, and said so (it read as text that was never sent).
+            tag = "base64:" if shown.get("payload_encoding") == "base64" else ""
+            preview = tag + shown["payload"][:80]
             out.write(visible(f"{when} {event.subject} {len(event.payload)}B {preview}") + "\n")
 
 

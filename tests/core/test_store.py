@@ -143,6 +143,23 @@ def test_viewing_opens_read_only_and_changes_nothing(tmp_path: Path):
     assert digest(path) == before
 
 
+def test_events_as_text_says_which_payloads_are_base64(tmp_path: Path):
+    path = tmp_path / "b.qix"
+    db = store.create_session(path)
+    with store.transaction(db):
+        store.insert_events(
+            db,
+            [
+                Event(ts_ns=1, subject="a.text", reply=None, headers=None, payload=b"hi!", id=1),
+                Event(ts_ns=2, subject="a.bin", reply=None, headers=None, payload=b"\xff\0", id=2),
+            ],
+        )
+    db.close()
+    lines = run_qixtui("events", str(path)).stdout.splitlines()
+    assert lines[0].endswith(" a.text 3B hi!")
+    assert lines[1].endswith(" a.bin 2B base64:/wA=")
+
+
 @pytest.mark.parametrize(
     ("verb", "pattern", "says"),
     [
