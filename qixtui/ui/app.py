@@ -815,6 +815,13 @@ class QixtuiApp(QuitOnTerminate):
             self.notify(message, markup=False, severity="error")
             return
         self.cursor_ns = min(max(target, start), end)
+        if target != self.cursor_ns:
+            where = "its start" if target < start else "its end"
+            self.notify(
+                t.plain(f"{answer} is outside the recording: at {where}, {clock(self.cursor_ns)}"),
+                markup=False,
+                severity="warning",
+            )
         self.select_time(self.cursor_ns)
         self.refresh_timeline()
 

@@ -644,6 +644,14 @@ async def test_jump_to_time_moves_the_replay_cursor(shop: Path) -> None:
         assert app.cursor_ns == T0 + 4_550 * MS
         assert app.screen.query_one("#events", RowList).cursor == 10  # payment at +4.5 s
         assert "+4.55s of 4.60s" in static_text(app, "#timeline")
+        assert not [n for n in app._notifications if "outside" in str(n.message)]
+        await pilot.press("t")
+        await settle(pilot)
+        await pilot.press(*"+99h", "enter")  # it went to the end without a word
+        await settle(pilot)
+        assert app.cursor_ns == T0 + 4_600 * MS
+        (notice,) = [str(n.message) for n in app._notifications if "outside" in str(n.message)]
+        assert notice.startswith("+99h is outside the recording: at its end, ")
 
 
 async def test_export_writes_the_shown_events(shop: Path) -> None:
