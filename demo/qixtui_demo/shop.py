@@ -126,19 +126,21 @@ class Service:
         return {}
 
     async def start(self, url: str) -> None:
-        # keep retrying through later outages, but give up on a server that never answers
+        # Keep retrying through later outages, but give up on a server that never answers,
+        # and at once on one that refuses (a wrong port): the first connect tries once.
         self.nc = await asyncio.wait_for(
             nats.connect(
                 url,
                 name=f"shop-{self.name}",
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=1,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
                 error_cb=self._on_error,
             ),
             self.shop.connect_timeout_s,
         )
+        self.nc.options["max_reconnect_attempts"] = -1
         for subject, handler in self.reactions().items():
             await self.nc.subscribe(subject, cb=self._event_callback(handler))
         for verb, command in self.commands().items():

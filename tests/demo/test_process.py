@@ -75,6 +75,16 @@ def test_unreachable_server_is_one_line():
     assert done.returncode == 1
     assert done.stderr.strip().count("\n") == 0
     assert "cannot reach NATS" in done.stderr
+    # A refused connection fails at once: it waited out the connect timeout (10 s by default;
+    # here ten minutes, past this run's own limit).
+    refused = subprocess.run(
+        participants_command("nats://127.0.0.1:1", ["--services-only", "--connect-timeout", "600"]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1
+    assert "no servers available for connection" in refused.stderr
 
 
 @pytest.fixture(scope="module")
