@@ -396,7 +396,18 @@ def run_on_screen(stack: DemoStack) -> dict[str, Any]:
 
         assert stack.recorder is not None
         app = SupervisedApp(stack.output, supervise=supervise, recorder_pid=stack.recorder.pid)
-        app.run()
+
+        def hang_up() -> None:
+            app.session.close()
+            stack.close()
+
+        # The screen's reader goes first: while it is open, the recorder cannot make the
+        # file self-contained (its -wal and -shm files stayed beside it).
+        hang_up_stops(hang_up)
+        try:
+            app.run()
+        finally:
+            app.session.close()
     except BaseException:
         stack.close()
         raise

@@ -353,6 +353,9 @@ def test_demo_shows_flows_and_leaves_nothing_running(tmux: Tmux, tmp_path: Path)
     db = store.open_session(out)
     statuses = {r[0] for r in db.execute("SELECT status FROM flows")}
     assert "completed" in statuses
+    # One self-contained file: the screen closed its reader before the recorder finished.
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert not out.with_name(out.name + "-wal").exists()
 
 
 @contextlib.contextmanager
@@ -447,5 +450,6 @@ def test_closing_the_terminal_stops_everything_the_demo_started(tmux: Tmux, tmp_
         time.sleep(0.2)
         running = {p: c for p, c in started.items() if command_line(p)}
     assert running == {}
+    assert not out.with_name(out.name + "-wal").exists()  # the file closed, self-contained
     db = store.open_session(out)
     assert db.execute("SELECT count(*) FROM flows WHERE status = 'completed'").fetchone()[0] > 0
