@@ -4,6 +4,7 @@ before it is sent, with the run's bus traffic as the recorder writes it to the s
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -42,6 +43,14 @@ RESULT_LOOK = {
 def payload_shown(payload: bytes) -> str:
     """A payload as the editor shows it: escaped, so an unedited payload is sent as it was."""
     return visible(payload.decode("utf-8", errors="replace"), multiline=True)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 class StepperScreen(Screen[None]):
@@ -113,6 +122,7 @@ class StepperScreen(Screen[None]):
         self.waiting: asyncio.Future[Choice] | None = None
         self.shown: Request | Held | None = None
         self.shown_text = ""  # what the editor held when the request was shown
+        self.warned_payload: bytes | None = None  # an edit said to be no JSON, then sent
         self.continuing = False
         self.inject_armed = False
         self.send_at_once = False  # the request a retry builds goes out without a stop
@@ -247,14 +257,31 @@ class StepperScreen(Screen[None]):
 
     # -- keys -------------------------------------------------------------------------------
 
+    def payload_checked(self, key: str) -> bool:
+        """An edit that leaves a JSON payload not JSON is sent only when asked for twice:
+        else the first word of it is the service's 'bad_request'."""
+        edited = self.edited()
+        if edited is None or edited == self.warned_payload or not _is_json(self.shown_text):
+            return True
+        try:
+            json.loads(edited)
+        except (ValueError, RecursionError) as exc:
+            self.warned_payload = edited
+            self.say(f"the edited payload is not JSON ({exc}); {key} again sends it as it is")
+            return False
+        return True
+
     def action_step(self) -> None:
         if isinstance(self.shown, Request):
-            self.answer(self.sending())
+            if self.payload_checked("n"):
+                self.answer(self.sending())
         elif isinstance(self.shown, Held):
             self.say("the step failed: r retries it, s skips it, a compensates")
 
     def action_continue(self) -> None:
         if isinstance(self.shown, Request):
+            if not self.payload_checked("c"):
+                return
             self.continuing = True
             self.answer(self.sending())
         elif isinstance(self.shown, Held):
@@ -268,6 +295,8 @@ class StepperScreen(Screen[None]):
 
     def action_retry(self) -> None:
         if isinstance(self.shown, Held):
+            if not self.payload_checked("r"):
+                return
             self.send_at_once = True
             self.answer(Choice("retry", self.edited()))
         else:

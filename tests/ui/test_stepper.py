@@ -129,7 +129,14 @@ async def test_step_edit_breakpoint_and_continue_to_the_end(bench: Bench) -> Non
         await pilot.press("9", "full_stop", "9", "5", "e", "1")  # an `e` typed, not a shortcut
         edited = editor.text
         assert json.loads(edited)["amount"] == 99.5
-        await pilot.press("escape", "n")
+        # A slip that breaks the JSON is said first; the request goes only when asked again.
+        await pilot.press("end", "x", "escape", "n")
+        await pilot.pause(0.3)
+        assert state(app, "authorize_payment") == "▶ next"
+        (said,) = [str(n.message) for n in app._notifications if "not JSON" in str(n.message)]
+        assert said.startswith("the edited payload is not JSON (Extra data")
+        assert said.endswith("; n again sends it as it is")
+        await pilot.press("e", "backspace", "escape", "n")
         await until(pilot, lambda: state(app, "authorize_payment").startswith("✔ ok"), "ok")
         await until(pilot, next_is(app, "reserve_stock"), "the second request")
         assert "payment_id" in plain(app, "#reply")
