@@ -827,6 +827,10 @@ class QixtuiApp(QuitOnTerminate):
 
     def advance_replay(self) -> None:
         events = self.events_list
+        if not len(events.index):  # a filter with no matches (yet), an empty recording
+            self.playing = False
+            self.refresh_timeline()
+            return
         # Wall time since the last step, so late timer ticks neither slow nor speed replay.
         now = self.monotonic()
         elapsed, self._played_at = now - self._played_at, now

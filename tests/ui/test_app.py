@@ -560,6 +560,13 @@ async def test_replay_at_max_never_crawls_through_sparse_events(shop: Path) -> N
         while app.playing:
             await pilot.pause(0.05)
         assert events.cursor == 11
+        # Nothing to play (a filter matching nothing): it stops, instead of an IndexError.
+        app.apply_filter("no-such-payload-text")
+        await app.workers.wait_for_complete()
+        await pilot.press("space")
+        wall[0] += 0.01
+        await pilot.pause(0.3)
+        assert not app.playing
 
 
 async def test_replay_steps_through_a_flow(shop: Path) -> None:
