@@ -41,6 +41,7 @@ DETAIL_DELAY_S = 0.03
 SCAN_NOW = 2_000
 SCAN_FIRST = 10_000
 SCAN_CHUNK = 200_000
+RECHECK_MATCHES = 20_000  # a live filter's matches whose flows are read again each second
 SPEEDS = ("1x", "10x", "max")
 # Recording time per wall second at each speed; "max" also moves at least
 # MAX_EVENTS_PER_TICK events each poll (a hundred a second), however far apart they are.
@@ -456,6 +457,21 @@ class QixtuiApp(QuitOnTerminate):
             self.flow_index.hi = new[-1]
             if self.matched_flows is None:
                 self.flows_list.grew()
+        if self.matched_flows is not None and self.flow_filter is None:
+            self.recheck_matched_flows()
+
+    def recheck_matched_flows(self) -> None:
+        """Correlation moves events while recording: a matched event's flow is absorbed by
+        another, or a flowless match is adopted. The flows of the matches found so far, read
+        again (once a second, for up to RECHECK_MATCHES matches)."""
+        ids = self.events_list.index.ids
+        if ids is None or not 0 < len(ids) <= RECHECK_MATCHES:
+            return
+        flows = self.session.flows_of(list(ids))
+        if flows != self.matched_flows:
+            self.matched_flows = flows
+            self.flows_list.set_index(IdIndex(array("q", sorted(flows))))
+            self.show_flows_title()
 
     def connection_state(self, stats: Stats) -> str:
         if self.recorder_pid is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sqlite3
 from array import array
 from bisect import bisect_left, bisect_right
@@ -159,6 +160,17 @@ class Session:
                 "SELECT flow_id FROM flows WHERE flow_id > ? ORDER BY flow_id", (after,)
             )
         ]
+
+    def flows_of(self, event_ids: list[int]) -> set[int]:
+        """The flows these events are in now (one parameter: a JSON list of the ids)."""
+        return {
+            r[0]
+            for r in self.db.execute(
+                "SELECT DISTINCT flow_id FROM events WHERE id IN (SELECT value FROM json_each(?)) "
+                "AND flow_id IS NOT NULL",
+                (json.dumps(event_ids),),
+            )
+        }
 
     def flow_rows(self, first: int, last: int) -> dict[int, Flow]:
         rows = self.db.execute(

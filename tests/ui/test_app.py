@@ -430,6 +430,39 @@ async def test_on_a_live_recording_the_narrowed_flows_list_gains_new_matching_fl
     writer.close()
 
 
+async def test_the_narrowed_flows_list_follows_merges_and_adoptions(tmp_path: Path) -> None:
+    """Found by review: a match's flow was read once, when its event was scanned."""
+    path = shop_session(tmp_path / "live.qix", stopped=False)
+    writer = store.open_session(path, readonly=False)
+    app = QixtuiApp(path)
+    async with app.run_test(size=SIZE) as pilot:
+        flows = app.screen.query_one("#flows", RowList)
+
+        async def narrowed_to(text: str) -> list[int]:
+            app.apply_filter(text)
+            await app.workers.wait_for_complete()
+            await settle(pilot)
+            return list(flows.index)
+
+        async def then(change: str, expected: list[int]) -> None:
+            with store.transaction(writer):
+                writer.execute(change)
+            for _ in range(60):  # flows are read again once a second
+                if list(flows.index) == expected:
+                    break
+                await pilot.pause(0.05)
+            assert list(flows.index) == expected
+
+        await settle(pilot)
+        assert await narrowed_to("subject:shop.payment.declined") == [2]
+        writer.execute("DELETE FROM flows WHERE flow_id = 2")
+        await then("UPDATE events SET flow_id = 1 WHERE flow_id = 2", [1])  # absorbed by 1
+        assert await narrowed_to("subject:shop.heartbeat.stock") == []  # flowless
+        await then("UPDATE events SET flow_id = 3 WHERE subject = 'shop.heartbeat.stock'", [3])
+        assert "flows  · 1 with a match" in screen_text(app)
+    writer.close()
+
+
 async def test_watching_a_recorder_the_flows_list_follows_new_flows(tmp_path: Path) -> None:
     path = shop_session(tmp_path / "live.qix", stopped=False)
     writer = store.open_session(path, readonly=False)
