@@ -314,12 +314,20 @@ def _term_sql(term: Term, where: Where) -> None:
         where.sql += " AND instr(payload, CAST(? AS BLOB)) > 0"
         where.params.append(term.value)
     elif term.kind == "header":
-        # The headers text is a JSON list of [name, value] pairs, written by msgspec. A name
-        # is the only string there right after a `[` and followed by a `,`: inside a string a
-        # quote is escaped. So this byte test, any case, finds exactly the events that carry
-        # the header; parsing each row's headers took ten times as long.
+        # The headers text is a JSON list of [name, value] pairs, written by msgspec. `["name",`
+        # appears only where a pair starts with that name (inside a string a quote is
+        # escaped), unless the name starts with `,` or `]`: then a value ending in `[` can
+        # end just before it. So this byte test, any case, finds exactly the events with the
+        # header, and such names get the pair checked whole; parsing every row's headers took
+        # ten times as long.
         where.sql += " AND instr(lower(headers), lower(?)) > 0"
         where.params.append(f"[{_encode(term.name).decode()},")
+        if term.op == "exists" and term.name[:1] in (",", "]"):
+            where.sql += (
+                " AND EXISTS (SELECT 1 FROM json_each(events.headers) h"
+                " WHERE lower(json_extract(h.value, '$[0]')) = lower(?))"
+            )
+            where.params.append(term.name)
         if term.op == "=":
             # The value's own byte test first, then the pair checked whole.
             where.sql += (

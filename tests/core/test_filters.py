@@ -95,6 +95,8 @@ def test_a_header_filter_matches_names_only_never_the_same_text_in_a_value(
         _event(3, "a", b"", [('Say "hi"', "1"), ("\x1b[2J", "esc")]),
         _event(4, "a", b"", [("Ünïcode", "ü"), ("x-trace", "X-Trace")]),
         _event(5, "a", b"", None),
+        # Found by review: a value ending in `[` next to a name starting with `,` or `]`
+        _event(6, "a", b"", [("q[", ",x"), ("a", "x["), (",z", "v")]),
     ]
     with store.transaction(db):
         store.insert_events(db, events)
@@ -107,6 +109,9 @@ def test_a_header_filter_matches_names_only_never_the_same_text_in_a_value(
     assert ids(db, "header:Ünïcode") == [4]
     assert ids(db, "header:Other=1") == [2]
     assert ids(db, "header:Other=2") == []
+    assert ids(db, "header:,") == []
+    assert ids(db, "header:],[") == []
+    assert ids(db, "header:,z") == [6]
 
 
 @pytest.mark.parametrize(
