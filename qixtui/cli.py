@@ -232,15 +232,12 @@ class _Group(click.Group):
             raise _OneLineUsageError(exc, command) from None
         except sqlite3.DatabaseError as exc:
             # Opening checks the file's header and schema; pages damaged further in show up
-            # only when a read reaches them, in whatever command reads there.
+            # only when a read reaches them, in whatever command reads there. Other errors
+            # (a constraint, a misuse) are bugs, and keep their traceback.
+            problem = store.session_file_problem(exc)
+            if problem is None:
+                raise
             command = " ".join(filter(None, ["qixtui", ctx.invoked_subcommand]))
-            if isinstance(exc, sqlite3.OperationalError):
-                problem = f"session file: {exc}"
-            else:
-                problem = (
-                    f"the session file is damaged ({exc}); what is before the damage may be "
-                    "saved with `sqlite3 FILE .recover`"
-                )
             click.echo(f"{command}: {problem}", err=True)
             sys.exit(1)
 

@@ -862,6 +862,24 @@ def recording_stopped(meta: dict[str, str]) -> bool:
     return stopped.isdigit() and int(stopped) >= int(meta.get("started_ns", "0") or 0)
 
 
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+
+
+def session_file_problem(exc: sqlite3.DatabaseError) -> str | None:
+    """What a user is told, in one line, about an SQLite error from the session file
+    itself: damage found where a read reached, or the file's state (locked, read-only, disk
+    full). None for anything else: a constraint or a misuse is a bug."""
+    if (exc.sqlite_errorcode or 0) & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB):
+        return (
+            f"the session file is damaged ({exc}); what is before the damage may be saved "
+            "with `sqlite3 FILE .recover`"
+        )
+    if isinstance(exc, sqlite3.OperationalError):
+        return f"session file: {exc}"
+    return None
+
+
 def recording_state(meta: dict[str, str]) -> str:
     """finished (its recorder closed it), recording (a recorder writes it now), or
     incomplete (the recorder ended without closing it: killed, or the machine went down;

@@ -13,6 +13,8 @@ from typing import Any
 from textual.app import App
 from textual.worker import WorkerFailed
 
+from qixtui.core import store
+
 
 class QuitOnTerminate(App[None]):
     """An App that quits with exit code 143 on SIGTERM, and gives the signal back to the
@@ -37,9 +39,10 @@ class QuitOnTerminate(App[None]):
     def _handle_exception(self, error: Exception) -> None:
         # Textual's own handler prints a traceback when the app exits (Textual is pinned).
         cause = error.error if isinstance(error, WorkerFailed) else error  # a filter scan's
-        if isinstance(cause, sqlite3.DatabaseError) and self.read_error is None:
-            self.read_error = cause
-            self.exit(return_code=1)
+        if isinstance(cause, sqlite3.DatabaseError) and store.session_file_problem(cause):
+            if self.read_error is None:  # the first says it; a second read failing is moot
+                self.read_error = cause
+                self.exit(return_code=1)
             return
         super()._handle_exception(error)
 

@@ -289,6 +289,28 @@ def test_a_file_damaged_inside_gets_one_line_not_a_traceback(tmp_path: Path, ver
     assert digest(path) == before
 
 
+def test_only_damage_and_the_files_state_are_said_as_file_problems(tmp_path: Path):
+    """Found by review: a constraint error was reported as a damaged file."""
+    path = tmp_path / "s.qix"
+    make_session(path)
+    db = sqlite3.connect(path)
+    with pytest.raises(sqlite3.IntegrityError) as clash:
+        db.execute("INSERT INTO events(id, ts_ns, subject, size) VALUES (1, 1, 'a', 0)")
+    assert store.session_file_problem(clash.value) is None  # a bug: keeps its traceback
+    with pytest.raises(sqlite3.OperationalError) as missing:
+        db.execute("SELECT x FROM nowhere")
+    assert store.session_file_problem(missing.value) == "session file: no such table: nowhere"
+    db.close()
+    damaged = damaged_session(tmp_path / "d.qix")
+    db = sqlite3.connect(damaged)
+    with pytest.raises(sqlite3.DatabaseError) as broken:
+        db.execute("SELECT count(*), sum(length(payload)) FROM events").fetchone()
+    assert (store.session_file_problem(broken.value) or "").startswith(
+        "the session file is damaged (database disk image is malformed)"
+    )
+    db.close()
+
+
 def test_older_schema_is_migrated_forward_only_when_writing(tmp_path: Path):
     path = tmp_path / "old.qix"
     make_session(path)
