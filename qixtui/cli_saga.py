@@ -216,12 +216,8 @@ def orchestrate(
     Exits non-zero when a run fails without compensating cleanly.
     """
     # The recorder's correlation rules (the demo's service names come from its rules file);
-    # none given, a file that exists keeps its own.
+    # none given, a file that exists keeps its own. Read only where a recorder may start.
     rule_flags = rule_argv(conn)
-    try:
-        pop_rules(conn)
-    except RulesError as exc:
-        fail(str(exc))
     if show_file:
         show_runs(show_file, as_json)
         return
@@ -239,6 +235,7 @@ def orchestrate(
                 f"{file}: saga run {run_id} already ended, {run.status}: {run.reason}; nothing "
                 f"to resume (`qixtui orchestrate --show {file}` shows its steps)"
             )
+        check_rules(conn, rule_flags, no_record)
         connect = build_connect_options(conn)
         # In a terminal the stepper takes the run up again where it stopped (a failed step
         # waits for r/s/a again), showing the saga the run journaled; --auto, or no
@@ -281,6 +278,7 @@ def orchestrate(
         resolve_vars(saga, overrides, "check")
     except SagaError as exc:
         fail(str(exc))
+    check_rules(conn, rule_flags, no_record)
     connect = build_connect_options(conn)
     path = Path(output) if output else default_output(saga.name)
     if no_record and not path.exists():
@@ -304,6 +302,16 @@ def orchestrate(
         connect.flags(),
     )
     _finish(reports, as_json, path, connect.flags())
+
+
+def check_rules(conn: dict[str, Any], rule_flags: list[str], no_record: bool) -> None:
+    """The rules the recorder will get, checked before anything starts."""
+    try:
+        pop_rules(conn)
+    except RulesError as exc:
+        fail(str(exc))
+    if rule_flags and no_record:
+        click.echo("qixtui: note: rule flags go to the recorder; --no-record starts none", err=True)
 
 
 def run_or_interrupt(session: Any, file: str, flags: str) -> list[Any]:

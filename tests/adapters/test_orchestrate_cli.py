@@ -125,6 +125,11 @@ async def test_auto_runs_record_every_request_in_one_flow_per_run(
     assert bad.returncode == 1
     assert bad.stderr.startswith("qixtui: ")
     assert "not a JSON pointer" in bad.stderr
+    # Found by review: --show read the rules too, and a broken default rules file failed it.
+    shown = run_qixtui(
+        "orchestrate", "--show", str(session_path), "--config", str(session_path.parent / "no")
+    )
+    assert shown.returncode == 0, shown.stderr
 
 
 async def test_exit_code_says_whether_a_run_failed_cleanly(
