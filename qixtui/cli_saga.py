@@ -125,7 +125,7 @@ def show_runs(file: str, as_json: bool) -> None:
         )
         owner = f", run by process {run.owner_pid}" if run.owner_pid else ""
         lines = [f"run {run.run_id} {run.saga}: {run.status}{owner} (started {when}) {run.reason}"]
-        skipped = store.skipped_after_failure(rows)
+        skipped = store.skipped_after_failure(rows, run.status)
         for r in rows:
             result = r.result or "IN DOUBT: intent journaled, no result"
             if r.result == "in_doubt":

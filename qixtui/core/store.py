@@ -1039,15 +1039,19 @@ def saga_runs(db: sqlite3.Connection) -> list[SagaRunRecord]:
     return [_row_to_run(r) for r in db.execute(sql)]
 
 
-def skipped_after_failure(rows: list[JournalRow]) -> set[int]:
+def skipped_after_failure(rows: list[JournalRow], run_status: str = "") -> set[int]:
     """Seqs of failed steps the user skipped. That decision is not a row of its own: it is
     the next row being another step's request (the same step again is a retry, a
-    compensation is giving up), as `SagaEngine.from_journal` reads it."""
-    return {
+    compensation is giving up), as `SagaEngine.from_journal` reads it; a failed last step is
+    skipped when the run still completed."""
+    skipped = {
         row.seq
         for row, after in itertools.pairwise(rows)
         if skipped_for(row, after.step, after.kind)
     }
+    if rows and run_status == "completed" and skipped_for(rows[-1], "", "action"):
+        skipped.add(rows[-1].seq)
+    return skipped
 
 
 FAILED_RESULTS = ("error", "timeout", "no_responders")

@@ -429,7 +429,8 @@ class StepperScreen(Screen[None]):
     def skipped_rows(self) -> set[int]:
         """Failed steps the user skipped: from the journal, and for the last one, from the
         request shown next (the skip is journaled only as that request goes out)."""
-        skipped = store.skipped_after_failure(self.journal)
+        ended = self.report.outcome if self.report is not None else ""
+        skipped = store.skipped_after_failure(self.journal, ended)
         shown = self.shown
         if self.journal and isinstance(shown, Request):
             last = self.journal[-1]

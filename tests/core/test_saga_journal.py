@@ -69,3 +69,21 @@ def test_a_run_has_one_owner_while_it_lives(session_path: Path) -> None:
     assert (run.status, run.owner_pid, run.ended_ns) == ("completed", None, 5)
     with pytest.raises(store.SessionError, match="no saga run 'nope'"):
         store.claim_saga_run(db, "nope", 20)
+
+
+def test_a_skipped_failed_step_is_read_from_what_followed_it() -> None:
+    def row(seq: int, step: str, result: str, kind: str = "action") -> store.JournalRow:
+        return store.JournalRow(
+            "r", seq, step, kind, 0, f"r:{step}:{kind}", "s", b"", {}, False, seq, result
+        )
+
+    retried = [row(1, "a", "error"), row(2, "a", "ok")]
+    skipped = [row(1, "a", "error"), row(2, "b", "ok")]
+    undone = [row(1, "a", "ok"), row(2, "b", "error"), row(3, "a", "ok", "compensate")]
+    last = [row(1, "a", "ok"), row(2, "b", "error")]
+    assert store.skipped_after_failure(retried) == set()
+    assert store.skipped_after_failure(skipped) == {1}
+    assert store.skipped_after_failure(undone, "compensated") == set()
+    # Found by review: the last step skipped left no row after it; the run still completed.
+    assert store.skipped_after_failure(last, "completed") == {2}
+    assert store.skipped_after_failure(last, "running") == set()
