@@ -182,7 +182,7 @@ def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
     summary = log.read_text(errors="replace").strip().splitlines()
     click.echo(summary[-1] if summary else f"recorder exited ({code}); session: {path}", err=True)
     # A crash (1) or SIGTERM (143) is not a success, nor a recording that ended on its own.
-    sys.exit(app.return_code or (1 if died and code else 0))
+    sys.exit(app.return_code or (1 if died else 0))
 
 
 def open_replay(file: str) -> None:

@@ -49,8 +49,13 @@ def parse_key(spec: str) -> tuple[list[str], str]:
     name): named after the pointer's last token unless `=name` names it, so pointers to one
     id in different places can meet. (A field whose name holds `=` is keyed with a name.)"""
     pointer, named, name = spec.rpartition("=")
-    if not named or not _KEY_NAME.fullmatch(name):
+    if not named:
         pointer, name = spec, ""
+    elif not _KEY_NAME.fullmatch(name):
+        raise RulesError(
+            f"key {spec!r}: after '=' comes the key's name, in letters, digits, _ or - "
+            "(a field whose name holds '=' is keyed as /that=field=NAME)"
+        )
     tokens = parse_pointer(pointer)
     return tokens, name or tokens[-1]
 

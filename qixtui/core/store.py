@@ -617,7 +617,8 @@ def subject_glob(pattern: str) -> str:
 def misses_replies(subjects: list[str]) -> bool:
     """Recording only these subjects leaves out the replies to requests, which nats clients
     send to inboxes under `_INBOX.` (a request without its reply stays flowless)."""
-    return not any(subject_matches(s, "_INBOX.a.b") for s in subjects)
+    inboxes = ("_INBOX.a.b", "_INBOX.a")  # nats-py's, and the one-token older style
+    return not any(subject_matches(s, inbox) for s in subjects for inbox in inboxes)
 
 
 REPLIES_HINT = "replies to requests arrive on _INBOX.>, which is not recorded; add -S '_INBOX.>'"

@@ -393,6 +393,10 @@ def test_a_named_payload_key_joins_another_pointer_to_the_same_id() -> None:
     assert sorted(correlate_all(events, apart).values()) == [[1], [2], [3]]
     with pytest.raises(RulesError, match="not a JSON pointer"):
         Rules().merged_with(RuleFlags(keys=["payment_id=x"])).validate()
+    # Found by review: a name it could not take was read as part of the field, silently.
+    for bad in ["/payment/id=payment.id", "/payment/id=", "/payment/id=a b"]:
+        with pytest.raises(RulesError, match="after '=' comes the key's name"):
+            Rules().merged_with(RuleFlags(keys=[bad])).validate()
 
 
 def test_subject_keys_take_the_configured_token() -> None:

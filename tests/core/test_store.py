@@ -433,3 +433,10 @@ def test_header_block_parsing():
         ("Status", "404"),
         ("Description", "No Messages"),
     ]
+
+
+def test_which_subscriptions_leave_replies_out() -> None:
+    assert store.misses_replies(["pay.>"])
+    assert not store.misses_replies([">"])
+    assert not store.misses_replies(["pay.>", "_INBOX.>"])
+    assert not store.misses_replies(["_INBOX.*"])  # one-token inboxes, an older style
