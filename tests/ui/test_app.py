@@ -308,10 +308,9 @@ async def test_payload_json_text_and_hex(shop: Path) -> None:
 
 
 async def test_tail_follow_turns_off_when_scrolling_up_and_back_on_with_end(
-    tmp_path: Path,
+    live_shop: tuple[Path, sqlite3.Connection],
 ) -> None:
-    path = shop_session(tmp_path / "live.qix", stopped=False)
-    writer = store.open_session(path, readonly=False)
+    path, writer = live_shop
     app = QixtuiApp(path)
     async with app.run_test(size=SIZE) as pilot:
         events = app.screen.query_one("#events", RowList)
@@ -342,7 +341,6 @@ async def test_tail_follow_turns_off_when_scrolling_up_and_back_on_with_end(
         assert events.follow
         assert events.cursor == 71
         assert "live.tick.72" in screen_text(app)
-    writer.close()
 
 
 async def test_escape_steps_back_to_every_event(shop: Path) -> None:
@@ -370,11 +368,12 @@ async def test_escape_steps_back_to_every_event(shop: Path) -> None:
         assert "shop.heartbeat.stock" in screen_text(app)
 
 
-async def test_a_filter_on_a_live_recording_keeps_every_new_match(tmp_path: Path) -> None:
+async def test_a_filter_on_a_live_recording_keeps_every_new_match(
+    live_shop: tuple[Path, sqlite3.Connection],
+) -> None:
     """Events written after the filter was applied, up to the first scan's id bound, had
     been counted as scanned and never shown."""
-    path = shop_session(tmp_path / "live.qix", stopped=False)
-    writer = store.open_session(path, readonly=False)
+    path, writer = live_shop
     app = QixtuiApp(path)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -395,14 +394,12 @@ async def test_a_filter_on_a_live_recording_keeps_every_new_match(tmp_path: Path
         await settle(pilot)
         assert len(events.index) == 30
         assert "30 matches" in screen_text(app)
-    writer.close()
 
 
 async def test_on_a_live_recording_the_narrowed_flows_list_gains_new_matching_flows(
-    tmp_path: Path,
+    live_shop: tuple[Path, sqlite3.Connection],
 ) -> None:
-    path = shop_session(tmp_path / "live.qix", stopped=False)
-    writer = store.open_session(path, readonly=False)
+    path, writer = live_shop
     app = QixtuiApp(path)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
@@ -427,13 +424,13 @@ async def test_on_a_live_recording_the_narrowed_flows_list_gains_new_matching_fl
         await settle(pilot)
         assert list(flows.index) == [first, first + 2]  # not the flow of live.other
         assert "flows  · 2 with a match" in screen_text(app)
-    writer.close()
 
 
-async def test_the_narrowed_flows_list_follows_merges_and_adoptions(tmp_path: Path) -> None:
+async def test_the_narrowed_flows_list_follows_merges_and_adoptions(
+    live_shop: tuple[Path, sqlite3.Connection],
+) -> None:
     """Found by review: a match's flow was read once, when its event was scanned."""
-    path = shop_session(tmp_path / "live.qix", stopped=False)
-    writer = store.open_session(path, readonly=False)
+    path, writer = live_shop
     app = QixtuiApp(path)
     async with app.run_test(size=SIZE) as pilot:
         flows = app.screen.query_one("#flows", RowList)
@@ -460,7 +457,6 @@ async def test_the_narrowed_flows_list_follows_merges_and_adoptions(tmp_path: Pa
         assert await narrowed_to("subject:shop.heartbeat.stock") == []  # flowless
         await then("UPDATE events SET flow_id = 3 WHERE subject = 'shop.heartbeat.stock'", [3])
         assert "flows  · 1 with a match" in screen_text(app)
-    writer.close()
 
 
 async def test_watching_a_recorder_the_flows_list_follows_new_flows(tmp_path: Path) -> None:
