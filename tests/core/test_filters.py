@@ -241,11 +241,13 @@ def test_payloads_too_large_for_the_indexes_are_still_found(
     monkeypatch.setattr(store, "SEARCH_PAYLOAD_MAX", 40)
     big = b'{"order_id": 7, "pad": "' + b"z" * 100 + b'", "note": "needle here"}'
     with store.transaction(db):
-        store.insert_events(db, [_event(6, "big.one", big)])
+        store.insert_events(db, [_event(6, "big.one", big), _event(7, "bin", b"\x00\x01pin")])
     store.build_read_indexes(db)
     assert store.read_indexes_ready(db)
-    assert db.execute("SELECT id FROM unindexed_payloads").fetchall() == [(6,)]
-    for text, expected in (("needle", [6]), ("json:/order_id=7", [6]), ("hello", [3])):
+    # too large, and binary (event 5's payload is not UTF-8, but holds no NUL: indexed)
+    assert db.execute("SELECT id FROM unindexed_payloads").fetchall() == [(6,), (7,)]
+    cases = (("needle", [6]), ("json:/order_id=7", [6]), ("hello", [3]), ("pin", [7]))
+    for text, expected in cases:
         where = filters.plan(db, filters.parse(text))
         assert where.rows is not None, text  # answered through the index, plus the big one
         got = [r[0] for r in db.execute(f"SELECT id FROM events WHERE {where.sql}", where.params)]
