@@ -384,20 +384,33 @@ def nameless_server() -> Iterator[str]:
     listener.close()
 
 
+@contextlib.contextmanager
+def tap_and_its_recorder(
+    server: str, out: Path, *flags: str, stderr: int = subprocess.PIPE
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`tap` without a terminal (its screen never comes up), and the pid of the recorder it
+    started; tap is killed afterwards if the test left it running."""
+    tap = subprocess.Popen(
+        qixtui_command("tap", "-s", server, "-o", str(out), *flags),
+        stdin=subprocess.DEVNULL,
+        stderr=stderr,
+    )
+    children = Path(f"/proc/{tap.pid}/task/{tap.pid}/children")
+    try:
+        asyncio.run(eventually(lambda: children.read_text().strip() != "", 20, "the recorder"))
+        yield tap, int(children.read_text().split()[0])
+    finally:
+        if tap.poll() is None:
+            tap.kill()
+            tap.wait()
+
+
 def test_sigterm_while_tap_starts_stops_its_recorder(nameless_server: str, tmp_path: Path):
     """Before its screen is up, SIGTERM ended tap on the spot and left the recorder (in a
     session of its own) recording."""
     out = tmp_path / "t.qix"
     rules = ["--key", "/order_id", "--subject-key", "audit.*:2=order_id", "--stall", "5s"]
-    tap = subprocess.Popen(
-        qixtui_command("tap", "-s", nameless_server, "-o", str(out), *rules),
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    children = Path(f"/proc/{tap.pid}/task/{tap.pid}/children")
-    try:
-        asyncio.run(eventually(lambda: children.read_text().strip() != "", 20, "the recorder"))
-        recorder_pid = int(children.read_text().split()[0])
+    with tap_and_its_recorder(nameless_server, out, *rules) as (tap, recorder_pid):
         # tap's rule flags reach the recorder it starts (until its exec, the child shows
         # tap's own command line, which ends with the same flags)
         cmdline = Path(f"/proc/{recorder_pid}/cmdline")
@@ -407,10 +420,6 @@ def test_sigterm_while_tap_starts_stops_its_recorder(nameless_server: str, tmp_p
         asyncio.run(eventually(out.exists, 20, "the session file"))
         tap.send_signal(signal.SIGTERM)
         _, err = tap.communicate(timeout=30)
-    finally:
-        if tap.poll() is None:
-            tap.kill()
-            tap.wait()
     assert tap.returncode == 143, err
     assert not store.pid_alive(recorder_pid)
     db = store.open_session(out)
@@ -422,23 +431,11 @@ def test_tap_killed_outright_takes_its_recorder_with_it(nameless_server: str, tm
     """SIGKILL leaves no chance to stop the recorder: it notices its parent is gone, and
     stops and closes the file itself instead of recording on for good."""
     out = tmp_path / "k.qix"
-    tap = subprocess.Popen(
-        qixtui_command("tap", "-s", nameless_server, "-o", str(out)),
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    children = Path(f"/proc/{tap.pid}/task/{tap.pid}/children")
-    try:
-        asyncio.run(eventually(lambda: children.read_text().strip() != "", 20, "the recorder"))
-        recorder_pid = int(children.read_text().split()[0])
+    with tap_and_its_recorder(nameless_server, out, stderr=subprocess.DEVNULL) as (tap, pid):
         asyncio.run(eventually(out.exists, 20, "the session file"))
         tap.kill()
         tap.wait()
-        asyncio.run(eventually(lambda: not store.pid_alive(recorder_pid), 20, "recorder gone"))
-    finally:
-        if tap.poll() is None:
-            tap.kill()
-            tap.wait()
+        asyncio.run(eventually(lambda: not store.pid_alive(pid), 20, "recorder gone"))
     db = store.open_session(out)
     assert "stopped_ns" in store.get_meta(db)
     db.close()
