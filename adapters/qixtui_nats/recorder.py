@@ -55,8 +55,8 @@ HEARTBEAT_S = 0.1
 # (or on a loaded machine) reads for seconds before the PONG: it waits while messages keep
 # coming, and gives up after this long without one, or after DRAIN_MAX_S in all.
 DRAIN_QUIET_S = 2.0
-PARENT_CHECK_S = 0.5
 DRAIN_MAX_S = 120.0
+PARENT_CHECK_S = 0.5  # how often a recorder started by another command looks for it
 
 
 class WriterFailed(Exception):
@@ -416,6 +416,14 @@ class Recorder:
         # recorded. A saga run waits for this before its first request.
         self._send(["M", {"subscribed_ns": str(time.time_ns())}])
 
+    async def _parent_loop(self, parent_pid: int) -> None:
+        # A dead parent's children are handed to init (or a subreaper): the parent pid changes.
+        while not self._stop.is_set():
+            if os.getppid() != parent_pid:
+                self._stop.set()
+                return
+            await asyncio.sleep(PARENT_CHECK_S)
+
     async def _first_connect(self, connecting: Awaitable[None], deadline: float) -> None:
         """Connect, but give up at once on an error that retrying cannot fix."""
         connect_task = asyncio.ensure_future(connecting)
@@ -532,14 +540,6 @@ class Recorder:
                 self.drops.clear()
 
     # -- loss -----------------------------------------------------------------------------
-
-    async def _parent_loop(self, parent_pid: int) -> None:
-        # A dead parent's children are handed to init (or a subreaper): the parent pid changes.
-        while not self._stop.is_set():
-            if os.getppid() != parent_pid:
-                self._stop.set()
-                return
-            await asyncio.sleep(PARENT_CHECK_S)
 
     async def _watch_loop(self) -> None:
         """Heartbeat round-trips mark the last moment we know nothing was missed, and catch a
