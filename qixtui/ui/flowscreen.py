@@ -12,11 +12,12 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Input, Static, Tree
+from textual.widgets.tree import TreeNode
 
 from qixtui.core import flowfile
 from qixtui.core.model import Event
 from qixtui.ui import text as t
-from qixtui.ui.data import IdIndex, Session, clock, duration
+from qixtui.ui.data import IdIndex, Session, duration
 from qixtui.ui.rowlist import RowList
 from qixtui.ui.waterfall import Layout, layout, parents_of
 from qixtui.ui.widgets import footer, format_event, status_text
@@ -153,17 +154,24 @@ class FlowScreen(Screen[None]):
         for event in self.events[:TREE_LIMIT]:
             children.setdefault(parents.get(event.id), []).append(event)
 
+        start = min((e.ts_ns for e in self.events), default=0)
+
+        # The subject first: each level indents, and at 80 columns a clock before it pushed
+        # the subjects of the fourth level out of sight. The events list beside has the clock.
         def label(event: Event) -> Text:
-            line = Text(clock(event.ts_ns) + " ", "dim")
-            line.append_text(t.literal(event.subject, "bold"))
+            line = t.literal(event.subject, "bold")
+            offset = event.ts_ns - start
+            line.append(f" +{duration(offset)}" if offset else " +0", "dim")
             return line
 
-        def add(node: object, parent_id: int | None, depth: int) -> None:
+        def add(node: TreeNode[int], parent_id: int | None, depth: int) -> None:
             for event in children.get(parent_id, []):
-                child = node.add(label(event), data=event.id, expand=True)  # type: ignore[attr-defined]
-                if depth < 50:
-                    add(child, event.id, depth + 1)
+                if depth >= 50 or event.id not in children:
+                    node.add_leaf(label(event), data=event.id)
+                else:
+                    add(node.add(label(event), data=event.id, expand=True), event.id, depth + 1)
 
+        tree.guide_depth = 2
         tree.root.expand()
         known = {e.id for e in self.events}
         roots = [p for p in children if p is None or p not in known]

@@ -142,11 +142,24 @@ async def test_flow_screen_shows_waterfall_tree_and_events(shop: Path) -> None:
             assert f"\n{lane} " in "\n" + "\n".join(x.strip("│ ") for x in text.splitlines())
         tree = app.screen.query_one("#causal", Tree)
         root_children = tree.root.children
-        assert str(root_children[0].label).endswith("shop.order.placed")
-        assert str(root_children[0].children[0].label).endswith("shop.pricing.quote")
+        assert str(root_children[0].label) == "shop.order.placed +0"
+        assert str(root_children[0].children[0].label) == "shop.pricing.quote +40ms"
         assert len(app.screen.query_one("#flow-events", RowList).index) == 6
         await pilot.press("escape")
         assert not isinstance(app.screen, FlowScreen)
+
+
+async def test_the_causal_tree_keeps_deep_subjects_in_sight_at_80_columns(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.screen.query_one("#flows", RowList).focus()
+        await pilot.press("enter", "w")
+        await settle(pilot)
+        tree_lines = [line.split("│")[0] for line in screen_text(app).splitlines()]
+        # the chain placed → quote → authorized → reserved → completed, five levels deep
+        deepest = next(line for line in tree_lines if "shop.order.completed" in line)
+        assert "shop.stock.reserved" in "\n".join(tree_lines)
+        assert deepest.index("shop.order.completed") > 8  # indented under its causes
 
 
 async def test_w_opens_the_flow_under_the_flows_cursor(shop: Path) -> None:
