@@ -592,16 +592,18 @@ async def test_replay_at_max_never_crawls_through_sparse_events(shop: Path) -> N
     app = QixtuiApp(shop, replay=True, monotonic=lambda: wall[0])
     async with app.run_test(size=SIZE) as pilot:
         events = app.screen.query_one("#events", RowList)
-        await pilot.press("s", "s", "space")
-        assert "▶ playing  max" in static_text(app, "#timeline")
+        await pilot.press("s", "s")
+        assert "⏸ paused  max" in static_text(app, "#timeline")
+        await pilot.press("space")
         wall[0] += 0.001  # 100 ms of recording at 100x: two events, but ten a tick at least
         while events.cursor == 0:
             await pilot.pause(0.05)
-        assert events.cursor == 10
-        assert app.cursor_ns == T0 + 4_500 * MS  # the time follows the event selected
+        # Its first move: ten events (a busy machine may let the second tick in as well).
+        assert events.cursor >= 10
         while app.playing:
             await pilot.pause(0.05)
         assert events.cursor == 11
+        assert app.cursor_ns == T0 + 4_600 * MS  # the time follows the event selected
         # Nothing to play (a filter matching nothing): it stops, instead of an IndexError.
         app.apply_filter("no-such-payload-text")
         await app.workers.wait_for_complete()
