@@ -106,12 +106,10 @@ class RunReport:
 
 
 def flow_status_of(report: RunReport) -> str:
-    """The run's end as a flow status: a failed run that undid steps is compensated."""
-    if report.outcome == "completed":
-        return "completed"
-    if any(step.kind == "compensate" for step in report.steps):
-        return "compensated"
-    return "failed"
+    """The run's end as a flow status: the engine's word. Compensated only when every
+    compensation it owed went through; one skipped or failed leaves the run failed (a
+    compensation step in the report alone said compensated, even when it was skipped)."""
+    return report.outcome if report.outcome in ("completed", "compensated") else "failed"
 
 
 async def connect_bus(connect: ConnectOptions) -> Client:

@@ -13,8 +13,8 @@ from nats.aio.client import Client
 from shop_participants import Shop
 
 from qixtui.core import store
-from qixtui.core.saga import load_saga_text
-from qixtui_nats.saga_runner import SagaRunner, open_journal
+from qixtui.core.saga import Held, Request, load_saga_text
+from qixtui_nats.saga_runner import Choice, SagaRunner, open_journal
 from qixtui_nats.server import EmbeddedServer
 
 SHOP = Path(__file__).parent.parent / "sagas" / "shop.toml"
@@ -118,6 +118,25 @@ async def test_stock_failure_refunds_the_payment(nc, journal) -> None:
     assert refund[1]["Idempotency-Key"] == f"{report.run_id}:authorize:compensate"
     rows = store.saga_journal(journal, report.run_id)
     assert [(r.step, r.kind, r.result) for r in rows][-1] == ("authorize", "compensate", "ok")
+
+
+async def test_a_skipped_compensation_leaves_the_run_failed_in_the_recording(nc, journal) -> None:
+    shop = Shop(out_of_stock=True)
+    await shop.serve(nc)
+    outcomes = await nc.subscribe("qixtui.saga.>")
+
+    async def gate(asked: Request | Held, headers: dict[str, str]) -> Choice:
+        if isinstance(asked, Held):
+            return Choice("compensate")
+        return Choice("skip" if asked.kind == "compensate" else "send")
+
+    saga, source = shop_saga()
+    report = await SagaRunner(nc, journal, gate=gate).start(saga, source)
+    assert report.outcome == "failed"
+    assert "skipped by the user: undo authorize" in report.reason
+    assert "shop.cmd.payment.refund" not in shop.subjects_called()
+    announced = await outcomes.next_msg(timeout=2)
+    assert announced.subject == "qixtui.saga.shop.failed"  # never refunded: not compensated
 
 
 async def test_shipping_failure_compensates_in_reverse_order(nc, journal) -> None:
