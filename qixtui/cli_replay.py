@@ -49,7 +49,7 @@ from qixtui.core.replay import (
     parse_speed,
     source_name,
 )
-from qixtui.core.text import visible
+from qixtui.core.text import counted, visible
 
 STOPPED_EXIT = 3
 
@@ -161,7 +161,7 @@ def _print_dry_run(data: dict[str, Any], same_server: bool) -> None:
     if data["prefix_new_each_run"]:
         where += " (a new id each run; --prefix chooses one)"
     lines.append(
-        f"would publish {data['messages']:,} messages ({data['bytes']:,} bytes) {where}"
+        f"would publish {counted(data['messages'], 'message')} ({data['bytes']:,} bytes) {where}"
         + (f", {data['requests']:,} of them requests" if data["requests"] else "")
     )
     for s in data["subjects"]:
@@ -409,6 +409,7 @@ def _report(
         else None,
         "requests": progress.requests,
         "replies": progress.replies,
+        "no_responders": progress.no_responders,
         "skipped": dict(replayer.replay.skipped),
         "error": progress.error,
         "lateness_ms": {
@@ -423,8 +424,10 @@ def _report(
     else:
         click.echo(
             visible(
-                f"replay {replay_id} ({plan.session}) {progress.status}: sent {progress.sent:,} "
-                f"messages to {target.url}, seq {result['first_seq']}..{progress.last_seq}"
+                f"replay {replay_id} ({plan.session}) {progress.status}: sent "
+                f"{counted(progress.sent, 'message')} to {target.url}, "
+                f"seq {result['first_seq']}..{progress.last_seq}"
+                + (f"; {progress.answers()}" if progress.requests else "")
             ),
             err=True,
         )

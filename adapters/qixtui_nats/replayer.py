@@ -34,6 +34,7 @@ from qixtui.core.replay import (
     oversize_bound_sql,
     selection_sql,
 )
+from qixtui.core.text import counted
 from qixtui_nats.connect import Client, ConnectError, ConnectOptions, describe_connect_error
 
 # At a paced speed the replayer confirms (PING/PONG) whenever it is about to idle for
@@ -45,6 +46,7 @@ PAGE = 4096
 FIRST_PAGE = 16
 PAGE_BYTES = 4 * 1024 * 1024
 CRLF = b"\r\n"
+NO_RESPONDERS_STATUS = "503"  # the status line the server sends when no one listens
 
 
 class ReplayClient(Client):
@@ -134,6 +136,7 @@ class Progress:
     confirmed_seq: int
     requests: int = 0
     replies: int = 0
+    no_responders: int = 0  # requests the server answered itself: nobody subscribed
     status: str = "running"
     error: str | None = None
     lateness_ns: list[int] = field(default_factory=list)
@@ -141,6 +144,15 @@ class Progress:
     @property
     def sent(self) -> int:
         return self.last_seq - self.first_seq
+
+    def answers(self) -> str:
+        """What the requests got back, for a person; "" when none were sent."""
+        if not self.requests:
+            return ""
+        return (
+            f"{counted(self.requests, 'request')}: {self.replies:,} replied, "
+            f"{self.no_responders:,} found no responders"
+        )
 
 
 async def connect(options: ConnectOptions) -> tuple[ReplayClient, Target]:
@@ -420,7 +432,7 @@ class Replayer:
 
     async def _await_replies(self, within: float = 1.0) -> None:
         deadline = time.monotonic() + within
-        while self.progress.replies < self.progress.requests:
+        while self.progress.replies + self.progress.no_responders < self.progress.requests:
             self._replied.clear()
             left = deadline - time.monotonic()
             if left <= 0:
@@ -429,7 +441,11 @@ class Replayer:
                 await asyncio.wait_for(self._replied.wait(), left)
 
     async def _on_reply(self, msg: Any) -> None:
-        self.progress.replies += 1
+        # The server's own "503" status, sent to the inbox when no one listens: not a reply.
+        if not msg.data and msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
+            self.progress.no_responders += 1
+        else:
+            self.progress.replies += 1
         self._replied.set()
 
 

@@ -31,3 +31,8 @@ _MERMAID_SPECIAL = re.compile(r'[#;%<>&"]')
 def mermaid_text(text: str) -> str:
     """Untrusted text safe in a Mermaid label or message, on one line."""
     return _MERMAID_SPECIAL.sub(lambda m: f"#{ord(m.group())};", visible(text))
+
+
+def counted(count: int, noun: str) -> str:
+    """`1 message`, `2 messages`: a count with its noun (regular plurals only)."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"

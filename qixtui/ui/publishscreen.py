@@ -36,6 +36,7 @@ from qixtui.core.replay import (
     parse_speed,
     source_name,
 )
+from qixtui.core.text import counted
 from qixtui.ui import text as t
 from qixtui.ui.data import clock, human_bytes
 from qixtui.ui.widgets import footer
@@ -465,12 +466,18 @@ class PublishScreen(Screen[None]):
         # Publishing the same plan again would send every message a second time.
         url = self.reviewed.url if self.reviewed else ""
         self.reviewed = None
+        answers = f" ({progress.answers()})" if progress.requests else ""
         self.query_one("#summary", Static).update(
-            Text(f"replay {progress.status}: run a new dry run to publish again")
+            Text(
+                f"replay {progress.status}: sent {counted(progress.sent, 'message')}{answers}; "
+                "run a new dry run to publish again"
+            )
         )
         self.refresh_buttons()
         if progress.status == "done":
-            self.notify(f"published {progress.sent:,} messages", title="publish", markup=False)
+            self.notify(
+                f"published {counted(progress.sent, 'message')}", title="publish", markup=False
+            )
         else:
             from qixtui_nats.connect import ConnectOptions
 

@@ -343,17 +343,29 @@ async def test_requests_go_to_a_replayer_inbox_and_replies_are_counted(
         *(source, "-s", nats_server.url, "--prefix", "rq", "--yes", "--speed", "max"),
         "--requests",
     )
+    unanswered = await asyncio.to_thread(
+        replay_json,
+        *(source, "-s", nats_server.url, "--prefix", "nobody", "--yes", "--speed", "max"),
+        "--requests",
+    )
     await nc.close()
     assert plain["sent"] == 3  # the three requests; their recorded replies are never sent
     assert plain["skipped"] == {"reply inbox (_INBOX.>)": 3}
     assert (plain["requests"], plain["replies"]) == (0, 0)
-    assert (asked["requests"], asked["replies"]) == (3, 3)
+    assert (asked["requests"], asked["replies"], asked["no_responders"]) == (3, 3, 0)
+    # No one listens under this prefix: the server's own "no responders" are not replies.
+    assert (unanswered["requests"], unanswered["replies"], unanswered["no_responders"]) == (
+        3,
+        0,
+        3,
+    )
     db = store.open_session(source)
     audit = store.replays(db)
     db.close()
     assert [(r["status"], r["sent"], r["replies"]) for r in audit] == [
         ("done", 3, 0),
         ("done", 3, 3),
+        ("done", 3, 0),
     ]
     assert all(r["target"] == nats_server.url for r in audit)
 

@@ -171,6 +171,10 @@ async def test_escape_stops_a_paced_publish_and_the_audit_row_says_where(
         assert screen.outcome is not None
         assert screen.outcome.status == "stopped"
         assert "stopped" in text_of(screen, "#progress-line")
+        assert text_of(screen, "#summary") == (
+            f"replay stopped: sent {screen.outcome.sent} messages; run a new dry run to publish "
+            "again"
+        )
         assert isinstance(app.screen, PublishScreen)  # the first escape only stops
         assert screen.query_one("#publish", Button).disabled  # a new dry run first
     await nc.flush()
