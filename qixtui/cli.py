@@ -35,6 +35,18 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def read_text_or_fail(path: str) -> str:
+    """A text file named on the command line (a saga, a step map), or one line saying why not:
+    a session file given by mistake is not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"{path}: not a UTF-8 text file (byte {exc.start:,} is not UTF-8)")
+    except OSError as exc:
+        fail(f"{path}: cannot read ({exc.strerror or exc})")
+    raise AssertionError  # fail() exits
+
+
 class Terminated(SystemExit):
     """SIGTERM, raised where the command is, so its `finally` blocks stop what it started."""
 

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import msgspec
 
-from qixtui.cli import FLOW_ID, fail, main, open_or_fail
+from qixtui.cli import FLOW_ID, fail, main, open_or_fail, read_text_or_fail
 from qixtui.core import compare as cmp
 from qixtui.core import export, flowfile, store
 from qixtui.core.rules import Rules
@@ -40,11 +40,9 @@ def _lens(db: sqlite3.Connection) -> cmp.Lens:
 
 def _load_toml(path: str) -> dict[str, Any]:
     """A TOML file, or one line saying why not."""
+    text = read_text_or_fail(path)
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        fail(f"{path}: {exc.strerror or exc}")
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         fail(f"{path}: not valid TOML: {exc}")
     raise AssertionError  # fail() exits
@@ -52,10 +50,7 @@ def _load_toml(path: str) -> dict[str, Any]:
 
 def _saga_def(path: str) -> SagaDef:
     """A saga file through the saga engine's own loader, or one line saying why not."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"{path}: cannot read ({exc.__class__.__name__}: {getattr(exc, 'strerror', exc)})")
+    text = read_text_or_fail(path)
     try:
         return load_saga_text(text, path)
     except SagaError as exc:

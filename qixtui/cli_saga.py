@@ -20,6 +20,7 @@ from qixtui.cli import (
     fail,
     main,
     open_or_fail,
+    read_text_or_fail,
     terminate_exits,
 )
 from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
@@ -29,10 +30,7 @@ from qixtui.core.text import visible
 
 
 def load_or_fail(path: str) -> tuple[SagaDef, str]:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"{path}: cannot read ({exc.__class__.__name__}: {exc.strerror or exc})")
+    text = read_text_or_fail(path)
     try:
         return load_saga_text(text, path), text
     except SagaError as exc:

@@ -67,11 +67,14 @@ def test_compare_two_sessions(shop_session: Path, tmp_path: Path) -> None:
         (["--json", "--markdown"], "choose one of --json, --markdown and --tui"),
         (["--tui", "--orchestrated-subject", "x.>"], "--tui compares the styles of one session"),
         (["--tui", "--saga", "SAGA", "--map", "nope=x"], "the saga has no step `nope`"),
+        # the session file itself given where a TOML file goes
+        (["--saga", "SAGA", "--map-file", "SESSION"], "is not UTF-8)"),
+        (["--saga", "SESSION", "--map", "a=b"], "is not UTF-8)"),
     ],
 )
 def test_compare_bad_input_is_one_line(shop_session: Path, args: list[str], message: str) -> None:
-    saga = str(shop_session.parent / "saga.toml")
-    out = run_qixtui("compare", str(shop_session), *[saga if a == "SAGA" else a for a in args])
+    named = {"SAGA": str(shop_session.parent / "saga.toml"), "SESSION": str(shop_session)}
+    out = run_qixtui("compare", str(shop_session), *[named.get(a, a) for a in args])
     assert out.returncode == 1
     assert message in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1

@@ -64,6 +64,14 @@ def test_check_names_the_line_of_an_unknown_field(tmp_path: Path) -> None:
     )
 
 
+def test_a_session_file_given_as_the_saga_is_one_line(tmp_path: Path) -> None:
+    session = tmp_path / "shop.qix"
+    store.create_session(session).close()
+    result = run_qixtui("orchestrate", "--check", str(session))
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f"qixtui: {session}: not a UTF-8 text file (byte ")
+
+
 async def test_auto_runs_record_every_request_in_one_flow_per_run(
     nc: Client, nats_server: EmbeddedServer, session_path: Path
 ) -> None:
