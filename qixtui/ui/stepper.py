@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import ClassVar
 
+from rich.console import Group
 from rich.text import Text
 from textual.actions import SkipAction
 from textual.app import ComposeResult
@@ -90,10 +91,11 @@ class StepperScreen(Screen[None]):
     StepperScreen #left { width: 60%; border-right: solid $primary; }
     StepperScreen #right { width: 1fr; }
     StepperScreen .title { height: 1; background: $primary-background; color: $text;
-                           padding: 0 1; text-style: bold; }
+                           padding: 0 1; text-style: bold; text-wrap: nowrap;
+                           text-overflow: ellipsis; }
     StepperScreen #steps { height: auto; max-height: 12; }
     StepperScreen #reply-box { height: 1fr; padding: 0 1; }
-    StepperScreen #request-meta { height: auto; max-height: 50%; overflow-y: auto;
+    StepperScreen #request-meta { height: auto; max-height: 60%; overflow-y: auto;
                                   padding: 0 1; }
     StepperScreen #payload { height: 1fr; min-height: 4; }
     StepperScreen #events-box { height: 30%; border-top: solid $primary; }
@@ -122,6 +124,7 @@ class StepperScreen(Screen[None]):
         self.waiting: asyncio.Future[Choice] | None = None
         self.shown: Request | Held | None = None
         self.shown_text = ""  # what the editor held when the request was shown
+        self.shown_headers: dict[str, str] = {}  # the headers the shown request will carry
         self.warned_payload: bytes | None = None  # an edit said to be no JSON, then sent
         self.continuing = False
         self.inject_armed = False
@@ -152,7 +155,9 @@ class StepperScreen(Screen[None]):
             with Vertical(id="right"):
                 yield Static(Text("next request"), id="request-title", classes="title")
                 yield Static(Text(""), id="request-meta")
-                yield TextArea("", id="payload", read_only=True, soft_wrap=True)
+                editor = TextArea("", id="payload", read_only=True, soft_wrap=True)
+                editor.border_title = "payload: e edits, escape returns"
+                yield editor
         with Vertical(id="events-box"):
             yield Static(Text("bus events of this run (from the recording)"), classes="title")
             yield RichLog(id="events", wrap=False, markup=False, highlight=False)
@@ -166,7 +171,6 @@ class StepperScreen(Screen[None]):
             ("step", "step"),
             ("state", "state"),  # before the request: what a narrow terminal must keep
             ("time", "time"),
-            ("request", "subject"),
         ):
             table.add_column(label, key=key)
         for n, step in enumerate(self.saga.steps, start=1):
@@ -176,7 +180,6 @@ class StepperScreen(Screen[None]):
                 t.literal(step.name, "bold"),
                 Text("pending", style="dim"),
                 Text(""),
-                t.literal(step.request),
                 key=step.name,
             )
         table.focus()
@@ -187,6 +190,30 @@ class StepperScreen(Screen[None]):
         self.set_interval(POLL_S, self.poll)
         self.run_worker(self.drive(), name="saga-run", exclusive=True)
         self.show_status()
+
+    def on_resize(self) -> None:
+        # once the widgets have their new sizes
+        self.call_after_refresh(self.fit_steps)
+        self.call_after_refresh(self.show_request_meta)
+
+    def fit_steps(self) -> None:
+        """The request column where the steps table has room for it: cut off at 80 columns it
+        showed `shop.c` and a scroll bar; the next request's subject is on the right anyway."""
+        table = self.query_one("#steps", DataTable)
+        shown = "subject" in table.columns
+        others = sum(
+            column.get_render_width(table)
+            for key, column in table.columns.items()
+            if key != "subject"
+        )
+        widest = max(len(step.request) for step in self.saga.steps) + 2 * table.cell_padding
+        fits = others + widest <= table.size.width
+        if fits and not shown:
+            table.add_column("request", key="subject")
+            for step in self.saga.steps:
+                table.update_cell(step.name, "subject", t.literal(step.request), update_width=True)
+        elif shown and not fits:
+            table.remove_column("subject")
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -446,6 +473,7 @@ class StepperScreen(Screen[None]):
             table.update_cell(step.name, "bp", mark)
             table.update_cell(step.name, "state", state, update_width=True)
             table.update_cell(step.name, "time", took, update_width=True)
+        self.fit_steps()  # a longer state can leave no room for the request column
 
     def show_reply(self) -> None:
         done = [r for r in self.journal if r.result is not None]
@@ -472,13 +500,8 @@ class StepperScreen(Screen[None]):
             what = "undo " if shown.kind == "compensate" else ""
             attempt = f" (attempt {shown.attempt + 1})" if shown.attempt else ""
             title.update(t.literal(f"next request: {what}{shown.step}{attempt}"))
-            lines = t.literal(f"subject  {shown.subject}", "bold")
-            lines.append(f"\ntimeout  {shown.timeout_s:g}s", "dim")
-            for name, value in (headers or {}).items():
-                lines.append("\n")
-                lines.append_text(t.literal(f"{name}: {value}", "dim"))
-            lines.append("\npayload (e edits, escape returns)", style="dim")
-            meta.update(lines)
+            self.shown_headers = headers or {}
+            self.show_request_meta()
             self.shown_text = payload_shown(shown.payload)
             editor.read_only = False
             editor.load_text(self.shown_text)
@@ -501,6 +524,26 @@ class StepperScreen(Screen[None]):
             editor.read_only = True
             if editor.has_focus:
                 self.query_one("#steps", DataTable).focus()
+
+    def show_request_meta(self) -> None:
+        """The shown request's subject, timeout and headers. Headers wrap, so every value can
+        be read whole, unless wrapped they would not all fit above the payload editor (80x24):
+        then each takes one line, cut at the edge."""
+        shown = self.shown
+        if not isinstance(shown, Request):
+            return
+        meta = self.query_one("#request-meta", Static)
+        subject = t.literal(f"subject  {shown.subject}", "bold")
+        lines = [subject, Text(f"timeout  {shown.timeout_s:g}s", "dim")]
+        headers = [t.literal(f"{k}: {v}", "dim") for k, v in self.shown_headers.items()]
+        width = meta.content_size.width
+        room = self.query_one("#right").content_size.height * 6 // 10 - 1  # max-height: 60%
+        wrapped = sum(-(-max(1, line.cell_len) // max(1, width)) for line in lines + headers)
+        cut = width > 0 and wrapped > room
+        for line in lines + headers:
+            line.no_wrap = cut and line is not subject
+            line.overflow = "ellipsis" if line.no_wrap else "fold"
+        meta.update(Group(*lines, *headers))
 
     def show_status(self) -> None:
         line = Text()

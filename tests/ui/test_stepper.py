@@ -16,6 +16,7 @@ import nats
 import pytest
 from helpers import run_qixtui
 from nats.aio.client import Client
+from rich.console import Group
 from rich.text import Text
 from textual.widgets import DataTable, RichLog, Static, TextArea
 from textual.widgets.text_area import Selection
@@ -28,6 +29,7 @@ from qixtui_demo.plan import DEFAULT_LATENCY, Knobs, Latency
 from qixtui_demo.shop import PaymentService, Shop, StockService
 from qixtui_nats.saga_runner import Recording, SagaRunner, open_journal
 from qixtui_nats.server import EmbeddedServer
+from ui.sessions import screen_text
 from ui.test_snapshots import SIZE, check
 
 TEXT = SHOP_SAGA.read_text(encoding="utf-8")
@@ -72,6 +74,8 @@ def stepper(bench: Bench, order_id: str, run_id: str | None = None) -> StepperAp
 
 def plain(app: StepperApp, selector: str) -> str:
     content = app.screen.query_one(selector, Static).content
+    if isinstance(content, Group):
+        return "\n".join(part.plain for part in content.renderables if isinstance(part, Text))
     return content.plain if isinstance(content, Text) else str(content)
 
 
@@ -301,6 +305,35 @@ async def test_a_failed_step_skipped_says_so_on_screen_and_in_show(bench: Bench)
         "2 reserve_stock shop.cmd.stock.reserve -> error: failure injected by the stepper "
         "(then skipped)" in shown.stdout
     )
+
+
+async def test_at_80x24_every_header_gets_a_line_and_the_steps_keep_their_state(
+    bench: Bench,
+) -> None:
+    app = stepper(bench, f"pilot-{uuid.uuid4().hex[:6]}")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        await pilot.pause(0.1)
+        table = app.screen.query_one("#steps", DataTable)
+        assert "subject" not in table.columns  # no room: the subject is on the right
+        meta = plain(app, "#request-meta").splitlines()
+        assert meta[0] == "subject  shop.cmd.payment.authorize"
+        assert [line.split(":")[0] for line in meta[2:]] == [
+            "Qixtui-Saga-Run",
+            "Qixtui-Saga-Step",
+            "Idempotency-Key",
+            "X-Correlation-ID",
+            "traceparent",
+        ]
+        on_screen = screen_text(app)
+        assert "shop.cmd.payment.authorize" in on_screen  # the subject wraps, never cut
+        for line in meta[2:]:  # a header a line, cut at the edge: all above the payload
+            assert line[:24] in on_screen
+        await pilot.resize_terminal(140, 40)
+        await pilot.pause(0.2)
+        assert "subject" in table.columns
+        await pilot.press("q")
+        await until(pilot, lambda: app.screen.report is not None, "the run stopped")
 
 
 async def test_stepper_snapshot(bench: Bench) -> None:
