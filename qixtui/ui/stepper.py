@@ -157,6 +157,7 @@ class StepperScreen(Screen[None]):
                 yield Static(Text(""), id="request-meta")
                 editor = TextArea("", id="payload", read_only=True, soft_wrap=True)
                 editor.border_title = "payload: e edits, escape returns"
+                editor.border_subtitle = "f7 selects all, ctrl+z undoes"  # Textual's keys
                 yield editor
         with Vertical(id="events-box"):
             yield Static(Text("bus events of this run (from the recording)"), classes="title")
