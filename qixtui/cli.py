@@ -408,7 +408,7 @@ def events(
             when = dt.datetime.fromtimestamp(event.ts_ns / 1e9).isoformat(timespec="microseconds")
             shown = store.event_to_json(event)
             # Not UTF-8: base64, and said so (it read as text that was never sent).
-            tag = "base64:" if shown.get("payload_encoding") == "base64" else ""
+            tag = "(base64) " if shown.get("payload_encoding") == "base64" else ""
             preview = tag + shown["payload"][:80]
             out.write(visible(f"{when} {event.subject} {len(event.payload)}B {preview}") + "\n")
 

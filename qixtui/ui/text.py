@@ -39,7 +39,10 @@ def payload_json(payload: bytes) -> Text | None:
 
 
 def not_json_why(payload: bytes) -> str:
-    """Why `payload_json` shows no JSON: valid JSON too large or too deep is not 'not JSON'."""
+    """Why `payload_json` shows no JSON, and what shows instead: bytes that are not UTF-8 as
+    hex, the rest as text (valid JSON too large or too deep is not 'not JSON')."""
+    if not is_utf8(payload):
+        return "hex (not UTF-8)"
     if len(payload) > DETAIL_BYTES:
         return "text (too large to format)"
     try:
@@ -49,6 +52,14 @@ def not_json_why(payload: bytes) -> str:
     except (ValueError, UnicodeDecodeError):
         pass
     return "text (not JSON)"
+
+
+def is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _pretty(payload: bytes) -> str:

@@ -154,6 +154,8 @@ class DetailPane(Vertical):
             body = t.payload_json(payload)
             if body is None:
                 shown = t.not_json_why(payload)
+                if not t.is_utf8(payload):
+                    mode = "hex"  # binary: its bytes, not replacement characters
         if body is None and mode != "hex":
             body = t.payload_text(payload)
         if mode == "hex":

@@ -157,7 +157,7 @@ def test_events_as_text_says_which_payloads_are_base64(tmp_path: Path):
     db.close()
     lines = run_qixtui("events", str(path)).stdout.splitlines()
     assert lines[0].endswith(" a.text 3B hi!")
-    assert lines[1].endswith(" a.bin 2B base64:/wA=")
+    assert lines[1].endswith(" a.bin 2B (base64) /wA=")
 
 
 @pytest.mark.parametrize(

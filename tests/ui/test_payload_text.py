@@ -16,7 +16,8 @@ def test_the_pane_says_why_a_payload_is_not_shown_as_json() -> None:
         (large, "text (too large to format)"),
         (deep, "text (nested too deep to format)"),
         (b'{"a": ', "text (not JSON)"),
-        (b"\xff\xfe", "text (not JSON)"),
+        (b"\xff\xfe", "hex (not UTF-8)"),
+        (b"\xff" * (text.DETAIL_BYTES + 1), "hex (not UTF-8)"),
     ):
         assert text.payload_json(payload) is None
         assert text.not_json_why(payload) == why
