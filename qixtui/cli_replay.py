@@ -57,11 +57,12 @@ STOPPED_EXIT = 3
 def _plan_from_options(kw: dict[str, Any]) -> Plan:
     try:
         session = secrets.token_hex(4)
-        if kw["original_subjects"] and kw["prefix"]:
+        given = kw["prefix"]  # `--prefix ''` is a prefix given, and refused: not the default
+        if kw["original_subjects"] and given is not None:
             fail("--prefix and --original-subjects exclude each other")
         prefix = None
         if not kw["original_subjects"]:
-            prefix = check_prefix(kw["prefix"]) if kw["prefix"] else default_prefix(session)
+            prefix = check_prefix(given) if given is not None else default_prefix(session)
         if kw["filter"]:
             parse_filter(kw["filter"])
         return Plan(

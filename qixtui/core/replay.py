@@ -165,11 +165,12 @@ def check_session(session: str) -> str:
 
 def check_prefix(prefix: str) -> str:
     """A subject prefix: valid tokens ending with a dot (`replay.x.`), no wildcards."""
+    given = prefix
     if not prefix.endswith("."):
         prefix += "."
     tokens = prefix[:-1].split(".")
     if any(not t or any(c in t for c in " \t\r\n*>") for t in tokens):
-        raise ReplayError(f"--prefix {prefix!r}: not a subject prefix (like replay.test.)")
+        raise ReplayError(f"--prefix {given!r}: not a subject prefix (like replay.test.)")
     return prefix
 
 

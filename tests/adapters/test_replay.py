@@ -370,6 +370,17 @@ async def test_requests_go_to_a_replayer_inbox_and_replies_are_counted(
     assert all(r["target"] == nats_server.url for r in audit)
 
 
+def test_an_empty_prefix_is_refused_not_replaced_by_the_default(tmp_path: Path) -> None:
+    source = tmp_path / "source.qix"
+    store.create_session(source).close()
+    empty = replay(source, "--prefix", "")
+    assert empty.returncode == 1
+    assert "--prefix '': not a subject prefix" in empty.stderr
+    both = replay(source, "--prefix", "", "--original-subjects")
+    assert both.returncode == 1
+    assert "exclude each other" in both.stderr
+
+
 def test_resume_needs_a_stopped_replay_and_no_new_selection(tmp_path: Path) -> None:
     source = tmp_path / "source.qix"
     store.create_session(source, {"server_id": "N"}).close()
