@@ -24,7 +24,7 @@ from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
 from qixtui.core import store
 from qixtui.core.filters import FilterError, check_subject
 from qixtui.core.store import SQL_INT_MAX
-from qixtui.core.text import visible
+from qixtui.core.text import counted, visible
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -362,7 +362,7 @@ def record(
         click.echo(json.dumps(result))
     else:
         click.echo(
-            f"recorded {result['events']:,} events in {result['duration_s']}s "
+            f"recorded {counted(result['events'], 'event')} in {result['duration_s']}s "
             f"({result['rate']:,.0f}/s), {result['dropped']:,} dropped, {result['gaps']} gaps "
             f"-> {result['file']}",
             err=True,

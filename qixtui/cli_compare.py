@@ -18,7 +18,7 @@ from qixtui.core import compare as cmp
 from qixtui.core import export, flowfile, store
 from qixtui.core.rules import Rules
 from qixtui.core.saga import SagaDef, SagaError, load_saga_text
-from qixtui.core.text import visible
+from qixtui.core.text import counted, visible
 
 
 def _markers(db: sqlite3.Connection, failure: Sequence[str], compensation: Sequence[str]) -> Any:
@@ -118,7 +118,7 @@ def render_text(result: cmp.Comparison) -> str:
         out.extend(f"  {e.source} -> {e.target}  {e.count}  ({e.via})" for e in stats.edges)
         out.append(f"{stats.style} critical path:")
         out.extend(
-            f"  {x.step}  {x.share:.0%} of critical time, in {x.flows} flows"
+            f"  {x.step}  {x.share:.0%} of critical time, in {counted(x.flows, 'flow')}"
             for x in stats.critical_path
         )
     out.append(f"styles: {result.split}")

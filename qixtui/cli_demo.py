@@ -29,6 +29,7 @@ import click
 from qixtui import child_command
 from qixtui.cli import fail, main, terminate_exits
 from qixtui.core import store
+from qixtui.core.text import counted
 
 READY_TIMEOUT_S = 20.0
 DRAIN_S = 3.0  # how long the shop lets in-flight orders settle once told to stop
@@ -555,6 +556,6 @@ def demo(
     if not headless:  # headless told of each as it came
         for incident in result["incidents"]:
             say_incident(Incident(**incident))
-    click.echo(f"recorded {result['recorded']['events']:,} events", err=True)
+    click.echo(f"recorded {counted(result['recorded']['events'], 'event')}", err=True)
     click.echo(result["file"])
     sys.exit(exit_code)

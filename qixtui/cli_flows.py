@@ -16,7 +16,7 @@ from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
 from qixtui.core import discover as discovery
 from qixtui.core import flowfile, store, waterfall
 from qixtui.core.model import FLOW_STATUSES, Flow
-from qixtui.core.text import visible
+from qixtui.core.text import counted, visible
 
 BAR_WIDTH = 48
 
@@ -52,7 +52,7 @@ def correlate(file: str, as_json: bool, **kw: Any) -> None:
     if as_json:
         click.echo(json.dumps({"file": file, "flows": count}))
     else:
-        click.echo(visible(f"{count:,} flows in {file}"), err=True)
+        click.echo(visible(f"{counted(count, 'flow')} in {file}"), err=True)
 
 
 def _when(ns: int) -> str:
@@ -139,7 +139,7 @@ def flow(file: str, flow_id: int, as_json: bool) -> None:
     span = layout.end_ns - layout.start_ns
     width = max([len(lane) for lane in layout.lanes] + [7])
     lines = [
-        f"flow {summary.flow_id}: {summary.status}, {summary.events} events, "
+        f"flow {summary.flow_id}: {summary.status}, {counted(summary.events, 'event')}, "
         f"{_duration(span)}, keys: {', '.join(summary.keys) or '-'}"
         + (" [orchestrated]" if summary.orchestrated else ""),
         f"{'':<{width}} 0{'':<{BAR_WIDTH - 2}}{_duration(span)}",
@@ -179,7 +179,7 @@ def discover(file: str, as_json: bool, as_dot: bool, as_mermaid: bool, top: int)
     if as_mermaid:
         click.echo(discovery.to_mermaid(found), nl=False)
         return
-    lines = [f"{found.flows:,} flows, {len(found.variants):,} variants"]
+    lines = [f"{counted(found.flows, 'flow')}, {counted(len(found.variants), 'variant')}"]
     for variant in found.variants[:top]:
         share = variant.count / found.flows * 100
         lines.append(f"{variant.count:>8} {share:5.1f}%  {' > '.join(variant.steps)}")

@@ -30,6 +30,7 @@ from textual.worker import get_current_worker
 from qixtui.core import filters, store
 from qixtui.core.filters import FilterError
 from qixtui.core.model import Event
+from qixtui.core.text import counted
 from qixtui.ui import text as t
 from qixtui.ui.data import IdIndex, Session, Stats, clock, scan
 from qixtui.ui.rowlist import RowList
@@ -784,7 +785,7 @@ class QixtuiApp(QuitOnTerminate):
             return
         finally:
             db.close()
-        message = t.plain(f"exported {count:,} events to {out}")
+        message = t.plain(f"exported {counted(count, 'event')} to {out}")
         self.call_from_thread(self.notify, message, markup=False, title="recording")
 
     # -- replay --------------------------------------------------------------------------

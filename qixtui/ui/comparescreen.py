@@ -29,6 +29,7 @@ from qixtui.core.flowdiff import DiffRow, FlowDiff, Step, diff_flows
 from qixtui.core.model import Event, Flow, Link
 from qixtui.core.rules import Rules
 from qixtui.core.saga import SagaDef
+from qixtui.core.text import counted
 from qixtui.core.waterfall import Waterfall, layout
 from qixtui.ui import text as t
 from qixtui.ui.app import QixtuiApp
@@ -136,7 +137,9 @@ def render_discovered(found: Discovery) -> Text:
     """The directly-follows graph as an edge list under each activity."""
     out = Text(no_wrap=True)
     out.append(
-        f"discovered choreography · {found.flows} flows · {len(found.variants)} variants\n", "bold"
+        f"discovered choreography · {counted(found.flows, 'flow')} · "
+        f"{counted(len(found.variants), 'variant')}\n",
+        "bold",
     )
     if not found.flows:
         out.append("no choreographed flows in this session\n", "dim")
@@ -259,7 +262,9 @@ def _flow_title(tag: str, flow: Flow | None, flow_id: int) -> Text:
         line.append(" ")
         line.append_text(status_text(flow.status))
         line.append(f"  {'orchestrated ⚙' if flow.orchestrated else 'choreographed'}", "dim")
-        line.append(f"  {duration(flow.ended_ns - flow.started_ns)}  {flow.events} events")
+        line.append(
+            f"  {duration(flow.ended_ns - flow.started_ns)}  {counted(flow.events, 'event')}"
+        )
     return line
 
 
@@ -466,9 +471,9 @@ class CompareScreen(Screen[None]):
         result = loaded.result
         head = Text(no_wrap=True)
         head.append("choreography ", "bold")
-        head.append(f"{result.choreography.flows} flows", "cyan")
+        head.append(counted(result.choreography.flows, "flow"), "cyan")
         head.append("  vs  orchestration ", "bold")
-        head.append(f"{result.orchestration.flows} flows", "magenta")
+        head.append(counted(result.orchestration.flows, "flow"), "magenta")
         head.append_text(t.literal(f"   {result.split}", "dim"))
         self.query_one("#compare-head", Static).update(head)
         self.query_one("#figures", Static).update(render_figures(result))

@@ -16,6 +16,7 @@ from textual.widgets.tree import TreeNode
 
 from qixtui.core import flowfile
 from qixtui.core.model import Event
+from qixtui.core.text import counted
 from qixtui.ui import text as t
 from qixtui.ui.data import IdIndex, Session, duration
 from qixtui.ui.rowlist import RowList
@@ -121,7 +122,9 @@ class FlowScreen(Screen[None]):
         head = Text(f"flow #{self.flow_id}  ")
         if flow is not None:
             head.append_text(status_text(flow.status))
-            head.append(f"  {duration(flow.ended_ns - flow.started_ns)}  {flow.events} events  ")
+            head.append(
+                f"  {duration(flow.ended_ns - flow.started_ns)}  {counted(flow.events, 'event')}  "
+            )
             head.append_text(t.literal(" → ".join(flow.variant), "dim"))
         self.query_one("#flow-head", Static).update(head)
         rows = self.query_one("#flow-events", RowList)

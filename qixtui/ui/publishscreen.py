@@ -384,7 +384,8 @@ class PublishScreen(Screen[None]):
         head.append("dry run: nothing sent. ", "bold")
         head.append_text(
             t.literal(
-                f"Would publish {report.messages:,} messages ({human_bytes(report.bytes)}) "
+                f"Would publish {counted(report.messages, 'message')} "
+                f"({human_bytes(report.bytes)}) "
                 f"{where} to {reviewed.url} {target.server_name} "
                 f"(max_payload {target.max_payload:,} bytes)"
                 + (f", {report.requests:,} of them requests" if report.requests else "")

@@ -20,7 +20,7 @@ from textual.widgets import DataTable, RichLog, Static, TextArea
 
 from qixtui.core import store
 from qixtui.core.saga import Held, Request, SagaDef, StepResult
-from qixtui.core.text import visible
+from qixtui.core.text import counted, visible
 from qixtui.ui import text as t
 from qixtui.ui.data import EVENT_ROW, Session
 from qixtui.ui.signals import QuitOnTerminate
@@ -571,7 +571,9 @@ class StepperScreen(Screen[None]):
             line.append("  ⚡ the next step fails (injected)", style="bold red")
         line.append("\n")
         line.append_text(
-            t.literal(f"{self.events_seen} events of this run in {self.path.name}", "dim")
+            t.literal(
+                f"{counted(self.events_seen, 'event')} of this run in {self.path.name}", "dim"
+            )
         )
         self.query_one("#status", Static).update(line)
 
