@@ -56,11 +56,11 @@ class Client(NatsClient):
             if writer is None or writer.get_extra_info("ssl_object") is None:
                 url = redact_url(server.uri.geturl())
                 why = (
-                    "ws:// is never encrypted (use wss://)"
+                    "is ws://, never encrypted (use wss://)"
                     if server.uri.scheme == "ws"
-                    else ("it does not offer TLS")
+                    else "does not offer TLS"
                 )
-                raise TLSNotOffered(f"TLS was asked for, but {url}: {why}; nothing was sent")
+                raise TLSNotOffered(f"TLS was asked for, but {url} {why}; nothing was sent")
         return super()._connect_command()
 
 
