@@ -49,9 +49,11 @@ from qixtui.core.replay import (
     parse_speed,
     source_name,
 )
-from qixtui.core.text import counted, visible
+from qixtui.core.text import clipped, counted, visible
 
 STOPPED_EXIT = 3
+# A subject longer than this is cut in the dry run's lines (--json keeps it whole)
+SUBJECT_SHOWN = 120
 
 
 def _plan_from_options(kw: dict[str, Any]) -> Plan:
@@ -168,7 +170,8 @@ def _print_dry_run(data: dict[str, Any], same_server: bool) -> None:
     for s in data["subjects"]:
         lines.append(
             f"  {s['count']:>8,} {s['bytes']:>12,}B  {_when(s['first_ns'])} .. "
-            f"{_when(s['last_ns'])}  {s['subject']} -> {s['target']}"
+            f"{_when(s['last_ns'])}  {clipped(s['subject'], SUBJECT_SHOWN)} -> "
+            f"{clipped(s['target'], SUBJECT_SHOWN)}"
         )
     for reason, n in data["skipped"].items():
         lines.append(f"never published: {n:,} ({reason})")

@@ -36,3 +36,8 @@ def mermaid_text(text: str) -> str:
 def counted(count: int, noun: str) -> str:
     """`1 message`, `2 messages`: a count with its noun (regular plurals only)."""
     return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+
+
+def clipped(text: str, limit: int) -> str:
+    """At most `limit` characters: a longer text keeps its start and says it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -622,3 +622,22 @@ def test_a_server_with_a_nonsense_max_payload_is_one_line(tmp_path: Path) -> Non
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert "names no usable max_payload ('lots')" in line
+
+
+def test_the_dry_run_cuts_a_very_long_subject_and_json_keeps_it_whole(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    long = "orders." + "x" * 3000
+    source = tmp_path / "s.qix"
+    db = store.create_session(source, {})
+    store.insert_events(db, [Event(1, long, None, None, b"x", 1)])
+    db.close()
+    plain = replay(source, "-s", nats_server.url, "--prefix", "p")
+    assert plain.returncode == 0, plain.stderr
+    [line] = [x for x in plain.stdout.splitlines() if "orders.xxx" in x]
+    shown, target = line.split("  ")[-1].split(" -> ")
+    assert (len(shown), len(target)) == (120, 120)
+    assert (shown[:10], shown[-2:]) == ("orders.xxx", "x…")
+    assert (target[:12], target[-2:]) == ("p.orders.xxx", "x…")
+    data = replay_json(source, "-s", nats_server.url, "--prefix", "p")
+    assert [s["subject"] for s in data["subjects"]] == [long]
