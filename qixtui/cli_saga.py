@@ -103,6 +103,13 @@ def print_report(report: Any, as_json: bool, file: Path, flags: str) -> None:
     for step in report.steps:
         click.echo(visible(step_line(step)))
     click.echo(visible(f"run {report.run_id} {report.saga}: {report.outcome}: {report.reason}"))
+    if not report.announced:
+        click.echo(
+            visible(
+                f"run {report.run_id}: the bus did not confirm the announcement of its end; "
+                "the recording may lack it, and show the run's flow as running"
+            )
+        )
     if report.outcome in ("stopped", "running"):
         click.echo(visible(f"continue with: {resume_command(report.run_id, file, flags)}"))
 

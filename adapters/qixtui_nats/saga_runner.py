@@ -47,6 +47,7 @@ from qixtui.core.saga import (
 from qixtui_nats.connect import Client, ConnectError, ConnectOptions, describe_connect_error
 
 INJECTED = "failure injected by the stepper"
+ANNOUNCE_CONFIRM_S = 5  # how long the bus may take to confirm a run's end announcement
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class RunReport:
     steps: list[StepReport] = field(default_factory=list)
     in_doubt: list[StepReport] = field(default_factory=list)  # found when resuming
     clean_end: bool = True  # the engine's word: nothing left that should have been undone
+    # The bus confirmed the announcement of the end (False: the recording may lack it, and
+    # the run's flow then stays running there).
+    announced: bool = True
 
     @property
     def clean(self) -> bool:
@@ -102,6 +106,7 @@ class RunReport:
             "steps": [s.__dict__ for s in self.steps],
             "in_doubt": [s.__dict__ for s in self.in_doubt],
             "clean": self.clean,
+            "announced": self.announced,
         }
 
 
@@ -306,11 +311,13 @@ class SagaRunner:
             "traceparent": f"00-{run.trace_id}-{secrets.token_hex(8)}-01",
         }
         body = {"run_id": run.run_id, "outcome": report.outcome, "reason": report.reason}
-        with contextlib.suppress(nats.errors.Error, OSError):
+        try:
             await self.nc.publish(
                 saga_outcome_subject(run.saga, ended), json.dumps(body).encode(), headers=headers
             )
-            await self.nc.flush(timeout=2)
+            await self.nc.flush(timeout=ANNOUNCE_CONFIRM_S)
+        except (nats.errors.Error, OSError):
+            report.announced = False
 
     async def _send(
         self,

@@ -94,6 +94,7 @@ async def test_declined_payment_compensates_nothing_and_fails_cleanly(nc, journa
     announced = await outcomes.next_msg(timeout=2)
     assert announced.subject == "qixtui.saga.shop.failed"
     assert json.loads(announced.data)["outcome"] == "failed"
+    assert report.announced  # the bus confirmed it
     assert report.clean
     assert "declined" in report.reason
     assert shop.subjects_called() == ["shop.cmd.payment.authorize"]
@@ -137,6 +138,22 @@ async def test_a_skipped_compensation_leaves_the_run_failed_in_the_recording(nc,
     assert "shop.cmd.payment.refund" not in shop.subjects_called()
     announced = await outcomes.next_msg(timeout=2)
     assert announced.subject == "qixtui.saga.shop.failed"  # never refunded: not compensated
+
+
+async def test_an_end_the_bus_did_not_take_is_reported(
+    nats_server: EmbeddedServer, journal
+) -> None:
+    client = await nats.connect(nats_server.url)
+
+    async def gate(asked: Request | Held, headers: dict[str, str]) -> Choice:
+        await client.close()  # the bus is gone before the run ends
+        return Choice("abort")
+
+    saga, source = shop_saga()
+    report = await SagaRunner(client, journal, gate=gate).start(saga, source)
+    assert report.outcome == "failed"
+    assert not report.announced
+    assert report.to_json()["announced"] is False
 
 
 async def test_shipping_failure_compensates_in_reverse_order(nc, journal) -> None:
