@@ -96,7 +96,12 @@ PLAN_OPTIONS = (
 
 
 def _resume_point(path: Path, kw: dict[str, Any]) -> tuple[Plan, dict[str, Any]]:
-    given = [f"--{name.replace('_', '-')}" for name in PLAN_OPTIONS if kw[name]]
+    # An empty value (`--prefix ''`) was given too: only None, False and () are not.
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in PLAN_OPTIONS
+        if kw[name] is not None and kw[name] is not False and kw[name] != ()
+    ]
     if kw["speed"] != "1":
         given.append("--speed")
     if given:

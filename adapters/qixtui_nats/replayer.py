@@ -46,7 +46,7 @@ PAGE = 4096
 FIRST_PAGE = 16
 PAGE_BYTES = 4 * 1024 * 1024
 CRLF = b"\r\n"
-NO_RESPONDERS_STATUS = "503"  # the status line the server sends when no one listens
+NO_RESPONDERS_LINE = b"NATS/1.0 503"  # the status line the server sends when no one listens
 
 
 class ReplayClient(Client):
@@ -57,6 +57,25 @@ class ReplayClient(Client):
     """
 
     on_lost: Callable[[], None] | None = None
+    # Answers on this subscription that are the server's own "no responders" (a header block
+    # opening `NATS/1.0 503`) go to `on_no_responders` instead: nats-py reads that status line
+    # and a reply's ordinary `Status: 503` header alike.
+    answers_sid: int | None = None
+    on_no_responders: Callable[[], None] | None = None
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        if (
+            sid == self.answers_sid
+            and self.on_no_responders is not None
+            and not data
+            and headers
+            and headers.startswith(NO_RESPONDERS_LINE)
+        ):
+            self.on_no_responders()
+            return
+        await super()._process_msg(sid, subject, reply, data, headers)
 
     async def _lost(self) -> None:
         if self.on_lost is not None:
@@ -149,9 +168,10 @@ class Progress:
         """What the requests got back, for a person; "" when none were sent."""
         if not self.requests:
             return ""
+        unanswered = max(0, self.requests - self.replies - self.no_responders)
         return (
-            f"{counted(self.requests, 'request')}: {self.replies:,} replied, "
-            f"{self.no_responders:,} found no responders"
+            f"{counted(self.requests, 'request')}: {counted(self.replies, 'reply')}, "
+            f"{self.no_responders:,} with no responders, {unanswered:,} unanswered"
         )
 
 
@@ -295,7 +315,9 @@ class Replayer:
         try:
             if self.plan.requests:
                 self._inbox = self.nc.new_inbox()
-                await self.nc.subscribe(self._inbox + ".*", cb=self._on_reply)
+                answers = await self.nc.subscribe(self._inbox + ".*", cb=self._on_reply)
+                self.nc.answers_sid = answers._id
+                self.nc.on_no_responders = self._on_no_responders
             await self._publish()
             await self.nc.confirm()
             progress.confirmed_seq = progress.last_seq
@@ -441,11 +463,11 @@ class Replayer:
                 await asyncio.wait_for(self._replied.wait(), left)
 
     async def _on_reply(self, msg: Any) -> None:
-        # The server's own "503" status, sent to the inbox when no one listens: not a reply.
-        if not msg.data and msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
-            self.progress.no_responders += 1
-        else:
-            self.progress.replies += 1
+        self.progress.replies += 1
+        self._replied.set()
+
+    def _on_no_responders(self) -> None:
+        self.progress.no_responders += 1
         self._replied.set()
 
 

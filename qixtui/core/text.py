@@ -34,8 +34,12 @@ def mermaid_text(text: str) -> str:
 
 
 def counted(count: int, noun: str) -> str:
-    """`1 message`, `2 messages`: a count with its noun (regular plurals only)."""
-    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
+    """`1 message`, `2 messages`, `2 replies`: a count with its noun."""
+    if count == 1:
+        return f"{count:,} {noun}"
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return f"{count:,} {noun[:-1]}ies"
+    return f"{count:,} {noun}s"
 
 
 def clipped(text: str, limit: int) -> str:

@@ -321,7 +321,11 @@ async def test_requests_go_to_a_replayer_inbox_and_replies_are_counted(
     async def answer(msg: Any) -> None:
         await msg.respond(b"pong:" + msg.data)
 
+    async def odd_answer(msg: Any) -> None:  # a reply of its own that says 503: still a reply
+        await nc.publish(msg.reply, b"", headers={"Status": "503"})
+
     await nc.subscribe("rq.svc.ping", cb=answer)
+    await nc.subscribe("odd.svc.ping", cb=odd_answer)
     await nc.flush()
     rec = recording(nats_server.url, source, "svc.>", "_INBOX.>")
     await asyncio.to_thread(rec.__enter__)
@@ -348,6 +352,11 @@ async def test_requests_go_to_a_replayer_inbox_and_replies_are_counted(
         *(source, "-s", nats_server.url, "--prefix", "nobody", "--yes", "--speed", "max"),
         "--requests",
     )
+    odd = await asyncio.to_thread(
+        replay_json,
+        *(source, "-s", nats_server.url, "--prefix", "odd", "--yes", "--speed", "max"),
+        "--requests",
+    )
     await nc.close()
     assert plain["sent"] == 3  # the three requests; their recorded replies are never sent
     assert plain["skipped"] == {"reply inbox (_INBOX.>)": 3}
@@ -359,6 +368,7 @@ async def test_requests_go_to_a_replayer_inbox_and_replies_are_counted(
         0,
         3,
     )
+    assert (odd["replies"], odd["no_responders"]) == (3, 0)
     db = store.open_session(source)
     audit = store.replays(db)
     db.close()
@@ -366,6 +376,7 @@ async def test_requests_go_to_a_replayer_inbox_and_replies_are_counted(
         ("done", 3, 0),
         ("done", 3, 3),
         ("done", 3, 0),
+        ("done", 3, 3),
     ]
     assert all(r["target"] == nats_server.url for r in audit)
 
@@ -390,6 +401,9 @@ def test_resume_needs_a_stopped_replay_and_no_new_selection(tmp_path: Path) -> N
     mixed = replay(source, "--resume", "--subject", "a.>")
     assert mixed.returncode == 1
     assert "drop --subject" in mixed.stderr
+    empty = replay(source, "--resume", "--prefix", "", "--filter", "")
+    assert empty.returncode == 1
+    assert "drop --filter, --prefix" in empty.stderr
 
 
 def test_a_restarted_target_stops_the_replay_and_resume_sends_nothing_twice(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qixtui.core.text import visible
+from qixtui.core.text import clipped, counted, visible
 
 CORPUS = [
     "[@click=app.quit]x[/]",
@@ -42,3 +42,22 @@ def test_corpus_is_made_visible():
 @given(st.text())
 def test_any_text_comes_out_safe(text: str):
     assert is_safe(visible(text))
+
+
+def test_counts_carry_their_noun() -> None:
+    assert [counted(n, "message") for n in (0, 1, 2, 1500)] == [
+        "0 messages",
+        "1 message",
+        "2 messages",
+        "1,500 messages",
+    ]
+    assert (counted(2, "reply"), counted(2, "key"), counted(1, "reply")) == (
+        "2 replies",
+        "2 keys",
+        "1 reply",
+    )
+
+
+def test_a_long_text_is_clipped_and_says_so() -> None:
+    assert clipped("abc", 3) == "abc"
+    assert clipped("abcd", 3) == "ab…"
