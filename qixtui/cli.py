@@ -24,7 +24,7 @@ from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
 from qixtui.core import store
 from qixtui.core.filters import FilterError, check_subject
 from qixtui.core.store import SQL_INT_MAX
-from qixtui.core.text import counted, visible
+from qixtui.core.text import counted, not_utf8, visible
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,7 +41,7 @@ def read_text_or_fail(path: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        fail(f"{path}: not a UTF-8 text file (byte {exc.start:,} is not UTF-8)")
+        fail(not_utf8(path, exc))
     except OSError as exc:
         fail(f"{path}: cannot read ({exc.strerror or exc})")
     raise AssertionError  # fail() exits
@@ -363,7 +363,8 @@ def record(
     else:
         click.echo(
             f"recorded {counted(result['events'], 'event')} in {result['duration_s']}s "
-            f"({result['rate']:,.0f}/s), {result['dropped']:,} dropped, {result['gaps']} gaps "
+            f"({result['rate']:,.0f}/s), {result['dropped']:,} dropped, "
+            f"{counted(result['gaps'], 'gap')} "
             f"-> {result['file']}",
             err=True,
         )

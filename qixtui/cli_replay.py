@@ -182,11 +182,14 @@ def _print_dry_run(data: dict[str, Any], same_server: bool) -> None:
         lines.append(f"never published: {n:,} ({reason})")
     if data["oversize"]:
         lines.append(
-            f"{len(data['oversize']):,} messages larger than the target's max_payload "
+            f"{counted(len(data['oversize']), 'message')} larger than the target's max_payload "
             f"({data['max_payload']:,} bytes, headers included):"
         )
         for o in data["oversize"]:
-            lines.append(f"  seq {o['seq']} event {o['event_id']} {o['subject']} {o['size']:,}B")
+            lines.append(
+                f"  seq {o['seq']} event {o['event_id']} "
+                f"{clipped(o['subject'], SUBJECT_SHOWN)} {o['size']:,}B"
+            )
     click.echo("\n".join(visible(line) for line in lines))
 
 
@@ -341,9 +344,10 @@ async def _run(
         if report.oversize:
             first = report.oversize[0]
             fail(
-                f"{len(report.oversize):,} messages are larger than the target's max_payload "
+                f"{counted(len(report.oversize), 'message')} larger than the target's max_payload "
                 f"({target.max_payload:,} bytes), e.g. event {first[1]} on "
-                f"{visible(first[2])} ({first[3]:,} bytes); nothing sent (see the dry run)"
+                f"{visible(clipped(first[2], SUBJECT_SHOWN))} ({first[3]:,} bytes); "
+                "nothing sent (see the dry run)"
             )
         if plan.prefix is None:
             _confirm_original(meta, target, confirm_name)

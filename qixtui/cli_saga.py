@@ -26,7 +26,7 @@ from qixtui.cli import (
 from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
 from qixtui.core import store
 from qixtui.core.saga import SagaDef, SagaError, describe_step, load_saga_text
-from qixtui.core.text import visible
+from qixtui.core.text import counted, visible
 
 
 def load_or_fail(path: str) -> tuple[SagaDef, str]:
@@ -45,7 +45,7 @@ def plan_lines(saga: SagaDef) -> list[str]:
         if pivot is not None
         else ("no pivot: any failure compensates every completed step")
     )
-    lines = [f"saga {saga.name}: {len(saga.steps)} steps, {where}"]
+    lines = [f"saga {saga.name}: {counted(len(saga.steps), 'step')}, {where}"]
     if saga.description:
         lines.append(f"  {saga.description}")
     for name, value in saga.vars.items():

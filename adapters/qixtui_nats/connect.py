@@ -56,7 +56,7 @@ class Client(NatsClient):
             if writer is None or writer.get_extra_info("ssl_object") is None:
                 url = redact_url(server.uri.geturl())
                 why = (
-                    "is ws://, never encrypted (use wss://)"
+                    "is plain WebSocket, never encrypted (use wss://)"
                     if server.uri.scheme == "ws"
                     else "does not offer TLS"
                 )

@@ -30,6 +30,7 @@ from nats.protocol.parser import AWAITING_CONTROL_LINE, Parser
 
 import qixtui
 from qixtui.core import store
+from qixtui.core.text import counted
 from qixtui.core.writer import (
     PART_EVENTS,
     CycleCollector,
@@ -619,8 +620,8 @@ class Recorder:
 def progress_line(stats: RecordStats) -> str:
     state = "recording" if stats.connected else "NOT RECORDING (disconnected)"
     return (
-        f"{state}: {stats.events:,} events, {stats.rate():,.0f}/s, "
-        f"{stats.dropped:,} dropped, {stats.gaps} gaps"
+        f"{state}: {counted(stats.events, 'event')}, {stats.rate():,.0f}/s, "
+        f"{stats.dropped:,} dropped, {counted(stats.gaps, 'gap')}"
     )
 
 

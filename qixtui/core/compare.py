@@ -26,6 +26,7 @@ from qixtui.core.saga import (
     SagaError,
     load_saga_text,
 )
+from qixtui.core.text import counted
 
 SAGA_RUN_HEADER = "Qixtui-Saga-Run"
 ORCHESTRATOR = "orchestrator"  # the participant that sends a saga run's requests
@@ -715,7 +716,7 @@ def conformance_lines(conf: Conformance, markdown: bool) -> list[str]:
     """The conformance summary as lines: a Markdown list, or indented text."""
     lines = [
         f"{conf.conforming_flows} of {conf.flows} choreography flows conform to the saga "
-        f"({len(conf.variants)} variants)."
+        f"({counted(len(conf.variants), 'variant')})."
     ]
     if conf.unmapped_steps:
         lines.append(f"Steps without an event mapping: {', '.join(conf.unmapped_steps)}.")

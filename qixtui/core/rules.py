@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 
 from qixtui.core.store import scaled_ns, subject_problem
+from qixtui.core.text import not_utf8
 
 DEFAULT_HEADERS = ["X-Correlation-ID", "Correlation-Id", "correlation_id", "ce-correlationid"]
 DEFAULT_MESSAGE_ID_HEADERS = ["X-Message-ID", "Nats-Msg-Id", "ce-id"]
@@ -217,8 +218,10 @@ def load_rules(path: Path | str) -> Rules:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RulesError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RulesError(f"{path}: cannot read ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise RulesError(not_utf8(path, exc)) from None
+    except OSError as exc:
+        raise RulesError(f"{path}: cannot read ({exc.strerror or exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise RulesError(f"{path}: not valid TOML ({exc})") from None
     try:

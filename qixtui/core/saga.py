@@ -876,7 +876,7 @@ class SagaEngine:
 
 
 # How a run ended, published by the runner inside the run's flow so the recording carries the
-# flow's status: completed, compensated (a compensation ran) or failed.
+# flow's status: completed, compensated (every compensation owed went through) or failed.
 SAGA_OUTCOME_TERMINAL = ("qixtui.saga.*.completed",)
 SAGA_OUTCOME_FAILURE = ("qixtui.saga.*.failed", "qixtui.saga.*.compensated")
 SAGA_OUTCOME_COMPENSATION = ("qixtui.saga.*.compensated",)

@@ -33,6 +33,12 @@ def mermaid_text(text: str) -> str:
     return _MERMAID_SPECIAL.sub(lambda m: f"#{ord(m.group())};", visible(text))
 
 
+def not_utf8(path: object, exc: UnicodeDecodeError) -> str:
+    """Why a file named as text could not be read: one line (a session file given by
+    mistake, say)."""
+    return f"{path}: not a UTF-8 text file (byte {exc.start:,} is not UTF-8)"
+
+
 def counted(count: int, noun: str) -> str:
     """`1 message`, `2 messages`, `2 replies`: a count with its noun."""
     if count == 1:

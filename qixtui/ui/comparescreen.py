@@ -179,7 +179,7 @@ def render_plan(saga: SagaDef | None, source: str) -> Text:
         return out
     out.append("saga plan · ", "bold")
     out.append_text(t.literal(saga.name, "bold"))
-    out.append(f" · {len(saga.steps)} steps · from ", "bold")
+    out.append(f" · {counted(len(saga.steps), 'step')} · from ", "bold")
     out.append_text(t.literal(source, "dim"))
     out.append("\n ● start\n", "green")
     boxes: list[list[tuple[str, str]]] = []

@@ -162,9 +162,10 @@ class FlowScreen(Screen[None]):
         # The subject first: each level indents, and at 80 columns a clock before it pushed
         # the subjects of the fourth level out of sight. The events list beside has the clock.
         def label(event: Event) -> Text:
-            line = t.literal(event.subject, "bold")
+            line = Text()
+            line.append_text(t.literal(event.subject, "bold"))
             offset = event.ts_ns - start
-            line.append(f" +{duration(offset)}" if offset else " +0", "dim")
+            line.append(f" +{duration(offset)}" if offset >= 1_000 else " +0", "dim")
             return line
 
         def add(node: TreeNode[int], parent_id: int | None, depth: int) -> None:

@@ -323,7 +323,7 @@ class PublishScreen(Screen[None]):
                     report, _ = dry_run(db, plan, 0, 0, target.max_payload)
                     if report.oversize:
                         raise PublishError(
-                            f"{len(report.oversize):,} messages are larger than the target's "
+                            f"{counted(len(report.oversize), 'message')} larger than the target's "
                             f"max_payload ({target.max_payload:,} bytes); nothing sent"
                         )
                 same = looks_like_source(self.meta, target.server_id, target.server_name)
@@ -408,7 +408,7 @@ class PublishScreen(Screen[None]):
             notes.append("\n")
         if report.oversize:
             notes.append(
-                f"{len(report.oversize):,} messages larger than the target's max_payload "
+                f"{counted(len(report.oversize), 'message')} larger than the target's max_payload "
                 "(headers included): publishing is refused\n",
                 "bold red",
             )

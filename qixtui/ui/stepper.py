@@ -208,7 +208,7 @@ class StepperScreen(Screen[None]):
             if key != "subject"
         )
         widest = max(len(step.request) for step in self.saga.steps) + 2 * table.cell_padding
-        fits = others + widest <= table.size.width
+        fits = others + widest <= table.scrollable_content_region.width  # past a scroll bar
         if fits and not shown:
             table.add_column("request", key="subject")
             for step in self.saga.steps:
@@ -487,7 +487,7 @@ class StepperScreen(Screen[None]):
             out.append_text(t.literal(f": {row.detail}", "dim"))
         out.append("\n")
         if row.reply is not None:
-            out.append_text(t.payload_json(row.reply) or t.payload_text(row.reply))
+            out.append_text(t.payload_view(row.reply))
         else:
             out.append("(no reply)", style="dim")
         self.query_one("#reply", Static).update(out)
@@ -537,7 +537,7 @@ class StepperScreen(Screen[None]):
         subject = t.literal(f"subject  {shown.subject}", "bold")
         lines = [subject, Text(f"timeout  {shown.timeout_s:g}s", "dim")]
         headers = [t.literal(f"{k}: {v}", "dim") for k, v in self.shown_headers.items()]
-        width = meta.content_size.width
+        width = meta.scrollable_content_region.width
         room = self.query_one("#right").content_size.height * 6 // 10 - 1  # max-height: 60%
         wrapped = sum(-(-max(1, line.cell_len) // max(1, width)) for line in lines + headers)
         cut = width > 0 and wrapped > room

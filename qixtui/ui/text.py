@@ -54,6 +54,15 @@ def not_json_why(payload: bytes) -> str:
     return "text (not JSON)"
 
 
+def payload_view(payload: bytes) -> Text:
+    """A payload as the detail pane first shows it: pretty JSON, hex for bytes that are not
+    UTF-8, else text."""
+    body = payload_json(payload)
+    if body is not None:
+        return body
+    return payload_text(payload) if is_utf8(payload) else hex_dump(payload)
+
+
 def is_utf8(payload: bytes) -> bool:
     try:
         payload.decode("utf-8")

@@ -11,6 +11,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Static
 
 from qixtui.core.model import Event, Flow, Gap
+from qixtui.core.text import counted
 from qixtui.ui import text as t
 from qixtui.ui.data import Stats, clock, duration, human_bytes
 
@@ -182,7 +183,7 @@ class StatusBar(Static):
             state, colour = "NOT RECORDING", "bold red"
         line.append(f"● {state}", colour)
         line.append(f"  {rate:,.0f} ev/s  ", "")
-        line.append(f"{stats.total:,} events", "bold")
+        line.append(counted(stats.total, "event"), "bold")
         if shown != stats.total:
             line.append(f" ({shown:,} shown)", "dim")
         drops = "bold red" if stats.dropped else "dim"

@@ -87,6 +87,14 @@ def test_bad_files_get_one_line_naming_the_problem(tmp_path: Path, text: str, ne
     assert message.startswith(str(path))
 
 
+def test_a_binary_file_given_as_rules_says_it_is_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "session.qix"
+    path.write_bytes(b"SQLite format 3\x00\x10\x00\x02\x02\xff")
+    with pytest.raises(RulesError) as err:
+        load_rules(path)
+    assert str(err.value) == f"{path}: not a UTF-8 text file (byte 20 is not UTF-8)"
+
+
 def test_flags_add_to_the_file_and_stall_replaces() -> None:
     base = Rules()
     merged = base.merged_with(
