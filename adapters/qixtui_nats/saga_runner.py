@@ -310,7 +310,13 @@ class SagaRunner:
             "X-Correlation-ID": run.correlation_id,
             "traceparent": f"00-{run.trace_id}-{secrets.token_hex(8)}-01",
         }
-        body = {"run_id": run.run_id, "outcome": report.outcome, "reason": report.reason}
+        body = {
+            "run_id": run.run_id,
+            "outcome": report.outcome,
+            "reason": report.reason,
+            # a person decided each step: its times hold their pauses (compare leaves them out)
+            "stepped": self.gate is not None,
+        }
         try:
             await self.nc.publish(
                 saga_outcome_subject(run.saga, ended), json.dumps(body).encode(), headers=headers

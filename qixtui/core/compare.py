@@ -6,6 +6,7 @@ the same data from a session file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sqlite3
@@ -121,6 +122,16 @@ class FlowView:
             return f"{self.lens.label_of(self.by_id[request].subject)} (reply)"
         return self.lens.label_of(event.subject)
 
+    @property
+    def stepped(self) -> bool:
+        """A saga run a person stepped through: its end announcement says so."""
+        for event in self.events:
+            if self.announcement(event):
+                with contextlib.suppress(msgspec.DecodeError):
+                    said = msgspec.json.decode(event.payload)
+                    return isinstance(said, dict) and said.get("stepped") is True
+        return False
+
     @staticmethod
     def announcement(event: Event) -> bool:
         """The saga runner's note of how a run ended: the orchestrator's, sent to no one."""
@@ -228,6 +239,9 @@ class StyleStats(msgspec.Struct):
     compensate_ns: Percentiles  # first failure signal to the last compensation done
     critical_path: list[CriticalStep]
     flow_ids: list[int]
+    # Saga runs a person stepped through: counted, but left out of every time figure (latency,
+    # failure detected, compensation done, critical path), which would measure their pauses.
+    stepped: int = 0
 
 
 EDGE_METHOD = (
@@ -345,16 +359,20 @@ def style_stats(
     edges: Counter[tuple[str, str, str]] = Counter()
     critical: dict[str, int] = defaultdict(int)
     critical_flows: Counter[str] = Counter()
+    stepped = 0
     for flow in flows:
         view = FlowView(flow, events.get(flow.flow_id, ()), links.get(flow.flow_id, ()), lens)
         if not view.events:
             continue
-        latency_all.append(view.duration_ns)
-        if flow.status == "completed":
-            latency.append(view.duration_ns)
         messages.append(len(view.events))
         services.append(len({s for e in view.events if (s := view.participant(e))}))
         _edges(view, edges)
+        if view.stepped:
+            stepped += 1
+            continue
+        latency_all.append(view.duration_ns)
+        if flow.status == "completed":
+            latency.append(view.duration_ns)
         detected, done = _failure_times(view, markers)
         if detected is not None and flow.status in ("failed", "compensated"):
             detect.append(detected)
@@ -392,6 +410,7 @@ def style_stats(
             for label, ns in ranked
         ],
         flow_ids=[f.flow_id for f in flows],
+        stepped=stepped,
     )
 
 
@@ -689,8 +708,10 @@ def figure_rows(result: Comparison) -> list[tuple[str, str, str]]:
     def critical(s: StyleStats) -> str:
         return ", ".join(f"{x.step} {x.share:.0%}" for x in s.critical_path[:3]) or "-"
 
+    stepped = [row("stepped by hand (no times)", lambda s: str(s.stepped))]
     return [
         row("flows", lambda s: str(s.flows)),
+        *(stepped if c.stepped or o.stepped else []),
         row("completed", lambda s: str(s.completed)),
         row("failed", lambda s: str(s.failed)),
         row("compensated", lambda s: str(s.compensated)),

@@ -94,6 +94,7 @@ async def test_declined_payment_compensates_nothing_and_fails_cleanly(nc, journa
     announced = await outcomes.next_msg(timeout=2)
     assert announced.subject == "qixtui.saga.shop.failed"
     assert json.loads(announced.data)["outcome"] == "failed"
+    assert json.loads(announced.data)["stepped"] is False  # no one held the run
     assert report.announced  # the bus confirmed it
     assert report.clean
     assert "declined" in report.reason
@@ -138,6 +139,7 @@ async def test_a_skipped_compensation_leaves_the_run_failed_in_the_recording(nc,
     assert "shop.cmd.payment.refund" not in shop.subjects_called()
     announced = await outcomes.next_msg(timeout=2)
     assert announced.subject == "qixtui.saga.shop.failed"  # never refunded: not compensated
+    assert json.loads(announced.data)["stepped"] is True  # a gate decided: compare leaves it out
 
 
 async def test_an_end_the_bus_did_not_take_is_reported(

@@ -261,3 +261,20 @@ def test_a_runs_outcome_is_no_service_and_no_edge() -> None:
     }  # fmt: skip
     assert orch.coupling == 4
     assert orch.services_per_flow.max == 4  # payment, stock, shipping, order
+
+
+def test_a_run_stepped_by_hand_counts_but_is_left_out_of_the_times() -> None:
+    b = build()
+    run_header = [("Qixtui-Saga-Run", "run-11")]
+    # run 11 was stepped by a person, who paused a minute before announcing the end
+    b.add(11, T0 + 70_000 * MS, "qixtui.saga.shop.completed", {"stepped": True}, run_header)
+    b.flows = [f for f in b.flows if f.flow_id != 11]
+    b.finish(11, "completed", orchestrated=True)
+    result = run(b)
+    orch = result.orchestration
+    assert (orch.flows, orch.completed, orch.stepped) == (3, 2, 1)
+    assert orch.latency_ns.count == 1  # flow 12 alone; flow 13 compensated
+    assert orch.latency_ns.max == 66 * MS  # not the minute
+    assert orch.messages_per_flow.max == 9  # still counted: its messages and edges
+    assert ("stepped by hand (no times)", "0", "1") in cmp.figure_rows(result)
+    assert "stepped by hand (no times)" not in {r[0] for r in cmp.figure_rows(run(build()))}
