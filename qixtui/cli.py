@@ -27,6 +27,7 @@ from qixtui.core.store import SQL_INT_MAX
 from qixtui.core.text import counted, not_utf8, visible
 
 F = TypeVar("F", bound=Callable[..., Any])
+SERVER_CHECK_S = 0.5  # how often `qixtui server` checks that its nats-server still runs
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -470,12 +471,19 @@ def server(port: int, no_jetstream: bool) -> None:
     except ServerError as exc:
         fail(str(exc))
     click.echo(
-        f"nats-server listening on {srv.url} (monitor {srv.monitor_url}); Ctrl-C stops it", err=True
+        f"nats-server (pid {srv.pid}) listening on {srv.url} (monitor {srv.monitor_url}); "
+        "Ctrl-C stops it",
+        err=True,
     )
-    stop_signals = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigwait needs them blocked
+    # A closed terminal (SIGHUP) stops it too: the server runs in its own session and would
+    # otherwise go on holding the port.
+    stop_signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigtimedwait needs them blocked
+    assert srv.proc is not None
     try:
-        signal.sigwait(stop_signals)
+        while signal.sigtimedwait(stop_signals, SERVER_CHECK_S) is None:
+            if srv.proc.poll() is not None:  # killed, or crashed: say so, do not sit silent
+                fail(srv.exit_reason())
     finally:
         srv.close()
 

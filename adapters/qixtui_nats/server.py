@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -41,6 +44,26 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_LOG_PREFIX = re.compile(r"^\[\d+\] \S+ \S+ \[\w+\] ")
+
+
+def _read_info(sock: socket.socket) -> dict[str, object] | None:
+    """The server's INFO line as a dict, or None if what answers is not a NATS server."""
+    data = b""
+    while b"\r\n" not in data and len(data) < 65536:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    if not data.startswith(b"INFO "):
+        return None
+    try:
+        info = json.loads(data[5:].split(b"\r\n", 1)[0])
+    except ValueError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
 class EmbeddedServer:
     """A nats-server child process on 127.0.0.1, stopped by its own pid.
 
@@ -67,6 +90,8 @@ class EmbeddedServer:
         self.config = config
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.store_dir / "nats-server.log"
+        # Its server name: the INFO line that says ours is up, not another server's on the port
+        self.name = f"qixtui-{secrets.token_hex(4)}"
 
     @property
     def url(self) -> str:
@@ -77,7 +102,7 @@ class EmbeddedServer:
         return f"http://127.0.0.1:{self.monitor_port}" if self.monitor_port else None
 
     def command(self) -> list[str]:
-        cmd = [str(server_binary()), "-a", "127.0.0.1", "-p", str(self.port)]
+        cmd = [str(server_binary()), "-a", "127.0.0.1", "-p", str(self.port), "-n", self.name]
         if self.monitor_port:
             cmd += ["-m", str(self.monitor_port)]
         if self.jetstream:
@@ -106,21 +131,46 @@ class EmbeddedServer:
         return self
 
     def wait_ready(self, timeout: float) -> None:
-        """Wait until the server sends its INFO line, the sign it accepts clients."""
+        """Wait until the server sends its INFO line, the sign it accepts clients: its own,
+        named as we named it (another server already on the port answers too)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-500:]
-                raise ServerError(f"nats-server exited with {self.proc.returncode}: {tail}")
+                raise ServerError(self.exit_reason())
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                    if sock.recv(5) == b"INFO ":
-                        return
+                    info = _read_info(sock)
             except OSError:
-                pass
+                info = None
+            if info is not None:
+                if info.get("server_name") == self.name:
+                    return
+                self.stop()
+                raise ServerError(f"port {self.port} is in use by another server")
             time.sleep(0.02)
         self.stop()
         raise ServerError(f"nats-server did not accept connections on port {self.port}")
+
+    def exit_reason(self) -> str:
+        """Why the server process ended, in one line: its exit code or signal, and the last
+        thing it logged (`address already in use`, say)."""
+        code = self.proc.returncode if self.proc is not None else None
+        how = (
+            f"was killed by signal {-code}"
+            if code is not None and code < 0
+            else f"exited with {code}"
+        )
+        try:
+            lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
+        # `[pid] date time [FTL] message`: the message
+        last = _LOG_PREFIX.sub("", lines[-1]) if lines else ""
+        return f"nats-server (pid {self.pid}) {how}" + (f": {last}" if last else "")
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: no goodbye to the clients."""

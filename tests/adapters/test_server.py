@@ -77,3 +77,52 @@ def test_server_verb_runs_in_the_foreground_until_interrupted():
     assert proc.wait(timeout=15) == 0
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_a_port_another_server_holds_is_refused_not_taken_for_ours():
+    with EmbeddedServer(jetstream=False, monitor=False) as other:
+        result = subprocess.run(
+            qixtui_command("server", "-p", str(other.port), "--no-jetstream"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 1
+        [line] = result.stderr.splitlines()
+        assert line.startswith("qixtui: ")
+        # which of the two it notices first depends on timing; either names the clash
+        assert "in use" in line, line
+
+
+def start_server_verb(port: int) -> tuple[subprocess.Popen[str], int]:
+    """`qixtui server` in its own process group, and the pid of its nats-server."""
+    proc = subprocess.Popen(
+        qixtui_command("server", "-p", str(port), "--no-jetstream"),
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert f"nats://127.0.0.1:{port}" in line, line
+    return proc, int(line.split("(pid ")[1].split(")")[0])
+
+
+def test_the_server_verb_says_when_its_nats_server_dies():
+    proc, child = start_server_verb(free_port())
+    os.kill(child, signal.SIGKILL)
+    assert proc.wait(timeout=15) == 1
+    assert proc.stderr is not None
+    said = proc.stderr.read()
+    assert f"nats-server (pid {child}) was killed by signal 9" in said
+
+
+def test_a_closed_terminal_stops_the_server_verb_and_its_nats_server():
+    port = free_port()
+    proc, child = start_server_verb(port)
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=15) == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
