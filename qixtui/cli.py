@@ -20,7 +20,7 @@ import click
 from click.exceptions import NoArgsIsHelpError
 
 import qixtui
-from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
+from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import store
 from qixtui.core.filters import FilterError, check_subject
 from qixtui.core.store import SQL_INT_MAX
@@ -321,13 +321,11 @@ def record(
         run_to_end,
     )
 
-    given = rule_argv(conn)
     try:
-        rules = pop_rules(conn)
+        # Appending goes on with the file's own rules; flags add to them.
+        rules = pop_rules(conn, saved_rules(Path(output)) if append else None)
     except RulesError as exc:
         fail(str(exc))
-    if append and not given:
-        rules = saved_rules(Path(output)) or rules
     connect = build_connect_options(conn)
     options = RecordOptions(
         output=Path(output),

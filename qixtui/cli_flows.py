@@ -12,7 +12,7 @@ import click
 import msgspec
 
 from qixtui.cli import FLOW_ID, fail, main, open_or_fail, saved_rules
-from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
+from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import discover as discovery
 from qixtui.core import flowfile, store, waterfall
 from qixtui.core.model import FLOW_STATUSES, Flow
@@ -30,17 +30,14 @@ def _flow_json(flow: Flow) -> str:
 @rule_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def correlate(file: str, as_json: bool, **kw: Any) -> None:
-    """Recompute the flows of a recording with these rules, in place, in one transaction.
-    Without rule flags, with the rules it was recorded (or last correlated) with."""
-    given = rule_argv(kw)
+    """Recompute the flows of a recording, in place, in one transaction: with the rules it
+    was recorded (or last correlated) with, plus the rule flags; --config replaces them."""
     try:
-        rules = pop_rules(kw)
+        # Flags add to the file's own rules, not to the defaults: those would drop its keys,
+        # its terminal and failure subjects and its service names, and leave flows running.
+        rules = pop_rules(kw, saved_rules(Path(file)))
     except RulesError as exc:
         fail(str(exc))
-    if not given:
-        # The file's own rules, not the defaults: those would drop its keys and its terminal
-        # and failure subjects, and leave every flow running.
-        rules = saved_rules(Path(file)) or rules
     try:
         db = store.open_session(Path(file), readonly=False)
     except store.SessionError as exc:

@@ -105,12 +105,16 @@ def rule_argv(kw: dict[str, Any]) -> list[str]:
     return argv
 
 
-def pop_rules(kw: dict[str, Any]) -> Rules:
-    """Take the rule flags out of a command's keyword arguments; RulesError if unusable."""
+def pop_rules(kw: dict[str, Any], saved: Rules | None = None) -> Rules:
+    """Take the rule flags out of a command's keyword arguments; RulesError if unusable.
+    The flags add to `--config`'s rules, else to `saved` (a session's own, for a command that
+    goes on with a session), else to the default rules file's or the built-in ones."""
     values = {name: kw.pop(name) for name in _FLAGS}
     config = values["config"]
     if config:
         base = load_rules(config)
+    elif saved is not None:
+        base = saved
     else:
         default = default_rules_path()
         try:

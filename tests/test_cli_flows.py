@@ -180,6 +180,19 @@ def test_correlate_uses_the_rules_file_and_names_unknown_keys(
     assert [f["status"] for f in flows_of(bare)] == ["failed"]
 
 
+def test_correlate_flags_add_to_the_rules_the_file_was_recorded_with(shop: Path) -> None:
+    recorded = flows_of(shop)
+    out = run_qixtui("correlate", str(shop), "--key", "/invoice_id", "--json")
+    assert out.returncode == 0, out.stderr
+    # its /order_id key and its terminal and failure subjects are still there
+    assert flows_of(shop) == recorded
+    db = store.open_session(shop)
+    saved = json.loads(store.get_meta(db)["correlation_rules"])
+    db.close()
+    assert "/invoice_id" in saved["correlation"]["keys"]
+    assert "/order_id" in saved["correlation"]["keys"]
+
+
 def test_discover_outputs_render(shop: Path, tmp_path: Path) -> None:
     data = json.loads(run_qixtui("discover", str(shop), "--json").stdout)
     assert data["flows"] == 3
