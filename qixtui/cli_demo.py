@@ -105,6 +105,8 @@ def ended_how(returncode: int) -> str:
             return f"killed by {signal.Signals(-returncode).name}"
         except ValueError:
             return f"killed by signal {-returncode}"
+    if returncode == 0:  # what a SIGTERM (`kill PID`) ends it with: not a crash, but unasked
+        return "stopped (exit code 0), unasked"
     return f"exited with {returncode}"
 
 
@@ -118,7 +120,15 @@ class Incident:
     how: str
     at_ns: int
     outcome: str = "restarting"
-    resolved: bool = False
+    resolved: bool = False  # its outcome is known: back, or not restarted
+    lost: bool = False  # not restarted: what it did is not done any more
+
+    @property
+    def state(self) -> str:
+        """ongoing, recovered or lost: how the screen marks it."""
+        if not self.resolved:
+            return "ongoing"
+        return "lost" if self.lost else "recovered"
 
     def line(self) -> str:
         at = time.strftime("%H:%M:%S", time.localtime(self.at_ns / 1e9))
@@ -153,6 +163,17 @@ class DemoStack:
     @property
     def url(self) -> str:
         return self.server.url
+
+    def processes(self) -> str:
+        """What runs now, with pids, in one line: the README invites killing one."""
+        running = [
+            ("nats-server", self.server.proc),
+            ("qixtui record", self.recorder),
+            ("shop participants", getattr(self.participants, "proc", None)),
+            ("saga driver", self.orchestrator),
+        ]
+        named = [f"{what} {proc.pid}" for what, proc in running if proc and proc.poll() is None]
+        return "pids: " + ", ".join(named) + " (kill one: the demo says what happened)"
 
     def start(self) -> None:
         """Returns once the recorder is subscribed and every shop service is, so nothing the
@@ -253,6 +274,7 @@ class DemoStack:
                 time.time_ns(),
                 "not restarted: the shop runs on, nothing more is recorded",
                 resolved=True,
+                lost=True,
             )
             self._report(incident)
 
@@ -293,7 +315,8 @@ class DemoStack:
         try:
             new_pid = restart()
         except (DemoError, ServerError, ParticipantsError, OSError) as exc:
-            incident = replace(incident, outcome=f"not restarted: {exc}", resolved=True)
+            outcome = f"not restarted: {exc}"
+            incident = replace(incident, outcome=outcome, resolved=True, lost=True)
         else:
             took = time.monotonic() - began
             after = f"{took * 1000:.0f} ms" if took < 1 else f"{took:.1f} s"
@@ -393,10 +416,15 @@ def run_on_screen(stack: DemoStack) -> dict[str, Any]:
         from qixtui.ui.supervised import Report, SupervisedApp
 
         def supervise(report: Report) -> None:
-            stack.supervise(lambda i: report(i.number, i.line(), i.resolved))
+            stack.supervise(lambda i: report(i.number, i.line(), i.state))
 
         assert stack.recorder is not None
-        app = SupervisedApp(stack.output, supervise=supervise, recorder_pid=stack.recorder.pid)
+        app = SupervisedApp(
+            stack.output,
+            supervise=supervise,
+            recorder_pid=stack.recorder.pid,
+            processes=stack.processes,
+        )
 
         def hang_up() -> None:
             app.session.close()

@@ -283,7 +283,7 @@ class QixtuiCommands(Provider):
                     "Dry run, then publish the shown events onto a bus",
                 ),
             ]
-        return out
+        return out + app.extra_commands()
 
     async def discover(self) -> Hits:
         for title, callback, help_text in self.commands():
@@ -756,6 +756,10 @@ class QixtuiApp(QuitOnTerminate):
             self.notify("no flow selected", severity="warning")
             return
         self.push_screen(FlowScreen(flow_id))
+
+    def extra_commands(self) -> list[tuple[str, Callable[[], object], str]]:
+        """Palette entries a subclass adds (the demo's processes)."""
+        return []
 
     def action_export(self) -> None:
         """The shown events as JSON Lines next to the recording."""

@@ -14,8 +14,10 @@ from textual.widgets import Static
 from qixtui.ui import text as t
 from qixtui.ui.app import QixtuiApp
 
-# The supervisor's callback: (incident number, what happened, resolved), called from any thread.
-Report = Callable[[int, str, bool], None]
+# The supervisor's callback: (incident number, what happened, state), called from any thread;
+# the state is ongoing, recovered (restarted) or lost (not restarted).
+Report = Callable[[int, str, str], None]
+MARKS = {"ongoing": "⚠ ", "recovered": "✔ ", "lost": "✘ "}
 
 
 class IncidentLine(Static):
@@ -35,11 +37,11 @@ class SupervisedApp(QixtuiApp):
     class Incident(Message):
         """One incident, new or updated (posted from the supervisor's thread)."""
 
-        def __init__(self, number: int, text: str, resolved: bool) -> None:
+        def __init__(self, number: int, text: str, state: str) -> None:
             super().__init__()
             self.number = number
             self.text = text
-            self.resolved = resolved
+            self.state = state
 
     def __init__(
         self,
@@ -47,10 +49,12 @@ class SupervisedApp(QixtuiApp):
         *,
         supervise: Callable[[Report], None],
         recorder_pid: int | None = None,
+        processes: Callable[[], str] | None = None,
     ) -> None:
         super().__init__(path, recorder_pid=recorder_pid)
         self.supervise = supervise
-        self.incidents: dict[int, tuple[str, bool]] = {}
+        self.processes = processes  # the processes behind the session and their pids
+        self.incidents: dict[int, tuple[str, str]] = {}
 
     def main_ready(self) -> None:
         super().main_ready()
@@ -58,27 +62,37 @@ class SupervisedApp(QixtuiApp):
         self.main.mount(IncidentLine(id="incidents"), after="#banner")
         # only now: messages from the supervisor need a running app to land in
         self.supervise(self.report)
+        self.action_show_processes()
 
-    def report(self, number: int, text: str, resolved: bool) -> None:
-        self.post_message(self.Incident(number, text, resolved))
+    def extra_commands(self) -> list[tuple[str, Callable[[], object], str]]:
+        if self.processes is None:
+            return []
+        return [("demo: processes", self.action_show_processes, "The demo's processes and pids")]
+
+    def action_show_processes(self) -> None:
+        if self.processes is not None:
+            self.notify(t.plain(self.processes()), markup=False, title="demo", timeout=12)
+
+    def report(self, number: int, text: str, state: str) -> None:
+        self.post_message(self.Incident(number, text, state))
 
     def on_supervised_app_incident(self, message: Incident) -> None:
-        self.incidents[message.number] = (message.text, message.resolved)
+        self.incidents[message.number] = (message.text, message.state)
         self.notify(
             t.plain(message.text),
             markup=False,
             title=f"demo incident {message.number}",
-            severity="information" if message.resolved else "error",
+            severity="information" if message.state == "recovered" else "error",
             timeout=8,
         )
         if self.closing:
             return
         line = self.main.query_one("#incidents", IncidentLine)
-        ongoing = [n for n, (_, resolved) in self.incidents.items() if not resolved]
+        ongoing = [n for n, (_, state) in self.incidents.items() if state == "ongoing"]
         newest = max(self.incidents)
         shown = ongoing[-1] if ongoing else newest
         text = Text(no_wrap=True)
-        text.append("⚠ " if ongoing else "✔ ")
+        text.append(MARKS[self.incidents[shown][1]])
         text.append_text(t.literal(self.incidents[shown][0]))
         count = len(self.incidents)
         text.append(f"  ({count} incident{'s' if count != 1 else ''} in this demo)", "dim")

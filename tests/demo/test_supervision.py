@@ -55,10 +55,12 @@ async def test_a_killed_participant_and_a_killed_bus_show_and_the_demo_goes_on(t
     posted: list[SupervisedApp.Incident] = []
 
     def supervise(report: Report) -> None:
-        stack.supervise(lambda i: report(i.number, i.line(), i.resolved))
+        stack.supervise(lambda i: report(i.number, i.line(), i.state))
 
     assert stack.recorder is not None
-    app = SupervisedApp(out, supervise=supervise, recorder_pid=stack.recorder.pid)
+    app = SupervisedApp(
+        out, supervise=supervise, recorder_pid=stack.recorder.pid, processes=stack.processes
+    )
     try:
         async with app.run_test(
             size=SIZE,
@@ -70,6 +72,12 @@ async def test_a_killed_participant_and_a_killed_bus_show_and_the_demo_goes_on(t
             line = app.screen.query_one("#incidents", IncidentLine)
             await wait_for(pilot, lambda: "✔ completed" in screen_text(app), "a completed flow")
             assert not line.has_class("-shown")
+            # what to kill is on screen from the start, with the pids
+            told = [str(n.message) for n in app._notifications if str(n.message).startswith("pids")]
+            assert stack.participants is not None
+            assert stack.recorder is not None
+            assert f"shop participants {stack.participants.pid}" in told[0]
+            assert f"qixtui record {stack.recorder.pid}" in told[0]
 
             # A participant dies: named with its pid and signal, restarted, orders go on.
             assert stack.participants is not None
@@ -83,7 +91,7 @@ async def test_a_killed_participant_and_a_killed_bus_show_and_the_demo_goes_on(t
             assert not line.has_class("-ongoing")
             assert stack.participants.pid != shop_pid
             # the notification said so the moment it happened, before the restart
-            assert [(m.number, m.resolved) for m in posted] == [(1, False), (1, True)]
+            assert [(m.number, m.state) for m in posted] == [(1, "ongoing"), (1, "recovered")]
             assert "restarting" in posted[0].text
             await pilot.pause()
             assert "demo incident 1" in screen_text(app)  # the toast
@@ -139,12 +147,23 @@ async def test_a_killed_participant_and_a_killed_bus_show_and_the_demo_goes_on(t
                 lambda: completed_since(out, killed_ns, "orch-3-r1-", "shop.cmd.order.complete"),
                 "a saga run of the restarted driver completed",
             )
+
+            # The recorder is stopped (`kill PID`): it cannot be restarted, and the line says
+            # so with a cross, not the check mark of something that came back.
+            recorder_pid = stack.recorder.pid
+            os.kill(recorder_pid, signal.SIGTERM)
+            await wait_for(pilot, lambda: "not restarted" in line_text(app), "the recorder")
+            assert line_text(app).startswith("✘ ")
+            assert f"qixtui record (pid {recorder_pid}) stopped (exit code 0), unasked" in (
+                line_text(app)
+            )
     finally:
         result = stack.stop()
-    assert [(i["what"], i["resolved"]) for i in result["incidents"]] == [
-        ("shop participants", True),
-        ("nats-server", True),
-        ("saga driver", True),
+    assert [(i["what"], i["resolved"], i["lost"]) for i in result["incidents"]] == [
+        ("shop participants", True, False),
+        ("nats-server", True, False),
+        ("saga driver", True, False),
+        ("qixtui record", True, True),
     ]
     assert result["recorded"]["gaps"] == 1
     assert result["shop_restarts"] == 1  # so the shop's own counts are said to be partial
