@@ -43,6 +43,9 @@ SCAN_NOW = 2_000
 SCAN_FIRST = 10_000
 SCAN_CHUNK = 200_000
 RECHECK_MATCHES = 20_000  # a live filter's matches whose flows are read again each second
+# A live filter on flow state (status:, duration) is run again this often: it matched each
+# event against its flow as the flow was when the event was scanned, and flows finish.
+FLOW_STATE_RESCAN_TICKS = 30
 SPEEDS = ("1x", "10x", "max")
 # Recording time per wall second at each speed; "max" also moves at least
 # MAX_EVENTS_PER_TICK events each poll (a hundred a second), however far apart they are.
@@ -460,6 +463,20 @@ class QixtuiApp(QuitOnTerminate):
                 self.flows_list.grew()
         if self.matched_flows is not None and self.flow_filter is None:
             self.recheck_matched_flows()
+        flow_state = any(term.kind in ("status", "duration") for term in self.typed_filter.terms)
+        if flow_state and self.ticks % FLOW_STATE_RESCAN_TICKS == 0 and not self.scanning:
+            self.refilter_in_place()
+
+    def refilter_in_place(self) -> None:
+        """The filter run again, with the same event and flow selected where they still
+        match (a list that follows its tail goes on following it)."""
+        event_id, flow_id = self.events_list.row_id(), self.flows_list.row_id()
+        self.matched_flows = None  # the flows list is built again with the events
+        self.refilter()
+        for rows, row_id in ((self.events_list, event_id), (self.flows_list, flow_id)):
+            pos = rows.index.position_of(row_id) if row_id is not None else None
+            if pos is not None and not rows.follow:
+                rows.move_to(pos)
 
     def recheck_matched_flows(self) -> None:
         """Correlation moves events while recording: a matched event's flow is absorbed by

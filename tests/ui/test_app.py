@@ -756,3 +756,27 @@ async def test_a_file_damaged_inside_ends_the_screen_with_the_error_kept(tmp_pat
     assert isinstance(app.read_error, sqlite3.DatabaseError)
     assert "malformed" in str(app.read_error)
     assert app.return_code == 1
+
+
+async def test_a_live_status_filter_drops_flows_that_finished_since(
+    live_shop: tuple[Path, sqlite3.Connection],
+) -> None:
+    """Found by a tester: status:running kept listing flows that had completed since."""
+    path, writer = live_shop
+    with store.transaction(writer):
+        writer.execute("UPDATE flows SET status = 'running' WHERE flow_id IN (1, 3)")
+    app = QixtuiApp(path)
+    async with app.run_test(size=SIZE) as pilot:
+        flows = app.screen.query_one("#flows", RowList)
+        app.apply_filter("status:running")
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        assert list(flows.index) == [1, 3]
+        with store.transaction(writer):
+            writer.execute("UPDATE flows SET status = 'completed' WHERE flow_id = 1")
+        for _ in range(100):  # a flow-state filter runs again every three seconds
+            if list(flows.index) == [3]:
+                break
+            await pilot.pause(0.05)
+        assert list(flows.index) == [3]
+        assert len(app.screen.query_one("#events", RowList).index) == 2  # flow 3's events
