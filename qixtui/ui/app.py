@@ -461,11 +461,26 @@ class QixtuiApp(QuitOnTerminate):
             self.flow_index.hi = new[-1]
             if self.matched_flows is None:
                 self.flows_list.grew()
+        if len(self.flow_index) > self.session.flow_count():
+            self.drop_absorbed_flows()
         if self.matched_flows is not None and self.flow_filter is None:
             self.recheck_matched_flows()
         flow_state = any(term.kind in ("status", "duration") for term in self.typed_filter.terms)
         if flow_state and self.ticks % FLOW_STATE_RESCAN_TICKS == 0 and not self.scanning:
             self.refilter_in_place()
+
+    def drop_absorbed_flows(self) -> None:
+        """Correlation merged flows since they were listed: the absorbed ones leave the list
+        (their rows showed as `…`), the same flow staying selected."""
+        selected = self.flows_list.row_id()
+        self.flow_index.ids = array("q", self.session.flow_ids())
+        self.flow_index.hi = self.flow_index.ids[-1] if self.flow_index.ids else 0
+        if self.matched_flows is not None:
+            return  # the narrowed list follows merges itself
+        self.flows_list.set_index(self.flow_index)
+        pos = self.flow_index.position_of(selected) if selected is not None else None
+        if pos is not None and not self.flows_list.follow:
+            self.flows_list.move_to(pos)
 
     def refilter_in_place(self) -> None:
         """The filter run again, with the same event and flow selected where they still

@@ -161,6 +161,9 @@ class Session:
             )
         ]
 
+    def flow_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM flows").fetchone()[0])
+
     def flows_of(self, event_ids: list[int]) -> set[int]:
         """The flows these events are in now (one parameter: a JSON list of the ids)."""
         return {

@@ -780,3 +780,27 @@ async def test_a_live_status_filter_drops_flows_that_finished_since(
             await pilot.pause(0.05)
         assert list(flows.index) == [3]
         assert len(app.screen.query_one("#events", RowList).index) == 2  # flow 3's events
+
+
+async def test_a_flow_merged_away_while_recording_leaves_the_flows_list(
+    live_shop: tuple[Path, sqlite3.Connection],
+) -> None:
+    """Found by a tester: the absorbed flow's row stayed, as `…`, until a restart."""
+    path, writer = live_shop
+    app = QixtuiApp(path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        flows = app.screen.query_one("#flows", RowList)
+        flows.focus()
+        flows.move_to(2)  # flow 3 selected
+        assert list(flows.index) == [1, 2, 3]
+        with store.transaction(writer):
+            writer.execute("UPDATE events SET flow_id = 1 WHERE flow_id = 2")
+            writer.execute("DELETE FROM flows WHERE flow_id = 2")
+        for _ in range(60):  # the flows are read again once a second
+            if list(flows.index) == [1, 3]:
+                break
+            await pilot.pause(0.05)
+        assert list(flows.index) == [1, 3]
+        assert flows.row_id() == 3
+        assert "…" not in screen_text(app).split("events")[0]
