@@ -166,7 +166,18 @@ def subscription_subjects(
 
 
 # Flow ids as options and arguments: a larger number than SQLite's cannot be looked up.
-FLOW_ID = click.IntRange(min=1, max=SQL_INT_MAX)
+class FlowId(click.IntRange):
+    """A flow id: click's own message for a word ('not a valid integer range') puzzled."""
+
+    name = "flow id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip().lstrip("+-").isdigit():
+            self.fail(f"{value!r} is not a flow id (a number, as `qixtui flows` lists)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+FLOW_ID = FlowId(min=1, max=SQL_INT_MAX)
 
 
 subjects_option = click.option(

@@ -16,7 +16,7 @@ from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import discover as discovery
 from qixtui.core import flowfile, store, waterfall
 from qixtui.core.model import FLOW_STATUSES, Flow
-from qixtui.core.text import counted, visible
+from qixtui.core.text import counted, time_span, visible
 
 BAR_WIDTH = 48
 
@@ -56,12 +56,6 @@ def _when(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns / 1e9).isoformat(sep=" ", timespec="milliseconds")
 
 
-def _duration(ns: int) -> str:
-    if ns >= 1_000_000_000:
-        return f"{ns / 1e9:.2f}s"
-    return f"{ns / 1e6:.1f}ms"
-
-
 @main.command()
 @click.argument("file", type=click.Path())
 @click.option("--status", type=click.Choice(FLOW_STATUSES), help="Only flows with this status.")
@@ -78,7 +72,7 @@ def flows(file: str, status: str | None, as_json: bool) -> None:
         mark = " [orchestrated]" if flow.orchestrated else ""
         line = (
             f"{flow.flow_id:>8} {flow.status:<11} {_when(flow.started_ns)} "
-            f"{_duration(flow.ended_ns - flow.started_ns):>9} {flow.events:>5} ev  "
+            f"{time_span(flow.ended_ns - flow.started_ns):>9} {flow.events:>5} ev  "
             f"{','.join(flow.services)}{mark}  {variant}"
         )
         out.write(visible(line) + "\n")
@@ -100,7 +94,7 @@ def _tree_lines(nodes: list[waterfall.TreeNode], start: int, prefix: str = "") -
         last = i == len(nodes) - 1
         branch = "└─ " if last else "├─ "
         via = "" if node.via == "root" else f" ({node.via})"
-        offset = _duration(node.ts_ns - start)
+        offset = time_span(node.ts_ns - start)
         lines.append(f"{prefix}{branch}+{offset} {node.label} #{node.event_id}{via}")
         lines += _tree_lines(node.children, start, prefix + ("   " if last else "│  "))
     return lines
@@ -137,16 +131,16 @@ def flow(file: str, flow_id: int, as_json: bool) -> None:
     width = max([len(lane) for lane in layout.lanes] + [7])
     lines = [
         f"flow {summary.flow_id}: {summary.status}, {counted(summary.events, 'event')}, "
-        f"{_duration(span)}, keys: {', '.join(summary.keys) or '-'}"
+        f"{time_span(span)}, keys: {', '.join(summary.keys) or '-'}"
         + (" [orchestrated]" if summary.orchestrated else ""),
-        f"{'':<{width}} 0{'':<{BAR_WIDTH - 2}}{_duration(span)}",
+        f"{'':<{width}} 0{'':<{BAR_WIDTH - 2}}{time_span(span)}",
     ]
     for bar in layout.bars:
         mark = "*" if bar.critical else " "
-        took = f" {_duration(bar.end_ns - bar.start_ns)}" if bar.reply_id is not None else ""
+        took = f" {time_span(bar.end_ns - bar.start_ns)}" if bar.reply_id is not None else ""
         lines.append(
             f"{bar.service:<{width}} {_bar(bar, layout.start_ns, span)}{mark}"
-            f"+{_duration(bar.start_ns - layout.start_ns)} {bar.label}{took}"
+            f"+{time_span(bar.start_ns - layout.start_ns)} {bar.label}{took}"
         )
     lines.append("* critical path; ├──┤ a request and its reply")
     lines.append("")
@@ -185,6 +179,6 @@ def discover(file: str, as_json: bool, as_dot: bool, as_mermaid: bool, top: int)
     for edge in found.edges:
         lines.append(
             f"{edge.count:>8}  {edge.source} -> {edge.target}  "
-            f"{_duration(edge.median_ns)} {_duration(edge.p95_ns)}"
+            f"{time_span(edge.median_ns)} {time_span(edge.p95_ns)}"
         )
     click.echo("\n".join(visible(line) for line in lines))

@@ -221,3 +221,9 @@ def test_correlate_refuses_a_recording_still_being_written(tmp_path: Path) -> No
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1
     assert "still being recorded" in out.stderr
+
+
+def test_a_word_for_a_flow_id_is_named_as_such(shop: Path) -> None:
+    out = run_qixtui("flow", str(shop), "abc")
+    assert out.returncode == 2
+    assert "'abc' is not a flow id (a number, as `qixtui flows` lists)" in out.stderr

@@ -27,7 +27,7 @@ from qixtui.core.saga import (
     SagaError,
     load_saga_text,
 )
-from qixtui.core.text import counted
+from qixtui.core.text import counted, time_span
 
 SAGA_RUN_HEADER = "Qixtui-Saga-Run"
 ORCHESTRATOR = "orchestrator"  # the participant that sends a saga run's requests
@@ -674,7 +674,7 @@ def compare(
 
 
 def _ms(ns: int | float | None) -> str:
-    return "-" if ns is None else f"{ns / 1e6:.1f}ms"
+    return "-" if ns is None else time_span(ns)
 
 
 def _num(x: int | float | None) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from qixtui.core.text import mermaid_text
+from qixtui.core.text import mermaid_text, time_span
 
 
 class Edge(msgspec.Struct):
@@ -94,10 +94,6 @@ def discover(traces: Iterable[Sequence[tuple[str, int]]]) -> Discovery:
     )
 
 
-def _ms(ns: int) -> str:
-    return f"{ns / 1e6:.1f}ms"
-
-
 def _dot_quote(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
@@ -122,7 +118,7 @@ def to_dot(found: Discovery) -> str:
     for name, count in found.starts.items():
         lines.append(f"  start -> {ids[name]} [label={_dot_quote(str(count))}];")
     for e in found.edges:
-        label = f"{e.count} · p50 {_ms(e.median_ns)} · p95 {_ms(e.p95_ns)}"
+        label = f"{e.count} · p50 {time_span(e.median_ns)} · p95 {time_span(e.p95_ns)}"
         lines.append(f"  {ids[e.source]} -> {ids[e.target]} [label={_dot_quote(label)}];")
     for name, count in found.ends.items():
         lines.append(f"  {ids[name]} -> end [label={_dot_quote(str(count))}];")
@@ -138,7 +134,7 @@ def to_mermaid(found: Discovery) -> str:
     for name, count in found.starts.items():
         lines.append(f"  start -->|{count}| {ids[name]}")
     for e in found.edges:
-        label = mermaid_text(f"{e.count}, p50 {_ms(e.median_ns)}, p95 {_ms(e.p95_ns)}")
+        label = mermaid_text(f"{e.count}, p50 {time_span(e.median_ns)}, p95 {time_span(e.p95_ns)}")
         lines.append(f'  {ids[e.source]} -->|"{label}"| {ids[e.target]}')
     for name, count in found.ends.items():
         lines.append(f"  {ids[name]} -->|{count}| finish")

@@ -39,6 +39,11 @@ def not_utf8(path: object, exc: UnicodeDecodeError) -> str:
     return f"{path}: not a UTF-8 text file (byte {exc.start:,} is not UTF-8)"
 
 
+def time_span(ns: int | float) -> str:
+    """A time span for a person: milliseconds below a second, seconds from there."""
+    return f"{ns / 1e9:.2f}s" if ns >= 1_000_000_000 else f"{ns / 1e6:.1f}ms"
+
+
 def counted(count: int, noun: str) -> str:
     """`1 message`, `2 messages`, `2 replies`: a count with its noun."""
     if count == 1:
