@@ -479,15 +479,17 @@ def server(port: int, no_jetstream: bool) -> None:
         srv.start()
     except ServerError as exc:
         fail(str(exc))
+    # A closed terminal (SIGHUP) stops it too: the server runs in its own session and would
+    # otherwise go on holding the port. Blocked before the line that says it is up, so a
+    # signal sent on reading it is waited for, not the default death (after the start: the
+    # child would inherit the mask).
+    stop_signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigtimedwait needs them blocked
     click.echo(
         f"nats-server (pid {srv.pid}) listening on {srv.url} (monitor {srv.monitor_url}); "
         "Ctrl-C stops it",
         err=True,
     )
-    # A closed terminal (SIGHUP) stops it too: the server runs in its own session and would
-    # otherwise go on holding the port.
-    stop_signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigtimedwait needs them blocked
     assert srv.proc is not None
     try:
         while signal.sigtimedwait(stop_signals, SERVER_CHECK_S) is None:
