@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from qixtui.core import store
@@ -154,6 +156,15 @@ def hostile_session(path: Path) -> Path:
         store.insert_links(db, links)
     db.close()
     return path
+
+
+async def until(pilot, check: Callable[[], bool], what: str, within: float = 15) -> None:  # type: ignore[no-untyped-def]
+    """Wait for the screen to show something (`check`), failing after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the screen never showed {what}")
+        await pilot.pause(0.05)
 
 
 async def settle(pilot) -> None:  # type: ignore[no-untyped-def]

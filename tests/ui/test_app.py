@@ -18,7 +18,7 @@ from qixtui.core.model import Event, Flow
 from qixtui.ui.app import QixtuiApp
 from qixtui.ui.flowscreen import FlowScreen
 from qixtui.ui.rowlist import RowList
-from ui.sessions import MS, T0, damaged_session, screen_text, settle, shop_session
+from ui.sessions import MS, T0, damaged_session, screen_text, settle, shop_session, until
 
 SIZE = (140, 40)
 
@@ -774,11 +774,8 @@ async def test_a_live_status_filter_drops_flows_that_finished_since(
         assert list(flows.index) == [1, 3]
         with store.transaction(writer):
             writer.execute("UPDATE flows SET status = 'completed' WHERE flow_id = 1")
-        for _ in range(100):  # a flow-state filter runs again every three seconds
-            if list(flows.index) == [3]:
-                break
-            await pilot.pause(0.05)
-        assert list(flows.index) == [3]
+        # a flow-state filter runs again every three seconds
+        await until(pilot, lambda: list(flows.index) == [3], "flow 1 gone", within=5)
         assert len(app.screen.query_one("#events", RowList).index) == 2  # flow 3's events
 
 
@@ -797,10 +794,7 @@ async def test_a_flow_merged_away_while_recording_leaves_the_flows_list(
         with store.transaction(writer):
             writer.execute("UPDATE events SET flow_id = 1 WHERE flow_id = 2")
             writer.execute("DELETE FROM flows WHERE flow_id = 2")
-        for _ in range(60):  # the flows are read again once a second
-            if list(flows.index) == [1, 3]:
-                break
-            await pilot.pause(0.05)
-        assert list(flows.index) == [1, 3]
+        # the flows are read again once a second
+        await until(pilot, lambda: list(flows.index) == [1, 3], "flow 2 gone", within=3)
         assert flows.row_id() == 3
         assert "…" not in screen_text(app).split("events")[0]

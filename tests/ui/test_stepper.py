@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from qixtui_demo.plan import DEFAULT_LATENCY, Knobs, Latency
 from qixtui_demo.shop import PaymentService, Shop, StockService
 from qixtui_nats.saga_runner import Recording, SagaRunner, open_journal
 from qixtui_nats.server import EmbeddedServer
-from ui.sessions import screen_text
+from ui.sessions import screen_text, until
 from ui.test_snapshots import SIZE, check
 
 TEXT = SHOP_SAGA.read_text(encoding="utf-8")
@@ -87,14 +86,6 @@ def state(app: StepperApp, step: str) -> str:
 def events_text(app: StepperApp) -> str:
     log = app.screen.query_one("#events", RichLog)
     return "\n".join(line.text for line in log.lines)
-
-
-async def until(pilot, check: Callable[[], bool], what: str, within: float = 15) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the screen never showed {what}")
-        await pilot.pause(0.05)
 
 
 def next_is(app: StepperApp, label: str) -> Callable[[], bool]:
