@@ -474,24 +474,29 @@ def server(port: int, no_jetstream: bool) -> None:
 
     from qixtui_nats.server import EmbeddedServer, ServerError
 
+    # A closed terminal (SIGHUP) stops it too: the server runs in its own session and would
+    # otherwise go on holding the port. While it starts, a stop signal ends this command
+    # through the `finally` below; once it is up they are blocked and waited for (not before
+    # the start: the child would inherit the mask).
+    def stop_now(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    stop_signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop_now)
     srv = EmbeddedServer(port, jetstream=not no_jetstream)
     try:
-        srv.start()
-    except ServerError as exc:
-        fail(str(exc))
-    # A closed terminal (SIGHUP) stops it too: the server runs in its own session and would
-    # otherwise go on holding the port. Blocked before the line that says it is up, so a
-    # signal sent on reading it is waited for, not the default death (after the start: the
-    # child would inherit the mask).
-    stop_signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigtimedwait needs them blocked
-    click.echo(
-        f"nats-server (pid {srv.pid}) listening on {srv.url} (monitor {srv.monitor_url}); "
-        "Ctrl-C stops it",
-        err=True,
-    )
-    assert srv.proc is not None
-    try:
+        try:
+            srv.start()
+        except ServerError as exc:
+            fail(str(exc))
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # sigtimedwait needs them blocked
+        click.echo(
+            f"nats-server (pid {srv.pid}) listening on {srv.url} (monitor {srv.monitor_url}); "
+            "Ctrl-C stops it",
+            err=True,
+        )
+        assert srv.proc is not None
         while signal.sigtimedwait(stop_signals, SERVER_CHECK_S) is None:
             if srv.proc.poll() is not None:  # killed, or crashed: say so, do not sit silent
                 fail(srv.exit_reason())
