@@ -161,8 +161,9 @@ class Session:
             )
         ]
 
-    def flow_count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM flows").fetchone()[0])
+    def data_version(self) -> int:
+        """Changes whenever another connection (the recorder) commits to the file."""
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
 
     def flows_of(self, event_ids: list[int]) -> set[int]:
         """The flows these events are in now (one parameter: a JSON list of the ids)."""
