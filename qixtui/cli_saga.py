@@ -221,7 +221,8 @@ def orchestrate(
     Exits non-zero when a run fails without compensating cleanly.
     """
     # The recorder's correlation rules (the demo's service names come from its rules file);
-    # none given, a file that exists keeps its own. Read only where a recorder may start.
+    # a file that exists keeps its own, the flags adding to them (`record --append` merges
+    # them). Read only where a recorder may start.
     rule_flags = rule_argv(conn)
     if show_file:
         show_runs(show_file, as_json)
