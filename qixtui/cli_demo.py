@@ -280,8 +280,9 @@ class DemoStack:
 
     def _restart_server(self) -> int:
         self.server.start()
-        assert self.server.proc is not None
-        return self.server.proc.pid
+        pid = self.server.pid
+        assert pid is not None
+        return pid
 
     def _restart_shop(self) -> int:
         """A new incarnation of the shop: its order ids differ from the crashed one's, so the

@@ -97,11 +97,7 @@ PLAN_OPTIONS = (
 
 def _resume_point(path: Path, kw: dict[str, Any]) -> tuple[Plan, dict[str, Any]]:
     # An empty value (`--prefix ''`) was given too: only None, False and () are not.
-    given = [
-        f"--{name.replace('_', '-')}"
-        for name in PLAN_OPTIONS
-        if kw[name] is not None and kw[name] is not False and kw[name] != ()
-    ]
+    given = [f"--{n.replace('_', '-')}" for n in PLAN_OPTIONS if kw[n] not in (None, False, ())]
     if kw["speed"] != "1":
         given.append("--speed")
     if given:
