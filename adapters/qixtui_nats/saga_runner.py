@@ -271,7 +271,12 @@ class SagaRunner:
                         engine.resolve("compensate")
                 else:
                     headers = trace_headers(
-                        run.run_id, action, run.correlation_id, run.trace_id, secrets.token_hex(8)
+                        run.run_id,
+                        action,
+                        run.correlation_id,
+                        run.trace_id,
+                        secrets.token_hex(8),
+                        stepped=self.gate is not None,
                     )
                     choice = await self.gate(action, headers) if self.gate else Choice("send")
                     if choice.verdict == "stop":

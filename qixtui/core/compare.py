@@ -19,17 +19,17 @@ import msgspec
 from qixtui.core import store
 from qixtui.core.correlate import event_service
 from qixtui.core.model import Event, Flow, Link
-from qixtui.core.rules import Rules
+from qixtui.core.rules import SAGA_RUN_HEADER, Rules
 from qixtui.core.saga import (
     SAGA_OUTCOME_FAILURE,
     SAGA_OUTCOME_TERMINAL,
+    SAGA_STEPPED_HEADER,
     SagaDef,
     SagaError,
     load_saga_text,
 )
 from qixtui.core.text import counted, time_span
 
-SAGA_RUN_HEADER = "Qixtui-Saga-Run"
 ORCHESTRATOR = "orchestrator"  # the participant that sends a saga run's requests
 CHOREOGRAPHY, ORCHESTRATION = "choreography", "orchestration"
 SAGA_OUTCOMES = (*SAGA_OUTCOME_TERMINAL, *SAGA_OUTCOME_FAILURE)
@@ -124,12 +124,17 @@ class FlowView:
 
     @property
     def stepped(self) -> bool:
-        """A saga run a person stepped through: its end announcement says so."""
+        """A saga run a person stepped through, in part at least: a request they let go
+        says so, and so does the end announcement of a run stepped to its end (recordings
+        made before requests said it have only that)."""
         for event in self.events:
+            if event.header(SAGA_STEPPED_HEADER) is not None:
+                return True
             if self.announcement(event):
                 with contextlib.suppress(msgspec.DecodeError):
                     said = msgspec.json.decode(event.payload)
-                    return isinstance(said, dict) and said.get("stepped") is True
+                    if isinstance(said, dict) and said.get("stepped") is True:
+                        return True
         return False
 
     @staticmethod

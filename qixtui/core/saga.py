@@ -880,6 +880,7 @@ class SagaEngine:
 SAGA_OUTCOME_TERMINAL = ("qixtui.saga.*.completed",)
 SAGA_OUTCOME_FAILURE = ("qixtui.saga.*.failed", "qixtui.saga.*.compensated")
 SAGA_OUTCOME_COMPENSATION = ("qixtui.saga.*.compensated",)
+SAGA_STEPPED_HEADER = "Qixtui-Saga-Stepped"
 
 
 def saga_outcome_subject(saga: str, status: str) -> str:
@@ -888,16 +889,26 @@ def saga_outcome_subject(saga: str, status: str) -> str:
 
 
 def trace_headers(
-    run_id: str, request: Request, correlation_id: str, trace_id: str, span_id: str
+    run_id: str,
+    request: Request,
+    correlation_id: str,
+    trace_id: str,
+    span_id: str,
+    stepped: bool = False,
 ) -> dict[str, str]:
-    """The headers every saga request carries (see contracts: orchestrated runs)."""
-    return {
+    """The headers every saga request carries (see contracts: orchestrated runs). A request a
+    person let go in the stepper says so: its run's times hold their pauses, and a run
+    stopped or resumed with --auto has no end announcement saying it was stepped."""
+    headers = {
         "Qixtui-Saga-Run": run_id,
         "Qixtui-Saga-Step": request.step,
         "Idempotency-Key": request.idempotency_key,
         "X-Correlation-ID": correlation_id,
         "traceparent": f"00-{trace_id}-{span_id}-01",
     }
+    if stepped:
+        headers[SAGA_STEPPED_HEADER] = "true"
+    return headers
 
 
 def describe_step(step: StepDef, index: int, pivot: int | None) -> str:

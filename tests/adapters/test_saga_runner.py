@@ -68,6 +68,7 @@ async def test_happy_run_completes_every_step_with_run_headers(nc, journal) -> N
         assert headers["X-Correlation-ID"] == report.correlation_id
         assert headers["Idempotency-Key"].startswith(f"{run_id}:")
         assert headers["traceparent"].startswith("00-")
+        assert "Qixtui-Saga-Stepped" not in headers  # no one held it: its times count
         del step
     traces = {h["traceparent"].split("-")[1] for _, h, _ in shop.calls}
     assert len(traces) == 1  # one trace for the whole run
@@ -140,6 +141,8 @@ async def test_a_skipped_compensation_leaves_the_run_failed_in_the_recording(nc,
     announced = await outcomes.next_msg(timeout=2)
     assert announced.subject == "qixtui.saga.shop.failed"  # never refunded: not compensated
     assert json.loads(announced.data)["stepped"] is True  # a gate decided: compare leaves it out
+    # each request a person let go says so too, for a run that never gets to announce its end
+    assert [h.get("Qixtui-Saga-Stepped") for _, h, _ in shop.calls] == ["true", "true"]
 
 
 async def test_an_end_the_bus_did_not_take_is_reported(

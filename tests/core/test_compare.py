@@ -278,3 +278,18 @@ def test_a_run_stepped_by_hand_counts_but_is_left_out_of_the_times() -> None:
     assert orch.messages_per_flow.max == 9  # still counted: its messages and edges
     assert ("stepped by hand (no times)", "0", "1") in cmp.figure_rows(result)
     assert "stepped by hand (no times)" not in {r[0] for r in cmp.figure_rows(run(build()))}
+
+
+def test_a_run_stepped_then_stopped_or_resumed_unattended_is_still_stepped() -> None:
+    # No announcement says so (stopped, or resumed with --auto: `"stepped": false`), but the
+    # requests the person let go carry the stepped header.
+    b = build()
+    stepped = [("Qixtui-Saga-Run", "run-11"), ("Qixtui-Saga-Stepped", "true")]
+    b.add(11, T0 + 70_000 * MS, "shop.cmd.payment.authorize", {}, stepped)
+    b.add(11, T0 + 70_010 * MS, "qixtui.saga.shop.completed", {"stepped": False},
+          [("Qixtui-Saga-Run", "run-11")])  # fmt: skip
+    b.flows = [f for f in b.flows if f.flow_id != 11]
+    b.finish(11, "completed", orchestrated=True)
+    orch = run(b).orchestration
+    assert orch.stepped == 1
+    assert orch.latency_ns.max == 66 * MS  # flow 12's: not the minute flow 11 waited

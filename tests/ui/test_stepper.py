@@ -315,6 +315,7 @@ async def test_at_80x24_every_header_gets_a_line_and_the_steps_keep_their_state(
             "Idempotency-Key",
             "X-Correlation-ID",
             "traceparent",
+            "Qixtui-Saga-Stepped",
         ]
         on_screen = screen_text(app)
         assert "shop.cmd.payment.authorize" in on_screen  # the subject wraps, never cut
@@ -342,6 +343,7 @@ async def test_stepper_snapshot(bench: Bench) -> None:
                 "Idempotency-Key": "snap01:authorize_payment:action",
                 "X-Correlation-ID": "00000000-0000-4000-8000-000000000000",
                 "traceparent": "00-" + "0" * 31 + "1-" + "0" * 15 + "1-01",
+                "Qixtui-Saga-Stepped": "true",
             }
         )
         screen.query_one("#payload", TextArea).cursor_blink = False
