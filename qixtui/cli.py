@@ -64,29 +64,6 @@ def terminate_exits() -> None:
     signal.signal(signal.SIGTERM, terminated)
 
 
-def saved_rules(path: Path) -> Any:
-    """The rules a session was recorded or last correlated with, if it names any: what
-    `record --append` goes on with unless told otherwise (its flows are recomputed with
-    them when it stops). None for a file that is not there or not a session yet; the
-    recorder's own checks say what is wrong with it."""
-    import msgspec
-
-    from qixtui.core.rules import rules_from_json
-
-    try:
-        db = store.open_session(path, readonly=True)
-    except (store.SessionError, OSError):
-        return None
-    try:
-        saved = store.get_meta(db).get("correlation_rules")
-    finally:
-        db.close()
-    try:
-        return rules_from_json(saved) if saved else None
-    except msgspec.MsgspecError:  # written by a qixtui that knew other rules
-        return None
-
-
 def open_or_fail(path: str) -> Any:
     try:
         return store.open_session(Path(path), readonly=True)
@@ -334,7 +311,7 @@ def record(
 
     try:
         # Appending goes on with the file's own rules; flags add to them.
-        rules = pop_rules(conn, saved_rules(Path(output)) if append else None)
+        rules = pop_rules(conn, Path(output) if append else None)
     except RulesError as exc:
         fail(str(exc))
     connect = build_connect_options(conn)

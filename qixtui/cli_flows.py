@@ -11,7 +11,7 @@ from typing import Any
 import click
 import msgspec
 
-from qixtui.cli import FLOW_ID, fail, main, open_or_fail, saved_rules
+from qixtui.cli import FLOW_ID, fail, main, open_or_fail
 from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import discover as discovery
 from qixtui.core import flowfile, store, waterfall
@@ -35,7 +35,7 @@ def correlate(file: str, as_json: bool, **kw: Any) -> None:
     try:
         # Flags add to the file's own rules, not to the defaults: those would drop its keys,
         # its terminal and failure subjects and its service names, and leave flows running.
-        rules = pop_rules(kw, saved_rules(Path(file)))
+        rules = pop_rules(kw, Path(file))
     except RulesError as exc:
         fail(str(exc))
     try:

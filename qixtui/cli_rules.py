@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import msgspec
 import platformdirs
 
-from qixtui.core.rules import RuleFlags, Rules, RulesError, load_rules
+from qixtui.core import store
+from qixtui.core.rules import RuleFlags, Rules, RulesError, load_rules, rules_from_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,15 +107,44 @@ def rule_argv(kw: dict[str, Any]) -> list[str]:
     return argv
 
 
-def pop_rules(kw: dict[str, Any], saved: Rules | None = None) -> Rules:
+def saved_rules(path: Path) -> Rules | None:
+    """The rules a session was recorded or last correlated with, if it names any: what
+    `record --append` goes on with unless told otherwise (its flows are recomputed with
+    them when it stops). None for a file that is not there or not a session yet; the
+    recorder's own checks say what is wrong with it. RulesError, naming the file, for saved
+    rules this qixtui cannot use."""
+    try:
+        db = store.open_session(path, readonly=True)
+    except (store.SessionError, OSError):
+        return None
+    try:
+        saved = store.get_meta(db).get("correlation_rules")
+    finally:
+        db.close()
+    try:
+        rules = rules_from_json(saved) if saved else None
+    except msgspec.MsgspecError:  # written by a qixtui that knew other rules
+        return None
+    if rules is not None:
+        try:
+            rules.validate()
+        except RulesError as exc:
+            raise RulesError(
+                f"{path}: the correlation rules saved in it do not work here ({exc}); "
+                "--config FILE replaces them"
+            ) from None
+    return rules
+
+
+def pop_rules(kw: dict[str, Any], session: Path | None = None) -> Rules:
     """Take the rule flags out of a command's keyword arguments; RulesError if unusable.
-    The flags add to `--config`'s rules, else to `saved` (a session's own, for a command that
-    goes on with a session), else to the default rules file's or the built-in ones."""
+    The flags add to `--config`'s rules, else to the rules saved in `session` (for a command
+    that goes on with a session), else to the default rules file's or the built-in ones."""
     values = {name: kw.pop(name) for name in _FLAGS}
     config = values["config"]
     if config:
         base = load_rules(config)
-    elif saved is not None:
+    elif session is not None and (saved := saved_rules(session)) is not None:
         base = saved
     else:
         default = default_rules_path()

@@ -193,6 +193,24 @@ def test_correlate_flags_add_to_the_rules_the_file_was_recorded_with(shop: Path)
     assert "/order_id" in saved["correlation"]["keys"]
 
 
+def test_saved_rules_that_do_not_work_are_named_with_their_file(shop: Path) -> None:
+    db = store.open_session(shop, readonly=False)
+    saved = json.loads(store.get_meta(db)["correlation_rules"])
+    saved["correlation"]["keys"].append("order_id")  # not a JSON pointer
+    store.set_meta(db, {"correlation_rules": json.dumps(saved)})
+    db.close()
+    before = flows_of(shop)
+    out = run_qixtui("correlate", str(shop), "--key", "/invoice_id")
+    assert out.returncode == 1
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"qixtui: {shop}: the correlation rules saved in it do not work here")
+    assert "'order_id'" in line
+    assert line.endswith("--config FILE replaces them")
+    assert flows_of(shop) == before  # nothing recomputed
+    replaced = run_qixtui("correlate", str(shop), "--config", "/dev/null", "--key", "/order_id")
+    assert replaced.returncode == 0, replaced.stderr
+
+
 def test_discover_outputs_render(shop: Path, tmp_path: Path) -> None:
     data = json.loads(run_qixtui("discover", str(shop), "--json").stdout)
     assert data["flows"] == 3
