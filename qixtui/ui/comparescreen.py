@@ -20,7 +20,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Static, TabbedContent, TabPane
+from textual.widgets import Static, TabbedContent, TabPane, Tabs
 
 from qixtui.core import compare as cmp
 from qixtui.core import flowfile, store
@@ -495,9 +495,15 @@ class CompareScreen(Screen[None]):
             self.call_after_refresh(self.show_pair)  # its width is known once it is laid out
 
     def action_show_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        tabs = self.query_one(TabbedContent)
         if tab == "pair":
+            tabs.active = tab
             self.query_one("#compare-flows", RowList).focus()
+            return
+        # Focus must leave the flows list first: focus that stays in a pane brings the pane
+        # back (TabbedContent shows the pane holding the focused widget).
+        tabs.query_one(Tabs).focus()
+        tabs.active = tab
 
     def action_mark(self) -> None:
         flow_id = self.query_one("#compare-flows", RowList).row_id()

@@ -94,6 +94,14 @@ async def test_compare_screen_from_the_main_screen(shop2: Path) -> None:
         assert lanes == ["payment", "stock", "shipping", "order"]
         assert "diff A #1 → B #11: 5 missing, 8 extra, 0 out of order" in text
 
+        # back from the flows list, which holds the focus on this tab
+        await pilot.press("1")
+        await pilot.pause(0.05)
+        assert "latency p50 (completed)" in screen_text(app)
+        await pilot.press("3", "2")
+        await pilot.pause(0.05)
+        assert "discovered choreography · 5 flows · 3 variants" in screen_text(app)
+
         await pilot.press("escape")
         await pilot.pause()
         assert isinstance(app.screen, MainScreen)
