@@ -422,9 +422,7 @@ class PublishScreen(Screen[None]):
         confirm = self.query_one("#confirm", Input)
         if self.confirmation_needed():
             name = source_name(self.meta)
-            head.append_text(
-                t.literal("\nThe target looks like the server this was recorded from.")
-            )
+            head.append("\nThe target looks like the server this was recorded from.")
             confirm.placeholder = t.plain(
                 f"type the server's name ({name}) to publish on the original subjects"
             )

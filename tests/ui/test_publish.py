@@ -127,7 +127,9 @@ async def test_original_subjects_on_the_source_server_need_its_name_typed(
         assert screen.query_one("#prefix", Input).disabled
         await pilot.press("ctrl+r")
         await done(pilot)
-        assert "looks like the server this was recorded from" in text_of(screen, "#summary")
+        summary = text_of(screen, "#summary")
+        assert "\nThe target looks like the server this was recorded from." in summary
+        assert "\\x0a" not in summary
         confirm = screen.query_one("#confirm", Input)
         assert confirm.display
         assert screen.query_one("#publish", Button).disabled
