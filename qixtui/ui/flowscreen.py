@@ -72,6 +72,16 @@ def render_waterfall(lay: Layout) -> Text:
     return out
 
 
+class WaterfallView(Static):
+    """The waterfall: drawn again for its own width, which the screen's does not give when
+    a side panel (the `?` keys) takes part of the screen."""
+
+    def on_resize(self) -> None:
+        screen = self.screen
+        if isinstance(screen, FlowScreen):
+            screen.draw()
+
+
 class FlowScreen(Screen[None]):
     """| Key | Action |
     |-----|--------|
@@ -106,7 +116,7 @@ class FlowScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="flow-head")
-        yield Static(id="waterfall")
+        yield WaterfallView(id="waterfall")
         with Horizontal(id="flow-bottom"):
             yield Tree(Text("causes"), id="causal")
             with Vertical():
@@ -135,11 +145,10 @@ class FlowScreen(Screen[None]):
         self.build_tree()
         self.draw()
 
-    def on_resize(self) -> None:
-        self.draw()
-
     def draw(self) -> None:
-        width = max(20, self.size.width - LANE_LABEL - 3)
+        view = self.query_one("#waterfall", WaterfallView)
+        room = view.content_size.width or self.size.width - 2  # not laid out yet: the screen's
+        width = max(20, room - LANE_LABEL - 1)
         lay = layout(
             self.events,
             self.links,
@@ -148,7 +157,7 @@ class FlowScreen(Screen[None]):
             fold_idle=self.fold,
             rules=self.rules,
         )
-        self.query_one("#waterfall", Static).update(render_waterfall(lay))
+        view.update(render_waterfall(lay))
 
     def build_tree(self) -> None:
         tree = self.query_one("#causal", Tree)

@@ -149,6 +149,24 @@ async def test_flow_screen_shows_waterfall_tree_and_events(shop: Path) -> None:
         assert not isinstance(app.screen, FlowScreen)
 
 
+async def test_the_waterfall_is_drawn_again_for_the_room_the_keys_panel_leaves(
+    shop: Path,
+) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=SIZE) as pilot:
+        app.screen.query_one("#flows", RowList).focus()
+        await pilot.press("enter", "w")
+        await settle(pilot)
+        view = app.screen.query_one("#waterfall", Static)
+        lines_before = view.size.height
+        await pilot.press("question_mark")
+        await settle(pilot)
+        assert app.screen.query("HelpPanel")  # the panel took part of the screen
+        # one lane a line, as before: no line wrapped in the narrower room
+        assert view.size.height == lines_before
+        assert max(map(len, str(view.render()).splitlines())) <= view.content_size.width
+
+
 async def test_the_causal_tree_keeps_deep_subjects_in_sight_at_80_columns(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=(80, 24)) as pilot:
