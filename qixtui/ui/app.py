@@ -117,7 +117,7 @@ class MainScreen(Screen[None]):
     #flows-box { width: 38%; border-right: solid $primary; }
     #events-box { width: 1fr; }
     .list-title { height: 1; background: $primary-background; color: $text; padding: 0 1;
-                  text-style: bold; }
+                  text-style: bold; text-wrap: nowrap; text-overflow: ellipsis; }
     .list-title.-lit { background: $accent; }
     """
 
@@ -350,7 +350,8 @@ class QixtuiApp(QuitOnTerminate):
         self.seen_data_version = 0  # the file's PRAGMA data_version when a filter last ran
         self.scanning = False  # a scan worker runs for the current filter
         self.searching = False  # ... and it is the filter's first pass over the file
-        self.events_title = Text("events")
+        self.events_title = Text("events")  # the list, and the flow it is narrowed to
+        self.filter_title = Text()  # the typed filter: after the count, which must show
         self.scan_from = 0  # the running scan looks at ids in (scan_from, scan_upto]
         self.scan_upto = 0
         self.rates: deque[tuple[float, int]] = deque(maxlen=20)
@@ -611,10 +612,10 @@ class QixtuiApp(QuitOnTerminate):
         title = Text("events")
         if self.flow_filter is not None:
             title.append(f"  · flow #{self.flow_filter} (esc: all)", "cyan")
-        if self.typed_filter:
-            title.append("  · ")
-            title.append_text(t.literal(self.typed_filter.source, "yellow"))
         self.events_title = title
+        self.filter_title = Text()
+        if self.typed_filter:
+            self.filter_title = t.literal(self.typed_filter.source, "yellow")
         self.narrow_flows()
         events = self.events_list
         if not flt:
@@ -705,6 +706,9 @@ class QixtuiApp(QuitOnTerminate):
             title.append(" (a new filter stops it)", "dim")
         elif self.current_filter():
             title.append(f"  · {found:,} match{'' if found == 1 else 'es'}", "green")
+        if self.filter_title:
+            title.append("  · ")
+            title.append_text(self.filter_title)
         self.main.query_one("#events-title", Static).update(title)
 
     class ScanBatch(Message):

@@ -167,6 +167,21 @@ async def test_the_waterfall_is_drawn_again_for_the_room_the_keys_panel_leaves(
         assert max(map(len, str(view.render()).splitlines())) <= view.content_size.width
 
 
+async def test_a_long_filter_is_cut_after_the_match_count(shop: Path) -> None:
+    app = QixtuiApp(shop)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        long_filter = "shop.order.placed header:traceparent=00-" + "7b41" * 10
+        await pilot.press("slash", *long_filter, "enter")
+        await settle(pilot)
+        await app.workers.wait_for_complete()
+        await settle(pilot)
+        line = next(x for x in screen_text(app).splitlines() if "events  · " in x)
+        shown = line.split("events  · ", 1)[1].rstrip()
+        assert shown.startswith("0 matches  · shop.order.placed")
+        assert shown.endswith("…")  # cut on its line, not wrapped out of sight
+
+
 async def test_the_causal_tree_keeps_deep_subjects_in_sight_at_80_columns(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=(80, 24)) as pilot:
