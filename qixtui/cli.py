@@ -422,11 +422,14 @@ def info(file: str, as_json: bool) -> None:
         "incomplete": "incomplete: the recorder ended without closing it (killed?); every "
         "committed event is here",
     }[data["state"]]
-    names = meta.get("server_names") or meta.get("server_name", "")
+    # a restarted server has a new id and the same name: each name once
+    names = ", ".join(
+        dict.fromkeys((meta.get("server_names") or meta.get("server_name", "")).split(","))
+    )
     lines = [
         f"file:      {data['file']} ({data['file_bytes']:,} bytes)",
         f"state:     {state}",
-        f"server:    {meta.get('server', '?')} {names.replace(',', ', ')}",
+        f"server:    {meta.get('server', '?')} {names}",
         f"subjects:  {meta.get('subjects', '?')}",
         f"recorded:  {when(data['first_ns'])} .. {when(data['last_ns'])}",
         f"events:    {data['events']:,} ({data['payload_bytes']:,} payload bytes)",

@@ -288,7 +288,7 @@ class Recorder:
             db = store.open_session(self.options.output, readonly=False)
             db.execute("PRAGMA journal_mode = WAL")  # a finished session was left in DELETE mode
             with store.transaction(db):
-                store.set_meta(db, meta)
+                store.set_meta(db, self._appended_meta(store.get_meta(db), meta))
         else:
             db = store.create_session(self.options.output, meta)
         next_id = store.next_event_id(db)
@@ -579,6 +579,23 @@ class Recorder:
         self._gap_open = True
         self.stats.gaps += 1
         self._send(["G+", self._confirmed_ns, reason])
+
+    def _appended_meta(self, before: dict[str, str], meta: dict[str, str]) -> dict[str, str]:
+        """The metadata of a file added to: its servers and subjects are the earlier parts'
+        and this one's. Replay asks before publishing to any server the file came from, so
+        an append from elsewhere must not make it forget the first one."""
+        ids = [i for i in before.get("server_ids", before.get("server_id", "")).split(",") if i]
+        names = before.get("server_names", before.get("server_name", "")).split(",")
+        earlier = list(zip(ids, [*names, *[""] * len(ids)][: len(ids)], strict=True))
+        self._servers = [*earlier, *(s for s in self._servers if s not in earlier)]
+        if self._servers:
+            meta["server_ids"] = ",".join(ids)
+            meta["server_names"] = ",".join(name for _, name in self._servers)
+        for key in ("server", "subjects"):
+            parts = [p for p in before.get(key, "").split(",") if p]
+            parts += [p for p in meta[key].split(",") if p not in parts]
+            meta[key] = ",".join(parts)
+        return meta
 
     def _note_server(self) -> None:
         """Every server the recording came from, by id and name (a restarted server has a

@@ -339,6 +339,35 @@ def test_append_to_a_file_another_recorder_is_writing_is_refused(
     assert again.returncode == 0, again.stderr
 
 
+def test_appending_from_another_server_keeps_the_first_servers(
+    nats_server: EmbeddedServer, tmp_path: Path
+):
+    out = tmp_path / "two.qix"
+    first = run_qixtui(
+        "record", "-s", nats_server.url, "-o", str(out), "-S", "a.>", "--duration", "0.2"
+    )
+    assert first.returncode == 0, first.stderr
+    with EmbeddedServer(jetstream=False) as other:
+        again = run_qixtui(
+            "record", "-s", other.url, "-o", str(out), "-S", "b.>", "--append", "--duration", "0.2"
+        )
+        assert again.returncode == 0, again.stderr
+        db = store.open_session(out)
+        meta = store.get_meta(db)
+        db.close()
+        assert meta["server_names"].split(",") == [nats_server.name, other.name]
+        assert meta["subjects"] == "a.>,b.>"
+        assert meta["server"] == f"{nats_server.url},{other.url}"
+        # replay still asks before publishing the original subjects to either of them
+        assert looks_like_source(meta, "", nats_server.name)
+        assert looks_like_source(meta, "", other.name)
+        info = run_qixtui("info", str(out))
+        [line] = [x for x in info.stdout.splitlines() if x.startswith("server:")]
+        assert line.split() == [
+            "server:", f"{nats_server.url},{other.url}", f"{nats_server.name},", other.name
+        ]  # fmt: skip
+
+
 @pytest.mark.parametrize("subject", ["a..b", "a b", ">.a", ""])
 def test_a_bad_subject_is_one_line_and_leaves_no_file(tmp_path: Path, subject: str):
     out = tmp_path / "bad.qix"
