@@ -36,6 +36,13 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def need_terminal(command: str, instead: str) -> None:
+    """A screen needs a terminal on both ends: without one, the app waits for keys that
+    never come and keeps drawing into a pipe that may be closed."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        fail(f"{command} draws a screen and needs a terminal; {instead}")
+
+
 def read_text_or_fail(path: str) -> str:
     """A text file named on the command line (a saga, a step map), or one line saying why not:
     a session file given by mistake is not UTF-8."""

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import msgspec
 
-from qixtui.cli import FLOW_ID, fail, main, open_or_fail, read_text_or_fail
+from qixtui.cli import FLOW_ID, fail, main, need_terminal, open_or_fail, read_text_or_fail
 from qixtui.core import compare as cmp
 from qixtui.core import export, flowfile, store
 from qixtui.core.rules import Rules
@@ -188,6 +188,7 @@ def compare_verb(
     db = open_or_fail(file)
     if tui:
         db.close()
+        need_terminal("qixtui compare --tui", "without --tui it prints the comparison")
         from qixtui.ui.comparescreen import CompareApp
 
         app = CompareApp(Path(file), saga_def, saga, str(saga_path or ""))

@@ -20,7 +20,14 @@ from typing import Any
 import click
 
 from qixtui import child_command
-from qixtui.cli import connection_options, fail, main, subjects_option, terminate_exits
+from qixtui.cli import (
+    connection_options,
+    fail,
+    main,
+    need_terminal,
+    subjects_option,
+    terminate_exits,
+)
 from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
 from qixtui.core import store
 
@@ -147,6 +154,7 @@ def tap(output: str | None, subjects: tuple[str, ...], **conn: Any) -> None:
         store.ensure_new(path)  # before starting anything: a clear line, nothing to clean up
     except (RulesError, store.SessionError) as exc:
         fail(str(exc))
+    need_terminal("qixtui tap", "qixtui record records without one")
     argv, env = recorder_command(path, conn)
     for subject in subjects:
         argv += ["--subject", subject]
@@ -192,6 +200,9 @@ def open_replay(file: str) -> None:
         store.open_session(path, readonly=True).close()
     except store.SessionError as exc:
         fail(str(exc))
+    need_terminal(
+        "qixtui replay FILE", "for scripts: qixtui events, flows or info FILE, or replay --publish"
+    )
     from qixtui.ui.app import QixtuiApp
 
     app = QixtuiApp(path, replay=True)

@@ -33,6 +33,33 @@ def run_qixtui(
     )
 
 
+@contextlib.contextmanager
+def terminal() -> Iterator[int]:
+    """A pseudo-terminal for a command that draws a screen: give it the returned fd as stdin
+    and stdout. What it draws is left unread, so only use it for a command that stops
+    before drawing much (a terminal's buffer holds a few kB)."""
+    primary, secondary = os.openpty()
+    try:
+        yield secondary
+    finally:
+        os.close(secondary)
+        os.close(primary)
+
+
+def run_qixtui_in_terminal(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """A screen command that fails before its screen: its one line is on stderr."""
+    with terminal() as tty:
+        return subprocess.run(
+            qixtui_command(*args),
+            stdin=tty,
+            stdout=tty,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+
+
 async def eventually(condition: Callable[[], bool], within: float = 10, what: str = "") -> None:
     """Poll `condition` until it holds; for state that has no event to await."""
     deadline = time.monotonic() + within

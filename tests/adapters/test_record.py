@@ -18,7 +18,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from helpers import eventually, qixtui_command, run_qixtui
+from helpers import eventually, qixtui_command, run_qixtui, run_qixtui_in_terminal, terminal
 
 from qixtui.core import filters, store
 from qixtui.core.replay import looks_like_source
@@ -380,7 +380,7 @@ def test_a_bad_subject_is_one_line_and_leaves_no_file(tmp_path: Path, subject: s
 
 def test_tap_that_cannot_connect_leaves_nothing_behind(tmp_path: Path):
     out = tmp_path / "t.qix"
-    result = run_qixtui("tap", "-s", "nats://127.0.0.1:1", "-o", str(out))
+    result = run_qixtui_in_terminal("tap", "-s", "nats://127.0.0.1:1", "-o", str(out))
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith("qixtui: cannot connect to nats://127.0.0.1:1")
@@ -417,21 +417,24 @@ def nameless_server() -> Iterator[str]:
 def tap_and_its_recorder(
     server: str, out: Path, *flags: str, stderr: int = subprocess.PIPE
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """`tap` without a terminal (its screen never comes up), and the pid of the recorder it
-    started; tap is killed afterwards if the test left it running."""
-    tap = subprocess.Popen(
-        qixtui_command("tap", "-s", server, "-o", str(out), *flags),
-        stdin=subprocess.DEVNULL,
-        stderr=stderr,
-    )
-    children = Path(f"/proc/{tap.pid}/task/{tap.pid}/children")
-    try:
-        asyncio.run(eventually(lambda: children.read_text().strip() != "", 20, "the recorder"))
-        yield tap, int(children.read_text().split()[0])
-    finally:
-        if tap.poll() is None:
-            tap.kill()
-            tap.wait()
+    """`tap` before its screen comes up (the server gives no id, which tap waits for), and
+    the pid of the recorder it started; tap is killed afterwards if the test left it
+    running."""
+    with terminal() as tty:
+        tap = subprocess.Popen(
+            qixtui_command("tap", "-s", server, "-o", str(out), *flags),
+            stdin=tty,
+            stdout=tty,
+            stderr=stderr,
+        )
+        children = Path(f"/proc/{tap.pid}/task/{tap.pid}/children")
+        try:
+            asyncio.run(eventually(lambda: children.read_text().strip() != "", 20, "recorder"))
+            yield tap, int(children.read_text().split()[0])
+        finally:
+            if tap.poll() is None:
+                tap.kill()
+                tap.wait()
 
 
 def test_sigterm_while_tap_starts_stops_its_recorder(nameless_server: str, tmp_path: Path):
@@ -476,6 +479,18 @@ def test_tap_checks_its_rules_before_it_starts_anything(tmp_path: Path):
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert "order_id" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tap_without_a_terminal_says_so_and_starts_nothing(tmp_path: Path):
+    out = tmp_path / "t.qix"
+    # output to a pipe (`| head`) used to draw into it for good, at full CPU
+    result = run_qixtui("tap", "-s", "nats://127.0.0.1:1", "-o", str(out))
+    assert result.returncode == 1
+    assert result.stderr == (
+        "qixtui: qixtui tap draws a screen and needs a terminal; qixtui record records "
+        "without one\n"
+    )
     assert list(tmp_path.iterdir()) == []
 
 

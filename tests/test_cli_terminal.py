@@ -1,0 +1,41 @@
+"""Commands that draw a screen, run without a terminal: one line saying so, at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import run_qixtui
+
+from qixtui.core import store
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Path:
+    path = tmp_path / "s.qix"
+    store.create_session(path, {"stopped_ns": str(10**18)}).close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["replay"], "qixtui replay FILE draws a screen and needs a terminal; for scripts: "),
+        (["compare", "--tui"], "qixtui compare --tui draws a screen and needs a terminal; "),
+    ],
+)
+def test_a_screen_without_a_terminal_is_one_line(session: Path, args: list[str], says: str):
+    # `qixtui replay FILE | head` used to draw into the pipe for good, at full CPU
+    result = run_qixtui(*args, str(session), timeout=30)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"qixtui: {says}")
+    assert result.stdout == ""
+
+
+def test_a_bad_file_is_still_named_first(tmp_path: Path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    result = run_qixtui("replay", str(text), timeout=30)
+    assert result.returncode == 1
+    assert "not a qixtui session" in result.stderr
