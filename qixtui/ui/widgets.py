@@ -62,6 +62,17 @@ def format_event(row: Any, width: int) -> Text:
     return line
 
 
+def cut(text: Text) -> Text:
+    """A cell that ends in … where its column cuts it."""
+    text.overflow = "ellipsis"
+    return text
+
+
+def wrapped(value: str) -> Text:
+    """A cell that wraps, anywhere in a word: ids have no spaces to wrap at."""
+    return t.literal(value, multiline=True)
+
+
 def format_flow(flow: Flow, width: int) -> Text:
     line = Text(no_wrap=True)
     line.append(f"#{flow.flow_id:<5} ", "cyan")
@@ -107,19 +118,43 @@ class DetailPane(Vertical):
                 yield Static(Text("payload"), id="payload-caption", classes="caption")
                 yield Static(Text(""), id="payload")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shown: tuple[Event | None, list[tuple[str, str, int | None]], str] | None = None
+        self.room = 0  # the width the tables' columns were laid out for
+
     def on_mount(self) -> None:
-        # Fixed widths: columns that resize to their rows make the pane jump as you scroll.
+        self.lay_out_tables(56)
+
+    def lay_out_tables(self, room: int) -> None:
+        """Columns as wide as the pane allows, so a correlation id or a traceparent can be
+        read whole when there is room. The widths follow the pane, never the rows: columns
+        that resize to their rows make the pane jump as you scroll."""
+        self.room = room
+        name = max(12, min(20, room // 3))
+        padding = 2  # a cell's, each side
         headers = self.query_one("#headers", DataTable)
-        headers.add_column("name", width=20)
-        headers.add_column("value", width=32)
+        headers.clear(columns=True)
+        headers.add_column("name", width=name)
+        headers.add_column("value", width=max(12, room - name - 2 * padding))
         links = self.query_one("#links", DataTable)
+        links.clear(columns=True)
         links.add_column("kind", width=9)
-        links.add_column("key", width=36)
+        links.add_column("key", width=max(12, room - 9 - 7 - 3 * padding))
         links.add_column("parent", width=7)
+
+    def on_resize(self) -> None:
+        # the tables' room: the left column's width, less its scroll bar
+        room = self.query_one("#detail-left").size.width - 2
+        if room > 0 and room != self.room:
+            self.lay_out_tables(room)
+            if self.shown is not None:
+                self.show(*self.shown)
 
     def show(
         self, event: Event | None, links: list[tuple[str, str, int | None]], mode: str
     ) -> None:
+        self.shown = (event, links, mode)
         meta = self.query_one("#detail-meta", Static)
         headers = self.query_one("#headers", DataTable)
         link_table = self.query_one("#links", DataTable)
@@ -140,11 +175,13 @@ class DetailPane(Vertical):
         info.append(f"#{event.id}  flow {'#' + str(event.flow_id) if event.flow_id else '-'}")
         info.append(f"  {len(event.payload):,} bytes")
         meta.update(info)
+        # Values wrap (a row as tall as its value): a correlation id or a traceparent is
+        # read, and typed into a filter, whole.
         for name, value in event.headers or []:
-            headers.add_row(t.literal(name, "bold"), t.literal(value))
+            headers.add_row(cut(t.literal(name, "bold")), wrapped(value), height=None)
         for kind, key, parent in links:
             link_table.add_row(
-                t.literal(kind), t.literal(key), Text(f"#{parent}" if parent else "-")
+                t.literal(kind), wrapped(key), Text(f"#{parent}" if parent else "-"), height=None
             )
         self.show_payload(event.payload, mode)
 

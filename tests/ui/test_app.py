@@ -332,6 +332,28 @@ async def test_f_on_a_header_cell_filters_by_it(shop: Path) -> None:
         assert len(events.index) == 1
 
 
+async def test_a_long_header_value_wraps_whole_in_its_cell(tmp_path: Path) -> None:
+    trace = "00-84da7e9d2d4bbd3016e32171c49b7b82-6076a841d00e0d6b-01"
+    cid = "ee230346-4038-4659-9bf7-1a2e1ef95a55-" + "z" * 40  # longer than any pane here
+    path = tmp_path / "h.qix"
+    db = store.create_session(path, {"stopped_ns": str(T0 + 10**9)})
+    with store.transaction(db):
+        headers = [("traceparent", trace), ("X-Correlation-ID", cid)]
+        store.insert_events(db, [Event(T0, "shop.order.placed", None, headers, b"{}", 1)])
+    db.close()
+    app = QixtuiApp(path, replay=True)
+    async with app.run_test(size=SIZE) as pilot:
+        app.screen.query_one("#events", RowList).move_to(0)
+        await settle(pilot)
+        left = app.screen.query_one("#detail-left")
+        pane = "\n".join(line[: left.size.width] for line in screen_text(app).splitlines())
+        # whole, over as many lines as they take: their ends are on screen too
+        assert trace[:20] in pane
+        assert "0d6b-01" in pane.replace("\n", "").replace(" ", "")
+        assert cid[:20] in pane
+        assert "z" * 20 in pane
+
+
 async def test_payload_json_text_and_hex(shop: Path) -> None:
     app = QixtuiApp(shop)
     async with app.run_test(size=SIZE) as pilot:
