@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import msgspec
 
-from qixtui.core.text import mermaid_text, time_span
+from qixtui.core.text import mermaid_text, time_span, visible
 
 
 class Edge(msgspec.Struct):
@@ -95,7 +95,10 @@ def discover(traces: Iterable[Sequence[tuple[str, int]]]) -> Discovery:
 
 
 def _dot_quote(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """A quoted DOT string showing `text` as every other view does: control and bidi
+    characters written out by `visible` (raw, they reached the terminal, or were dropped on
+    the way, and two subjects read the same), then backslash and quote escaped for DOT."""
+    escaped = visible(text).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import shutil
 import subprocess
 
@@ -10,6 +12,7 @@ import pytest
 from qixtui.core.discover import discover, to_dot, to_mermaid
 from qixtui.core.model import Event, Link
 from qixtui.core.rules import Rules
+from qixtui.core.text import visible
 from qixtui.core.waterfall import causal_tree, layout
 
 MS = 1_000_000
@@ -96,3 +99,25 @@ def test_graphs_escape_any_subject() -> None:
         pytest.skip("graphviz is not installed (apt-get install graphviz)")
     svg = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True, check=True)
     assert "quoted" in svg.stdout
+
+
+def test_dot_labels_show_what_every_other_view_shows_and_stay_apart() -> None:
+    """A subject's control and bidi characters are written out as in the text, Mermaid and
+    flows views (raw, a terminal obeyed them and `click.echo` dropped them, so two subjects
+    could read the same)."""
+    subjects = [
+        "esc.\x1b[31mRED.x",
+        "esc.[31mRED.x",
+        "rtl.\u202eevil",
+        'q."back\\slash\n',
+    ]
+    found = discover([[(s, i * MS) for i, s in enumerate(subjects)]])
+    dot = to_dot(found)
+    assert re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", dot) is None
+    if shutil.which("dot") is None:
+        pytest.skip("graphviz is not installed (apt-get install graphviz)")
+    svg = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True, check=True)
+    drawn = [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", svg.stdout)]
+    for subject in subjects:
+        assert f"{visible(subject)} (1)" in drawn
+    assert "esc.\\x1b[31mRED.x (1)" in drawn
