@@ -97,8 +97,9 @@ def discover(traces: Iterable[Sequence[tuple[str, int]]]) -> Discovery:
 def _dot_quote(text: str) -> str:
     """A quoted DOT string showing `text` as every other view does: control and bidi
     characters written out by `visible` (raw, they reached the terminal, or were dropped on
-    the way, and two subjects read the same), then backslash and quote escaped for DOT."""
-    escaped = visible(text).replace("\\", "\\\\").replace('"', '\\"')
+    the way, and two subjects read the same), then backslash and quote escaped for DOT, and
+    `&` written as `&amp;`: graphviz reads HTML entities in any label (`a&lt;b` drew `a<b`)."""
+    escaped = visible(text).replace("&", "&amp;").replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
 
 

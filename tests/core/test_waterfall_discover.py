@@ -104,11 +104,13 @@ def test_graphs_escape_any_subject() -> None:
 def test_dot_labels_show_what_every_other_view_shows_and_stay_apart() -> None:
     """A subject's control and bidi characters are written out as in the text, Mermaid and
     flows views (raw, a terminal obeyed them and `click.echo` dropped them, so two subjects
-    could read the same)."""
+    could read the same); and graphviz reads `&amp;` in a label as `&`."""
     subjects = [
         "esc.\x1b[31mRED.x",
         "esc.[31mRED.x",
         "rtl.\u202eevil",
+        "amp.a&amp;b",
+        "amp.a&b",
         'q."back\\slash\n',
     ]
     found = discover([[(s, i * MS) for i, s in enumerate(subjects)]])
@@ -121,3 +123,4 @@ def test_dot_labels_show_what_every_other_view_shows_and_stay_apart() -> None:
     for subject in subjects:
         assert f"{visible(subject)} (1)" in drawn
     assert "esc.\\x1b[31mRED.x (1)" in drawn
+    assert "amp.a&amp;b (1)" in drawn
