@@ -48,6 +48,7 @@ from qixtui.core.replay import (
     parse_filter,
     parse_speed,
     source_name,
+    unanswered,
 )
 from qixtui.core.text import clipped, counted, visible
 
@@ -419,6 +420,7 @@ def _report(
         "requests": progress.requests,
         "replies": progress.replies,
         "no_responders": progress.no_responders,
+        "unanswered": unanswered(progress.requests, progress.replies, progress.no_responders),
         "skipped": dict(replayer.replay.skipped),
         "error": progress.error,
         "lateness_ms": {

@@ -407,6 +407,13 @@ class Replay:
         return out
 
 
+def unanswered(requests: int, replies: int, no_responders: int) -> int:
+    """Requests that got neither a reply nor the server's "no responders" by the time the
+    run stopped waiting; never below zero. The JSON report's count, the same sum as the text's
+    (`Progress.answers` in qixtui_nats.replayer)."""
+    return max(0, requests - replies - no_responders)
+
+
 @dataclass
 class SubjectTotals:
     target: str

@@ -369,6 +369,7 @@ async def test_requests_go_to_a_replayer_inbox_and_replies_are_counted(
         3,
     )
     assert (odd["replies"], odd["no_responders"]) == (3, 0)
+    assert [r["unanswered"] for r in (plain, asked, unanswered, odd)] == [0, 0, 0, 0]
     db = store.open_session(source)
     audit = store.replays(db)
     db.close()
@@ -379,6 +380,46 @@ async def test_requests_go_to_a_replayer_inbox_and_replies_are_counted(
         ("done", 3, 3),
     ]
     assert all(r["target"] == nats_server.url for r in audit)
+
+
+async def test_requests_nobody_answers_are_counted_unanswered_in_json_as_in_text(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """A subscriber that never replies: no reply, no "no responders" either. The text says how
+    many went unanswered; the JSON said nothing of them."""
+    source = tmp_path / "source.qix"
+    nc = await nats.connect(nats_server.url)
+
+    async def ignore(msg: Any) -> None:
+        pass
+
+    async def answer(msg: Any) -> None:
+        await msg.respond(b"pong")
+
+    await nc.subscribe("silent.svc.ping", cb=ignore)
+    await nc.flush()
+    rec = recording(nats_server.url, source, "svc.>", "_INBOX.>")
+    await asyncio.to_thread(rec.__enter__)
+    try:
+        responder = await nats.connect(nats_server.url)
+        await responder.subscribe("svc.ping", cb=answer)
+        await responder.flush()
+        for i in range(3):
+            await nc.request("svc.ping", str(i).encode(), timeout=10)
+        await responder.close()
+    finally:
+        await asyncio.to_thread(rec.__exit__, None, None, None)
+
+    args = (source, "-s", nats_server.url, "--yes", "--speed", "max", "--requests")
+    silent = await asyncio.to_thread(replay_json, *args, "--prefix", "silent")
+    nobody = await asyncio.to_thread(replay_json, *args, "--prefix", "nobody")
+    text = await asyncio.to_thread(replay, *args, "--prefix", "silent")
+    await nc.close()
+    assert (silent["requests"], silent["replies"], silent["no_responders"]) == (3, 0, 0)
+    assert silent["unanswered"] == 3
+    assert (nobody["no_responders"], nobody["unanswered"]) == (3, 0)
+    assert text.returncode == 0, text.stderr
+    assert "3 requests: 0 replies, 0 with no responders, 3 unanswered" in text.stderr
 
 
 def test_an_empty_prefix_is_refused_not_replaced_by_the_default(tmp_path: Path) -> None:
