@@ -229,6 +229,25 @@ def test_discover_outputs_render(shop: Path, tmp_path: Path) -> None:
     assert "shop.pricing.quote (reply)" in svg.stdout
 
 
+def test_discover_dot_shows_control_characters_like_mermaid(tmp_path: Path) -> None:
+    """Raw in DOT, click dropped the sequence through a pipe: `esc.RED.x` for
+    `esc.\x1b[31mRED.x`."""
+    path = tmp_path / "odd.qix"
+    hdr = [("X-Correlation-ID", "c-1")]
+    subjects = ["esc.order.placed", "esc.\x1b[31mRED.x", "esc.order.done"]
+    write_session(path, [Message(s, b"{}", hdr) for s in subjects], Rules())
+    mermaid = run_qixtui("discover", str(path), "--mermaid")
+    dot = run_qixtui("discover", str(path), "--dot")
+    assert dot.returncode == mermaid.returncode == 0, dot.stderr + mermaid.stderr
+    assert '["esc.\\x1b[31mRED.x (1)"]' in mermaid.stdout
+    assert '[label="esc.\\\\x1b[31mRED.x (1)"]' in dot.stdout  # DOT's own \\ for one \
+    if shutil.which("dot") is None:
+        pytest.skip("graphviz is not installed (apt-get install graphviz)")
+    svg = subprocess.run(["dot", "-Tsvg"], input=dot.stdout, capture_output=True, text=True)
+    assert svg.returncode == 0, svg.stderr
+    assert ">esc.\\x1b[31mRED.x (1)</text>" in svg.stdout
+
+
 def test_correlate_refuses_a_recording_still_being_written(tmp_path: Path) -> None:
     path = tmp_path / "live.qix"
     with recorder_stand_in() as pid:
