@@ -128,7 +128,9 @@ def flow(file: str, flow_id: int, as_json: bool) -> None:
         click.echo(json.dumps(data, ensure_ascii=False))
         return
     span = layout.end_ns - layout.start_ns
-    width = max([len(lane) for lane in layout.lanes] + [7])
+    # Lanes padded by the width they are shown with: the line is escaped after it is built,
+    # and a name with control characters is longer shown than raw (`\x1b` is 4 for 1).
+    width = max([len(visible(lane)) for lane in layout.lanes] + [7])
     lines = [
         f"flow {summary.flow_id}: {summary.status}, {counted(summary.events, 'event')}, "
         f"{time_span(span)}, keys: {', '.join(summary.keys) or '-'}"
@@ -139,7 +141,7 @@ def flow(file: str, flow_id: int, as_json: bool) -> None:
         mark = "*" if bar.critical else " "
         took = f" {time_span(bar.end_ns - bar.start_ns)}" if bar.reply_id is not None else ""
         lines.append(
-            f"{bar.service:<{width}} {_bar(bar, layout.start_ns, span)}{mark}"
+            f"{visible(bar.service):<{width}} {_bar(bar, layout.start_ns, span)}{mark}"
             f"+{time_span(bar.start_ns - layout.start_ns)} {bar.label}{took}"
         )
     lines.append("* critical path; ├──┤ a request and its reply")

@@ -108,6 +108,24 @@ def test_flow_draws_a_waterfall_and_a_causal_tree(shop: Path) -> None:
     assert depth == 3  # placed -> authorized -> reserved -> final, by causation headers
 
 
+def test_flow_lanes_line_up_when_a_service_name_has_control_characters(tmp_path: Path) -> None:
+    """The lane column was padded by the raw name's length, then the line was escaped: a
+    service `\x1b[31mRED` (8 characters raw, 11 shown) pushed its bar 3 columns right."""
+    path = tmp_path / "odd.qix"
+    hdr = [("X-Correlation-ID", "c-1")]
+    subjects = ["shop.order.placed", "shop.\x1b[31mRED.x", "shop.\u202eevil.y", "shop.order.done"]
+    write_session(path, [Message(s, b"{}", hdr) for s in subjects], Rules())
+    out = run_qixtui("flow", str(path), "1")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    bars = lines[2 : lines.index("* critical path; ├──┤ a request and its reply")]
+    lanes = ["order", "\\x1b[31mRED", "\\u202eevil", "order"]  # as `flows` shows them
+    width = len("\\x1b[31mRED")  # the widest, as shown
+    assert [line[: width + 1] for line in bars] == [lane.ljust(width) + " " for lane in lanes]
+    assert lines[1].index("0") == width + 1  # the time axis starts where the bars do
+    assert len({line.index("+") for line in bars}) == 1, "\n".join(bars)
+
+
 def test_flow_errors_are_one_line(shop: Path, tmp_path: Path) -> None:
     missing = run_qixtui("flow", str(shop), "999999")
     assert missing.returncode == 1
