@@ -44,9 +44,12 @@ SCAN_NOW = 2_000
 SCAN_FIRST = 10_000
 SCAN_CHUNK = 200_000
 RECHECK_MATCHES = 20_000  # a live filter's matches whose flows are read again each second
-# A live filter on flow state (status:, duration) is run again this often: it matched each
-# event against its flow as the flow was when the event was scanned, and flows finish.
-FLOW_STATE_RESCAN_TICKS = 30
+# A live filter on flow state (status:, duration) is run again each second: it matched each
+# event against its flow as the flow was when the event was scanned, and flows finish (a
+# demo order in a tenth of a second). Past FLOW_STATE_MANY flows, every third second:
+# reading their states takes ~50 ms a million.
+FLOW_STATE_RESCAN_TICKS = 10
+FLOW_STATE_MANY = 200_000
 SPEEDS = ("1x", "10x", "max")
 # Recording time per wall second at each speed; "max" also moves at least
 # MAX_EVENTS_PER_TICK events each poll (a hundred a second), however far apart they are.
@@ -476,7 +479,8 @@ class QixtuiApp(QuitOnTerminate):
             self.drop_absorbed_flows()
         if self.matched_flows is not None and self.flow_filter is None:
             self.recheck_matched_flows()
-        if self.ticks % FLOW_STATE_RESCAN_TICKS == 0 and self.flow_state_filter_is_stale():
+        every = FLOW_STATE_RESCAN_TICKS * (3 if len(self.flow_index) > FLOW_STATE_MANY else 1)
+        if self.ticks % every == 0 and self.flow_state_filter_is_stale():
             self.refilter_in_place()
 
     def drop_absorbed_flows(self) -> None:
@@ -501,8 +505,10 @@ class QixtuiApp(QuitOnTerminate):
         """A filter on flow state (status:, duration) matched each event against its flow as
         it was then; flows finish while a recorder writes. Run again only when the file
         changed, nothing narrows to one flow, and its matches are read at once (few enough
-        for an index to bound them): a scan in parts would move the selection each time."""
-        if self.replay or self.flow_filter is not None or self.scanning:
+        for an index to bound them): a scan in parts would move the selection each time.
+        A scan of new events may be running (on a busy bus, nearly always): running the
+        filter again supersedes it."""
+        if self.replay or self.flow_filter is not None or self.searching:
             return False
         if not any(term.kind in ("status", "duration") for term in self.typed_filter.terms):
             return False
