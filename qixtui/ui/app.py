@@ -456,18 +456,17 @@ class QixtuiApp(QuitOnTerminate):
                 self.events_list.grew()
         elif not self.scanning and max_id > index.scanned_to:
             self.start_scan(index, self.scan_generation)
-        if self.ticks % 10 == 0 and not self.finished:
-            self.poll_flows()
+        if not self.finished:
+            self.poll_new_flows()
+            if self.ticks % 10 == 0:
+                self.poll_flows()
         if self.ticks % 5 == 0:
             self.refresh_status()
         if self.replay and self.playing:
             self.advance_replay()
 
-    def poll_flows(self) -> None:
-        # Statuses and counts change while flows run, and correlation moves events between
-        # flows: redraw both lists once a second (growth alone redraws only new rows).
-        self.flows_list.invalidate()
-        self.events_list.invalidate()
+    def poll_new_flows(self) -> None:
+        """New flows join the list as their events do (one indexed read past the last)."""
         new = self.session.flow_ids(self.flow_index.hi)
         if new:
             assert self.flow_index.ids is not None
@@ -475,6 +474,12 @@ class QixtuiApp(QuitOnTerminate):
             self.flow_index.hi = new[-1]
             if self.matched_flows is None:
                 self.flows_list.grew()
+
+    def poll_flows(self) -> None:
+        # Statuses and counts change while flows run, and correlation moves events between
+        # flows: redraw both lists once a second (growth alone redraws only new rows).
+        self.flows_list.invalidate()
+        self.events_list.invalidate()
         if self.absorbed_flows:
             self.drop_absorbed_flows()
         if self.matched_flows is not None and self.flow_filter is None:

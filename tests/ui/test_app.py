@@ -494,6 +494,29 @@ async def test_on_a_live_recording_the_narrowed_flows_list_gains_new_matching_fl
         assert "flows  · 2 with a match" in screen_text(app)
 
 
+async def test_a_new_flow_joins_the_list_at_the_next_tick_not_the_next_second(
+    live_shop: tuple[Path, sqlite3.Connection],
+) -> None:
+    """Found by a tester: following the tail, the flows list trailed the events by a flow or
+    two (it read new flows once a second)."""
+    path, writer = live_shop
+    app = QixtuiApp(path)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        app.poll_timer.pause()  # this test ticks itself
+        flows = app.screen.query_one("#flows", RowList)
+        event_id = store.next_event_id(writer)
+        with store.transaction(writer):
+            new = Event(T0 + 6_000 * MS, "shop.order.placed", None, None, b"{}", event_id, 99)
+            store.insert_events(writer, [new])
+            store.upsert_flows(writer, [Flow(99, "running", new.ts_ns, new.ts_ns, 1)])
+        app.ticks = 10 * (app.ticks // 10) + 1  # the tick after it is not a whole second's
+        app.poll()
+        await settle(pilot)
+        assert list(flows.index)[-1] == 99
+        assert len(app.screen.query_one("#events", RowList).index) == event_id
+
+
 async def test_the_narrowed_flows_list_follows_merges_and_adoptions(
     live_shop: tuple[Path, sqlite3.Connection],
 ) -> None:
@@ -853,13 +876,9 @@ async def test_a_live_status_filter_keeps_up_while_events_keep_coming(
             writer.execute("UPDATE flows SET status = 'completed' WHERE flow_id = 1")
         next_id = store.next_event_id(writer)
         for i in range(60):  # an event of flow 3 every 50 ms, for three seconds
+            tick = Event(T0 + (6_000 + i) * MS, "shop.tick", None, None, b"{}", next_id + i, 3)
             with store.transaction(writer):
-                store.insert_events(
-                    writer,
-                    [
-                        Event(T0 + (6_000 + i) * MS, "shop.tick", None, None, b"{}", next_id + i, 3)
-                    ],  # fmt: skip
-                )
+                store.insert_events(writer, [tick])
             await pilot.pause(0.05)
             if list(flows.index) == [3]:
                 break
