@@ -8,6 +8,7 @@ import json
 import shlex
 import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -264,7 +265,7 @@ def orchestrate(
             rule_flags=rule_flags,
         )
         reports = run_or_interrupt(session, file, connect.flags())
-        _finish(reports, as_json, Path(file), connect.flags())
+        _finish(reports, as_json, Path(file), connect.flags(), no_record)
         return
     if not saga_file:
         fail("give a saga file (SAGA.toml), or --resume RUN_ID FILE")
@@ -289,7 +290,9 @@ def orchestrate(
     path = Path(output) if output else default_output(saga.name)
     if no_record and not path.exists():
         try:
-            store.create_session(path, {"saga": saga.name}).close()
+            # no recorder will write it: a finished session, not one whose recorder died
+            meta = {"saga": saga.name, "stopped_ns": str(time.time_ns())}
+            store.create_session(path, meta).close()
         except store.SessionError as exc:
             fail(str(exc))
     reports = run_or_interrupt(
@@ -307,7 +310,7 @@ def orchestrate(
         str(path),
         connect.flags(),
     )
-    _finish(reports, as_json, path, connect.flags())
+    _finish(reports, as_json, path, connect.flags(), no_record)
 
 
 def check_rules(conn: dict[str, Any], rule_flags: list[str], no_record: bool) -> None:
@@ -335,11 +338,14 @@ def run_or_interrupt(session: Any, file: str, flags: str) -> list[Any]:
     raise AssertionError  # fail() exits
 
 
-def _finish(reports: list[Any], as_json: bool, path: Path, flags: str) -> None:
+def _finish(
+    reports: list[Any], as_json: bool, path: Path, flags: str, no_record: bool = False
+) -> None:
     for report in reports:
         print_report(report, as_json, path.resolve(), flags)
     if not as_json:
-        click.echo(f"journal and events in {path.resolve()}", err=True)
+        what = "journal (--no-record: no events recorded)" if no_record else "journal and events"
+        click.echo(f"{what} in {path.resolve()}", err=True)
     if any(not r.clean for r in reports):
         sys.exit(1)
 

@@ -273,6 +273,12 @@ def test_a_missing_service_is_no_responders_or_says_why_it_is_a_timeout(
     assert recorded.returncode == bare.returncode == 0  # failed at once: nothing to undo
     assert "no responders looks like this while the recorder listens" in recorded.stdout
     assert "no responders on shop.cmd.payment.authorize" in bare.stdout
+    # the file it made holds the journal alone, and reads as finished, not as killed
+    info = run_qixtui("info", str(tmp_path / "b.qix"))
+    assert "state:     finished" in info.stdout
+    plain = [a for a in auto if a != "--json"]
+    said = run_qixtui(*plain, "--no-record", "-o", str(tmp_path / "c.qix")).stderr
+    assert f"journal (--no-record: no events recorded) in {tmp_path / 'c.qix'}" in said
 
 
 def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
