@@ -26,7 +26,13 @@ from qixtui.cli import (
 )
 from qixtui.cli_rules import RulesError, pop_rules, rule_argv, rule_options
 from qixtui.core import store
-from qixtui.core.saga import SagaDef, SagaError, describe_step, load_saga_text
+from qixtui.core.saga import (
+    SagaDef,
+    SagaError,
+    describe_step,
+    load_saga_text,
+    saga_outcome_subject,
+)
 from qixtui.core.text import counted, visible
 
 
@@ -386,8 +392,15 @@ async def _session(
             try:
                 recording.spawn()
                 await recording.ready()
+                missed = recording.missed(saga_subjects(saga)) if saga is not None else []
             except (RecordingError, store.SessionError) as exc:
                 fail(str(exc))
+            if missed:
+                fail(
+                    f"the recorder already writing {path} does not record "
+                    f"{', '.join(map(visible, missed))}: the run's messages would be in no "
+                    "file; record into another file (-o)"
+                )
         try:
             db = open_journal(path)
         except store.SessionError as exc:
@@ -441,6 +454,15 @@ async def _session(
     if screen_exit:
         sys.exit(screen_exit)
     return reports
+
+
+def saga_subjects(saga: SagaDef) -> list[str]:
+    """The subjects a run of `saga` sends on (its requests, compensations and the end it
+    announces), but for those a template fills in."""
+    subjects = [step.request for step in saga.steps]
+    subjects += [step.compensate.request for step in saga.steps if step.compensate]
+    subjects.append(saga_outcome_subject(saga.name, "completed"))
+    return [s for s in dict.fromkeys(subjects) if "${" not in s]
 
 
 def _live_printer() -> Any:

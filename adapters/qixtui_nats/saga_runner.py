@@ -475,6 +475,19 @@ class Recording:
             if db is not None:
                 db.close()
 
+    def missed(self, subjects: list[str]) -> list[str]:
+        """Which of `subjects` the recorder already writing the file (one we did not start)
+        does not subscribe to: those messages would be in no file."""
+        if self.proc is not None:
+            return []  # ours records every subject
+        db = store.open_session(self.path, readonly=True)
+        try:
+            recorded = store.get_meta(db).get("subjects", ">").split(",")
+        finally:
+            db.close()
+        covers = store.subject_regex(recorded)
+        return [s for s in subjects if covers is None or not covers.fullmatch(s)]
+
     def _subscribed(self, meta: dict[str, str]) -> bool:
         """The recorder now writing the file (ours, if we started one) has subscribed: an
         appended file keeps the last recorder's mark, older than this one's start."""

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -368,3 +369,41 @@ async def test_ctrl_c_or_sigterm_stops_with_one_line_and_leaves_the_run_resumabl
     (run,) = store.saga_runs(db)
     assert (run.status, run.reason, run.owner_pid) == ("running", "interrupted", None)
     assert [r.result for r in store.saga_journal(db, run.run_id)] == ["ok", None]
+
+
+def test_a_recorder_already_writing_the_file_must_record_the_runs_subjects(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """Found by a tester: into a file another recorder wrote with -S 'tst.>', a run went
+    unrecorded and the command said "journal and events in FILE"."""
+    out = tmp_path / "v.qix"
+    recorder = subprocess.Popen(
+        qixtui_command("record", "-s", nats_server.url, "-o", str(out), "-S", "tst.>"),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        asyncio.run(eventually(lambda: subscribed(out), 20, "the recorder subscribed"))
+        result = run_qixtui("orchestrate", SHOP, "--auto", "-s", nats_server.url, "-o", str(out))
+        assert result.returncode == 1
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"qixtui: the recorder already writing {out} does not record ")
+        assert "shop.cmd.payment.authorize" in line
+        assert "qixtui.saga.shop.completed" in line
+        db = store.open_session(out)
+        assert store.saga_runs(db) == []  # nothing sent, nothing journaled
+        db.close()
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        recorder.wait(30)
+
+
+def subscribed(path: Path) -> bool:
+    try:
+        db = store.open_session(path)
+    except store.SessionError:
+        return False
+    try:
+        return "subscribed_ns" in store.get_meta(db)
+    finally:
+        db.close()
