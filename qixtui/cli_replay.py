@@ -42,12 +42,12 @@ from qixtui.core.replay import (
     ReplayError,
     Selection,
     check_prefix,
+    confirmation_name,
     default_prefix,
     looks_like_source,
     parse_duration,
     parse_filter,
     parse_speed,
-    source_name,
     unanswered,
 )
 from qixtui.core.text import clipped, counted, visible
@@ -194,7 +194,7 @@ def _confirm_original(meta: dict[str, str], target: Any, confirm: str | None) ->
     """Publishing on the original subjects of the source server needs its name typed."""
     if not looks_like_source(meta, target.server_id, target.server_name):
         return
-    name = source_name(meta)
+    name = confirmation_name(target.server_id, target.server_name)
     if confirm is None:
         if not sys.stdin.isatty():
             fail(

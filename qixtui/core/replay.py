@@ -459,6 +459,7 @@ def looks_like_source(meta: dict[str, str], server_id: str, server_name: str) ->
     return server_id in ids or server_name in names
 
 
-def source_name(meta: dict[str, str]) -> str:
-    """The name a user types to confirm publishing on the source's original subjects."""
-    return meta.get("server_name") or meta.get("server_id") or "?"
+def confirmation_name(server_id: str, server_name: str) -> str:
+    """The name a user types to confirm publishing on the original subjects to a target that
+    looks like a source: the target's own, whichever of the file's servers it is."""
+    return server_name or server_id or "?"

@@ -30,11 +30,11 @@ from qixtui.core.replay import (
     ReplayError,
     Selection,
     check_prefix,
+    confirmation_name,
     default_prefix,
     looks_like_source,
     parse_filter,
     parse_speed,
-    source_name,
 )
 from qixtui.core.text import counted
 from qixtui.ui import text as t
@@ -206,7 +206,11 @@ class PublishScreen(Screen[None]):
     def confirmed(self) -> bool:
         if not self.confirmation_needed():
             return True
-        return self.query_one("#confirm", Input).value == source_name(self.meta)
+        return self.query_one("#confirm", Input).value == self.confirmation_name()
+
+    def confirmation_name(self) -> str:
+        target = self.reviewed.target if self.reviewed else None
+        return confirmation_name(target.server_id, target.server_name) if target else "?"
 
     def can_publish(self) -> bool:
         reviewed = self.reviewed
@@ -247,7 +251,7 @@ class PublishScreen(Screen[None]):
             if reviewed is None:
                 self.notify("run the dry run first (ctrl+r)", severity="warning", title="publish")
             elif not self.confirmed():
-                name = source_name(self.meta)
+                name = self.confirmation_name()
                 self.notify(
                     t.plain(f"type the server's name ({name}) to publish on original subjects"),
                     markup=False,
@@ -327,7 +331,8 @@ class PublishScreen(Screen[None]):
                             f"max_payload ({target.max_payload:,} bytes); nothing sent"
                         )
                 same = looks_like_source(self.meta, target.server_id, target.server_name)
-                if plan.prefix is None and same and typed_name != source_name(self.meta):
+                name = confirmation_name(target.server_id, target.server_name)
+                if plan.prefix is None and same and typed_name != name:
                     raise PublishError("confirmation does not match the server's name")
                 try:
                     audit = open_audit(self.path)
@@ -421,7 +426,7 @@ class PublishScreen(Screen[None]):
             notes.append("the target does not support headers: publishing is refused\n", "bold red")
         confirm = self.query_one("#confirm", Input)
         if self.confirmation_needed():
-            name = source_name(self.meta)
+            name = self.confirmation_name()
             head.append("\nThe target looks like the server this was recorded from.")
             confirm.placeholder = t.plain(
                 f"type the server's name ({name}) to publish on the original subjects"

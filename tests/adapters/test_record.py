@@ -361,6 +361,14 @@ def test_appending_from_another_server_keeps_the_first_servers(
         # replay still asks before publishing the original subjects to either of them
         assert looks_like_source(meta, "", nats_server.name)
         assert looks_like_source(meta, "", other.name)
+        # the tester's case: publishing the original subjects to the first server is asked
+        # for, with that server's own name
+        for server in (nats_server, other):
+            replay = run_qixtui(
+                "replay", str(out), "--publish", "-s", server.url, "--original-subjects", "--yes"
+            )
+            assert replay.returncode == 1
+            assert f"needs --confirm {server.name}" in replay.stderr
         info = run_qixtui("info", str(out))
         [line] = [x for x in info.stdout.splitlines() if x.startswith("server:")]
         assert line.split() == [

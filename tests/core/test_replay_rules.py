@@ -25,6 +25,7 @@ from qixtui.core.replay import (
     Schedule,
     Selection,
     check_prefix,
+    confirmation_name,
     deny_reason,
     header_block,
     looks_like_source,
@@ -32,7 +33,6 @@ from qixtui.core.replay import (
     parse_duration,
     parse_speed,
     selection_sql,
-    source_name,
 )
 from qixtui.core.rows import parse_header_block
 
@@ -156,8 +156,8 @@ def test_looks_like_source_by_id_or_name() -> None:
     assert looks_like_source(meta, "NXYZ", "prod-1")
     assert not looks_like_source(meta, "NXYZ", "staging")
     assert not looks_like_source({}, "", "")
-    assert source_name(meta) == "prod-1"
-    assert source_name({"server_id": "NABC", "server_name": ""}) == "NABC"
+    assert confirmation_name("NABC", "prod-1") == "prod-1"
+    assert confirmation_name("NABC", "") == "NABC"  # a server with no name: its id
 
 
 # --- against a session file (real SQLite) -------------------------------------------------
