@@ -24,7 +24,7 @@ from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import store
 from qixtui.core.filters import FilterError, check_subject
 from qixtui.core.store import SQL_INT_MAX
-from qixtui.core.text import counted, not_utf8, visible
+from qixtui.core.text import counted, json_text, not_utf8, visible
 
 F = TypeVar("F", bound=Callable[..., Any])
 SERVER_CHECK_S = 0.5  # how often `qixtui server` checks that its nats-server still runs
@@ -395,10 +395,9 @@ def events(
         limit=limit,
     )
     out = sys.stdout
-    encode = json.JSONEncoder(ensure_ascii=False).encode
     for event in store.iter_events(db, query):
         if as_json:
-            out.write(encode(store.event_to_json(event)) + "\n")
+            out.write(json_text(store.event_to_json(event)) + "\n")
         else:
             when = dt.datetime.fromtimestamp(event.ts_ns / 1e9).isoformat(timespec="microseconds")
             shown = store.event_to_json(event)
@@ -416,7 +415,7 @@ def info(file: str, as_json: bool) -> None:
     db = open_or_fail(file)
     data = store.summary(db, Path(file))
     if as_json:
-        click.echo(json.dumps(data, ensure_ascii=False))
+        click.echo(json_text(data))
         return
 
     def when(ns: int | None) -> str:

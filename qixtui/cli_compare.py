@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import sys
 import tomllib
@@ -18,7 +17,7 @@ from qixtui.core import compare as cmp
 from qixtui.core import export, flowfile, store
 from qixtui.core.rules import Rules
 from qixtui.core.saga import SagaDef, SagaError, load_saga_text
-from qixtui.core.text import counted, visible
+from qixtui.core.text import counted, json_text, visible
 
 
 def _markers(db: sqlite3.Connection, failure: Sequence[str], compensation: Sequence[str]) -> Any:
@@ -222,7 +221,7 @@ def compare_verb(
         )
         result.split += f"; choreography from {file}, orchestration from {other}"
     if as_json:
-        click.echo(json.dumps(msgspec.to_builtins(result), ensure_ascii=False))
+        click.echo(json_text(msgspec.to_builtins(result)))
     elif markdown:
         sys.stdout.write(render_markdown(result, Path(file).name))
     else:
@@ -248,13 +247,12 @@ def export_verb(file: str, flow_id: int, fmt: str) -> None:
         fail(f"{file}: no flow {flow_id} (see `qixtui flows {file}`)")
     events = list(store.iter_events(db, store.EventQuery(flow_id=flow_id)))
     if fmt == "jsonl":
-        encode = json.JSONEncoder(ensure_ascii=False).encode
         for event in events:
-            sys.stdout.write(encode(store.event_to_json(event)) + "\n")
+            sys.stdout.write(json_text(store.event_to_json(event)) + "\n")
         return
     links = cmp.links_within(db, events)
     lens = _lens(db)
     if fmt == "mermaid":
         sys.stdout.write(export.to_mermaid(flow, events, links, lens))
     else:
-        click.echo(json.dumps(export.to_otlp(flow, events, links, lens), ensure_ascii=False))
+        click.echo(json_text(export.to_otlp(flow, events, links, lens)))

@@ -16,7 +16,7 @@ from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import discover as discovery
 from qixtui.core import flowfile, store, waterfall
 from qixtui.core.model import FLOW_STATUSES, Flow
-from qixtui.core.text import counted, time_span, visible
+from qixtui.core.text import counted, json_text, time_span, visible
 
 BAR_WIDTH = 48
 
@@ -125,7 +125,7 @@ def flow(file: str, flow_id: int, as_json: bool) -> None:
                 for lk in links
             ],
         }
-        click.echo(json.dumps(data, ensure_ascii=False))
+        click.echo(json_text(data))
         return
     span = layout.end_ns - layout.start_ns
     # Lanes padded by the width they are shown with: the line is escaped after it is built,
@@ -164,7 +164,7 @@ def discover(file: str, as_json: bool, as_dot: bool, as_mermaid: bool, top: int)
     db = open_or_fail(file)
     found = discovery.discover(flowfile.traces(db))
     if as_json:
-        click.echo(json.dumps(msgspec.to_builtins(found), ensure_ascii=False))
+        click.echo(json_text(msgspec.to_builtins(found)))
         return
     if as_dot:
         click.echo(discovery.to_dot(found), nl=False)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import secrets
 import shlex
 import sqlite3
@@ -50,7 +49,7 @@ from qixtui.core.replay import (
     parse_speed,
     unanswered,
 )
-from qixtui.core.text import clipped, counted, visible
+from qixtui.core.text import clipped, counted, json_text, visible
 
 STOPPED_EXIT = 3
 # A subject longer than this is cut in the dry run's lines (--json keeps it whole)
@@ -327,7 +326,7 @@ async def _run(
                 plan.session
             )
             if as_json:
-                click.echo(json.dumps(data, ensure_ascii=False))
+                click.echo(json_text(data))
             else:
                 same = looks_like_source(meta, target.server_id, target.server_name)
                 _print_dry_run(data, same)
@@ -431,7 +430,7 @@ def _report(
         else None,
     }
     if as_json:
-        click.echo(json.dumps(result, ensure_ascii=False))
+        click.echo(json_text(result))
     else:
         click.echo(
             visible(

@@ -33,7 +33,7 @@ from qixtui.core.saga import (
     load_saga_text,
     saga_outcome_subject,
 )
-from qixtui.core.text import counted, visible
+from qixtui.core.text import counted, json_text, visible
 
 
 def load_or_fail(path: str) -> tuple[SagaDef, str]:
@@ -98,7 +98,7 @@ def resume_command(run_id: str, file: Path | str, flags: str) -> str:
 
 def print_report(report: Any, as_json: bool, file: Path, flags: str) -> None:
     if as_json:
-        click.echo(json.dumps({**report.to_json(), "file": str(file)}, ensure_ascii=False))
+        click.echo(json_text({**report.to_json(), "file": str(file)}))
         return
     for doubt in report.in_doubt:
         click.echo(

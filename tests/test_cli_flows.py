@@ -282,3 +282,24 @@ def test_a_word_for_a_flow_id_is_named_as_such(shop: Path) -> None:
     out = run_qixtui("flow", str(shop), "abc")
     assert out.returncode == 2
     assert "'abc' is not a flow id (a number, as `qixtui flows` lists)" in out.stderr
+
+
+def test_json_output_escapes_what_a_terminal_would_obey(tmp_path: Path) -> None:
+    """Found by a tester: `events --json` printed a payload's right-to-left override raw."""
+    path = tmp_path / "bidi.qix"
+    payload = '{"note": "abc\u202edcba\u2066x\u009b31m"}'.encode()
+    headers = [("X-Note", "a\u202eb")]
+    write_records_raw(path, [[1_000_000, "shop.x", None, header_block(headers), payload]])
+    out = run_qixtui("events", str(path), "--json")
+    assert out.returncode == 0, out.stderr
+    for raw in ("\u202e", "\u2066", "\u009b"):
+        assert raw not in out.stdout
+    [event] = [json.loads(line) for line in out.stdout.splitlines()]
+    assert event["payload"] == payload.decode()  # the same text, written as escapes
+    assert event["headers"] == {"X-Note": "a\u202eb"}
+
+
+def write_records_raw(path: Path, rows: list[list[object]]) -> None:
+    db = store.create_session(path, {"stopped_ns": str(10**18)})
+    write_records(db, [["E", rows]])
+    db.close()

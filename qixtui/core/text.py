@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 # C0 controls but tab and newline, DEL, C1 controls, and the bidi embedding/override/isolate
@@ -21,6 +22,18 @@ def visible(text: str, *, multiline: bool = False) -> str:
     One line by default (newline and tab escaped too); `multiline=True` keeps them.
     """
     return (_UNSAFE if multiline else _UNSAFE_ONE_LINE).sub(_escape, text)
+
+
+# What JSON leaves raw that a terminal acts on: DEL, C1 controls and bidi characters (JSON
+# escapes the C0 controls itself). Only strings can hold them, where an escape means the same.
+_JSON_UNSAFE = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_json_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def json_text(value: object) -> str:
+    """`value` as JSON that keeps text readable (UTF-8, not escapes) and is safe to print
+    on a terminal: what came off the bus gets no say in how it is shown."""
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", _json_encode(value))
 
 
 # What would end a Mermaid statement (`;`), start a comment (`%%`), open HTML or an entity

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qixtui.core.text import clipped, counted, visible
+from qixtui.core.text import clipped, counted, json_text, visible
 
 CORPUS = [
     "[@click=app.quit]x[/]",
@@ -42,6 +44,18 @@ def test_corpus_is_made_visible():
 @given(st.text())
 def test_any_text_comes_out_safe(text: str):
     assert is_safe(visible(text))
+
+
+@given(st.dictionaries(st.text(), st.text() | st.integers() | st.lists(st.text())))
+def test_json_output_is_safe_and_means_the_same(value: dict) -> None:
+    # `events --json` printed a payload's U+202E as it was
+    text = json_text(value)
+    assert is_safe(text)
+    assert json.loads(text) == value
+
+
+def test_json_keeps_readable_text_readable() -> None:
+    assert json_text({"a": "é 中文 \u202e"}) == '{"a": "é 中文 \\u202e"}'
 
 
 def test_counts_carry_their_noun() -> None:
