@@ -219,7 +219,9 @@ class StatusBar(Static):
         if stats.open_gap_since_ns is not None:
             state, colour = "NOT RECORDING", "bold red"
         line.append(f"● {state}", colour)
-        line.append(f"  {rate:,.0f} ev/s  ", "")
+        if state in ("recording", "live"):  # a file no one writes to has no rate
+            line.append(f"  {rate:,.0f} ev/s", "")
+        line.append("  ")
         line.append(counted(stats.total, "event"), "bold")
         if shown != stats.total:
             line.append(f" ({shown:,} shown)", "dim")

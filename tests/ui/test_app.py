@@ -904,3 +904,20 @@ async def test_a_flow_merged_away_while_recording_leaves_the_flows_list(
         await until(pilot, lambda: list(flows.index) == [1, 3], "flow 2 gone", within=3)
         assert flows.row_id() == 3
         assert "…" not in screen_text(app).split("events")[0]
+
+
+async def test_the_rate_shows_only_while_a_recorder_writes(
+    shop: Path, live_shop: tuple[Path, sqlite3.Connection]
+) -> None:
+    """Found by a tester: a finished file's status bar said `0 ev/s`."""
+    with recorder_stand_in() as pid:
+        for app, rate_shown in (
+            (QixtuiApp(shop), False),
+            (QixtuiApp(live_shop[0], recorder_pid=pid), True),
+        ):
+            async with app.run_test(size=SIZE) as pilot:
+                await settle(pilot)
+                app.refresh_status()
+                await settle(pilot)
+                status = next(x for x in screen_text(app).splitlines() if "drops" in x)
+                assert ("ev/s" in status) is rate_shown, status
