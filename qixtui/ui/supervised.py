@@ -11,6 +11,7 @@ from rich.text import Text
 from textual.message import Message
 from textual.widgets import Static
 
+from qixtui.core.text import counted
 from qixtui.ui import text as t
 from qixtui.ui.app import QixtuiApp
 
@@ -25,7 +26,7 @@ class IncidentLine(Static):
 
     DEFAULT_CSS = """
     IncidentLine { height: 1; padding: 0 1; display: none; background: $warning-muted;
-                   color: $text; }
+                   color: $text; text-wrap: nowrap; text-overflow: ellipsis; }
     IncidentLine.-shown { display: block; }
     IncidentLine.-ongoing { background: $error; text-style: bold; }
     """
@@ -93,9 +94,9 @@ class SupervisedApp(QixtuiApp):
         shown = ongoing[-1] if ongoing else newest
         text = Text(no_wrap=True)
         text.append(MARKS[self.incidents[shown][1]])
+        # the count first: a long incident is cut at the edge, with …
+        text.append(f"{counted(len(self.incidents), 'incident')} · ", "dim")
         text.append_text(t.literal(self.incidents[shown][0]))
-        count = len(self.incidents)
-        text.append(f"  ({count} incident{'s' if count != 1 else ''} in this demo)", "dim")
         line.update(text)
         line.add_class("-shown")
         line.set_class(bool(ongoing), "-ongoing")

@@ -331,10 +331,10 @@ def test_demo_shows_flows_and_leaves_nothing_running(tmux: Tmux, tmp_path: Path)
     killed_at = time.strftime("%H:%M", time.gmtime())  # the pane runs with TZ=UTC
     os.kill(shop_pid, signal.SIGKILL)
     gone = f"(pid {shop_pid}) killed by SIGKILL; back as pid"
-    pane = tmux.wait_for(lambda p: gone in p and "(1 incident in this demo)" in p)
-    line = next(row for row in pane.splitlines() if "(1 incident in this demo)" in row)
+    pane = tmux.wait_for(lambda p: gone in p and "✔ 1 incident · " in p)
+    line = next(row for row in pane.splitlines() if "✔ 1 incident · " in row)
     minutes = {killed_at, time.strftime("%H:%M", time.gmtime())}  # the kill, and now
-    assert any(f"✔ {minute}:" in line for minute in minutes), line
+    assert any(f"✔ 1 incident · {minute}:" in line for minute in minutes), line
     assert gone in line
     started |= {p: command_line(p) for p in descendants(pane_pid)}
     assert len([c for c in started.values() if "-m qixtui_demo --server" in c]) == 2
