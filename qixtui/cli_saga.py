@@ -107,8 +107,9 @@ def print_report(report: Any, as_json: bool, file: Path, flags: str) -> None:
                 "resent with the same idempotency key"
             )
         )
+    skipped = store.skipped_after_failure(report.steps, report.outcome)
     for step in report.steps:
-        click.echo(visible(step_line(step)))
+        click.echo(visible(step_line(step) + (" (then skipped)" if step.seq in skipped else "")))
     click.echo(visible(f"run {report.run_id} {report.saga}: {report.outcome}: {report.reason}"))
     if not report.announced:
         click.echo(

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -1037,7 +1037,20 @@ def saga_runs(db: sqlite3.Connection) -> list[SagaRunRecord]:
     return [_row_to_run(r) for r in db.execute(sql)]
 
 
-def skipped_after_failure(rows: list[JournalRow], run_status: str = "") -> set[int]:
+class StepRow(Protocol):
+    """A step as the journal and a run's report both have it."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def step(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def result(self) -> str | None: ...
+
+
+def skipped_after_failure(rows: Sequence[StepRow], run_status: str = "") -> set[int]:
     """Seqs of failed steps the user skipped. That decision is not a row of its own: it is
     the next row being another step's request (the same step again is a retry, a
     compensation is giving up), as `SagaEngine.from_journal` reads it; a failed last step is
@@ -1055,7 +1068,7 @@ def skipped_after_failure(rows: list[JournalRow], run_status: str = "") -> set[i
 FAILED_RESULTS = ("error", "timeout", "no_responders")
 
 
-def skipped_for(row: JournalRow, next_step: str, next_kind: str) -> bool:
+def skipped_for(row: StepRow, next_step: str, next_kind: str) -> bool:
     """A failed step's row, followed by a request of `next_step`: was it skipped?"""
     return (
         row.result in FAILED_RESULTS and row.kind == next_kind == "action" and next_step != row.step

@@ -407,3 +407,22 @@ def subscribed(path: Path) -> bool:
         return "subscribed_ns" in store.get_meta(db)
     finally:
         db.close()
+
+
+def test_the_exit_summary_says_a_failed_step_was_skipped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Found by a tester: after skipping a declined payment in the stepper, the summary read
+    `authorize_payment -> error: declined`, where --show says `(then skipped)`."""
+    from qixtui.cli_saga import print_report
+    from qixtui_nats.saga_runner import RunReport, StepReport
+
+    report = RunReport("r1", "shop", "completed", "every step done", "c1")
+    report.steps = [
+        StepReport(1, "authorize_payment", "action", 0, "error", "declined", 3.0),
+        StepReport(2, "reserve_stock", "action", 0, "ok", "", 2.0),
+    ]
+    print_report(report, False, Path("s.qix"), "")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "    1 authorize_payment -> error: declined (then skipped)"
+    assert lines[1] == "    2 reserve_stock -> ok"
