@@ -235,6 +235,15 @@ class StepperScreen(Screen[None]):
             return
         self.poll()
         self.show_request()
+        self.refresh_bindings()  # the footer keeps only what still works: q
+
+    RUN_ACTIONS = frozenset(
+        ("step", "continue", "breakpoint", "retry", "skip", "abort", "inject", "edit")
+    )
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Once the run has ended, its keys leave the footer."""
+        return not (self.report is not None and action in self.RUN_ACTIONS)
 
     async def gate(self, action: Request | Held, headers: dict[str, str]) -> Choice:
         """Asked by the runner before each request and after a failed step."""
@@ -520,9 +529,11 @@ class StepperScreen(Screen[None]):
             editor.load_text(self.shown_text)
         else:
             title.update(Text("next request"))
-            meta.update(Text("(none waiting)", style="dim"))
+            ended = self.report is not None
+            meta.update(Text("(the run has ended)" if ended else "(none waiting)", style="dim"))
             editor.load_text("")
             editor.read_only = True
+            editor.display = not ended  # nothing more to edit
             if editor.has_focus:
                 self.query_one("#steps", DataTable).focus()
 

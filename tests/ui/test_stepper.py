@@ -161,6 +161,12 @@ async def test_step_edit_breakpoint_and_continue_to_the_end(bench: Bench) -> Non
         await until(pilot, lambda: screen.report is not None, "the end of the run")
         assert state(app, "notify").startswith("✔ ok")
         assert plain(app, "#status").startswith(f"run {screen.run_id} completed")
+        await pilot.pause(0.1)
+        footer = screen_text(app).splitlines()[-1]
+        assert "Quit" in footer
+        assert "Step" not in footer  # the run's keys leave once it has ended
+        assert "Skip" not in footer
+        assert not screen.query_one("#payload", TextArea).display
         await pilot.press("q")
     assert app.report is not None
     assert app.report.outcome == "completed"
