@@ -128,8 +128,9 @@ class Service:
     async def start(self, url: str) -> None:
         # Keep retrying through later outages, but give up on a server that never answers,
         # and at once on one that refuses (a wrong port): the first connect tries once.
-        self.nc = await asyncio.wait_for(
-            nats.connect(
+        nc = Client()
+        connecting = asyncio.ensure_future(
+            nc.connect(
                 url,
                 name=f"shop-{self.name}",
                 allow_reconnect=True,
@@ -137,9 +138,24 @@ class Service:
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
                 error_cb=self._on_error,
-            ),
-            self.shop.connect_timeout_s,
+            )
         )
+        # Not asyncio.wait_for: cancelled (a sibling failed) just as the connect failed, it
+        # left the connect's error unread, printed at exit as "Task exception was never
+        # retrieved" with its traceback.
+        try:
+            await asyncio.wait({connecting}, timeout=self.shop.connect_timeout_s)
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.wait({connecting})
+            if connecting.done() and (connecting.cancelled() or connecting.exception()):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(nc.close(), 2)
+        if connecting.cancelled():
+            raise TimeoutError(f"no answer within {self.shop.connect_timeout_s:g}s")
+        connecting.result()
+        self.nc = nc
         self.nc.options["max_reconnect_attempts"] = -1
         for subject, handler in self.reactions().items():
             await self.nc.subscribe(subject, cb=self._event_callback(handler))
@@ -701,8 +717,21 @@ class Shop:
         self._progress.set()
 
     async def start(self) -> None:
-        """Connect every service; returns once all subscriptions are in place."""
-        await asyncio.gather(*(service.start(self.url) for service in self.services.values()))
+        """Connect every service; returns once all subscriptions are in place. When one
+        cannot connect, the others are stopped and closed before its error is raised."""
+        connecting = [
+            asyncio.ensure_future(service.start(self.url)) for service in self.services.values()
+        ]
+        try:
+            await asyncio.gather(*connecting)
+        except BaseException:
+            # gather leaves the others running: one that failed while asyncio.run() was
+            # cancelling it at exit got its traceback printed after the one-line error.
+            for task in connecting:
+                task.cancel()
+            await asyncio.gather(*connecting, return_exceptions=True)
+            await self.close()
+            raise
         self.started = time.monotonic()
         if self.heartbeat_s > 0:
             for service in self.services.values():
