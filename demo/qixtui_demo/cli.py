@@ -16,6 +16,7 @@ import nats.errors
 
 from qixtui_demo.plan import DEFAULT_LATENCY, SERVICES, Knobs, Latency, parse_latency
 from qixtui_demo.shop import Faults, Shop, describe
+from qixtui_nats.connect import ConnectError, ConnectOptions, split_servers
 
 
 class UsageError(Exception):
@@ -114,6 +115,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def shown(server: str) -> str:
+    """The server URL(s) for a log line: no user:password@."""
+    return ConnectOptions(servers=split_servers(server)).display_servers()
+
+
 def parse_silent(specs: list[str]) -> dict[str, float]:
     silent: dict[str, float] = {}
     for spec in specs:
@@ -168,7 +174,8 @@ async def run(shop: Shop, args: argparse.Namespace) -> None:
         if args.ready_file is not None:
             args.ready_file.write_text(str(os.getpid()))
         print(
-            f"qixtui-demo: shop running on {args.server} (seed {shop.knobs.seed})", file=sys.stderr
+            f"qixtui-demo: shop running on {shown(args.server)} (seed {shop.knobs.seed})",
+            file=sys.stderr,
         )
 
     if args.services_only:
@@ -192,12 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         asyncio.run(run(shop, args))
-    except TimeoutError:
-        why = f"no answer within {args.connect_timeout:g}s"
-        print(f"qixtui-demo: cannot reach NATS at {args.server}: {why}", file=sys.stderr)
+    except ConnectError as exc:  # worded as `qixtui record` words it, the URL without a password
+        print(f"qixtui-demo: {exc}", file=sys.stderr)
         return 1
     except (OSError, nats.errors.Error) as exc:
-        print(f"qixtui-demo: cannot reach NATS at {args.server}: {exc}", file=sys.stderr)
+        print(f"qixtui-demo: NATS at {shown(args.server)}: {exc}", file=sys.stderr)
         return 1
     summary = shop.summary()
     if args.summary_file is not None:

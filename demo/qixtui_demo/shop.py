@@ -15,7 +15,7 @@ import random
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import nats
@@ -36,6 +36,7 @@ from qixtui_demo.plan import (
     republishes,
     unit,
 )
+from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error, split_servers
 
 Body = dict[str, Any]
 Reply = dict[str, Any]
@@ -125,19 +126,28 @@ class Service:
         """Raw subscriptions, for what is neither an event nor a command."""
         return {}
 
-    async def start(self, url: str) -> None:
+    async def start(self, connect: ConnectOptions) -> None:
+        """Connect and subscribe; a ConnectError in one line (as `qixtui record` words it)
+        when the server cannot be used."""
+        shown = connect.display_servers()
+        errors: list[Exception] = []  # the first is the cause; nats-py ends on NoServersError
+
+        async def on_error(exc: Exception) -> None:
+            if self.nc is None:
+                errors.append(exc)
+            await self._on_error(exc)
+
         # Keep retrying through later outages, but give up on a server that never answers,
         # and at once on one that refuses (a wrong port): the first connect tries once.
         nc = Client()
         connecting = asyncio.ensure_future(
             nc.connect(
-                url,
-                name=f"shop-{self.name}",
+                **replace(connect, name=f"shop-{self.name}").kwargs(),
                 allow_reconnect=True,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
-                error_cb=self._on_error,
+                error_cb=on_error,
             )
         )
         # Not asyncio.wait_for: cancelled (a sibling failed) just as the connect failed, it
@@ -149,12 +159,15 @@ class Service:
             if not connecting.done():
                 connecting.cancel()
                 await asyncio.wait({connecting})
-            if connecting.done() and (connecting.cancelled() or connecting.exception()):
+            failed = connecting.cancelled() or connecting.exception() is not None
+            if failed:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(nc.close(), 2)
         if connecting.cancelled():
-            raise TimeoutError(f"no answer within {self.shop.connect_timeout_s:g}s")
-        connecting.result()
+            why = f"no answer within {self.shop.connect_timeout_s:g}s"
+            raise ConnectError(f"cannot connect to {shown}: {why}")
+        if (exc := connecting.exception()) is not None:
+            raise ConnectError(describe_connect_error(errors[0] if errors else exc, shown))
         self.nc = nc
         self.nc.options["max_reconnect_attempts"] = -1
         for subject, handler in self.reactions().items():
@@ -718,9 +731,10 @@ class Shop:
 
     async def start(self) -> None:
         """Connect every service; returns once all subscriptions are in place. When one
-        cannot connect, the others are stopped and closed before its error is raised."""
+        cannot connect, the others are stopped and closed before its ConnectError is raised."""
+        connect = ConnectOptions(servers=split_servers(self.url)).resolved()
         connecting = [
-            asyncio.ensure_future(service.start(self.url)) for service in self.services.values()
+            asyncio.ensure_future(service.start(connect)) for service in self.services.values()
         ]
         try:
             await asyncio.gather(*connecting)

@@ -32,5 +32,33 @@ def test_a_refused_login_is_one_line_every_time(locked_server):
             command, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
         )
         assert done.returncode == 1, (run, done.stderr)
-        assert done.stderr.count("\n") == 1, (run, done.stderr)
-        assert done.stderr.startswith("qixtui-demo: "), (run, done.stderr)
+        assert done.stderr == (
+            f"qixtui-demo: authorization failed at {locked_server.url}: "
+            "check user, password, token or credentials\n"
+        ), run
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1:1", "not a server URL: http://127.0.0.1:1 (the scheme is nats, tls"),
+        (
+            "nats://no-such-host.invalid:4222",
+            "cannot connect to nats://no-such-host.invalid:4222: ",
+        ),
+        ("nats://u:hunter2@127.0.0.1:1", "cannot connect to nats://127.0.0.1:1: "),
+    ],
+)
+def test_the_cause_in_record_s_words(url: str, says: str):
+    """What `qixtui record -s URL` says of the same URL, never a password."""
+    done = subprocess.run(
+        participants_command(url, ["--services-only"]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"qixtui-demo: {says}"), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "hunter2" not in done.stderr
