@@ -21,6 +21,9 @@ from typing import Any
 
 from qixtui import child_command
 
+SAYS = "qixtui-demo: "  # how the participants (qixtui_demo.cli) begin a line for the user
+LOG_READ_BYTES = 64 * 1024  # enough for any last line; the log of a long run is not read whole
+
 
 class ParticipantsError(Exception):
     """The participants did not start or did not stop cleanly; the message is for the user."""
@@ -47,11 +50,16 @@ class Participants:
     def log_file(self) -> Path:
         return self.workdir / "participants.log"
 
-    def log_tail(self, chars: int = 400) -> str:
+    def last_line(self) -> str:
+        """The last line they wrote, whole: their own one-line error, or a traceback's last
+        line (the exception), not a slice starting mid-path (unless over LOG_READ_BYTES)."""
         try:
-            return self.log_file.read_text(errors="replace")[-chars:].strip()
+            with self.log_file.open("rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - LOG_READ_BYTES))
+                lines = log.read().decode(errors="replace").strip().splitlines()
         except OSError:
             return ""
+        return lines[-1].strip() if lines else ""
 
 
 def participants_command(server_url: str, args: Sequence[str] = ()) -> list[str]:
@@ -81,9 +89,12 @@ def start_participants(
     try:
         while not participants.ready_file.exists():
             if proc.poll() is not None:
-                tail = participants.log_tail()
+                last = participants.last_line()
                 shutil.rmtree(workdir, ignore_errors=True)
-                raise ParticipantsError(f"demo participants exited with {proc.returncode}: {tail}")
+                if last.startswith(SAYS):  # their own line for the user: it says it all
+                    raise ParticipantsError(last.removeprefix(SAYS))
+                why = last or "no output"
+                raise ParticipantsError(f"demo participants exited with {proc.returncode}: {why}")
             if time.monotonic() > deadline:
                 raise ParticipantsError("demo participants did not get ready in time")
             time.sleep(0.02)
@@ -121,19 +132,19 @@ def stop_participants(participants: Participants, timeout: float = 15.0) -> dict
 
 def discard_participants(participants: Participants) -> str:
     """Clean up after participants that ended unasked; the last line they logged, if any."""
-    lines = participants.log_tail().splitlines()
+    last = participants.last_line()
     shutil.rmtree(participants.workdir, ignore_errors=True)
-    return lines[-1] if lines else ""
+    return last
 
 
 def _finish(participants: Participants) -> dict[str, Any]:
     try:
         summary: dict[str, Any] = json.loads(participants.summary_file.read_text())
     except (OSError, ValueError):
-        tail = participants.log_tail()
+        last = participants.last_line() or "no output"
         code = participants.proc.returncode
         raise ParticipantsError(
-            f"demo participants left no summary (exit {code}): {tail}"
+            f"demo participants left no summary (exit {code}): {last}"
         ) from None
     finally:
         shutil.rmtree(participants.workdir, ignore_errors=True)

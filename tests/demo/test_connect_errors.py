@@ -6,8 +6,9 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
+from helpers import run_qixtui
 
-from qixtui_demo.process import participants_command
+from qixtui_demo.process import Participants, discard_participants, participants_command
 from qixtui_nats.server import EmbeddedServer
 
 # A failed connect was reported cleanly most of the time and with a traceback some of the
@@ -62,3 +63,58 @@ def test_the_cause_in_record_s_words(url: str, says: str):
     assert done.stderr.startswith(f"qixtui-demo: {says}"), done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     assert "hunter2" not in done.stderr
+
+
+def test_the_demo_says_it_in_one_line_every_time(locked_server):
+    """`qixtui demo --services-only -s URL` quoted the last 400 characters of the services'
+    output: a traceback's tail starting mid-path when the race above struck."""
+    for run in range(RUNS):
+        done = run_qixtui("demo", "--services-only", "--duration", "2", "-s", locked_server.url)
+        assert done.returncode == 1, (run, done.stderr)
+        assert done.stderr == (
+            f"qixtui: authorization failed at {locked_server.url}: "
+            "check user, password, token or credentials\n"
+        ), run
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:1",
+        "nats://127.0.0.1:1",
+        "nats://no-such-host.invalid:4222",
+        "nats://u:hunter2@127.0.0.1:99999",
+        "locked",
+    ],
+)
+def test_the_demo_words_it_as_record_does(url: str, locked_server, tmp_path):
+    url = locked_server.url if url == "locked" else url
+    done = run_qixtui("demo", "--services-only", "--duration", "2", "-s", url)
+    recorded = run_qixtui("record", "-s", url, "-o", str(tmp_path / "x.qix"), "--duration", "1")
+    assert recorded.returncode == 1
+    assert recorded.stderr.count("\n") == 1
+    assert done.returncode == 1
+    assert done.stderr == recorded.stderr
+    assert "hunter2" not in done.stderr
+
+
+def test_a_crash_is_quoted_by_its_last_line(tmp_path):
+    """Not the last 400 characters, which began inside a file path of the traceback."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    work = tmp_path / "work"
+    work.mkdir()
+    participants = Participants(ended, work)
+    frames = "".join(
+        f'  File "/venv/lib/python3.11/site-packages/nats/aio/client.py", line {n}, in connect\n'
+        "    await self._select_next_server()\n"
+        for n in range(40)
+    )
+    participants.log_file.write_text(
+        "qixtui-demo: shop running on nats://127.0.0.1:4222 (seed 1)\n"
+        f"Traceback (most recent call last):\n{frames}"
+        "nats.errors.NoServersError: nats: no servers available for connection\n\n"
+    )
+    exception = "nats.errors.NoServersError: nats: no servers available for connection"
+    assert participants.last_line() == exception
+    assert discard_participants(participants) == exception  # what an incident quotes
