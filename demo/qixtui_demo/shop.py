@@ -20,7 +20,6 @@ from typing import Any
 
 import nats
 import nats.errors
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from qixtui_demo import catalog
@@ -36,7 +35,13 @@ from qixtui_demo.plan import (
     republishes,
     unit,
 )
-from qixtui_nats.connect import ConnectError, ConnectOptions, describe_connect_error, split_servers
+from qixtui_nats.connect import (
+    Client,  # asked for TLS (tls://), it refuses a server without it before sending anything
+    ConnectError,
+    ConnectOptions,
+    describe_connect_error,
+    split_servers,
+)
 
 Body = dict[str, Any]
 Reply = dict[str, Any]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -118,3 +120,21 @@ def test_a_crash_is_quoted_by_its_last_line(tmp_path):
     exception = "nats.errors.NoServersError: nats: no servers available for connection"
     assert participants.last_line() == exception
     assert discard_participants(participants) == exception  # what an incident quotes
+
+
+def test_tls_asked_for_and_not_offered_is_refused(tmp_path):
+    """A tls:// URL to a server without TLS: the services connected in plain text and said
+    they answer on tls://...; record, orchestrate and replay refuse it, and so does the demo."""
+    with EmbeddedServer(jetstream=False) as plain:
+        url = f"tls://127.0.0.1:{plain.port}"
+        done = run_qixtui("demo", "--services-only", "--duration", "1", "-s", url)
+        assert plain.monitor_url is not None
+        with urllib.request.urlopen(f"{plain.monitor_url}/connz?state=closed", timeout=5) as r:
+            closed = json.loads(r.read()).get("connections") or []
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"qixtui: TLS was asked for, but {url} does not offer TLS; nothing was sent\n"
+    )
+    # no CONNECT reached the server: a connection that sent one carries the service's name
+    assert not [c for c in closed if c.get("name", "").startswith("shop-")], closed
