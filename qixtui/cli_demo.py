@@ -27,7 +27,7 @@ from typing import Any
 import click
 
 from qixtui import child_command
-from qixtui.cli import fail, main, terminate_exits
+from qixtui.cli import fail, main, need_terminal, terminate_exits
 from qixtui.core import store
 from qixtui.core.text import counted
 
@@ -557,6 +557,8 @@ def demo(
         store.ensure_new(path)
     except store.SessionError as exc:
         fail(str(exc))
+    if not headless:
+        need_terminal("qixtui demo", "qixtui demo --headless runs it without one")
     with tempfile.TemporaryDirectory(prefix="qixtui-demo-") as work:
         shop_args = shop_arguments(seed, rate, heartbeat)
         stack = DemoStack(path, Path(work), shop_args, saga_arguments(seed, rate))

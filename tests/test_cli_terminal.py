@@ -33,6 +33,17 @@ def test_a_screen_without_a_terminal_is_one_line(session: Path, args: list[str],
     assert result.stdout == ""
 
 
+def test_the_demo_without_a_terminal_points_to_headless(tmp_path: Path):
+    out = tmp_path / "d.qix"
+    result = run_qixtui("demo", "-o", str(out), timeout=30)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "qixtui: qixtui demo draws a screen and needs a terminal; qixtui demo --headless runs "
+        "it without one\n"
+    )
+    assert not out.exists()  # nothing started
+
+
 def test_a_bad_file_is_still_named_first(tmp_path: Path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
