@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 import time
 from array import array
@@ -31,7 +30,7 @@ from textual.worker import get_current_worker
 from qixtui.core import filters, store
 from qixtui.core.filters import FilterError
 from qixtui.core.model import Event
-from qixtui.core.text import counted
+from qixtui.core.text import counted, json_text
 from qixtui.ui import text as t
 from qixtui.ui.data import IdIndex, Session, Stats, clock, scan
 from qixtui.ui.rowlist import RowList
@@ -855,7 +854,7 @@ class QixtuiApp(QuitOnTerminate):
                 )
                 for row in rows:
                     event = store.event_to_json(store.row_to_event(row))
-                    fh.write(json.dumps(event, ensure_ascii=False) + "\n")
+                    fh.write(json_text(event) + "\n")
                     count += 1
         except OSError as exc:
             message = t.plain(f"export failed: {exc}")
@@ -865,7 +864,7 @@ class QixtuiApp(QuitOnTerminate):
             return
         finally:
             db.close()
-        message = t.plain(f"exported {counted(count, 'event')} to {out}")
+        message = t.plain(f"exported {counted(count, 'event')} to {out.resolve()}")
         self.call_from_thread(self.notify, message, markup=False, title="recording")
 
     # -- replay --------------------------------------------------------------------------

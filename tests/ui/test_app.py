@@ -789,9 +789,12 @@ async def test_export_writes_the_shown_events(shop: Path) -> None:
         app.set_flow(2)
         await settle(pilot)
         app.action_export()
+        await app.workers.wait_for_complete()
         await settle(pilot)
+        said = [str(n.message) for n in app._notifications if "exported" in str(n.message)]
     exports = list(shop.parent.glob("shop-export-*.jsonl"))
     assert len(exports) == 1
+    assert said == [f"exported 3 events to {exports[0].resolve()}"]  # where, whatever the cwd
     lines = [json.loads(line) for line in exports[0].read_text().splitlines()]
     assert [e["subject"] for e in lines] == [
         "shop.order.placed",
