@@ -136,7 +136,10 @@ def show_runs(file: str, as_json: bool) -> None:
         when = dt.datetime.fromtimestamp(run.started_ns / 1e9).isoformat(
             sep=" ", timespec="seconds"
         )
-        owner = f", run by process {run.owner_pid}" if run.owner_pid else ""
+        owner = ""
+        if run.owner_pid:
+            gone = "" if store.pid_alive(run.owner_pid) else ", which is no longer running"
+            owner = f", run by process {run.owner_pid}{gone}"
         lines = [f"run {run.run_id} {run.saga}: {run.status}{owner} (started {when}) {run.reason}"]
         skipped = store.skipped_after_failure(rows, run.status)
         for r in rows:

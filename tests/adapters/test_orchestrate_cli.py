@@ -221,6 +221,7 @@ async def test_resume_after_sigkill_resends_the_step_in_doubt_with_the_same_key(
         code, out, err = await qixtui("orchestrate", "--show", str(session_path))
         assert code == 0, err
         assert "2 reserve shop.cmd.stock.reserve -> IN DOUBT: intent journaled, no result" in out
+        assert f"run by process {proc.pid}, which is no longer running" in out  # killed
         assert f"resume with: qixtui orchestrate --resume {run_id} {session_path}" in out
 
         code, out, err = await qixtui(
