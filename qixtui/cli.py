@@ -21,7 +21,7 @@ from click.exceptions import NoArgsIsHelpError
 
 import qixtui
 from qixtui.cli_rules import RulesError, pop_rules, rule_options
-from qixtui.core import store
+from qixtui.core import flowfile, store
 from qixtui.core.filters import FilterError, check_subject
 from qixtui.core.store import SQL_INT_MAX
 from qixtui.core.text import counted, json_text, not_utf8, visible
@@ -387,6 +387,8 @@ def events(
 ) -> None:
     """Print the events of a recording, oldest first."""
     db = open_or_fail(file)
+    if flow_id is not None and flowfile.get_flow(db, flow_id) is None:
+        fail(f"{file}: no flow {flow_id} (see `qixtui flows {file}`)")  # as `flow` says
     query = store.EventQuery(
         subject=subject,
         since_ns=parse_time(since),

@@ -242,7 +242,7 @@ def compare_verb(
 def export_verb(file: str, flow_id: int, fmt: str) -> None:
     """Export one flow for people and tools."""
     db = open_or_fail(file)
-    flow = next((f for f in store.flows(db) if f.flow_id == flow_id), None)
+    flow = flowfile.get_flow(db, flow_id)  # one row read, not every flow
     if flow is None:
         fail(f"{file}: no flow {flow_id} (see `qixtui flows {file}`)")
     events = list(store.iter_events(db, store.EventQuery(flow_id=flow_id)))

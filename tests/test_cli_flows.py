@@ -127,9 +127,14 @@ def test_flow_lanes_line_up_when_a_service_name_has_control_characters(tmp_path:
 
 
 def test_flow_errors_are_one_line(shop: Path, tmp_path: Path) -> None:
-    missing = run_qixtui("flow", str(shop), "999999")
-    assert missing.returncode == 1
-    assert missing.stderr.count("\n") == 1
+    for verb in (["flow", str(shop), "999999"], ["export", str(shop), "--flow", "999999"]):
+        missing = run_qixtui(*verb)
+        assert missing.returncode == 1
+        assert missing.stderr.count("\n") == 1
+        assert "no flow 999999" in missing.stderr
+    # `events --flow` printed nothing and exited 0, as for a flow with no events
+    missing = run_qixtui("events", str(shop), "--flow", "999999")
+    assert (missing.returncode, missing.stdout) == (1, "")
     assert "no flow 999999" in missing.stderr
     junk = tmp_path / "junk.qix"
     junk.write_bytes(b"\x00" * 4096)
