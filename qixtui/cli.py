@@ -210,7 +210,9 @@ class _OneLineUsageError(click.ClickException):
 
     def __init__(self, error: click.UsageError, command: str) -> None:
         command = error.ctx.command_path if error.ctx else command
-        message = "; ".join(filter(None, error.format_message().splitlines()))
+        # Click lists choices a line each, indented with a tab: `Choose from: a, b, c`
+        lines = [line.strip() for line in error.format_message().splitlines()]
+        message = " ".join(filter(None, lines))
         super().__init__(f"{command}: {message} (see {command} --help)")
 
     def show(self, file: Any = None) -> None:

@@ -127,7 +127,8 @@ def test_flow_lanes_line_up_when_a_service_name_has_control_characters(tmp_path:
 
 
 def test_flow_errors_are_one_line(shop: Path, tmp_path: Path) -> None:
-    for verb in (["flow", str(shop), "999999"], ["export", str(shop), "--flow", "999999"]):
+    export = ["export", str(shop), "--flow", "999999", "--format", "jsonl"]
+    for verb in (["flow", str(shop), "999999"], export):
         missing = run_qixtui(*verb)
         assert missing.returncode == 1
         assert missing.stderr.count("\n") == 1
