@@ -56,7 +56,5 @@ def test_a_usage_error_lists_choices_on_its_one_line(session: Path):
     # Click lists them a line each, tab-indented: they read `\x09mermaid,; \x09otlp-json,`
     result = run_qixtui("export", str(session), "--flow", "1", timeout=30)
     assert result.returncode == 2
-    assert result.stderr == (
-        "qixtui export: Missing option '--format'. Choose from: mermaid, otlp-json, jsonl "
-        "(see qixtui export --help)\n"
-    )
+    [line] = result.stderr.splitlines()
+    assert " export: Missing option '--format'. Choose from: mermaid, otlp-json, jsonl (" in line
