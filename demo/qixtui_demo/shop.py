@@ -99,6 +99,17 @@ class Faults:
     silent: dict[str, float] = field(default_factory=dict)  # service -> seconds until silent
 
 
+async def abandon(connecting: asyncio.Future[None], nc: Client) -> None:
+    """Stop a connect (if it still runs) and close its client; its outcome is read, so asyncio
+    has no unread error to print at exit."""
+    connecting.cancel()
+    await asyncio.wait({connecting})
+    if not connecting.cancelled():
+        connecting.exception()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(nc.close(), 2)
+
+
 class Service:
     """One participant: its own connection, latency, idempotency store and counters."""
 
@@ -160,18 +171,15 @@ class Service:
         # retrieved" with its traceback.
         try:
             await asyncio.wait({connecting}, timeout=self.shop.connect_timeout_s)
-        finally:
-            if not connecting.done():
-                connecting.cancel()
-                await asyncio.wait({connecting})
-            failed = connecting.cancelled() or connecting.exception() is not None
-            if failed:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(nc.close(), 2)
-        if connecting.cancelled():
+        except BaseException:  # cancelled, perhaps just as the connect went through
+            await abandon(connecting, nc)
+            raise
+        if not connecting.done():
+            await abandon(connecting, nc)
             why = f"no answer within {self.shop.connect_timeout_s:g}s"
             raise ConnectError(f"cannot connect to {shown}: {why}")
         if (exc := connecting.exception()) is not None:
+            await abandon(connecting, nc)
             raise ConnectError(describe_connect_error(errors[0] if errors else exc, shown))
         self.nc = nc
         self.nc.options["max_reconnect_attempts"] = -1
