@@ -327,17 +327,7 @@ async def test_requests_go_to_a_replayer_inbox_and_replies_are_counted(
     await nc.subscribe("rq.svc.ping", cb=answer)
     await nc.subscribe("odd.svc.ping", cb=odd_answer)
     await nc.flush()
-    rec = recording(nats_server.url, source, "svc.>", "_INBOX.>")
-    await asyncio.to_thread(rec.__enter__)
-    try:
-        responder = await nats.connect(nats_server.url)
-        await responder.subscribe("svc.ping", cb=answer)
-        await responder.flush()
-        for i in range(3):
-            await nc.request("svc.ping", str(i).encode(), timeout=10)
-        await responder.close()
-    finally:
-        await asyncio.to_thread(rec.__exit__, None, None, None)
+    await record_three_pings(nats_server.url, source, nc, answer)
 
     plain = await asyncio.to_thread(
         replay_json, source, "-s", nats_server.url, "--prefix", "rq", "--yes", "--speed", "max"
@@ -398,17 +388,7 @@ async def test_requests_nobody_answers_are_counted_unanswered_in_json_as_in_text
 
     await nc.subscribe("silent.svc.ping", cb=ignore)
     await nc.flush()
-    rec = recording(nats_server.url, source, "svc.>", "_INBOX.>")
-    await asyncio.to_thread(rec.__enter__)
-    try:
-        responder = await nats.connect(nats_server.url)
-        await responder.subscribe("svc.ping", cb=answer)
-        await responder.flush()
-        for i in range(3):
-            await nc.request("svc.ping", str(i).encode(), timeout=10)
-        await responder.close()
-    finally:
-        await asyncio.to_thread(rec.__exit__, None, None, None)
+    await record_three_pings(nats_server.url, source, nc, answer)
 
     args = (source, "-s", nats_server.url, "--yes", "--speed", "max", "--requests")
     silent = await asyncio.to_thread(replay_json, *args, "--prefix", "silent")
@@ -696,3 +676,18 @@ def test_the_dry_run_cuts_a_very_long_subject_and_json_keeps_it_whole(
     assert (target[:12], target[-2:]) == ("p.orders.xxx", "x…")
     data = replay_json(source, "-s", nats_server.url, "--prefix", "p")
     assert [s["subject"] for s in data["subjects"]] == [long]
+
+
+async def record_three_pings(url: str, source: Path, nc: Any, answer: Any) -> None:
+    """A recording of three `svc.ping` requests from `nc`, answered by `answer`."""
+    rec = recording(url, source, "svc.>", "_INBOX.>")
+    await asyncio.to_thread(rec.__enter__)
+    try:
+        responder = await nats.connect(url)
+        await responder.subscribe("svc.ping", cb=answer)
+        await responder.flush()
+        for i in range(3):
+            await nc.request("svc.ping", str(i).encode(), timeout=10)
+        await responder.close()
+    finally:
+        await asyncio.to_thread(rec.__exit__, None, None, None)
