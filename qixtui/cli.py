@@ -36,10 +36,16 @@ def fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
+def has_terminal() -> bool:
+    """Where a screen runs: Textual reads keys from stdin and draws on stderr (stdout stays
+    free for a pipe or a redirect)."""
+    return sys.stdin.isatty() and sys.__stderr__ is not None and sys.__stderr__.isatty()
+
+
 def need_terminal(command: str, instead: str) -> None:
-    """A screen needs a terminal on both ends: without one, the app waits for keys that
-    never come and keeps drawing into a pipe that may be closed."""
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    """Without a terminal, a screen waits for keys that never come and keeps drawing into a
+    file or a pipe that may be closed."""
+    if not has_terminal():
         fail(f"{command} draws a screen and needs a terminal; {instead}")
 
 

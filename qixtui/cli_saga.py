@@ -19,7 +19,9 @@ from qixtui.cli import (
     build_connect_options,
     connection_options,
     fail,
+    has_terminal,
     main,
+    need_terminal,
     open_or_fail,
     read_text_or_fail,
     terminate_exits,
@@ -257,13 +259,11 @@ def orchestrate(
         # In a terminal the stepper takes the run up again where it stopped (a failed step
         # waits for r/s/a again), showing the saga the run journaled; --auto, or no
         # terminal, goes on unattended.
-        step = not auto and sys.stdin.isatty() and sys.stdout.isatty()
-        saga = None
-        if step:
-            try:
-                saga = load_saga_text(run.definition, f"run {run_id}")
-            except SagaError as exc:
-                fail(str(exc))
+        step = not auto and has_terminal()
+        try:  # the stepper shows it; either way, the recorder must take its subjects
+            saga = load_saga_text(run.definition, f"run {run_id}")
+        except SagaError as exc:
+            fail(str(exc))
         session = _session(
             connect,
             Path(file),
@@ -287,8 +287,8 @@ def orchestrate(
     overrides = parse_vars(var_items)
     if not auto and runs > 1:
         fail("--runs needs --auto: the stepper drives one run")
-    if not auto and not (sys.stdin.isatty() and sys.stdout.isatty()):
-        fail("the stepper needs a terminal; use --auto to run without stopping")
+    if not auto:
+        need_terminal("the stepper", "use --auto to run without stopping")
     from qixtui.core.saga import resolve_vars
 
     try:
@@ -460,12 +460,15 @@ async def _session(
     return reports
 
 
+FLOW_ENDS = ("completed", "failed", "compensated")
+
+
 def saga_subjects(saga: SagaDef) -> list[str]:
-    """The subjects a run of `saga` sends on (its requests, compensations and the end it
-    announces), but for those a template fills in."""
+    """The subjects a run of `saga` sends on (its requests, compensations and the ends it
+    may announce), but for those a template fills in."""
     subjects = [step.request for step in saga.steps]
     subjects += [step.compensate.request for step in saga.steps if step.compensate]
-    subjects.append(saga_outcome_subject(saga.name, "completed"))
+    subjects += [saga_outcome_subject(saga.name, end) for end in FLOW_ENDS]
     return [s for s in dict.fromkeys(subjects) if "${" not in s]
 
 

@@ -35,9 +35,9 @@ def run_qixtui(
 
 @contextlib.contextmanager
 def terminal() -> Iterator[int]:
-    """A pseudo-terminal for a command that draws a screen: give it the returned fd as stdin
-    and stdout. What it draws is left unread, so only use it for a command that stops
-    before drawing much (a terminal's buffer holds a few kB)."""
+    """A pseudo-terminal for a command that draws a screen: Textual reads keys from stdin and
+    draws on stderr, so give it the returned fd as both. What it writes is left unread: only
+    for a command that stops before drawing much (a terminal's buffer holds a few kB)."""
     primary, secondary = os.openpty()
     try:
         yield secondary
@@ -47,17 +47,29 @@ def terminal() -> Iterator[int]:
 
 
 def run_qixtui_in_terminal(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """A screen command that fails before its screen: its one line is on stderr."""
-    with terminal() as tty:
-        return subprocess.run(
+    """A screen command that fails before its screen: stdin and stderr a terminal, its one
+    line read back from the terminal."""
+    primary, secondary = os.openpty()
+    try:
+        proc = subprocess.Popen(
             qixtui_command(*args),
-            stdin=tty,
-            stdout=tty,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=timeout,
+            stdin=secondary,
+            stdout=subprocess.PIPE,
+            stderr=secondary,
             env={**os.environ, "NO_COLOR": "1"},
         )
+    finally:
+        os.close(secondary)  # the command holds the only other end: read ends when it does
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        said = b""
+        with contextlib.suppress(OSError):  # EIO: the command has gone, all it wrote read
+            while chunk := os.read(primary, 65536):
+                said += chunk
+    finally:
+        os.close(primary)
+    err = said.decode(errors="replace").replace("\r\n", "\n")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err)
 
 
 async def eventually(condition: Callable[[], bool], within: float = 10, what: str = "") -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import run_qixtui
+from helpers import qixtui_command, run_qixtui, terminal
 
 from qixtui.core import store
 
@@ -42,6 +43,17 @@ def test_the_demo_without_a_terminal_points_to_headless(tmp_path: Path):
         "it without one\n"
     )
     assert not out.exists()  # nothing started
+
+
+def test_a_screen_with_stderr_redirected_is_refused(session: Path):
+    """Textual reads stdin and draws on stderr: `2> log` would draw into the log for good,
+    keys or not."""
+    with terminal() as tty:
+        redirected = subprocess.run(
+            qixtui_command("replay", str(session)), stdin=tty, capture_output=True, timeout=30
+        )
+    assert redirected.returncode == 1
+    assert b"needs a terminal" in redirected.stderr
 
 
 def test_a_bad_file_is_still_named_first(tmp_path: Path):

@@ -313,7 +313,8 @@ def test_the_stepper_needs_a_terminal(tmp_path: Path) -> None:
     result = run_qixtui("orchestrate", SHOP, "-o", str(tmp_path / "x.qix"))
     assert result.returncode == 1
     assert result.stderr.strip() == (
-        "qixtui: the stepper needs a terminal; use --auto to run without stopping"
+        "qixtui: the stepper draws a screen and needs a terminal; use --auto to run without "
+        "stopping"
     )
     assert not (tmp_path / "x.qix").exists()
 
