@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import multiprocessing
 import os
 import queue
@@ -278,7 +279,8 @@ class Recorder:
     def start_writer(self) -> None:
         meta = {
             "server": self.connect.display_servers(),
-            "subjects": ",".join(self.options.subjects),
+            "subjects": ",".join(self.options.subjects),  # every part's, once appended to
+            "recording_subjects": ",".join(self.options.subjects),  # this recorder's own
             "started_ns": str(time.time_ns()),
             "qixtui_version": qixtui.__version__,
             "recorder_pid": str(os.getpid()),
@@ -584,13 +586,13 @@ class Recorder:
         """The metadata of a file added to: its servers and subjects are the earlier parts'
         and this one's. Replay asks before publishing to any server the file came from, so
         an append from elsewhere must not make it forget the first one."""
-        ids = [i for i in before.get("server_ids", before.get("server_id", "")).split(",") if i]
+        ids = before.get("server_ids", before.get("server_id", "")).split(",")
         names = before.get("server_names", before.get("server_name", "")).split(",")
-        earlier = list(zip(ids, [*names, *[""] * len(ids)][: len(ids)], strict=True))
-        self._servers = [*earlier, *(s for s in self._servers if s not in earlier)]
+        # _note_server adds this part's servers once connected, after these
+        self._servers = [(i, n) for i, n in itertools.zip_longest(ids, names, fillvalue="") if i]
         if self._servers:
-            meta["server_ids"] = ",".join(ids)
-            meta["server_names"] = ",".join(name for _, name in self._servers)
+            meta["server_ids"] = ",".join(i for i, _ in self._servers)
+            meta["server_names"] = ",".join(n for _, n in self._servers)
         for key in ("server", "subjects"):
             parts = [p for p in before.get(key, "").split(",") if p]
             parts += [p for p in meta[key].split(",") if p not in parts]

@@ -482,7 +482,7 @@ class Recording:
             return []  # ours records every subject
         db = store.open_session(self.path, readonly=True)
         try:
-            recorded = store.get_meta(db).get("subjects", ">").split(",")
+            recorded = store.recording_subjects(store.get_meta(db))
         finally:
             db.close()
         covers = store.subject_regex(recorded)

@@ -611,6 +611,12 @@ def subject_glob(pattern: str) -> str:
     return glob[:-1] + "*" if glob.endswith(">") else glob
 
 
+def recording_subjects(meta: dict[str, str]) -> list[str]:
+    """What the recorder now writing a file subscribes to (`subjects` is every part's once a
+    file was appended to; files from before hold only that)."""
+    return meta.get("recording_subjects", meta.get("subjects", ">")).split(",")
+
+
 def misses_replies(subjects: list[str]) -> bool:
     """Recording only these subjects leaves out the replies to requests, which nats clients
     send to inboxes under `_INBOX.` (a request without its reply stays flowless)."""

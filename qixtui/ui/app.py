@@ -393,7 +393,7 @@ class QixtuiApp(QuitOnTerminate):
         self.refresh_status()
         self.poll_timer = self.set_interval(POLL_S, self.poll, name="poll session file")
         self.say_if_unindexed()
-        subjects = store.get_meta(self.session.db).get("subjects", ">").split(",")
+        subjects = store.recording_subjects(store.get_meta(self.session.db))
         if self.recorder_pid is not None and store.misses_replies(subjects):
             self.notify(store.REPLIES_HINT, markup=False, severity="warning", timeout=15)
 

@@ -379,19 +379,24 @@ def test_a_recorder_already_writing_the_file_must_record_the_runs_subjects(
     """Found by a tester: into a file another recorder wrote with -S 'tst.>', a run went
     unrecorded and the command said "journal and events in FILE"."""
     out = tmp_path / "v.qix"
+    # an earlier part recorded everything: the file's subjects then cover the run, the
+    # running recorder's do not
+    first = run_qixtui("record", "-s", nats_server.url, "-o", str(out), "--duration", "0.2")
+    assert first.returncode == 0, first.stderr
     recorder = subprocess.Popen(
-        qixtui_command("record", "-s", nats_server.url, "-o", str(out), "-S", "tst.>"),
+        qixtui_command("record", "-s", nats_server.url, "-o", str(out), "-S", "tst.>", "--append"),
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
-        asyncio.run(eventually(lambda: subscribed(out), 20, "the recorder subscribed"))
+        asyncio.run(eventually(lambda: subscribed(out, recorder.pid), 20, "it subscribed"))
         result = run_qixtui("orchestrate", SHOP, "--auto", "-s", nats_server.url, "-o", str(out))
         assert result.returncode == 1
         [line] = result.stderr.splitlines()
         assert line.startswith(f"qixtui: the recorder already writing {out} does not record ")
         assert "shop.cmd.payment.authorize" in line
         assert "qixtui.saga.shop.completed" in line
+        assert "tst.>" not in line
         db = store.open_session(out)
         assert store.saga_runs(db) == []  # nothing sent, nothing journaled
         db.close()
@@ -400,15 +405,19 @@ def test_a_recorder_already_writing_the_file_must_record_the_runs_subjects(
         recorder.wait(30)
 
 
-def subscribed(path: Path) -> bool:
+def subscribed(path: Path, pid: int) -> bool:
+    """The recorder `pid` writes the file and has subscribed."""
     try:
         db = store.open_session(path)
     except store.SessionError:
         return False
     try:
-        return "subscribed_ns" in store.get_meta(db)
+        meta = store.get_meta(db)
     finally:
         db.close()
+    return meta.get("recorder_pid") == str(pid) and int(meta.get("subscribed_ns", 0)) >= int(
+        meta["started_ns"]
+    )
 
 
 def test_the_exit_summary_says_a_failed_step_was_skipped(
