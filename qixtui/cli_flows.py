@@ -22,7 +22,7 @@ BAR_WIDTH = 48
 
 
 def _flow_json(flow: Flow) -> str:
-    return msgspec.json.encode(flow).decode()
+    return json_text(msgspec.to_builtins(flow))
 
 
 @main.command()

@@ -121,18 +121,17 @@ def saved_rules(path: Path) -> Rules | None:
         saved = store.get_meta(db).get("correlation_rules")
     finally:
         db.close()
-    try:
-        rules = rules_from_json(saved) if saved else None
-    except msgspec.MsgspecError:  # written by a qixtui that knew other rules
+    if not saved:
         return None
-    if rules is not None:
-        try:
-            rules.validate()
-        except RulesError as exc:
-            raise RulesError(
-                f"{path}: the correlation rules saved in it do not work here ({exc}); "
-                "--config FILE replaces them"
-            ) from None
+    try:
+        rules = rules_from_json(saved)
+        rules.validate()
+    except (msgspec.MsgspecError, RulesError) as exc:  # another qixtui's rules, say
+        # going on with the defaults would recompute every flow with them, unasked
+        raise RulesError(
+            f"{path}: the correlation rules saved in it do not work here ({exc}); "
+            "--config FILE replaces them"
+        ) from None
     return rules
 
 

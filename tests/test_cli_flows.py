@@ -233,6 +233,13 @@ def test_saved_rules_that_do_not_work_are_named_with_their_file(shop: Path) -> N
     assert flows_of(shop) == before  # nothing recomputed
     replaced = run_qixtui("correlate", str(shop), "--config", "/dev/null", "--key", "/order_id")
     assert replaced.returncode == 0, replaced.stderr
+    # rules another qixtui wrote, that this one cannot read: not dropped for the defaults
+    db = store.open_session(shop, readonly=False)
+    store.set_meta(db, {"correlation_rules": '{"correlation": {"from_the_future": 1}}'})
+    db.close()
+    newer = run_qixtui("correlate", str(shop))
+    assert newer.returncode == 1
+    assert "the correlation rules saved in it do not work here" in newer.stderr
 
 
 def test_discover_outputs_render(shop: Path, tmp_path: Path) -> None:
@@ -303,6 +310,16 @@ def test_json_output_escapes_what_a_terminal_would_obey(tmp_path: Path) -> None:
     [event] = [json.loads(line) for line in out.stdout.splitlines()]
     assert event["payload"] == payload.decode()  # the same text, written as escapes
     assert event["headers"] == {"X-Note": "a\u202eb"}
+    # a flow's keys come off the bus too
+    keyed = tmp_path / "keyed.qix"
+    write_session(
+        keyed, [Message("shop.x", payload, [])], Rules().merged_with(RuleFlags(keys=["/note"]))
+    )
+    flows = run_qixtui("flows", str(keyed), "--json")
+    assert flows.returncode == 0, flows.stderr
+    assert "\u202e" not in flows.stdout
+    [flow] = [json.loads(line) for line in flows.stdout.splitlines()]
+    assert flow["keys"] == ["note=abc\u202edcba\u2066x\u009b31m"]
 
 
 def write_records_raw(path: Path, rows: list[list[object]]) -> None:

@@ -33,6 +33,7 @@ from qixtui.core.replay import (
     Schedule,
     oversize_bound_sql,
     selection_sql,
+    unanswered,
 )
 from qixtui.core.text import counted
 from qixtui_nats.connect import Client, ConnectError, ConnectOptions, describe_connect_error
@@ -168,10 +169,10 @@ class Progress:
         """What the requests got back, for a person; "" when none were sent."""
         if not self.requests:
             return ""
-        unanswered = max(0, self.requests - self.replies - self.no_responders)
+        left = unanswered(self.requests, self.replies, self.no_responders)
         return (
             f"{counted(self.requests, 'request')}: {counted(self.replies, 'reply')}, "
-            f"{self.no_responders:,} with no responders, {unanswered:,} unanswered"
+            f"{self.no_responders:,} with no responders, {left:,} unanswered"
         )
 
 

@@ -409,8 +409,7 @@ class Replay:
 
 def unanswered(requests: int, replies: int, no_responders: int) -> int:
     """Requests that got neither a reply nor the server's "no responders" by the time the
-    run stopped waiting; never below zero. The JSON report's count, the same sum as the text's
-    (`Progress.answers` in qixtui_nats.replayer)."""
+    run stopped waiting; never below zero. The JSON report's count and the text's."""
     return max(0, requests - replies - no_responders)
 
 

@@ -330,6 +330,12 @@ class PublishScreen(Screen[None]):
                             f"{counted(len(report.oversize), 'message')} larger than the target's "
                             f"max_payload ({target.max_payload:,} bytes); nothing sent"
                         )
+                if target.server_id != reviewed.target.server_id:
+                    # another server behind the same URL: what was reviewed and typed was for
+                    # the one the dry run reached
+                    raise PublishError(
+                        "another server answered than at the dry run; run the dry run again"
+                    )
                 same = looks_like_source(self.meta, target.server_id, target.server_name)
                 name = confirmation_name(target.server_id, target.server_name)
                 if plan.prefix is None and same and typed_name != name:

@@ -69,8 +69,11 @@ def cut(text: Text) -> Text:
 
 
 def wrapped(value: str) -> Text:
-    """A cell that wraps, anywhere in a word: ids have no spaces to wrap at."""
-    return t.literal(value, multiline=True)
+    """A cell that wraps, anywhere in a word (ids have no spaces to wrap at); a newline or a
+    tab in it shows escaped, as everywhere else."""
+    text = t.literal(value)
+    text.no_wrap = False
+    return text
 
 
 def format_flow(flow: Flow, width: int) -> Text:
@@ -132,7 +135,7 @@ class DetailPane(Vertical):
         that resize to their rows make the pane jump as you scroll."""
         self.room = room
         name = max(12, min(20, room // 3))
-        padding = 2  # a cell's, each side
+        padding = 2  # a cell's, both sides together
         headers = self.query_one("#headers", DataTable)
         headers.clear(columns=True)
         headers.add_column("name", width=name)
@@ -186,6 +189,8 @@ class DetailPane(Vertical):
         self.show_payload(event.payload, mode)
 
     def show_payload(self, payload: bytes, mode: str) -> None:
+        if self.shown is not None:  # `x` comes here directly: a resize shows this mode again
+            self.shown = (self.shown[0], self.shown[1], mode)
         body: Text | None = None
         shown = mode
         if mode == "json":
