@@ -12,7 +12,15 @@ from typing import Any
 import click
 import msgspec
 
-from qixtui.cli import FLOW_ID, fail, main, need_terminal, open_or_fail, read_text_or_fail
+from qixtui.cli import (
+    FLOW_ID,
+    fail,
+    main,
+    need_terminal,
+    open_or_fail,
+    read_text_or_fail,
+    subject_pattern,
+)
 from qixtui.core import compare as cmp
 from qixtui.core import export, flowfile, store
 from qixtui.core.rules import Rules
@@ -145,6 +153,7 @@ def render_text(result: cmp.Comparison) -> str:
 @click.option(
     "--orchestrated-subject",
     metavar="PATTERN",
+    callback=subject_pattern,
     help="Tell the styles apart by subject: flows with an event on PATTERN are orchestrated "
     "(default: flows the saga engine marked).",
 )

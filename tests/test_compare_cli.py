@@ -66,6 +66,8 @@ def test_compare_two_sessions(shop_session: Path, tmp_path: Path) -> None:
         (["--saga", "missing.toml", "--map", "a=b"], "missing.toml"),
         (["--json", "--markdown"], "choose one of --json, --markdown and --tui"),
         (["--tui", "--orchestrated-subject", "x.>"], "--tui compares the styles of one session"),
+        # matched nothing, silently: every flow counted as choreography
+        (["--orchestrated-subject", ""], "subject '' has an empty token"),
         (["--tui", "--saga", "SAGA", "--map", "nope=x"], "the saga has no step `nope`"),
         # the session file itself given where a TOML file goes
         (["--saga", "SAGA", "--map-file", "SESSION"], "is not UTF-8)"),
