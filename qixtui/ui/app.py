@@ -352,6 +352,7 @@ class QixtuiApp(QuitOnTerminate):
         self.seen_data_version = 0  # the file's PRAGMA data_version when a filter last ran
         self.scanning = False  # a scan worker runs for the current filter
         self.searching = False  # ... and it is the filter's first pass over the file
+        self.publish_form: dict[str, str] = {}  # the publish screen's target and speed
         self.events_title = Text("events")  # the list, and the flow it is narrowed to
         self.filter_title = Text()  # the typed filter: after the count, which must show
         self.scan_from = 0  # the running scan looks at ids in (scan_from, scan_upto]
@@ -873,7 +874,9 @@ class QixtuiApp(QuitOnTerminate):
         from qixtui.ui.publishscreen import PublishScreen, selection_filter
 
         selection = selection_filter(self.typed_filter.source, self.flow_filter)
-        self.push_screen(PublishScreen(self.path, selection, self.session.meta()))
+        self.push_screen(
+            PublishScreen(self.path, selection, self.session.meta(), self.publish_form)
+        )
 
     def action_play(self) -> None:
         self.playing = not self.playing

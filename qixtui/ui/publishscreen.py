@@ -108,11 +108,20 @@ class PublishScreen(Screen[None]):
     PublishScreen #progress-line { height: 1; }
     """
 
-    def __init__(self, path: Path, filter_text: str, meta: dict[str, str]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        filter_text: str,
+        meta: dict[str, str],
+        form: dict[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.path = path
         self.filter_text = filter_text
         self.meta = meta
+        # the target and speed typed last time (the app keeps them while it runs); the
+        # prefix is new each time, so that each publish run has subjects of its own
+        self.form = form if form is not None else {}
         self.session = secrets.token_hex(4)
         self.reviewed: Reviewed | None = None
         self.replayer: Replayer | None = None
@@ -131,9 +140,9 @@ class PublishScreen(Screen[None]):
         )
         with Horizontal(classes="form-row"):
             yield Static(Text("target"), classes="form-label")
-            yield Input(DEFAULT_URL, placeholder="nats://host:4222", id="url")
+            yield Input(self.form.get("url", DEFAULT_URL), placeholder="nats://host:4222", id="url")
             yield Static(Text("speed"), classes="form-label")
-            yield Input("1", placeholder="1, 10, max", id="speed")
+            yield Input(self.form.get("speed", "1"), placeholder="1, 10, max", id="speed")
         with Horizontal(classes="form-row"):
             yield Static(Text("prefix"), classes="form-label")
             yield Input(default_prefix(self.session), id="prefix")
@@ -178,6 +187,8 @@ class PublishScreen(Screen[None]):
     @on(Checkbox.Changed, "#original")
     def form_changed(self) -> None:
         """A dry run prices one plan on one target: any change asks for a new one."""
+        self.form["url"] = self.query_one("#url", Input).value
+        self.form["speed"] = self.query_one("#speed", Input).value
         self.query_one("#prefix", Input).disabled = self.query_one("#original", Checkbox).value
         if self.reviewed is not None and not self.busy:
             self.reviewed = None

@@ -239,3 +239,23 @@ async def test_the_command_palette_opens_it_in_replay_mode_only(shop: Path) -> N
         await pilot.press("P")
         await pilot.pause()
         assert not isinstance(live.screen, PublishScreen)
+
+
+async def test_the_form_keeps_its_target_and_speed_between_openings(shop: Path) -> None:
+    """Found by a tester: each opening went back to nats://127.0.0.1:4222 and speed 1."""
+    app = QixtuiApp(shop, replay=True)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        screen = await open_publish(pilot, app, "nats://127.0.0.1:14333")
+        screen.query_one("#speed", Input).value = "max"
+        prefix = screen.query_one("#prefix", Input).value
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("P")
+        await pilot.pause()
+        again = app.screen
+        assert isinstance(again, PublishScreen)
+        assert again is not screen
+        assert again.query_one("#url", Input).value == "nats://127.0.0.1:14333"
+        assert again.query_one("#speed", Input).value == "max"
+        assert again.query_one("#prefix", Input).value != prefix  # each run its own subjects
