@@ -800,6 +800,11 @@ class QixtuiApp(QuitOnTerminate):
             # The user picked this event: the time cursor moves to it.
             self.cursor_ns = event.ts_ns
             self.refresh_timeline()
+        if event is not None and self.replay and event.flow_id and not self.flows_list.has_focus:
+            # Scrubbing through time, the flows list shows whose event is at the cursor.
+            pos = self.flows_list.index.position_of(event.flow_id)
+            if pos is not None:
+                self.flows_list.move_to(pos)
 
     def action_payload_mode(self) -> None:
         self.payload_mode = PAYLOAD_MODES[(PAYLOAD_MODES.index(self.payload_mode) + 1) % 3]

@@ -660,6 +660,8 @@ async def test_replay_plays_at_10x(shop: Path) -> None:
         # The selection follows the cursor: the last event at or before +3 s (flow 3 placed).
         assert events.cursor == 9
         assert "shop.order.placed" in static_text(app, "#detail-meta")
+        # ... and so does the flows list: the flow whose event is at the cursor
+        await until(pilot, lambda: app.flows_list.row_id() == 3, "flow 3 highlighted")
         wall[0] += 1.0
         await pilot.pause(0.3)
         assert app.cursor_ns == T0 + 3_000_000_000  # paused means paused
