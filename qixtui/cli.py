@@ -37,9 +37,10 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def has_terminal() -> bool:
-    """Where a screen runs: Textual reads keys from stdin and draws on stderr (stdout stays
-    free for a pipe or a redirect)."""
-    return sys.stdin.isatty() and sys.__stderr__ is not None and sys.__stderr__.isatty()
+    """Where a screen runs: Textual reads keys from stdin, draws on stderr and takes the
+    screen's size from stdout (redirected, it laid out 80x24 on a wider terminal)."""
+    streams = (sys.stdin, sys.stdout, sys.__stderr__)
+    return all(stream is not None and stream.isatty() for stream in streams)
 
 
 def need_terminal(command: str, instead: str) -> None:

@@ -8,6 +8,7 @@ While it runs, a supervisor thread watches those pids: a child that ends unasked
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -402,9 +403,20 @@ def hang_up_stops(cleanup: Callable[[], object]) -> None:
     """A closed terminal (SIGHUP) stops what this command started, by pid, and exits; the
     screen is gone, so the UI is not shut down politely."""
 
-    def hang_up(signum: int, _frame: object) -> None:
+    def finish(signum: int) -> None:
         cleanup()
         os._exit(128 + signum)
+
+    def hang_up(signum: int, _frame: object) -> None:
+        # The handler runs between two bytecodes, maybe in the middle of reading rows: a
+        # connection closed there stays open for its unfinished statement, and the recorder
+        # then cannot make the file self-contained. The screen's loop runs it next instead.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            finish(signum)
+        else:
+            loop.call_soon_threadsafe(finish, signum)
 
     signal.signal(signal.SIGHUP, hang_up)
 

@@ -35,9 +35,10 @@ def run_qixtui(
 
 @contextlib.contextmanager
 def terminal() -> Iterator[int]:
-    """A pseudo-terminal for a command that draws a screen: Textual reads keys from stdin and
-    draws on stderr, so give it the returned fd as both. What it writes is left unread: only
-    for a command that stops before drawing much (a terminal's buffer holds a few kB)."""
+    """A pseudo-terminal for a command that draws a screen: Textual reads keys from stdin,
+    draws on stderr and reads the size from stdout, so give it the returned fd as all three.
+    What it writes is left unread: only for a command that stops before drawing much (a
+    terminal's buffer holds a few kB)."""
     primary, secondary = os.openpty()
     try:
         yield secondary
@@ -47,21 +48,21 @@ def terminal() -> Iterator[int]:
 
 
 def run_qixtui_in_terminal(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """A screen command that fails before its screen: stdin and stderr a terminal, its one
-    line read back from the terminal."""
+    """A screen command that fails before its screen: a terminal on all three streams, what
+    it wrote read back from the terminal (as stderr; stdout is "")."""
     primary, secondary = os.openpty()
     try:
         proc = subprocess.Popen(
             qixtui_command(*args),
             stdin=secondary,
-            stdout=subprocess.PIPE,
+            stdout=secondary,
             stderr=secondary,
             env={**os.environ, "NO_COLOR": "1"},
         )
     finally:
         os.close(secondary)  # the command holds the only other end: read ends when it does
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
         said = b""
         with contextlib.suppress(OSError):  # EIO: the command has gone, all it wrote read
             while chunk := os.read(primary, 65536):
@@ -69,7 +70,7 @@ def run_qixtui_in_terminal(*args: str, timeout: float = 60) -> subprocess.Comple
     finally:
         os.close(primary)
     err = said.decode(errors="replace").replace("\r\n", "\n")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(), err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
 
 
 async def eventually(condition: Callable[[], bool], within: float = 10, what: str = "") -> None:

@@ -45,15 +45,16 @@ def test_the_demo_without_a_terminal_points_to_headless(tmp_path: Path):
     assert not out.exists()  # nothing started
 
 
-def test_a_screen_with_stderr_redirected_is_refused(session: Path):
-    """Textual reads stdin and draws on stderr: `2> log` would draw into the log for good,
-    keys or not."""
+@pytest.mark.parametrize("redirected", ["stdout", "stderr"])
+def test_a_screen_with_a_stream_redirected_is_refused(session: Path, redirected: str):
+    """Textual reads stdin, draws on stderr and takes the size from stdout: with `2> log` it
+    drew into the log for good, with `> out` it laid out 80x24 on a wider terminal."""
     with terminal() as tty:
-        redirected = subprocess.run(
-            qixtui_command("replay", str(session)), stdin=tty, capture_output=True, timeout=30
-        )
-    assert redirected.returncode == 1
-    assert b"needs a terminal" in redirected.stderr
+        streams = {"stdin": tty, "stdout": tty, "stderr": tty, redirected: subprocess.PIPE}
+        result = subprocess.run(qixtui_command("replay", str(session)), timeout=30, **streams)
+    assert result.returncode == 1
+    if redirected == "stderr":
+        assert b"needs a terminal" in result.stderr
 
 
 def test_a_bad_file_is_still_named_first(tmp_path: Path):

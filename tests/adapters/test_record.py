@@ -432,7 +432,7 @@ def tap_and_its_recorder(
         tap = subprocess.Popen(
             qixtui_command("tap", "-s", server, "-o", str(out), *flags),
             stdin=tty,
-            stdout=subprocess.DEVNULL,
+            stdout=tty,
             stderr=tty,
         )
         children = Path(f"/proc/{tap.pid}/task/{tap.pid}/children")
