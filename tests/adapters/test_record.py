@@ -48,12 +48,14 @@ def start_recorder(
         start_new_session=own_group,
     )
     _started.append(proc)
-    wait_for_meta(out, "server_id")
+    # not server_id: the recorder writes it on connecting, before it subscribes, so a burst
+    # sent in between could lose its first messages without the recorder being at fault
+    wait_for_meta(out, "subscribed_ns")
     return proc
 
 
 def wait_for_meta(out: Path, key: str, timeout: float = 40) -> None:
-    """The recorder writes the server id once it is connected and subscribed."""
+    """Until the recorder has written `key` to the file's metadata."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if out.exists():
@@ -318,7 +320,7 @@ def test_a_signal_to_the_whole_process_group_keeps_every_event(
     os.killpg(proc.pid, sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
-    assert json.loads(stdout)["events"] == 30_000
+    assert json.loads(stdout)["events"] == 30_000, (stdout, stderr)
     assert count_events(out) == 30_000
 
 
@@ -637,7 +639,7 @@ def test_count_and_duration_stop_the_recording(nats_server: EmbeddedServer, tmp_
         stderr=subprocess.PIPE,
         text=True,
     )
-    wait_for_meta(out, "server_id")
+    wait_for_meta(out, "subscribed_ns")
 
     async def publish() -> None:
         nc = await nats.connect(nats_server.url)
