@@ -78,6 +78,14 @@ def terminate_exits() -> None:
     signal.signal(signal.SIGTERM, terminated)
 
 
+def flow_or_fail(db: Any, file: str, flow_id: int) -> Any:
+    """The flow `flow_id` of a session, or one line saying there is none."""
+    flow = flowfile.get_flow(db, flow_id)
+    if flow is None:
+        fail(f"{file}: no flow {flow_id} (see `qixtui flows {file}`)")
+    return flow
+
+
 def open_or_fail(path: str) -> Any:
     try:
         return store.open_session(Path(path), readonly=True)
@@ -396,8 +404,8 @@ def events(
 ) -> None:
     """Print the events of a recording, oldest first."""
     db = open_or_fail(file)
-    if flow_id is not None and flowfile.get_flow(db, flow_id) is None:
-        fail(f"{file}: no flow {flow_id} (see `qixtui flows {file}`)")  # as `flow` says
+    if flow_id is not None:
+        flow_or_fail(db, file, flow_id)
     query = store.EventQuery(
         subject=subject,
         since_ns=parse_time(since),

@@ -15,6 +15,7 @@ import msgspec
 from qixtui.cli import (
     FLOW_ID,
     fail,
+    flow_or_fail,
     main,
     need_terminal,
     open_or_fail,
@@ -251,9 +252,7 @@ def compare_verb(
 def export_verb(file: str, flow_id: int, fmt: str) -> None:
     """Export one flow for people and tools."""
     db = open_or_fail(file)
-    flow = flowfile.get_flow(db, flow_id)  # one row read, not every flow
-    if flow is None:
-        fail(f"{file}: no flow {flow_id} (see `qixtui flows {file}`)")
+    flow = flow_or_fail(db, file, flow_id)
     events = list(store.iter_events(db, store.EventQuery(flow_id=flow_id)))
     if fmt == "jsonl":
         for event in events:

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import msgspec
 
-from qixtui.cli import FLOW_ID, fail, main, open_or_fail
+from qixtui.cli import FLOW_ID, fail, flow_or_fail, main, open_or_fail
 from qixtui.cli_rules import RulesError, pop_rules, rule_options
 from qixtui.core import discover as discovery
 from qixtui.core import flowfile, store, waterfall
@@ -107,10 +107,7 @@ def _tree_lines(nodes: list[waterfall.TreeNode], start: int, prefix: str = "") -
 def flow(file: str, flow_id: int, as_json: bool) -> None:
     """Show one flow: a waterfall (one lane per service) and its causal tree."""
     db = open_or_fail(file)
-    summary = flowfile.get_flow(db, flow_id)
-    if summary is None:
-        fail(f"{file}: no flow {flow_id} (see `qixtui flows {file}`)")
-        return
+    summary = flow_or_fail(db, file, flow_id)
     events = flowfile.flow_events(db, flow_id)
     links = flowfile.why_linked(db, events)
     layout = waterfall.layout(events, links, flowfile.session_rules(db))
