@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import shlex
@@ -442,7 +443,7 @@ async def _session(
                 assert saga is not None
                 for _ in range(runs):
                     reports.append(await runner.start(saga, text, overrides))
-                    if reports[-1].outcome == "stopped":
+                    if reports[-1].outcome in ("stopped", "running"):
                         break
         finally:
             db.close()
@@ -454,7 +455,8 @@ async def _session(
     finally:
         if recording is not None:
             await asyncio.to_thread(recording.abort)  # only does something after an error
-        await nc.close()
+        with contextlib.suppress(Exception):  # a bus that went away fails its close
+            await asyncio.wait_for(nc.close(), 2)
     if screen_exit:
         sys.exit(screen_exit)
     return reports

@@ -47,6 +47,8 @@ from qixtui.core.saga import (
 from qixtui_nats.connect import Client, ConnectError, ConnectOptions, describe_connect_error
 
 INJECTED = "failure injected by the stepper"
+BUS_LOST = "the bus connection was lost"
+LOST_IN_FLIGHT = f"{BUS_LOST} while waiting for the reply; the outcome is unknown"
 ANNOUNCE_CONFIRM_S = 5  # how long the bus may take to confirm a run's end announcement
 
 
@@ -254,8 +256,9 @@ class SagaRunner:
         report.correlation_id = run.correlation_id
         finished: Finished | None = None
         stopped = False
+        bus_lost = False
         try:
-            while finished is None and not stopped:
+            while finished is None and not stopped and not bus_lost:
                 action = engine.next(time.time_ns())
                 if isinstance(action, Sleep):
                     await asyncio.sleep(max(0.0, (action.until_ns - time.time_ns()) / 1e9))
@@ -269,6 +272,9 @@ class SagaRunner:
                         engine.resolve(choice.verdict, choice.payload)
                     else:
                         engine.resolve("compensate")
+                elif self.nc.is_closed:  # gave up reconnecting: nothing can be sent (below)
+                    bus_lost = True
+                    engine.pending = None
                 else:
                     headers = trace_headers(
                         run.run_id,
@@ -290,6 +296,12 @@ class SagaRunner:
                         "abort": StepResult("aborted", "aborted by the user"),
                         "inject": StepResult("error", INJECTED),
                     }.get(choice.verdict)
+                    if unsent is None and not await self._bus_back():
+                        # Nothing can be sent: a timeout now would fail the step and give up
+                        # compensations no participant ever saw. The run waits for its resume.
+                        bus_lost = True
+                        engine.pending = None
+                        continue
                     report.steps.append(await self._send(engine, run, action, headers, unsent))
         finally:
             if finished is not None:
@@ -301,6 +313,8 @@ class SagaRunner:
             else:  # stopped or interrupted: the run stays resumable by any runner
                 report.outcome = "stopped" if stopped else "running"
                 report.reason = "stopped before the next step" if stopped else "interrupted"
+                if bus_lost:
+                    report.reason = f"{BUS_LOST} and did not come back; resume it once it is up"
                 store.finish_saga_run(self.db, run.run_id, "running", report.reason, None)
         if finished is not None:
             await self._announce(run, report)
@@ -360,9 +374,18 @@ class SagaRunner:
         if self.on_step:
             self.on_step("intent", request, None)
         if unsent is None:
+            reconnects = self.nc.stats["reconnects"]
             response = await self._request(request, headers)
             now = time.time_ns()
-            result = engine.feed(response, now)
+            if response.status != "reply" and (
+                not self.nc.is_connected or self.nc.stats["reconnects"] != reconnects
+            ):
+                # The request or its reply may have been lost with the connection, or may
+                # still arrive: resent with the same idempotency key once the bus is back.
+                result = StepResult("in_doubt", LOST_IN_FLIGHT)
+                engine.apply(result, now)
+            else:
+                result = engine.feed(response, now)
         else:
             response, now, result = Response("error"), time.time_ns(), unsent
             engine.apply(result, now)
@@ -388,11 +411,28 @@ class SagaRunner:
             request.in_doubt,
         )
 
+    async def _bus_back(self) -> bool:
+        """Connected, after waiting while the client reconnects; False once it gave up."""
+        while not self.nc.is_connected:
+            if self.nc.is_closed:
+                return False
+            await asyncio.sleep(0.1)
+        return True
+
     async def _request(self, request: Request, headers: dict[str, str]) -> Response:
-        try:
-            msg = await self.nc.request(
+        asked = asyncio.ensure_future(
+            self.nc.request(
                 request.subject, request.payload, timeout=request.timeout_s, headers=headers
             )
+        )
+        try:
+            # A client that gives up reconnecting leaves the request to its timeout: stop
+            # waiting then, no reply can come.
+            while not asked.done() and not self.nc.is_closed:
+                await asyncio.wait([asked], timeout=0.1)
+            if not asked.done():
+                return Response("error", detail=BUS_LOST)
+            msg = asked.result()
         except nats.errors.NoRespondersError:
             return Response("no_responders", detail=f"no responders on {request.subject}")
         except nats.errors.TimeoutError:
@@ -402,6 +442,8 @@ class SagaRunner:
             return Response("timeout", detail=detail)
         except nats.errors.Error as exc:
             return Response("error", detail=f"{type(exc).__name__}: {exc}".rstrip(": "))
+        finally:
+            asked.cancel()  # done already, or given up (or this runner cancelled)
         pairs = list(msg.headers.items()) if msg.headers else None
         return Response("reply", msg.data, pairs)
 

@@ -570,6 +570,8 @@ class StepperScreen(Screen[None]):
             line.append("  (q quits)", style="dim")
         elif self.quit_requested:
             line.append("stopping: the run stays resumable", style="yellow")
+        elif not self.runner.nc.is_connected:
+            line.append("the bus connection is lost: waiting for it to come back", style="bold red")
         elif isinstance(self.shown, Held):
             line.append("waiting: a step failed", style="bold red")
         elif self.shown is not None:

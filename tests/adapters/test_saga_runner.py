@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -14,7 +17,7 @@ from shop_participants import Shop
 
 from qixtui.core import store
 from qixtui.core.saga import Held, Request, load_saga_text
-from qixtui_nats.saga_runner import Choice, SagaRunner, open_journal
+from qixtui_nats.saga_runner import LOST_IN_FLIGHT, Choice, SagaRunner, open_journal
 from qixtui_nats.server import EmbeddedServer
 
 SHOP = Path(__file__).parent.parent / "sagas" / "shop.toml"
@@ -212,3 +215,75 @@ async def test_second_runner_is_refused_while_the_owner_lives(nc, journal) -> No
         journal.execute("UPDATE saga_runs SET owner_pid = 1 WHERE run_id = ?", (report.run_id,))
     with pytest.raises(store.SessionError, match="only one runner at a time"):
         await SagaRunner(nc, journal).resume(report.run_id)
+
+
+async def test_a_bus_lost_mid_request_leaves_the_step_in_doubt_not_compensated(
+    own_server: EmbeddedServer, journal
+) -> None:
+    # The bus dies while a step waits for its reply and does not come back in time: the step
+    # is in doubt and the run stops resumable. Timing out instead would fail the step and
+    # then give up the refund no participant ever saw.
+    def client(url: str) -> Any:
+        return nats.connect(url, max_reconnect_attempts=2, reconnect_time_wait=0.2)
+
+    runner_nc, shop_nc = await client(own_server.url), await client(own_server.url)
+    shop = Shop(hold={"shop.cmd.stock.reserve"})
+    await shop.serve(shop_nc)
+    saga, text = shop_saga()
+    run = asyncio.create_task(SagaRunner(runner_nc, journal).start(saga, text))
+    await asyncio.wait_for(shop.held.wait(), 10)
+    own_server.kill()
+    report = await asyncio.wait_for(run, 30)
+    assert (report.outcome, report.clean) == ("running", False)
+    assert "the bus connection was lost" in report.reason
+    rows = store.saga_journal(journal, report.run_id)
+    assert [(r.step, r.kind, r.result) for r in rows] == [
+        ("authorize", "action", "ok"),
+        ("reserve", "action", "in_doubt"),
+    ]
+    assert rows[1].detail == LOST_IN_FLIGHT
+    shop.release.set()
+    for nc in (runner_nc, shop_nc):
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+    own_server.start()  # back on the same port: the run goes on where it stopped
+    runner_nc, shop_nc = await client(own_server.url), await client(own_server.url)
+    try:
+        await shop.serve(shop_nc)
+        resumed = await SagaRunner(runner_nc, journal).resume(report.run_id)
+    finally:
+        await runner_nc.close()
+        await shop_nc.close()
+    assert resumed.outcome == "completed"
+    reserves = [h for s, h, _ in shop.calls if s == "shop.cmd.stock.reserve"]
+    assert len(reserves) == 2
+    assert reserves[0]["Idempotency-Key"] == reserves[1]["Idempotency-Key"]
+    assert not any(s.endswith(("refund", "release")) for s in shop.subjects_called())
+
+
+async def test_a_bus_back_within_the_reconnect_window_resends_the_step(
+    own_server: EmbeddedServer, journal
+) -> None:
+    # A server restart while a step waits: the step is in doubt, resent with the same key
+    # once the client is back, and the run completes without a resume.
+    def client(url: str) -> Any:
+        return nats.connect(url, max_reconnect_attempts=60, reconnect_time_wait=0.2)
+
+    runner_nc, shop_nc = await client(own_server.url), await client(own_server.url)
+    shop = Shop(hold={"shop.cmd.stock.reserve"})
+    try:
+        await shop.serve(shop_nc)
+        saga, text = shop_saga()
+        run = asyncio.create_task(SagaRunner(runner_nc, journal).start(saga, text))
+        await asyncio.wait_for(shop.held.wait(), 10)
+        own_server.kill()
+        shop.release.set()
+        own_server.start()
+        report = await asyncio.wait_for(run, 30)
+    finally:
+        await runner_nc.close()
+        await shop_nc.close()
+    assert report.outcome == "completed", report.reason
+    results = [(s.step, s.result) for s in report.steps]
+    assert results[:3] == [("authorize", "ok"), ("reserve", "in_doubt"), ("reserve", "ok")]

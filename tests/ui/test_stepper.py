@@ -420,3 +420,38 @@ async def test_hostile_bytes_from_the_bus_are_shown_escaped_never_as_markup(benc
         await pilot.press("q")
     (sent,) = run_events(bench.path, app.stepper.run_id, "pilot.hostile")
     assert json.loads(sent.payload)["order_id"] == hostile  # sent as rendered, not as shown
+
+
+async def test_a_lost_bus_is_said_and_leaves_the_step_in_doubt(
+    own_server: EmbeddedServer, session_path: Path
+) -> None:
+    text = TEXT.replace('request = "shop.cmd.payment.authorize"', 'request = "pilot.silent"', 1)
+    text = text.replace('timeout = "2s"', 'timeout = "20s"', 1)
+    nc = await nats.connect(own_server.url, max_reconnect_attempts=10, reconnect_time_wait=0.3)
+    await nc.subscribe("pilot.silent")  # a participant that never answers
+    await nc.flush()
+    store.create_session(session_path).close()
+    db = open_journal(session_path)
+    try:
+        runner = SagaRunner(nc, db)
+        app = StepperApp(session_path, runner, load_saga_text(text), text, {"order_id": "pl"})
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, next_is(app, "authorize_payment"), "the first request")
+            await pilot.press("n")
+            await until(pilot, lambda: state(app, "authorize_payment") == "… in flight", "sent")
+            own_server.kill()
+            lost = "the bus connection is lost: waiting for it to come back"
+            await until(pilot, lambda: lost in plain(app, "#status"), "the loss said")
+            screen = app.screen
+            assert isinstance(screen, StepperScreen)
+            await until(pilot, lambda: screen.report is not None, "the runner gave up", 30)
+            assert "running: the bus connection was lost and did not come back" in plain(
+                app, "#status"
+            )
+            await pilot.press("q")
+    finally:
+        db.close()
+        await nc.close()
+    assert app.report is not None
+    assert (app.report.outcome, app.report.clean) == ("running", False)
+    assert [s.result for s in app.report.steps] == ["in_doubt"]
