@@ -48,7 +48,8 @@ def load_or_fail(path: str) -> tuple[SagaDef, str]:
     raise AssertionError  # fail() exits
 
 
-def plan_lines(saga: SagaDef) -> list[str]:
+def plan_lines(saga: SagaDef, given: dict[str, Any] | None = None) -> list[str]:
+    """The plan `--check` prints: variables as `--var` gives them, else their defaults."""
     pivot = next((i for i, s in enumerate(saga.steps) if s.pivot), None)
     where = (
         f"pivot at step {pivot + 1} ({saga.steps[pivot].name})"
@@ -58,7 +59,7 @@ def plan_lines(saga: SagaDef) -> list[str]:
     lines = [f"saga {saga.name}: {counted(len(saga.steps), 'step')}, {where}"]
     if saga.description:
         lines.append(f"  {saga.description}")
-    for name, value in saga.vars.items():
+    for name, value in {**saga.vars, **(given or {})}.items():
         lines.append(f"  var {name} = {json.dumps(value)}")
     lines.extend("  " + describe_step(step, i, pivot) for i, step in enumerate(saga.steps))
     return [visible(line) for line in lines]
@@ -282,20 +283,20 @@ def orchestrate(
         fail("give a saga file (SAGA.toml), or --resume RUN_ID FILE")
     assert saga_file is not None
     saga, text = load_or_fail(saga_file)
-    if check:
-        click.echo("\n".join(plan_lines(saga)))
-        return
     overrides = parse_vars(var_items)
+    from qixtui.core.saga import resolve_vars
+
+    try:
+        values = resolve_vars(saga, overrides, "check")
+    except SagaError as exc:
+        fail(str(exc))
+    if check:
+        click.echo("\n".join(plan_lines(saga, {name: values[name] for name in overrides})))
+        return
     if not auto and runs > 1:
         fail("--runs needs --auto: the stepper drives one run")
     if not auto:
         need_terminal("the stepper", "use --auto to run without stopping")
-    from qixtui.core.saga import resolve_vars
-
-    try:
-        resolve_vars(saga, overrides, "check")
-    except SagaError as exc:
-        fail(str(exc))
     check_rules(conn, rule_flags, no_record)
     connect = build_connect_options(conn)
     path = Path(output) if output else default_output(saga.name)
@@ -466,12 +467,12 @@ FLOW_ENDS = ("completed", "failed", "compensated")
 
 
 def saga_subjects(saga: SagaDef) -> list[str]:
-    """The subjects a run of `saga` sends on (its requests, compensations and the ends it
-    may announce), but for those a template fills in."""
+    """The subjects a run of `saga` sends on: its requests, compensations and the ends it
+    may announce."""
     subjects = [step.request for step in saga.steps]
     subjects += [step.compensate.request for step in saga.steps if step.compensate]
     subjects += [saga_outcome_subject(saga.name, end) for end in FLOW_ENDS]
-    return [s for s in dict.fromkeys(subjects) if "${" not in s]
+    return list(dict.fromkeys(subjects))
 
 
 def _live_printer() -> Any:

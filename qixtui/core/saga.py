@@ -9,6 +9,7 @@ a crash, including what a user decided while stepping.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -169,9 +170,18 @@ def check_saga(saga: SagaDef) -> list[tuple[int | None, str]]:
     if len(pivots) > 1:
         problems.append((pivots[1], "only one step can be the pivot"))
     pivot = pivots[0] if pivots else None
-    for name in saga.vars:
+    for name, default in saga.vars.items():
         if name in BUILTIN_VARS:
             problems.append((None, f"variable `{name}` is built in; choose another name"))
+        for ref in _PLACEHOLDER.findall(default) if isinstance(default, str) else ():
+            if ref and ref not in BUILTIN_VARS:
+                problems.append(
+                    (
+                        None,
+                        f"variable `{name}`: a default can use only ${{run_id}} and "
+                        f"${{saga}}, not ${{{ref}}}",
+                    )
+                )
     for i, step in enumerate(saga.steps):
         label = f"step `{step.name}`"
         if step.name in seen:
@@ -180,6 +190,8 @@ def check_saga(saga: SagaDef) -> list[tuple[int | None, str]]:
             problems.append((i, f"{label}: names use letters, digits, _ and - only"))
         if not _valid_subject(step.request):
             problems.append((i, f"{label}: `{step.request}` is not a subject to request"))
+        elif "${" in step.request:
+            problems.append((i, f"{label}: `{step.request}`: {_SUBJECT_AS_WRITTEN}"))
         for what, value in (("timeout", step.timeout), ("backoff", step.backoff)):
             try:
                 seconds = parse_duration(value)
@@ -207,6 +219,10 @@ def check_saga(saga: SagaDef) -> list[tuple[int | None, str]]:
                 )
             if not _valid_subject(comp.request):
                 problems.append((i, f"{label}: compensate: `{comp.request}` is not a subject"))
+            elif "${" in comp.request:
+                problems.append(
+                    (i, f"{label}: compensate: `{comp.request}`: {_SUBJECT_AS_WRITTEN}")
+                )
             for what, maybe in (("timeout", comp.timeout), ("backoff", comp.backoff)):
                 if maybe is not None:
                     try:
@@ -222,6 +238,9 @@ def check_saga(saga: SagaDef) -> list[tuple[int | None, str]]:
             )
         seen.add(step.name)
     return problems
+
+
+_SUBJECT_AS_WRITTEN = "a subject is sent as written; ${...} is filled in payloads only"
 
 
 def _valid_subject(subject: str) -> bool:
@@ -418,7 +437,10 @@ def _coerce(name: str, text: str, default: Any) -> str | int | float | bool:
         if isinstance(default, int):
             return int(text)
         if isinstance(default, float):
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):  # JSON has no such number: it would go out as null
+                raise ValueError
+            return number
     except ValueError:
         raise SagaError(
             f"--var {name}={text}: expected {type(default).__name__} like the default"

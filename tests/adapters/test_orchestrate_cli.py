@@ -54,6 +54,18 @@ def test_check_prints_the_plan() -> None:
     assert "[after pivot: retried, never compensated]" in result.stdout
 
 
+def test_check_shows_the_vars_given_and_refuses_unknown_ones() -> None:
+    result = run_qixtui("orchestrate", "--check", SHOP, "--var", "amount=5")
+    assert result.returncode == 0, result.stderr
+    assert "  var amount = 5\n" in result.stdout
+    assert '  var order_id = "order-${run_id}"\n' in result.stdout  # a default as written
+    result = run_qixtui("orchestrate", "--check", SHOP, "--var", "nosuch=5")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "qixtui: --var nosuch: the saga `shop` declares no such variable"
+    )
+
+
 def test_check_names_the_line_of_an_unknown_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(SHOP_TEXT.replace('backoff = "100ms"', 'backof = "100ms"'))

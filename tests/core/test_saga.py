@@ -96,6 +96,21 @@ def test_unknown_field_in_an_inline_table_names_its_line() -> None:
         ('name = "reserve"', 'name = "authorize"', "two steps are named `authorize`"),
         ("exists = true", "exists = true, equals = 1", "exactly one of"),
         ('"amount": ${amount}}', '"amount" ${amount}}', "not valid JSON once filled in"),
+        (
+            'request = "shop.cmd.order.complete"',
+            'request = "shop.${customer_id}.complete"',
+            "`shop.${customer_id}.complete`: a subject is sent as written",
+        ),
+        (
+            'request = "shop.cmd.payment.refund"',
+            'request = "shop.refund.${order_id}"',
+            "compensate: `shop.refund.${order_id}`: a subject is sent as written",
+        ),
+        (
+            'order_id = "order-${run_id}"',
+            'order_id = "order-${amount}"',
+            "variable `order_id`: a default can use only ${run_id} and ${saga}, not ${amount}",
+        ),
     ],
 )
 def test_definition_mistakes_are_one_line_errors(old: str, new: str, message: str) -> None:
@@ -147,6 +162,14 @@ def test_vars_use_the_run_id_and_overrides_keep_the_declared_type() -> None:
         resolve_vars(SHOP, {"amount": "lots"}, "r7")
     with pytest.raises(SagaError, match="no such variable"):
         resolve_vars(SHOP, {"colour": "red"}, "r7")
+
+
+@pytest.mark.parametrize("number", ["nan", "inf", "-inf", "1e400"])
+def test_a_float_var_must_be_a_number_json_can_carry(number: str) -> None:
+    saga = load_saga_text(broken("amount = 42\n", "amount = 42.5\n"), "shop.toml")
+    assert resolve_vars(saga, {"amount": "1e3"}, "r7")["amount"] == 1000.0
+    with pytest.raises(SagaError, match=f"--var amount={number}: expected float"):
+        resolve_vars(saga, {"amount": number}, "r7")
 
 
 # --- success rules -------------------------------------------------------------------------
