@@ -100,6 +100,12 @@ def resume_command(run_id: str, file: Path | str, flags: str) -> str:
     return f"qixtui orchestrate --resume {run_id} {shlex.quote(str(file))} {flags}"
 
 
+def resume_flags(connect: Any, no_record: bool) -> str:
+    """The flags a resume command repeats: the connection's, and --no-record (a resume that
+    records would hold the run's second half alone, a flow of its own)."""
+    return connect.flags() + (" --no-record" if no_record else "")
+
+
 def print_report(report: Any, as_json: bool, file: Path, flags: str) -> None:
     if as_json:
         click.echo(json_text({**report.to_json(), "file": str(file)}))
@@ -276,8 +282,9 @@ def orchestrate(
             step=step,
             rule_flags=rule_flags,
         )
-        reports = run_or_interrupt(session, file, connect.flags())
-        _finish(reports, as_json, Path(file), connect.flags(), no_record)
+        flags = resume_flags(connect, no_record)
+        reports = run_or_interrupt(session, file, flags)
+        _finish(reports, as_json, Path(file), flags, no_record)
         return
     if not saga_file:
         fail("give a saga file (SAGA.toml), or --resume RUN_ID FILE")
@@ -307,6 +314,7 @@ def orchestrate(
             store.create_session(path, meta).close()
         except store.SessionError as exc:
             fail(str(exc))
+    flags = resume_flags(connect, no_record)
     reports = run_or_interrupt(
         _session(
             connect,
@@ -320,9 +328,9 @@ def orchestrate(
             rule_flags=rule_flags,
         ),
         str(path),
-        connect.flags(),
+        flags,
     )
-    _finish(reports, as_json, path, connect.flags(), no_record)
+    _finish(reports, as_json, path, flags, no_record)
 
 
 def check_rules(conn: dict[str, Any], rule_flags: list[str], no_record: bool) -> None:
@@ -431,7 +439,7 @@ async def _session(
                     click.echo(
                         visible(
                             f"run {run_id} interrupted; continue with: "
-                            + resume_command(run_id, path, connect.flags())
+                            + resume_command(run_id, path, resume_flags(connect, no_record))
                         ),
                         err=True,
                     )

@@ -209,13 +209,9 @@ def check_saga(saga: SagaDef) -> list[tuple[int | None, str]]:
         comp = step.compensate
         if comp is not None:
             if pivot is not None and i >= pivot:
-                where = "the pivot" if i == pivot else "after the pivot"
+                which = "the pivot" if i == pivot else "a step after the pivot"
                 problems.append(
-                    (
-                        i,
-                        f"{label}: a step {where} is retried, never compensated; "
-                        "remove `compensate`",
-                    )
+                    (i, f"{label}: {which} is retried, never compensated; remove `compensate`")
                 )
             if not _valid_subject(comp.request):
                 problems.append((i, f"{label}: compensate: `{comp.request}` is not a subject"))

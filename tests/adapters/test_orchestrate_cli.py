@@ -449,3 +449,31 @@ def test_the_exit_summary_says_a_failed_step_was_skipped(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "    1 authorize_payment -> error: declined (then skipped)"
     assert lines[1] == "    2 reserve_stock -> ok"
+
+
+async def test_a_run_without_recording_is_resumed_without_recording(
+    nc: Client, nats_server: EmbeddedServer, session_path: Path
+) -> None:
+    # A resume that recorded would hold the run's second half alone: a flow of its own, a
+    # short "completed" one in compare's figures.
+    shop = Shop(hold={"shop.cmd.stock.reserve"})
+    await shop.serve(nc)
+    command = qixtui_command(
+        "orchestrate", str(patient_saga(session_path)), "--auto", "--no-record",
+        "-s", nats_server.url, "-o", str(session_path),
+    )  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await asyncio.wait_for(shop.held.wait(), 30)
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        shop.release.set()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 143
+    said = err.decode()
+    assert f"--resume RUN_ID {session_path} -s {nats_server.url} --no-record` continues it" in said

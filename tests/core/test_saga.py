@@ -89,7 +89,11 @@ def test_unknown_field_in_an_inline_table_names_its_line() -> None:
     ("old", "new", "message"),
     [
         ('timeout = "2s"', 'timeout = "2 parsecs"', "timeout: not a duration"),
-        ("pivot = true", 'pivot = true\n[steps.compensate]\nrequest = "x.y"', "never compensated"),
+        (
+            "pivot = true",
+            'pivot = true\n[steps.compensate]\nrequest = "x.y"',
+            "step `ship`: the pivot is retried, never compensated",
+        ),
         ("${steps.authorize.reply./payment_id}", "${steps.ship.reply./x}", "not an earlier step"),
         ('"${customer_id}"', '"${nobody}"', "${nobody} is not a variable"),
         ('request = "shop.cmd.order.complete"', 'request = "shop.*"', "not a subject"),
