@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,6 +360,7 @@ class CompareScreen(Screen[None]):
     |-----|--------|
     | 1 / 2 / 3 | the styles' figures / their process graphs / two flows and their diff |
     | m | mark the highlighted flow: A, then B; once both are marked, a new A |
+    | r | read the flows again (a recording goes on meanwhile) |
     | escape | back to the main screen |
     """
 
@@ -368,6 +370,7 @@ class CompareScreen(Screen[None]):
         Binding("2", "show_tab('graphs')", "Graphs", id="compare.graphs"),
         Binding("3", "show_tab('pair')", "Two flows", id="compare.pair"),
         Binding("m", "mark", "Mark A/B", id="compare.mark"),
+        Binding("r", "read_again", "Read again", id="compare.read_again"),
     ]
     DEFAULT_CSS = """
     CompareScreen #compare-head { height: 1; background: $primary-background; padding: 0 1; }
@@ -398,6 +401,7 @@ class CompareScreen(Screen[None]):
         self.marks: list[int] = []
         self.loaded: Loaded | None = None
         self.diff: FlowDiff | None = None
+        self.read_at = ""  # while a recorder writes, the time the figures were read
 
     @property
     def qapp(self) -> QixtuiApp:
@@ -428,9 +432,23 @@ class CompareScreen(Screen[None]):
     def on_mount(self) -> None:
         rows = self.query_one("#compare-flows", RowList)
         rows.follow = False
-        rows.set_index(IdIndex(array("q", self.qapp.session.flow_ids())))
+        self.read_flows()
         rows.move_to(0)
-        self.compute(self.qapp.path)
+
+    def read_flows(self) -> None:
+        """The flows as they are now; a growing recording gets the time, so figures that
+        stay put are not taken for the live state."""
+        app = self.qapp
+        self.query_one("#compare-flows", RowList).set_index(
+            IdIndex(array("q", app.session.flow_ids()))
+        )
+        live = app.connection_state(app.session.stats()) in ("recording", "live")
+        self.read_at = time.strftime("%H:%M:%S") if live else ""
+        self.compute(app.path)
+
+    def action_read_again(self) -> None:
+        self.query_one("#compare-head", Static).update(Text("comparing… (reading every flow)"))
+        self.read_flows()
 
     def format_row(self, flow: Flow, width: int) -> Text:
         tag = "A" if self.marks[:1] == [flow.flow_id] else "B" if flow.flow_id in self.marks else ""
@@ -470,6 +488,8 @@ class CompareScreen(Screen[None]):
         self.loaded = loaded
         result = loaded.result
         head = Text(no_wrap=True)
+        if self.read_at:
+            head.append(f"as of {self.read_at} (r: again)  ", "yellow")
         head.append("choreography ", "bold")
         head.append(counted(result.choreography.flows, "flow"), "cyan")
         head.append("  vs  orchestration ", "bold")

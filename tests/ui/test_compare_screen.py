@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import sqlite3
 from pathlib import Path
 
 import msgspec
@@ -68,6 +71,7 @@ async def test_compare_screen_from_the_main_screen(shop2: Path) -> None:
         assert isinstance(app.screen, CompareScreen)
         text = screen_text(app)
         assert "choreography 5 flows  vs  orchestration 3 flows" in text
+        assert "as of" not in text  # a finished recording: the figures are final
         row = next(line for line in text.splitlines() if "latency p50 (completed)" in line)
         assert row.split()[-4:] == ["70.0ms", "(n=4)", "33.0ms", "(n=2)"]
         # the saga's commands belong to their services, not to a service called "cmd"
@@ -105,6 +109,33 @@ async def test_compare_screen_from_the_main_screen(shop2: Path) -> None:
         await pilot.press("escape")
         await pilot.pause()
         assert isinstance(app.screen, MainScreen)
+
+
+async def test_figures_of_a_growing_recording_say_when_and_are_read_again(shop2: Path) -> None:
+    app = QixtuiApp(shop2, recorder_pid=os.getpid())  # a recorder writes the file
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("c")
+        await loaded(pilot)
+        head = str(app.screen.query_one("#compare-head", Static).content)
+        assert re.match(r"as of \d\d:\d\d:\d\d \(r: again\)  choreography 5 flows", head)
+        db = sqlite3.connect(shop2)  # the recorder finds one more choreographed order
+        with db:
+            db.execute(
+                "INSERT INTO events(ts_ns, subject, reply, headers, payload, size, flow_id) "
+                "SELECT ts_ns, subject, reply, headers, payload, size, 100 FROM events "
+                "WHERE flow_id = 1"
+            )
+            db.execute(
+                "INSERT INTO flows SELECT 100, status, started_ns, ended_ns, events, services, "
+                "variant, keys, orchestrated FROM flows WHERE flow_id = 1"
+            )
+        db.close()
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        screen.loaded = None
+        await pilot.press("r")
+        await loaded(pilot)
+        assert "choreography 6 flows" in str(screen.query_one("#compare-head", Static).content)
 
 
 async def test_two_flow_diff_marked_in_the_list(shop2: Path) -> None:
