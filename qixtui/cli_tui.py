@@ -36,10 +36,12 @@ QUIET_STOP_S = 1.0  # a recorder that closes its file faster than this stops wit
 
 
 def default_session_path(kind: str = "tap") -> Path:
-    """A new file under the user data dir, named by what made it and the local time."""
+    """A new file under the user data dir (made if need be), named by what made it and the
+    local time."""
     import platformdirs
 
     base = Path(platformdirs.user_data_dir("qixtui")) / "sessions"
+    base.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = base / f"{kind}-{stamp}.qix"
     n = 1

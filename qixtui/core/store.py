@@ -198,10 +198,9 @@ def ensure_new(path: Path) -> None:
     """Refuse to record over an existing file, before anything else is started."""
     if path.exists() and (path.is_dir() or path.stat().st_size > 0):
         raise SessionError(f"{path}: already exists; choose another output file")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SessionError(f"{path}: cannot create its folder ({exc.strerror})") from None
+    # A folder that is not there is more often a typo than a wish: not made behind one's back
+    if not path.parent.is_dir():
+        raise SessionError(f"{path}: no folder {path.parent}")
     if not os.access(path.parent, os.W_OK):
         raise SessionError(f"{path}: folder is not writable")
 
@@ -225,7 +224,6 @@ def create_session(path: Path, meta: dict[str, str] | None = None) -> sqlite3.Co
     """Create a new, empty session file and return a writable connection to it."""
     ensure_new(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         db = _connect(path, readonly=False)
     except (OSError, sqlite3.Error) as exc:
         raise SessionError(f"{path}: cannot create session file ({exc})") from None

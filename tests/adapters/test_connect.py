@@ -135,11 +135,15 @@ def test_existing_output_is_refused_before_connecting(tmp_path: Path):
     assert out.read_bytes() == b"precious"
 
 
-def test_output_folder_that_cannot_be_made_is_one_line(tmp_path: Path):
+def test_an_output_folder_that_is_not_there_is_one_line_and_not_made(tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
     result = run_qixtui("record", "-s", "nats://127.0.0.1:1", "-o", str(blocker / "s.qix"))
-    assert_one_line_failure(result, "cannot create its folder")
+    assert_one_line_failure(result, f"no folder {blocker}")
+    typo = tmp_path / "sesions" / "s.qix"
+    result = run_qixtui("record", "-s", "nats://127.0.0.1:1", "-o", str(typo))
+    assert_one_line_failure(result, f"{typo}: no folder {typo.parent}")
+    assert not typo.parent.exists()
 
 
 def test_flags_for_a_hint_reach_the_same_bus_without_secrets():
