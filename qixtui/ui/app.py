@@ -815,12 +815,6 @@ class QixtuiApp(QuitOnTerminate):
     def action_follow(self) -> None:
         self.events_list.action_last()
 
-    def action_help(self) -> None:
-        if self.screen.query("HelpPanel"):
-            self.action_hide_help_panel()
-        else:
-            self.action_show_help_panel()
-
     def action_open_flow(self) -> None:
         from qixtui.ui.flowscreen import FlowScreen
 

@@ -1,7 +1,8 @@
-"""The base of qixtui's screens. SIGTERM while a screen is up: quit as `q` does, so the
-command then stops what it started (the recorder, the demo's processes) and the terminal is
-restored. A session file that turns out damaged where a read reaches: quit the same way and
-raise the error where the command ran the screen, which says it in one line."""
+"""The base of qixtui's screens: `?` shows the keys that work where the focus is. SIGTERM
+while a screen is up: quit as `q` does, so the command then stops what it started (the
+recorder, the demo's processes) and the terminal is restored. A session file that turns out
+damaged where a read reaches: quit the same way and raise the error where the command ran the
+screen, which says it in one line."""
 
 from __future__ import annotations
 
@@ -56,3 +57,10 @@ class QuitOnTerminate(App[None]):
         asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
         if self._command_handler is not None:
             signal.signal(signal.SIGTERM, self._command_handler)
+
+    def action_help(self) -> None:
+        """`?` on every qixtui screen: the keys that work where the focus is, and back."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()

@@ -595,6 +595,9 @@ class StepperApp(QuitOnTerminate):
     """`qixtui orchestrate SAGA.toml`: the stepper on its own."""
 
     TITLE = "qixtui orchestrate"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("question_mark", "help", "Help", id="stepper.help")
+    ]
 
     def __init__(
         self,

@@ -455,3 +455,16 @@ async def test_a_lost_bus_is_said_and_leaves_the_step_in_doubt(
     assert app.report is not None
     assert (app.report.outcome, app.report.clean) == ("running", False)
     assert [s.result for s in app.report.steps] == ["in_doubt"]
+
+
+async def test_question_mark_shows_the_stepper_keys(bench: Bench) -> None:
+    app = stepper(bench, f"pilot-{uuid.uuid4().hex[:6]}")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        await pilot.press("question_mark")
+        await until(pilot, lambda: bool(app.screen.query("HelpPanel")), "the help panel")
+        (panel,) = app.screen.query("HelpPanel")
+        assert panel.region.width > 20  # beside the steps, with their keys (n Step, c, ...)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: not app.screen.query("HelpPanel"), "the panel gone")
+        await pilot.press("q")
