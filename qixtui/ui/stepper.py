@@ -458,7 +458,10 @@ class StepperScreen(Screen[None]):
         else:
             look = RESULT_LOOK.get(row.result or "", ("?", "dim"))
         label = look[0]
-        attempts = sum(1 for r in rows if r.kind == row.kind and r.result != "in_doubt")
+        # what went out (an injected failure stands for one): not a resend's doubt, nor a
+        # skip or abort decided instead of sending
+        not_sent = ("in_doubt", "skipped", "aborted")
+        attempts = sum(1 for r in rows if r.kind == row.kind and r.result not in not_sent)
         if attempts > 1:
             label += f" (x{attempts})"
         return Text(label, style=look[1]), Text(f"{ms:.0f}ms", style="dim")

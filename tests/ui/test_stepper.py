@@ -468,3 +468,23 @@ async def test_question_mark_shows_the_stepper_keys(bench: Bench) -> None:
         await pilot.press("question_mark")
         await until(pilot, lambda: not app.screen.query("HelpPanel"), "the panel gone")
         await pilot.press("q")
+
+
+async def test_an_abort_is_not_counted_as_an_attempt(bench: Bench) -> None:
+    text = TEXT.replace('request = "shop.cmd.payment.authorize"', 'request = "pilot.mute"', 1)
+    text = text.replace('timeout = "2s"\nretries = 0', 'timeout = "300ms"\nretries = 1', 1)
+    await bench.nc.subscribe("pilot.mute")  # a participant that never answers
+    await bench.nc.flush()
+    runner = SagaRunner(bench.nc, bench.db)
+    app = StepperApp(bench.path, runner, load_saga_text(text), text, {"order_id": "pilot-a"})
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, next_is(app, "authorize_payment"), "the first request")
+        await pilot.press("n")  # times out; the step's one retry is shown next
+        await until(pilot, lambda: state(app, "authorize_payment").startswith("✘ timeout"), "")
+        await until(pilot, next_is(app, "authorize_payment (attempt 2)"), "the retry")
+        await pilot.press("a")
+        screen = app.screen
+        assert isinstance(screen, StepperScreen)
+        await until(pilot, lambda: screen.report is not None, "the end of the run")
+        assert state(app, "authorize_payment") == "■ aborted"  # one attempt went out, not 2
+        await pilot.press("q")
