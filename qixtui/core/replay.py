@@ -171,6 +171,11 @@ def check_prefix(prefix: str) -> str:
     tokens = prefix[:-1].split(".")
     if any(not t or any(c in t for c in " \t\r\n*>") for t in tokens):
         raise ReplayError(f"--prefix {given!r}: not a subject prefix (like replay.test.)")
+    # Every message would land where replay never publishes: `$JS.API.` in front of a
+    # recorded `STREAM.DELETE.ORDERS` deletes a stream.
+    denied = deny_reason(prefix + "x", recorded_reply=False)
+    if denied is not None:
+        raise ReplayError(f"--prefix {given!r}: replay never publishes to the {denied}")
     return prefix
 
 
@@ -376,9 +381,13 @@ class Replay:
                 continue
             known = subjects.get(subject)
             if known is None:
+                target = subject if prefix is None else prefix + subject
+                # the subject as recorded and as sent: a plan read back to resume a replay
+                # has not been through check_prefix
                 known = subjects[subject] = (
-                    deny_reason(subject, recorded_reply=False),
-                    subject if prefix is None else prefix + subject,
+                    deny_reason(subject, recorded_reply=False)
+                    or deny_reason(target, recorded_reply=False),
+                    target,
                 )
             reason, target = known
             if reason is None and recorded_reply:

@@ -79,6 +79,13 @@ def test_prefix_is_checked_and_ends_with_a_dot() -> None:
             check_prefix(bad)
 
 
+@pytest.mark.parametrize("prefix", ["$JS.API.", "$JS", "$SYS.", "_INBOX.x.", "$KV.cfg."])
+def test_a_prefix_into_a_server_namespace_is_refused(prefix: str) -> None:
+    # `$JS.API.` before a recorded STREAM.DELETE.ORDERS deleted a stream (a tester's)
+    with pytest.raises(ReplayError, match=r"replay never publishes to the .*\(\$|_INBOX"):
+        check_prefix(prefix)
+
+
 def test_speed_and_duration_parsing() -> None:
     assert parse_speed("max") is None
     assert parse_speed("MAX") is None
@@ -210,6 +217,14 @@ def test_replay_skips_denied_and_recorded_replies_and_numbers_the_rest(tmp_path:
     assert out[0].size == len(out[0].headers) + 1
     assert sum(replay.skipped.values()) == 3
     assert replay.skipped[RECORDED_REPLY] == 1
+
+
+def test_a_resumed_plan_never_publishes_into_a_server_namespace(tmp_path: Path) -> None:
+    # A plan read back from the file to resume a replay has not been through check_prefix.
+    db = make_session(tmp_path / "s.qix")
+    replay, out = run(db, Plan.from_json(Plan(session="s", prefix="$JS.API.").to_json()))
+    assert out == []
+    assert replay.skipped["JetStream API or advisory ($JS.>)"] >= 4  # all 4 sent before
 
 
 def test_selection_by_subject_flow_status_time_and_limit(tmp_path: Path) -> None:
