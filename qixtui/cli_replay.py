@@ -190,10 +190,13 @@ def _print_dry_run(data: dict[str, Any], same_server: bool) -> None:
 
 
 def _confirm_original(meta: dict[str, str], target: Any, confirm: str | None) -> None:
-    """Publishing on the original subjects of the source server needs its name typed."""
-    if not looks_like_source(meta, target.server_id, target.server_name):
-        return
+    """Publishing on the original subjects of the source server needs its name typed; a
+    --confirm given names the target, whatever it looks like."""
     name = confirmation_name(target.server_id, target.server_name)
+    if confirm is not None and confirm != name:
+        fail(f"--confirm {visible(confirm)}: the target is {visible(name)}; nothing sent")
+    if not looks_like_source(meta, *target.marks()):
+        return
     if confirm is None:
         if not sys.stdin.isatty():
             fail(
@@ -328,7 +331,7 @@ async def _run(
             if as_json:
                 click.echo(json_text(data))
             else:
-                same = looks_like_source(meta, target.server_id, target.server_name)
+                same = looks_like_source(meta, *target.marks())
                 _print_dry_run(data, same)
             return 0
         if not target.headers:

@@ -267,6 +267,7 @@ class Recorder:
         self._pending: list[list[Any]] = []
         self._arrived = 0  # messages received, kept or dropped: the drain watches it grow
         self._servers: list[tuple[str, str]] = []  # (id, name) of each server connected to
+        self._clusters: list[str] = []  # the clusters those were nodes of
         self._stop = asyncio.Event()
         self._confirmed_ns = time.time_ns()
         self._gap_open = False
@@ -608,6 +609,7 @@ class Recorder:
         if self._servers:
             meta["server_ids"] = ",".join(i for i, _ in self._servers)
             meta["server_names"] = ",".join(n for _, n in self._servers)
+        self._clusters = [c for c in before.get("server_clusters", "").split(",") if c]
         for key in ("server", "subjects"):
             parts = [p for p in before.get(key, "").split(",") if p]
             parts += [p for p in meta[key].split(",") if p not in parts]
@@ -624,6 +626,10 @@ class Recorder:
             self._servers.append(server)
             ids, names = zip(*self._servers, strict=True)
             self._send(["M", {"server_ids": ",".join(ids), "server_names": ",".join(names)}])
+        cluster = str(info.get("cluster", "") or "")
+        if cluster and cluster not in self._clusters:
+            self._clusters.append(cluster)
+            self._send(["M", {"server_clusters": ",".join(self._clusters)}])
 
     async def _on_reconnected(self) -> None:
         self.stats.connected = True

@@ -144,6 +144,12 @@ class Target:
     server_name: str
     max_payload: int
     headers: bool
+    cluster: str = ""  # its cluster's name, if it is a node of one
+    address: str = ""  # the URL connected to, of those given
+
+    def marks(self) -> tuple[str, str, str, str]:
+        """What tells whether it is a server a recording came from (looks_like_source)."""
+        return self.server_id, self.server_name, self.cluster, self.address
 
 
 @dataclass
@@ -217,6 +223,8 @@ async def connect(options: ConnectOptions) -> tuple[ReplayClient, Target]:
         server_name=str(info.get("server_name", "")),
         max_payload=max_payload,
         headers=bool(info.get("headers", False)),
+        cluster=str(info.get("cluster", "") or ""),
+        address=nc.connected_url.geturl() if nc.connected_url else "",
     )
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -459,12 +460,39 @@ class DryRun:
             self.oversize.append((out.seq, out.event_id, out.source_subject, out.size))
 
 
-def looks_like_source(meta: dict[str, str], server_id: str, server_name: str) -> bool:
-    """Whether the target is (probably) a server the recording came from: the first, or
-    any the recorder reconnected to (a restarted server has a new id; its name may not)."""
+def looks_like_source(
+    meta: dict[str, str], server_id: str, server_name: str, cluster: str = "", address: str = ""
+) -> bool:
+    """Whether the target is (probably) a server the recording came from: by id or name,
+    the first or any the recorder reconnected to (a restarted server has a new id; its
+    name may not); by cluster, another node of one; or by address, one the recorder
+    connected to (a server without a configured name has a new id and name at each start)."""
     ids = {meta.get("server_id", ""), *meta.get("server_ids", "").split(",")} - {""}
     names = {meta.get("server_name", ""), *meta.get("server_names", "").split(",")} - {""}
-    return server_id in ids or server_name in names
+    clusters = set(meta.get("server_clusters", "").split(",")) - {""}
+    addresses = {server_address(url) for url in meta.get("server", "").split(",")} - {""}
+    return (
+        server_id in ids
+        or server_name in names
+        or cluster in clusters
+        or server_address(address) in addresses
+    )
+
+
+def server_address(url: str) -> str:
+    """`host:port` of a server URL, the port NATS's default when none is given; "" for
+    what is not one. Loopback names are one address."""
+    if not url.strip():
+        return ""
+    try:
+        parts = urlsplit(url.strip() if "://" in url else f"nats://{url.strip()}")
+        port = parts.port or 4222
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").lower()
+    if host in ("localhost", "::1"):
+        host = "127.0.0.1"
+    return f"{host}:{port}" if host else ""
 
 
 def confirmation_name(server_id: str, server_name: str) -> str:

@@ -311,7 +311,7 @@ class PublishScreen(Screen[None]):
                 await nc.close()
         finally:
             db.close()
-        same = looks_like_source(self.meta, target.server_id, target.server_name)
+        same = looks_like_source(self.meta, *target.marks())
         return Reviewed(plan, url, target, report, dict(replay.skipped), same)
 
     @work(thread=True, exclusive=True, group="publish", name="publish selection")
@@ -347,7 +347,7 @@ class PublishScreen(Screen[None]):
                     raise PublishError(
                         "another server answered than at the dry run; run the dry run again"
                     )
-                same = looks_like_source(self.meta, target.server_id, target.server_name)
+                same = looks_like_source(self.meta, *target.marks())
                 name = confirmation_name(target.server_id, target.server_name)
                 if plan.prefix is None and same and typed_name != name:
                     raise PublishError("confirmation does not match the server's name")

@@ -25,7 +25,7 @@ from qixtui.core import store
 from qixtui.core.model import Event
 from qixtui.core.replay import Plan
 from qixtui_nats.replayer import PAGE, rows
-from qixtui_nats.server import EmbeddedServer
+from qixtui_nats.server import EmbeddedServer, free_port
 
 
 def replay_command(file: Path, *args: str) -> list[str]:
@@ -691,3 +691,51 @@ async def record_three_pings(url: str, source: Path, nc: Any, answer: Any) -> No
         await responder.close()
     finally:
         await asyncio.to_thread(rec.__exit__, None, None, None)
+
+
+def test_the_recorded_address_counts_as_the_source_after_a_restart(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    # A server without a configured name comes back with a new id and name: only the
+    # address it was recorded from is left to tell it is the same bus.
+    source = tmp_path / "restarted.qix"
+    url = nats_server.url.replace("127.0.0.1", "localhost")
+    db = store.create_session(source, {"server": url, "server_id": "NOLD", "server_name": "NOLD"})
+    store.insert_events(db, [Event(1, "app.ok", None, None, b"x", 1)])
+    db.close()
+    refused = replay(source, "-s", nats_server.url, "--original-subjects", "--yes")
+    assert refused.returncode == 1
+    assert "the target looks like the server this was recorded from" in refused.stderr
+    wrong = replay(source, "-s", nats_server.url, "--original-subjects", "--yes", "--confirm", "x")
+    assert wrong.returncode == 1
+    assert (
+        wrong.stderr.strip()
+        == f"qixtui: --confirm x: the target is {nats_server.name}; nothing sent"
+    )
+
+
+async def test_another_node_of_the_recorded_cluster_counts_as_the_source(tmp_path: Path) -> None:
+    routes = free_port()
+    cluster = ["--cluster_name", "prod", "--cluster", f"nats://127.0.0.1:{routes}"]
+    with (
+        EmbeddedServer(jetstream=False, extra_args=cluster) as first,
+        EmbeddedServer(
+            jetstream=False,
+            extra_args=[
+                *("--cluster_name", "prod", "--cluster", f"nats://127.0.0.1:{free_port()}"),
+                *("--routes", f"nats://127.0.0.1:{routes}"),
+            ],
+        ) as second,
+    ):
+        source = tmp_path / "prod1.qix"
+        nc = await nats.connect(first.url)
+        with recording(first.url, source):
+            await nc.publish("app.ok", b"x")
+            await nc.flush()
+        await nc.close()
+        assert store.get_meta(store.open_session(source))["server_clusters"] == "prod"
+        refused = await asyncio.to_thread(
+            replay, source, "-s", second.url, "--original-subjects", "--yes"
+        )
+    assert refused.returncode == 1
+    assert f"needs --confirm {second.name}" in refused.stderr

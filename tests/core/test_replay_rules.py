@@ -163,6 +163,17 @@ def test_looks_like_source_by_id_or_name() -> None:
     assert looks_like_source(meta, "NXYZ", "prod-1")
     assert not looks_like_source(meta, "NXYZ", "staging")
     assert not looks_like_source({}, "", "")
+
+
+def test_looks_like_source_by_cluster_or_address() -> None:
+    meta = {"server_id": "NABC", "server": "nats://localhost:4333,tls://b.example:4222"}
+    meta["server_clusters"] = "prod"
+    assert looks_like_source(meta, "N2", "prod-2", "prod")  # another node of the cluster
+    assert not looks_like_source(meta, "N2", "prod-2", "staging")
+    assert looks_like_source(meta, "NEW", "NEW", "", "nats://127.0.0.1:4333")  # restarted
+    assert looks_like_source(meta, "NEW", "NEW", "", "B.example")  # default port
+    assert not looks_like_source(meta, "NEW", "NEW", "", "nats://127.0.0.1:4334")
+    assert not looks_like_source({"server": "nats://:bad"}, "N", "N", "", "nats://:bad")
     assert confirmation_name("NABC", "prod-1") == "prod-1"
     assert confirmation_name("NABC", "") == "NABC"  # a server with no name: its id
 
