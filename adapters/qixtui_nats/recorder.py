@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sqlite3
 import ssl
 import sys
 import threading
@@ -64,6 +65,8 @@ DRAIN_MAX_S = 120.0
 # for DRAIN_SETTLE_MAX_S in all on a bus that never goes quiet.
 DRAIN_SETTLE_S = 0.5
 DRAIN_SETTLE_MAX_S = 3.0
+# The gap an appended part leaves between the earlier parts' end and its own start
+UNRECORDED_BETWEEN_PARTS = "no recorder was running (before an --append)"
 PARENT_CHECK_S = 0.5  # how often a recorder started by another command looks for it
 
 
@@ -268,6 +271,8 @@ class Recorder:
         self._arrived = 0  # messages received, kept or dropped: the drain watches it grow
         self._servers: list[tuple[str, str]] = []  # (id, name) of each server connected to
         self._clusters: list[str] = []  # the clusters those were nodes of
+        # Appending: when the file's earlier parts stopped recording (0: nothing before)
+        self._unrecorded_since = 0
         self._stop = asyncio.Event()
         self._confirmed_ns = time.time_ns()
         self._gap_open = False
@@ -296,8 +301,10 @@ class Recorder:
         if self.options.append and self.options.output.exists():
             db = store.open_session(self.options.output, readonly=False)
             db.execute("PRAGMA journal_mode = WAL")  # a finished session was left in DELETE mode
+            before = store.get_meta(db)
+            self._unrecorded_since = self._recorded_until(db, before)
             with store.transaction(db):
-                store.set_meta(db, self._appended_meta(store.get_meta(db), meta))
+                store.set_meta(db, self._appended_meta(before, meta))
         else:
             db = store.create_session(self.options.output, meta)
         next_id = store.next_event_id(db)
@@ -424,7 +431,11 @@ class Recorder:
         await self.nc.flush()
         # The server has the subscriptions now: whatever anyone publishes from here on is
         # recorded. A saga run waits for this before its first request.
-        self._send(["M", {"subscribed_ns": str(time.time_ns())}])
+        subscribed = time.time_ns()
+        if self._unrecorded_since:  # since the earlier part stopped, nothing was recorded
+            self._send(["G+", self._unrecorded_since, UNRECORDED_BETWEEN_PARTS])
+            self._send(["G-", subscribed])
+        self._send(["M", {"subscribed_ns": str(subscribed)}])
 
     async def _parent_loop(self, parent_pid: int) -> None:
         # A dead parent's children are handed to init (or a subreaper): the parent pid changes.
@@ -597,6 +608,14 @@ class Recorder:
         self._gap_open = True
         self.stats.gaps += 1
         self._send(["G+", self._confirmed_ns, reason])
+
+    @staticmethod
+    def _recorded_until(db: sqlite3.Connection, meta: dict[str, str]) -> int:
+        """When the file's recording stopped: its recorder's stop, or its last event when
+        the recorder was killed before it could say (0 for a file nothing recorded into)."""
+        last = db.execute("SELECT ts_ns FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        stopped = meta.get("stopped_ns", "")
+        return max(last[0] if last else 0, int(stopped) if stopped.isdigit() else 0)
 
     def _appended_meta(self, before: dict[str, str], meta: dict[str, str]) -> dict[str, str]:
         """The metadata of a file added to: its servers and subjects are the earlier parts'

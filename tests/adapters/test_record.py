@@ -378,6 +378,27 @@ def test_appending_from_another_server_keeps_the_first_servers(
         ]  # fmt: skip
 
 
+def test_the_time_between_appended_parts_is_a_gap(nats_server: EmbeddedServer, tmp_path: Path):
+    # Nothing recorded it: quiet traffic and a stopped recorder must not look alike.
+    out = tmp_path / "parts.qix"
+    record = ("record", "-s", nats_server.url, "-o", str(out), "--duration", "0.2")
+    assert run_qixtui(*record).returncode == 0
+    meta = store.get_meta(store.open_session(out))
+    time.sleep(0.5)
+    again = run_qixtui(*record, "--append")
+    assert again.returncode == 0, again.stderr
+    db = store.open_session(out)
+    [gap] = store.gaps(db)
+    resumed = store.get_meta(db)
+    db.close()
+    assert gap.reason == "no recorder was running (before an --append)"
+    assert gap.start_ns == int(meta["stopped_ns"])
+    assert gap.end_ns == int(resumed["subscribed_ns"])
+    assert gap.end_ns - gap.start_ns >= 500_000_000
+    info = run_qixtui("info", str(out))
+    assert "no recorder was running (before an --append)" in info.stdout, info.stdout
+
+
 @pytest.mark.parametrize("subject", ["a..b", "a b", ">.a", ""])
 def test_a_bad_subject_is_one_line_and_leaves_no_file(tmp_path: Path, subject: str):
     out = tmp_path / "bad.qix"
