@@ -905,11 +905,14 @@ class QixtuiApp(QuitOnTerminate):
             if answer.startswith("+"):
                 target = start + filters.parse_duration_ns(answer[1:])
             else:
-                day = dt.datetime.fromtimestamp(start / 1e9).date()
-                when = dt.datetime.combine(day, dt.time.fromisoformat(answer))
+                try:  # a time of the recording's first day, or a date and time (as --since)
+                    day = dt.datetime.fromtimestamp(start / 1e9).date()
+                    when = dt.datetime.combine(day, dt.time.fromisoformat(answer))
+                except ValueError:
+                    when = dt.datetime.fromisoformat(answer)
                 target = int(when.timestamp() * 1e9)
         except (ValueError, FilterError):
-            message = t.plain(f"not a time: {answer} (use +5s or 12:00:01)")
+            message = t.plain(f"not a time: {answer} (use +5s, 12:00:01 or 2026-11-26T12:00:01)")
             self.notify(message, markup=False, severity="error")
             return
         self.cursor_ns = min(max(target, start), end)

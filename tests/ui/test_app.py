@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import sqlite3
 import sys
@@ -784,6 +785,14 @@ async def test_jump_to_time_moves_the_replay_cursor(shop: Path) -> None:
         assert app.cursor_ns == T0 + 4_600 * MS
         (notice,) = [str(n.message) for n in app._notifications if "outside" in str(n.message)]
         assert notice.startswith("+99h is outside the recording: at its end, ")
+        # a date and time, as `--since` takes it
+        at = dt.datetime.fromtimestamp((T0 + 2_000 * MS) / 1e9).isoformat(timespec="seconds")
+        await pilot.press("t")
+        await settle(pilot)
+        await pilot.press(*at, "enter")
+        await settle(pilot)
+        assert app.cursor_ns == (T0 + 2_000 * MS) // 10**9 * 10**9
+        assert not [n for n in app._notifications if "not a time" in str(n.message)]
 
 
 async def test_export_writes_the_shown_events(shop: Path) -> None:
