@@ -28,6 +28,7 @@ from qixtui.cli import (
     build_connect_options,
     connection_options,
     fail,
+    flow_or_fail,
     main,
     open_or_fail,
     parse_time,
@@ -282,6 +283,8 @@ def replay(
     else:
         plan = _plan_from_options(kw)
     db = open_or_fail(file)
+    if plan.selection.flow_id is not None:
+        flow_or_fail(db, file, plan.selection.flow_id)  # not "would publish 0 messages"
     if previous is None:
         plan = dataclasses.replace(plan, last_id=store.next_event_id(db) - 1)
     meta = store.get_meta(db)

@@ -739,3 +739,13 @@ async def test_another_node_of_the_recorded_cluster_counts_as_the_source(tmp_pat
         )
     assert refused.returncode == 1
     assert f"needs --confirm {second.name}" in refused.stderr
+
+
+def test_a_flow_the_file_does_not_have_is_said(tmp_path: Path) -> None:
+    source = tmp_path / "few.qix"
+    store.create_session(source).close()
+    result = replay(source, "-s", "nats://127.0.0.1:1", "--flow", "999999")
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"qixtui: {source}: no flow 999999 (see `qixtui flows {source}`)"
+    )
