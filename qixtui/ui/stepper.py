@@ -160,7 +160,10 @@ class StepperScreen(Screen[None]):
                 editor.border_subtitle = "f7 selects all, ctrl+z undoes"  # Textual's keys
                 yield editor
         with Vertical(id="events-box"):
-            yield Static(Text("bus events of this run (from the recording)"), classes="title")
+            title = "bus events of this run (from the recording)"
+            if not self.runner.recorded:
+                title = "bus events: none, the run is not recorded (--no-record)"
+            yield Static(Text(title), classes="title")
             yield RichLog(id="events", wrap=False, markup=False, highlight=False)
         yield footer()
 
@@ -586,11 +589,10 @@ class StepperScreen(Screen[None]):
         if self.inject_armed:
             line.append("  ⚡ the next step fails (injected)", style="bold red")
         line.append("\n")
-        line.append_text(
-            t.literal(
-                f"{counted(self.events_seen, 'event')} of this run in {self.path.name}", "dim"
-            )
-        )
+        seen = f"{counted(self.events_seen, 'event')} of this run in {self.path.name}"
+        if not self.runner.recorded:
+            seen = f"the journal only in {self.path.name} (--no-record)"
+        line.append_text(t.literal(seen, "dim"))
         self.query_one("#status", Static).update(line)
 
 

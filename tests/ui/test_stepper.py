@@ -67,7 +67,7 @@ async def bench(nats_server: EmbeddedServer, session_path: Path) -> AsyncIterato
 
 
 def stepper(bench: Bench, order_id: str, run_id: str | None = None) -> StepperApp:
-    runner = SagaRunner(bench.nc, bench.db)
+    runner = SagaRunner(bench.nc, bench.db, recorded=True)
     return StepperApp(bench.path, runner, SAGA, TEXT, {"order_id": order_id}, run_id)
 
 
@@ -237,7 +237,7 @@ async def test_injected_failure_holds_the_step_for_a_retry_and_quit_leaves_it_re
         ("authorize_payment", "ok", "retry1"),
     ]
     # The journal holds what was decided on screen: a headless resume goes on from there.
-    resumed = await SagaRunner(bench.nc, bench.db).resume(screen.run_id)
+    resumed = await SagaRunner(bench.nc, bench.db, recorded=True).resume(screen.run_id)
     assert (resumed.outcome, [s.step for s in resumed.steps][2:]) == (
         "completed",
         ["reserve_stock", "create_shipment", "complete_order", "notify"],
@@ -261,7 +261,9 @@ async def test_a_run_quit_at_a_failed_step_resumes_in_the_stepper_at_that_step(
         await until(pilot, held_at(first, "reserve_stock"), "the failed step")
         await pilot.press("q")
     run_id = first.stepper.run_id
-    again = StepperApp(bench.path, SagaRunner(bench.nc, bench.db), SAGA, TEXT, {}, run_id, True)
+    again = StepperApp(
+        bench.path, SagaRunner(bench.nc, bench.db, recorded=True), SAGA, TEXT, {}, run_id, True
+    )
     async with again.run_test(size=SIZE) as pilot:
         await until(pilot, held_at(again, "reserve_stock"), "the failed step, again")
         assert state(again, "reserve_stock") == "✘ failed: r/s/a?"
@@ -364,7 +366,7 @@ async def test_a_step_in_flight_counts_down_its_timeout(bench: Bench) -> None:
     text = text.replace('timeout = "2s"', 'timeout = "1500ms"', 1)
     await bench.nc.subscribe("pilot.silent")  # a participant that never answers
     await bench.nc.flush()
-    runner = SagaRunner(bench.nc, bench.db)
+    runner = SagaRunner(bench.nc, bench.db, recorded=True)
     app = StepperApp(bench.path, runner, load_saga_text(text), text, {"order_id": "pilot-t"})
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, next_is(app, "authorize_payment"), "the first request")
@@ -402,7 +404,7 @@ async def test_hostile_bytes_from_the_bus_are_shown_escaped_never_as_markup(benc
 
     await bench.nc.subscribe("pilot.hostile", cb=answer)
     await bench.nc.flush()
-    runner = SagaRunner(bench.nc, bench.db)
+    runner = SagaRunner(bench.nc, bench.db, recorded=True)
     app = StepperApp(bench.path, runner, load_saga_text(text), text, {"order_id": hostile})
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, next_is(app, "authorize_payment"), "the first request")
@@ -439,6 +441,9 @@ async def test_a_lost_bus_is_said_and_leaves_the_step_in_doubt(
             await until(pilot, next_is(app, "authorize_payment"), "the first request")
             await pilot.press("n")
             await until(pilot, lambda: state(app, "authorize_payment") == "… in flight", "sent")
+            # no recorder here, as with --no-record: the screen says so, not "0 events"
+            assert "the journal only in session.qix (--no-record)" in plain(app, "#status")
+            assert "not recorded (--no-record)" in screen_text(app)
             own_server.kill()
             lost = "the bus connection is lost: waiting for it to come back"
             await until(pilot, lambda: lost in plain(app, "#status"), "the loss said")
@@ -475,7 +480,7 @@ async def test_an_abort_is_not_counted_as_an_attempt(bench: Bench) -> None:
     text = text.replace('timeout = "2s"\nretries = 0', 'timeout = "300ms"\nretries = 1', 1)
     await bench.nc.subscribe("pilot.mute")  # a participant that never answers
     await bench.nc.flush()
-    runner = SagaRunner(bench.nc, bench.db)
+    runner = SagaRunner(bench.nc, bench.db, recorded=True)
     app = StepperApp(bench.path, runner, load_saga_text(text), text, {"order_id": "pilot-a"})
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, next_is(app, "authorize_payment"), "the first request")
