@@ -177,6 +177,10 @@ def _print_dry_run(data: dict[str, Any], same_server: bool) -> None:
         )
     for reason, n in data["skipped"].items():
         lines.append(f"never published: {n:,} ({reason})")
+    if data["recording_goes_on"]:
+        lines.append(
+            "a recorder still writes this file: events it adds from now on are not part of it"
+        )
     if data["oversize"]:
         lines.append(
             f"{counted(len(data['oversize']), 'message')} larger than the target's max_payload "
@@ -331,6 +335,8 @@ async def _run(
             data["prefix_new_each_run"] = previous is None and plan.prefix == default_prefix(
                 plan.session
             )
+            # A recorder still adds events: the replay takes those up to now (plan.last_id).
+            data["recording_goes_on"] = store.being_recorded(meta)
             if as_json:
                 click.echo(json_text(data))
             else:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
-from helpers import collect, qixtui_command
+from helpers import collect, qixtui_command, recorder_stand_in
 
 from qixtui.core import store
 from qixtui.core.model import Event
@@ -749,3 +749,22 @@ def test_a_flow_the_file_does_not_have_is_said(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         f"qixtui: {source}: no flow 999999 (see `qixtui flows {source}`)"
     )
+
+
+def test_the_dry_run_of_a_file_still_being_recorded_says_so(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "live.qix"
+    with recorder_stand_in() as pid:
+        db = store.create_session(source, {"recorder_pid": str(pid)})
+        store.insert_events(db, [Event(1, "app.ok", None, None, b"x", 1)])
+        db.close()
+        live = replay(source, "-s", nats_server.url)
+        as_json = replay(source, "-s", nats_server.url, "--json")
+    finished = replay(source, "-s", nats_server.url)  # its recorder is gone
+    assert live.returncode == 0, live.stderr
+    assert "a recorder still writes this file: events it adds from now on are not part of it" in (
+        live.stdout
+    )
+    assert json.loads(as_json.stdout)["recording_goes_on"] is True
+    assert "a recorder still writes" not in finished.stdout
