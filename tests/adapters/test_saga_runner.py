@@ -217,21 +217,30 @@ async def test_second_runner_is_refused_while_the_owner_lives(nc, journal) -> No
         await SagaRunner(nc, journal).resume(report.run_id)
 
 
+def client(url: str, attempts: int) -> Any:
+    """A client that gives up reconnecting after `attempts`."""
+    return nats.connect(url, max_reconnect_attempts=attempts, reconnect_time_wait=0.2)
+
+
+async def run_held_at_reserve(url: str, journal, attempts: int):  # type: ignore[no-untyped-def]
+    """A run whose reserve request the shop holds unanswered: the runner's and the shop's
+    clients, the shop, and the run's task."""
+    runner_nc, shop_nc = await client(url, attempts), await client(url, attempts)
+    shop = Shop(hold={"shop.cmd.stock.reserve"})
+    await shop.serve(shop_nc)
+    saga, text = shop_saga()
+    run = asyncio.create_task(SagaRunner(runner_nc, journal).start(saga, text))
+    await asyncio.wait_for(shop.held.wait(), 10)
+    return runner_nc, shop_nc, shop, run
+
+
 async def test_a_bus_lost_mid_request_leaves_the_step_in_doubt_not_compensated(
     own_server: EmbeddedServer, journal
 ) -> None:
     # The bus dies while a step waits for its reply and does not come back in time: the step
     # is in doubt and the run stops resumable. Timing out instead would fail the step and
     # then give up the refund no participant ever saw.
-    def client(url: str) -> Any:
-        return nats.connect(url, max_reconnect_attempts=2, reconnect_time_wait=0.2)
-
-    runner_nc, shop_nc = await client(own_server.url), await client(own_server.url)
-    shop = Shop(hold={"shop.cmd.stock.reserve"})
-    await shop.serve(shop_nc)
-    saga, text = shop_saga()
-    run = asyncio.create_task(SagaRunner(runner_nc, journal).start(saga, text))
-    await asyncio.wait_for(shop.held.wait(), 10)
+    runner_nc, shop_nc, shop, run = await run_held_at_reserve(own_server.url, journal, 2)
     own_server.kill()
     report = await asyncio.wait_for(run, 30)
     assert (report.outcome, report.clean) == ("running", False)
@@ -248,7 +257,7 @@ async def test_a_bus_lost_mid_request_leaves_the_step_in_doubt_not_compensated(
             await nc.close()
 
     own_server.start()  # back on the same port: the run goes on where it stopped
-    runner_nc, shop_nc = await client(own_server.url), await client(own_server.url)
+    runner_nc, shop_nc = await client(own_server.url, 2), await client(own_server.url, 2)
     try:
         await shop.serve(shop_nc)
         resumed = await SagaRunner(runner_nc, journal).resume(report.run_id)
@@ -267,16 +276,8 @@ async def test_a_bus_back_within_the_reconnect_window_resends_the_step(
 ) -> None:
     # A server restart while a step waits: the step is in doubt, resent with the same key
     # once the client is back, and the run completes without a resume.
-    def client(url: str) -> Any:
-        return nats.connect(url, max_reconnect_attempts=60, reconnect_time_wait=0.2)
-
-    runner_nc, shop_nc = await client(own_server.url), await client(own_server.url)
-    shop = Shop(hold={"shop.cmd.stock.reserve"})
+    runner_nc, shop_nc, shop, run = await run_held_at_reserve(own_server.url, journal, 60)
     try:
-        await shop.serve(shop_nc)
-        saga, text = shop_saga()
-        run = asyncio.create_task(SagaRunner(runner_nc, journal).start(saga, text))
-        await asyncio.wait_for(shop.held.wait(), 10)
         own_server.kill()
         shop.release.set()
         own_server.start()

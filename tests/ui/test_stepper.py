@@ -361,13 +361,22 @@ async def test_stepper_snapshot(bench: Bench) -> None:
         await until(pilot, lambda: screen.report is not None, "the run stopped")
 
 
-async def test_a_step_in_flight_counts_down_its_timeout(bench: Bench) -> None:
-    text = TEXT.replace('request = "shop.cmd.payment.authorize"', 'request = "pilot.silent"', 1)
-    text = text.replace('timeout = "2s"', 'timeout = "1500ms"', 1)
-    await bench.nc.subscribe("pilot.silent")  # a participant that never answers
+async def unanswered_first_step(
+    bench: Bench, subject: str, timing: tuple[str, str], order_id: str
+) -> StepperApp:
+    """The shop saga's stepper with its first request on `subject`, which a participant
+    takes and never answers; `timing` rewrites that step's timeout (and retries)."""
+    text = TEXT.replace('request = "shop.cmd.payment.authorize"', f'request = "{subject}"', 1)
+    text = text.replace(*timing, 1)
+    await bench.nc.subscribe(subject)
     await bench.nc.flush()
     runner = SagaRunner(bench.nc, bench.db, recorded=True)
-    app = StepperApp(bench.path, runner, load_saga_text(text), text, {"order_id": "pilot-t"})
+    return StepperApp(bench.path, runner, load_saga_text(text), text, {"order_id": order_id})
+
+
+async def test_a_step_in_flight_counts_down_its_timeout(bench: Bench) -> None:
+    timing = ('timeout = "2s"', 'timeout = "1500ms"')
+    app = await unanswered_first_step(bench, "pilot.silent", timing, "pilot-t")
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, next_is(app, "authorize_payment"), "the first request")
         await pilot.press("n")
@@ -476,12 +485,8 @@ async def test_question_mark_shows_the_stepper_keys(bench: Bench) -> None:
 
 
 async def test_an_abort_is_not_counted_as_an_attempt(bench: Bench) -> None:
-    text = TEXT.replace('request = "shop.cmd.payment.authorize"', 'request = "pilot.mute"', 1)
-    text = text.replace('timeout = "2s"\nretries = 0', 'timeout = "300ms"\nretries = 1', 1)
-    await bench.nc.subscribe("pilot.mute")  # a participant that never answers
-    await bench.nc.flush()
-    runner = SagaRunner(bench.nc, bench.db, recorded=True)
-    app = StepperApp(bench.path, runner, load_saga_text(text), text, {"order_id": "pilot-a"})
+    timing = ('timeout = "2s"\nretries = 0', 'timeout = "300ms"\nretries = 1')
+    app = await unanswered_first_step(bench, "pilot.mute", timing, "pilot-a")
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, next_is(app, "authorize_payment"), "the first request")
         await pilot.press("n")  # times out; the step's one retry is shown next
