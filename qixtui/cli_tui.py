@@ -41,7 +41,10 @@ def default_session_path(kind: str = "tap") -> Path:
     import platformdirs
 
     base = Path(platformdirs.user_data_dir("qixtui")) / "sessions"
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{base}: cannot create the sessions folder ({exc.strerror or exc}); use -o FILE")
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = base / f"{kind}-{stamp}.qix"
     n = 1

@@ -161,3 +161,11 @@ def test_flags_for_a_hint_reach_the_same_bus_without_secrets():
         "-s 'nats://[::1]:4222,tls://10.0.0.2:4443' --creds '/home/bob/my creds.creds' --user bob"
     )
     assert not any(secret in flags for secret in ("s3cret", "hunter2", "tok"))
+
+
+def test_a_sessions_folder_that_cannot_be_made_is_one_line(tmp_path: Path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the user data folder should be")
+    env = {**os.environ, "XDG_DATA_HOME": str(blocker)}
+    result = run_qixtui("demo", "--headless", "--duration", "1", env=env)
+    assert_one_line_failure(result, f"{blocker}/qixtui/sessions: cannot create the sessions")
