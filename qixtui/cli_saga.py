@@ -154,15 +154,17 @@ def show_runs(file: str, as_json: bool) -> None:
         skipped = store.skipped_after_failure(rows, run.status)
         for r in rows:
             result = r.result or "IN DOUBT: intent journaled, no result"
+            detail = f": {r.detail}" if r.detail else ""
             if r.result == "in_doubt":
-                result = "IN DOUBT (resent below)"
+                # resent in the next row, or (the run stopped there) on resume
+                result, detail = "IN DOUBT", " (resent below)" if r is not rows[-1] else detail
             what = "undo " if r.kind == "compensate" else ""
             attempt = f" attempt {r.attempt + 1}" if r.attempt else ""
-            detail = f": {r.detail}" if r.detail and r.result != "in_doubt" else ""
             if r.seq in skipped:
                 detail += " (then skipped)"
             lines.append(f"  {r.seq:>3} {what}{r.step}{attempt} {r.subject} -> {result}{detail}")
-        if any(r.result is None for r in rows) and run.status == "running":
+        runner_alive = bool(run.owner_pid) and store.pid_alive(run.owner_pid)
+        if run.status == "running" and not runner_alive:
             lines.append(f"  resume with: qixtui orchestrate --resume {run.run_id} {file}")
         click.echo("\n".join(visible(line) for line in lines))
     if not runs and not as_json:

@@ -12,6 +12,7 @@ from typing import Any
 
 import nats
 import pytest
+from helpers import run_qixtui
 from nats.aio.client import Client
 from shop_participants import Shop
 
@@ -235,7 +236,7 @@ async def run_held_at_reserve(url: str, journal, attempts: int):  # type: ignore
 
 
 async def test_a_bus_lost_mid_request_leaves_the_step_in_doubt_not_compensated(
-    own_server: EmbeddedServer, journal
+    own_server: EmbeddedServer, journal, session_path: Path
 ) -> None:
     # The bus dies while a step waits for its reply and does not come back in time: the step
     # is in doubt and the run stops resumable. Timing out instead would fail the step and
@@ -251,6 +252,9 @@ async def test_a_bus_lost_mid_request_leaves_the_step_in_doubt_not_compensated(
         ("reserve", "action", "in_doubt"),
     ]
     assert rows[1].detail == LOST_IN_FLIGHT
+    shown = await asyncio.to_thread(run_qixtui, "orchestrate", "--show", str(session_path))
+    assert f"2 reserve shop.cmd.stock.reserve -> IN DOUBT: {LOST_IN_FLIGHT}" in shown.stdout
+    assert f"resume with: qixtui orchestrate --resume {report.run_id} " in shown.stdout
     shop.release.set()
     for nc in (runner_nc, shop_nc):
         with contextlib.suppress(Exception):
