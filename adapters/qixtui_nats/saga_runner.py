@@ -138,8 +138,8 @@ async def connect_bus(connect: ConnectOptions) -> Client:
     except Exception as exc:
         cause = errors[0] if errors else exc
         raise ConnectError(describe_connect_error(cause, connect.display_servers())) from None
-    # Once connected, ride out a server restart; a request meanwhile times out and is retried
-    # or compensated like any other timeout.
+    # Once connected, ride out a server restart (about 30 s): a request whose connection drops
+    # is in doubt and resent once the client is back (SagaRunner._send).
     nc.options["max_reconnect_attempts"] = 60
     return nc
 
@@ -177,6 +177,8 @@ class SagaRunner:
         # request and never answers "no responders", so a missing service shows as a timeout.
         self.recorded = recorded
         self.pid = os.getpid()
+        # Set by the stepper's quit: a request waiting for the bus to come back is not sent.
+        self.stop_requested = False
 
     async def start(
         self,
@@ -299,7 +301,7 @@ class SagaRunner:
                     if unsent is None and not await self._bus_back():
                         # Nothing can be sent: a timeout now would fail the step and give up
                         # compensations no participant ever saw. The run waits for its resume.
-                        bus_lost = True
+                        stopped, bus_lost = self.stop_requested, not self.stop_requested
                         engine.pending = None
                         continue
                     report.steps.append(await self._send(engine, run, action, headers, unsent))
@@ -412,9 +414,10 @@ class SagaRunner:
         )
 
     async def _bus_back(self) -> bool:
-        """Connected, after waiting while the client reconnects; False once it gave up."""
+        """Connected, after waiting while the client reconnects; False once it gave up (or
+        the stepper quit meanwhile)."""
         while not self.nc.is_connected:
-            if self.nc.is_closed:
+            if self.nc.is_closed or self.stop_requested:
                 return False
             await asyncio.sleep(0.1)
         return True

@@ -376,6 +376,7 @@ class StepperScreen(Screen[None]):
             self.app.exit()
             return
         self.quit_requested = True
+        self.runner.stop_requested = True  # also a request waiting for the bus to come back
         self.answer(Choice("stop"))
         self.show_status()
 
@@ -576,6 +577,12 @@ class StepperScreen(Screen[None]):
             line.append("  (q quits)", style="dim")
         elif self.quit_requested:
             line.append("stopping: the run stays resumable", style="yellow")
+        elif self.runner.nc.is_closed:
+            line.append(
+                "the bus connection is lost and its client gave up: q quits, --resume goes on "
+                "later",
+                style="bold red",
+            )
         elif not self.runner.nc.is_connected:
             line.append("the bus connection is lost: waiting for it to come back", style="bold red")
         elif isinstance(self.shown, Held):

@@ -498,3 +498,33 @@ async def test_an_abort_is_not_counted_as_an_attempt(bench: Bench) -> None:
         await until(pilot, lambda: screen.report is not None, "the end of the run")
         assert state(app, "authorize_payment") == "■ aborted"  # one attempt went out, not 2
         await pilot.press("q")
+
+
+async def test_quit_while_waiting_for_the_bus_sends_nothing(
+    own_server: EmbeddedServer, session_path: Path
+) -> None:
+    nc = await nats.connect(own_server.url, max_reconnect_attempts=600, reconnect_time_wait=0.1)
+    store.create_session(session_path).close()
+    db = open_journal(session_path)
+    try:
+        runner = SagaRunner(nc, db)
+        app = StepperApp(session_path, runner, SAGA, TEXT, {"order_id": "pilot-q"})
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, next_is(app, "authorize_payment"), "the first request")
+            own_server.kill()
+            lost = "the bus connection is lost: waiting for it to come back"
+            await until(pilot, lambda: lost in plain(app, "#status"), "the loss said")
+            await pilot.press("n")  # waits for the bus: nothing journaled, nothing sent
+            await pilot.pause(0.3)
+            await pilot.press("q")
+            screen = app.screen
+            assert isinstance(screen, StepperScreen)
+            await until(pilot, lambda: screen.report is not None, "the run stopped", 5)
+    finally:
+        db.close()
+        await nc.close()
+    assert app.report is not None
+    assert (app.report.outcome, app.report.steps) == ("stopped", [])  # resumable, unsent
+    check_db = store.open_session(session_path)
+    assert store.saga_journal(check_db, app.stepper.run_id) == []
+    check_db.close()
