@@ -173,6 +173,8 @@ def check_saga(saga: SagaDef) -> list[tuple[int | None, str]]:
     for name, default in saga.vars.items():
         if name in BUILTIN_VARS:
             problems.append((None, f"variable `{name}` is built in; choose another name"))
+        if isinstance(default, float) and not math.isfinite(default):
+            problems.append((None, f"variable `{name}`: {default} is no number JSON can carry"))
         for ref in _PLACEHOLDER.findall(default) if isinstance(default, str) else ():
             if ref and ref not in BUILTIN_VARS:
                 problems.append(
@@ -209,10 +211,12 @@ def check_saga(saga: SagaDef) -> list[tuple[int | None, str]]:
         comp = step.compensate
         if comp is not None:
             if pivot is not None and i >= pivot:
-                which = "the pivot" if i == pivot else "a step after the pivot"
-                problems.append(
-                    (i, f"{label}: {which} is retried, never compensated; remove `compensate`")
+                which = (
+                    "the pivot is never compensated (once done, the saga only goes forward)"
+                    if i == pivot
+                    else "a step after the pivot is retried, never compensated"
                 )
+                problems.append((i, f"{label}: {which}; remove `compensate`"))
             if not _valid_subject(comp.request):
                 problems.append((i, f"{label}: compensate: `{comp.request}` is not a subject"))
             elif "${" in comp.request:

@@ -92,7 +92,7 @@ def test_unknown_field_in_an_inline_table_names_its_line() -> None:
         (
             "pivot = true",
             'pivot = true\n[steps.compensate]\nrequest = "x.y"',
-            "step `ship`: the pivot is retried, never compensated",
+            "step `ship`: the pivot is never compensated (once done, the saga only goes forward)",
         ),
         ("${steps.authorize.reply./payment_id}", "${steps.ship.reply./x}", "not an earlier step"),
         ('"${customer_id}"', '"${nobody}"', "${nobody} is not a variable"),
@@ -115,6 +115,8 @@ def test_unknown_field_in_an_inline_table_names_its_line() -> None:
             'order_id = "order-${amount}"',
             "variable `order_id`: a default can use only ${run_id} and ${saga}, not ${amount}",
         ),
+        ("amount = 42\n", "amount = inf\n", "variable `amount`: inf is no number JSON can carry"),
+        ("amount = 42\n", "amount = nan\n", "variable `amount`: nan is no number JSON can carry"),
     ],
 )
 def test_definition_mistakes_are_one_line_errors(old: str, new: str, message: str) -> None:
