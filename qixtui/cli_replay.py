@@ -195,11 +195,8 @@ def _print_dry_run(data: dict[str, Any], same_server: bool) -> None:
 
 
 def _confirm_original(meta: dict[str, str], target: Any, confirm: str | None) -> None:
-    """Publishing on the original subjects of the source server needs its name typed; a
-    --confirm given names the target, whatever it looks like."""
+    """Publishing on the original subjects of the source server needs its name typed."""
     name = confirmation_name(target.server_id, target.server_name)
-    if confirm is not None and confirm != name:
-        fail(f"--confirm {visible(confirm)}: the target is {visible(name)}; nothing sent")
     if not looks_like_source(meta, *target.marks()):
         return
     if confirm is None:
@@ -357,6 +354,9 @@ async def _run(
                 f"{visible(clipped(first[2], SUBJECT_SHOWN))} ({first[3]:,} bytes); "
                 "nothing sent (see the dry run)"
             )
+        name = confirmation_name(target.server_id, target.server_name)
+        if confirm_name is not None and confirm_name != name:  # it names another server
+            fail(f"--confirm {visible(confirm_name)}: the target is {visible(name)}; nothing sent")
         if plan.prefix is None:
             _confirm_original(meta, target, confirm_name)
         audit = _open_audit(path)

@@ -708,10 +708,10 @@ def test_the_recorded_address_counts_as_the_source_after_a_restart(
     assert "the target looks like the server this was recorded from" in refused.stderr
     wrong = replay(source, "-s", nats_server.url, "--original-subjects", "--yes", "--confirm", "x")
     assert wrong.returncode == 1
-    assert (
-        wrong.stderr.strip()
-        == f"qixtui: --confirm x: the target is {nats_server.name}; nothing sent"
-    )
+    said = f"qixtui: --confirm x: the target is {nats_server.name}; nothing sent"
+    assert wrong.stderr.strip() == said
+    prefixed = replay(source, "-s", nats_server.url, "--prefix", "r.", "--yes", "--confirm", "x")
+    assert (prefixed.returncode, prefixed.stderr.strip()) == (1, said)
 
 
 async def test_another_node_of_the_recorded_cluster_counts_as_the_source(tmp_path: Path) -> None:
