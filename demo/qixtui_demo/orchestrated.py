@@ -63,6 +63,8 @@ async def drive(
             n += 1
             report = await runner.start(saga, text, run_variables(seed, n, incarnation))
             outcomes[report.outcome] = outcomes.get(report.outcome, 0) + 1
+            if nc.is_closed:  # gave up reconnecting: each run now would stop at once
+                raise ConnectError(f"{server}: the bus connection was lost ({report.reason})")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1 / rate)
     finally:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from helpers import run_qixtui
 
+from qixtui.core import store
 from qixtui_demo.process import Participants, discard_participants, participants_command
 from qixtui_nats.server import EmbeddedServer
 
@@ -138,3 +141,29 @@ def test_tls_asked_for_and_not_offered_is_refused(tmp_path):
     )
     # no CONNECT reached the server: a connection that sent one carries the service's name
     assert not [c for c in closed if c.get("name", "").startswith("shop-")], closed
+
+
+def test_the_saga_driver_ends_when_the_bus_is_gone(own_server: EmbeddedServer, tmp_path) -> None:
+    # Once its client gave up reconnecting, each run it started stopped at once, resumable:
+    # a pile of unfinished runs at --rate until stopped, instead of saying the bus is gone.
+    session = tmp_path / "journal.qix"
+    store.create_session(session).close()
+    command = [sys.executable, "-m", "qixtui_demo.orchestrated", "--server", own_server.url]
+    command += ["--file", str(session), "--rate", "20"]
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        own_server.kill()
+        _, err = driver.communicate(timeout=90)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 1
+    assert err.strip().startswith(
+        f"qixtui_demo.orchestrated: {own_server.url}: the bus connection was lost ("
+    )
+    db = store.open_session(session)
+    unfinished = [run for run in store.saga_runs(db) if run.status == "running"]
+    db.close()
+    assert len(unfinished) <= 1  # the run the loss caught, no more
