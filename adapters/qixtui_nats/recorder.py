@@ -302,8 +302,8 @@ class Recorder:
             db = store.open_session(self.options.output, readonly=False)
             db.execute("PRAGMA journal_mode = WAL")  # a finished session was left in DELETE mode
             before = store.get_meta(db)
-            self._unrecorded_since = self._recorded_until(db, before)
             with store.transaction(db):
+                self._unrecorded_since = self._recorded_until(db, before)
                 store.set_meta(db, self._appended_meta(before, meta))
         else:
             db = store.create_session(self.options.output, meta)
@@ -433,6 +433,7 @@ class Recorder:
         # recorded. A saga run waits for this before its first request.
         subscribed = time.time_ns()
         if self._unrecorded_since:  # since the earlier part stopped, nothing was recorded
+            self.stats.gaps += 1
             self._send(["G+", self._unrecorded_since, UNRECORDED_BETWEEN_PARTS])
             self._send(["G-", subscribed])
         self._send(["M", {"subscribed_ns": str(subscribed)}])
@@ -611,11 +612,21 @@ class Recorder:
 
     @staticmethod
     def _recorded_until(db: sqlite3.Connection, meta: dict[str, str]) -> int:
-        """When the file's recording stopped: its recorder's stop, or its last event when
-        the recorder was killed before it could say (0 for a file nothing recorded into)."""
+        """When the file's recording stopped: the last moment its recorders are known to
+        have been recording (their stop, subscription, last event or the end of a gap; a
+        killed one says nothing more), 0 for a file nothing recorded into. A gap a killed
+        recorder left open ends now: the new part's gap goes on from there."""
+        now = time.time_ns()
+        if db.execute("UPDATE gaps SET end_ns = ? WHERE end_ns IS NULL", (now,)).rowcount:
+            return now
         last = db.execute("SELECT ts_ns FROM events ORDER BY id DESC LIMIT 1").fetchone()
-        stopped = meta.get("stopped_ns", "")
-        return max(last[0] if last else 0, int(stopped) if stopped.isdigit() else 0)
+        gap_end = db.execute("SELECT max(end_ns) FROM gaps").fetchone()[0]
+        marks = [meta.get(key, "") for key in ("stopped_ns", "subscribed_ns")]
+        return max(
+            last[0] if last else 0,
+            gap_end or 0,
+            *(int(mark) for mark in marks if mark.isdigit()),
+        )
 
     def _appended_meta(self, before: dict[str, str], meta: dict[str, str]) -> dict[str, str]:
         """The metadata of a file added to: its servers and subjects are the earlier parts'

@@ -21,7 +21,9 @@ import pytest
 from helpers import eventually, qixtui_command, run_qixtui, run_qixtui_in_terminal, terminal
 
 from qixtui.core import filters, store
+from qixtui.core.model import Event
 from qixtui.core.replay import looks_like_source
+from qixtui_nats.recorder import Recorder
 from qixtui_nats.server import EmbeddedServer
 
 _started: list[subprocess.Popen[str]] = []
@@ -385,8 +387,9 @@ def test_the_time_between_appended_parts_is_a_gap(nats_server: EmbeddedServer, t
     assert run_qixtui(*record).returncode == 0
     meta = store.get_meta(store.open_session(out))
     time.sleep(0.5)
-    again = run_qixtui(*record, "--append")
+    again = run_qixtui(*record, "--append", "--json")
     assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["gaps"] == 1  # as the file says
     db = store.open_session(out)
     [gap] = store.gaps(db)
     resumed = store.get_meta(db)
@@ -397,6 +400,22 @@ def test_the_time_between_appended_parts_is_a_gap(nats_server: EmbeddedServer, t
     assert gap.end_ns - gap.start_ns >= 500_000_000
     info = run_qixtui("info", str(out))
     assert "no recorder was running (before an --append)" in info.stdout, info.stdout
+
+
+def test_a_gap_a_killed_recorder_left_open_ends_where_the_appended_part_starts(tmp_path: Path):
+    # Killed while its bus was down: its gap stayed open, and the screen said NOT RECORDING
+    # all through the next part.
+    db = store.create_session(tmp_path / "killed.qix", {"stopped_ns": "5", "subscribed_ns": "7"})
+    store.insert_events(db, [Event(1_000, "a", None, None, b"", 1)])
+    gap = store.open_gap(db, 2_000, "disconnected")
+    before = time.time_ns()
+    until = Recorder._recorded_until(db, store.get_meta(db))
+    [closed] = store.gaps(db)
+    assert (closed.id, closed.start_ns, closed.end_ns) == (gap, 2_000, until)
+    assert until >= before
+    store.close_gap(db, gap, 3_000)  # a recorder that was recording when killed
+    assert Recorder._recorded_until(db, {"stopped_ns": "5", "subscribed_ns": "7"}) == 3_000
+    db.close()
 
 
 @pytest.mark.parametrize("subject", ["a..b", "a b", ">.a", ""])
