@@ -21,7 +21,7 @@ from click.exceptions import NoArgsIsHelpError
 
 import qixtui
 from qixtui.cli_rules import RulesError, pop_rules, rule_options
-from qixtui.core import flowfile, store
+from qixtui.core import filters, flowfile, store
 from qixtui.core.filters import FilterError, check_subject
 from qixtui.core.store import SQL_INT_MAX
 from qixtui.core.text import counted, json_text, not_utf8, visible
@@ -193,15 +193,11 @@ def parse_time(value: str | None) -> int | None:
     """A time bound as ns since the epoch: ISO 8601, or a plain number of ns."""
     if value is None:
         return None
-    if value.isdigit() and int(value) <= SQL_INT_MAX:
-        return int(value)
     try:
-        parsed = dt.datetime.fromisoformat(value)
+        return filters.parse_instant(value)
     except ValueError:
         fail(f"not a time: {value!r} (use ISO 8601 like 2026-11-26T10:00:00, or ns)")
-    if parsed.tzinfo is None:
-        parsed = parsed.astimezone()
-    return int(parsed.timestamp() * 1e9)
+    raise AssertionError  # fail() exits
 
 
 def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:

@@ -24,6 +24,7 @@ through an index (see `store.build_read_indexes`) and says how few.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shlex
 import sqlite3
@@ -75,6 +76,14 @@ _DURATION = re.compile(r"^duration(>=|<=|>|<)(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?$")
 _PREFIXES = ("subject", "header", "json", "status", "flow", "text")
 _PREFIX = re.compile(r"^([a-z_]+):")
 _OPS = {">": ">", "<": "<", ">=": ">=", "<=": "<="}
+
+
+def parse_instant(text: str) -> int:
+    """A moment as ns since the epoch: a plain number of ns, or ISO 8601 (local time unless
+    it names a zone). ValueError for anything else."""
+    if text.isdigit() and int(text) <= SQL_INT_MAX:
+        return int(text)
+    return int(dt.datetime.fromisoformat(text).timestamp() * 1e9)
 
 
 def parse_duration_ns(text: str) -> int:

@@ -55,6 +55,7 @@ SPEEDS = ("1x", "10x", "max")
 REPLAY_RATE = {"1x": 1, "10x": 10, "max": 100}
 MAX_EVENTS_PER_TICK = 10
 PAYLOAD_MODES = ("json", "text", "hex")
+TIME_OF_DAY = re.compile(r"\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?")
 
 
 class Banner(Static):
@@ -904,13 +905,12 @@ class QixtuiApp(QuitOnTerminate):
         try:
             if answer.startswith("+"):
                 target = start + filters.parse_duration_ns(answer[1:])
-            else:
-                try:  # a time of the recording's first day, or a date and time (as --since)
-                    day = dt.datetime.fromtimestamp(start / 1e9).date()
-                    when = dt.datetime.combine(day, dt.time.fromisoformat(answer))
-                except ValueError:
-                    when = dt.datetime.fromisoformat(answer)
+            elif TIME_OF_DAY.fullmatch(answer):  # on the recording's first day
+                day = dt.datetime.fromtimestamp(start / 1e9).date()
+                when = dt.datetime.combine(day, dt.time.fromisoformat(answer))
                 target = int(when.timestamp() * 1e9)
+            else:  # as --since takes it
+                target = filters.parse_instant(answer)
         except (ValueError, FilterError):
             message = t.plain(f"not a time: {answer} (use +5s, 12:00:01 or 2026-11-26T12:00:01)")
             self.notify(message, markup=False, severity="error")

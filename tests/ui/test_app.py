@@ -792,6 +792,11 @@ async def test_jump_to_time_moves_the_replay_cursor(shop: Path) -> None:
         await pilot.press(*at, "enter")
         await settle(pilot)
         assert app.cursor_ns == (T0 + 2_000 * MS) // 10**9 * 10**9
+        await pilot.press("t")  # or in ns, as --since takes it too
+        await settle(pilot)
+        await pilot.press(*str(T0 + 3_000 * MS), "enter")
+        await settle(pilot)
+        assert app.cursor_ns == T0 + 3_000 * MS
         assert not [n for n in app._notifications if "not a time" in str(n.message)]
 
 
