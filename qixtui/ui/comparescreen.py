@@ -402,6 +402,7 @@ class CompareScreen(Screen[None]):
         self.loaded: Loaded | None = None
         self.diff: FlowDiff | None = None
         self.read_at = ""  # while a recorder writes, the time the figures were read
+        self.reads = 0  # reads started: only the last one's figures are shown (r, r, ...)
 
     @property
     def qapp(self) -> QixtuiApp:
@@ -444,7 +445,8 @@ class CompareScreen(Screen[None]):
         )
         live = app.connection_state(app.session.stats()) in ("recording", "live")
         self.read_at = time.strftime("%H:%M:%S") if live else ""
-        self.compute(app.path)
+        self.reads += 1
+        self.compute(app.path, self.reads)
 
     def action_read_again(self) -> None:
         self.query_one("#compare-head", Static).update(Text("comparing… (reading every flow)"))
@@ -456,7 +458,7 @@ class CompareScreen(Screen[None]):
         line.append_text(format_flow(flow, width - 2))
         return line
 
-    def compute(self, path: Path) -> None:
+    def compute(self, path: Path, read: int) -> None:
         """Read every flow in a daemon thread of its own: on a large recording this takes
         seconds that quitting must not wait for (a worker's thread is joined at exit)."""
 
@@ -471,19 +473,19 @@ class CompareScreen(Screen[None]):
                 message = f"{type(exc).__name__}: {exc}"
             else:
                 with contextlib.suppress(RuntimeError):  # the app has ended meanwhile
-                    app.call_from_thread(self.show_loaded, loaded)
+                    app.call_from_thread(self.show_loaded, loaded, read)
                 return
             with contextlib.suppress(RuntimeError):
-                app.call_from_thread(self.show_failure, message)
+                app.call_from_thread(self.show_failure, message, read)
 
         threading.Thread(target=run, name="compare styles", daemon=True).start()
 
-    def show_failure(self, message: str) -> None:
-        if self.is_attached:  # not closed while it read
+    def show_failure(self, message: str, read: int) -> None:
+        if self.is_attached and read == self.reads:  # not closed, nor read again, meanwhile
             self.query_one("#compare-head", Static).update(t.literal(f"cannot compare: {message}"))
 
-    def show_loaded(self, loaded: Loaded) -> None:
-        if not self.is_attached:
+    def show_loaded(self, loaded: Loaded, read: int) -> None:
+        if not self.is_attached or read != self.reads:  # closed, or read again, meanwhile
             return
         self.loaded = loaded
         result = loaded.result
