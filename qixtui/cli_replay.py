@@ -194,9 +194,8 @@ def _print_dry_run(data: dict[str, Any], same_server: bool) -> None:
     click.echo("\n".join(visible(line) for line in lines))
 
 
-def _confirm_original(meta: dict[str, str], target: Any, confirm: str | None) -> None:
+def _confirm_original(meta: dict[str, str], target: Any, name: str, confirm: str | None) -> None:
     """Publishing on the original subjects of the source server needs its name typed."""
-    name = confirmation_name(target.server_id, target.server_name)
     if not looks_like_source(meta, *target.marks()):
         return
     if confirm is None:
@@ -358,7 +357,7 @@ async def _run(
         if confirm_name is not None and confirm_name != name:  # it names another server
             fail(f"--confirm {visible(confirm_name)}: the target is {visible(name)}; nothing sent")
         if plan.prefix is None:
-            _confirm_original(meta, target, confirm_name)
+            _confirm_original(meta, target, name, confirm_name)
         audit = _open_audit(path)
         watching: list[asyncio.Task[None]] = []
         try:
